@@ -1,0 +1,29 @@
+"""Entry point Hypercorn workers load: ``lakehouse.asgi:app_from_env()``.
+
+Workers are spawned processes, so what the launcher decided reaches them
+through the environment: ``LAKEHOUSE_CONFIG`` (the file) and
+``CHATD_OVERRIDES`` (a JSON object of dotted keys, e.g. the dev stub's URL).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+
+from starlette.types import ASGIApp
+
+from lakehouse.config import default_config_path, load
+from lakehouse.logs import setup_logging
+from lakehouse.web import create_app
+
+
+def app_from_env() -> ASGIApp:
+    overrides = json.loads(os.environ.get("CHATD_OVERRIDES") or "{}")
+    config = load(default_config_path(), overrides)
+    setup_logging(config.chatd.log_level)
+    app = create_app(config)
+    # Objects alive after start-up live for the process; freezing them
+    # keeps the collector from rescanning them (p99 ~28 → ~9 ms in PERF-NOTES).
+    gc.freeze()
+    return app

@@ -1,0 +1,116 @@
+"""``bin/chatd``: check the config, optionally start the dev stub, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lakehouse import config as configuration
+from lakehouse.errors import ConfigError
+from lakehouse.loader import load_plugin, plugin_dirs
+from lakehouse.logs import setup_logging
+from lakehouse.registry import build_registry
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chatd", description="The lakehouse LLM chat dispatcher.")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config (default: $LAKEHOUSE_CONFIG or conf/lakehouse.toml)")
+    parser.add_argument("--bind", help="HOST:PORT to listen on (overrides [chatd].bind)")
+    parser.add_argument("--workers", type=int, help="worker processes (overrides config)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a config key, e.g. chatd.timeout_secs=30")
+    parser.add_argument("--dev", action="store_true",
+                        help="serve an embedded Ollama-protocol stub as the default "
+                             "upstream when no real one is reachable")
+    parser.add_argument("--check", action="store_true",
+                        help="load and check the config and plugins, then exit")
+    parser.add_argument("--version", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def reachable(url: str, timeout: float = 0.5) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def start_dev_stub(config: configuration.Config, overrides: dict[str, object]) -> str | None:
+    """Point the default provider at an embedded stub when its upstream is
+    not reachable and its plugin names a stub flavour; returns the stub URL."""
+    name = config.chatd.default_provider
+    table = config.chatd.providers.get(name)
+    if table is None:
+        return None
+    plugin = load_plugin(name, table, plugin_dirs(config))
+    if plugin.dev_stub is None:
+        return None
+    url = table.base_url or plugin.default_base_url
+    if reachable(url):
+        return None
+    from lakehouse.stubs import StubThread
+
+    stub_url = StubThread(plugin.dev_stub).start()
+    overrides[f"chatd.providers.{name}.base_url"] = stub_url
+    return stub_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.version:
+        try:
+            print(f"chatd {version('chatd')}")
+        except PackageNotFoundError:
+            print("chatd (not installed)")
+        return 0
+    path = (args.config or configuration.default_config_path()).resolve()
+    try:
+        overrides = _overrides(args.set)
+        config = configuration.load(path, overrides)
+        setup_logging(config.chatd.log_level)
+        if args.dev:
+            stub_url = start_dev_stub(config, overrides)
+            if stub_url:
+                print(f"chatd --dev: no upstream for `{config.chatd.default_provider}`; "
+                      f"serving the embedded stub at {stub_url}", file=sys.stderr)
+                config = configuration.load(path, overrides)
+        registry = build_registry(config)
+        if args.check:
+            print(f"config ok: {path}; providers: {', '.join(registry.names()) or 'none'}")
+            return 0
+    except ConfigError as exc:
+        print(f"chatd: config error: {exc}", file=sys.stderr)
+        return 2
+    from lakehouse import server
+
+    server.environ_for(str(path), json.dumps(overrides) if overrides else None)
+    bind = args.bind or config.chatd.bind
+    print(f"chatd serving on http://{bind} (HTTP/1.1 and h2c); providers: "
+          f"{', '.join(registry.names()) or 'none'}", file=sys.stderr, flush=True)
+    return server.run(config, bind=bind, workers=args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""chatd's configuration: ``conf/lakehouse.toml`` decoded into typed Structs.
+
+The file is the lakehouse's shared one, so tables that belong to other
+services are ignored; inside the tables chatd owns (``[chatd]``,
+``[models]``, ``[gateway]``) every key is checked and a misspelled or
+mistyped one stops start-up with its path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import msgspec
+import tomlkit
+import tomlkit.exceptions
+
+from lakehouse.errors import ConfigError
+
+SECONDS = 1.0
+MIB = 1024 * 1024
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ProviderConfig(Strict):
+    # The plugin file in a plugin folder; defaults to the table's own name,
+    # so one plugin can back two tables.
+    plugin: str | None = None
+    # As the provider documents it; the plugin's default when omitted.
+    base_url: str | None = None
+    key_env: str = ""
+    key_file: str = ""
+    # Sent on every upstream call (attribution, an operator-chosen User-Agent).
+    headers: dict[str, str] = {}
+    # Validated by the plugin's own options Struct.
+    options: dict[str, Any] = {}
+    # Per-provider override of [chatd].timeout_secs.
+    timeout_secs: Positive | None = None
+
+
+class ServerConfig(Strict):
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Time in-flight requests get after SIGTERM; LLM calls are long.
+    graceful_timeout_secs: Annotated[float, msgspec.Meta(ge=0)] = 60 * SECONDS
+    keep_alive_secs: Positive = 75 * SECONDS
+    # Hypercorn's default (1,000) sends GOAWAY to busy h2 clients.
+    keep_alive_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    h2_max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1)] = 256
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class ChatdConfig(Strict):
+    bind: str = "127.0.0.1:3220"
+    timeout_secs: Positive = 180 * SECONDS
+    max_request_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * MIB
+    default_provider: str = "ollama"
+    # Model-name suffixes that name a provider outright; a suffix whose
+    # provider is not registered answers 404 rather than falling through.
+    suffix_routes: dict[str, str] = msgspec.field(default_factory=lambda: {":cloud": "ollama_cloud"})
+    # Folders searched for plugin files, after the built-in plugins/ folder;
+    # relative paths are taken from the config file's folder.
+    plugin_dirs: list[str] = []
+    log_level: str = "info"
+    # Seconds between health probes of every provider; 0 turns probing off.
+    probe_interval_secs: Annotated[float, msgspec.Meta(ge=0)] = 15 * SECONDS
+    # Consecutive failed calls after which a provider counts as unavailable.
+    failure_threshold: Annotated[int, msgspec.Meta(ge=1)] = 5
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    providers: dict[str, ProviderConfig] = {}
+    fallbacks: dict[str, list[str]] = {}
+
+
+class GatewayConfig(Strict):
+    bind: str = "127.0.0.1:3110"
+    # Path prefix (e.g. "/v1/chat") → upstream origin; "/v1" is stripped.
+    routes: dict[str, str] = {}
+    timeout_secs: Positive = 600 * SECONDS
+
+
+class Config(msgspec.Struct, kw_only=True):
+    chatd: ChatdConfig = msgspec.field(default_factory=ChatdConfig)
+    # Tier name → model id; lists (e.g. weak_models) belong to other services.
+    models: dict[str, str | list[str]] = {}
+    gateway: GatewayConfig | None = None
+    # Where the config came from: relative plugin_dirs are taken from here.
+    source_dir: str = "."
+
+    @property
+    def tiers(self) -> dict[str, str]:
+        return {k: v for k, v in self.models.items() if isinstance(v, str)}
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("LAKEHOUSE_CONFIG")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "conf" / "lakehouse.toml"
+
+
+def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, source=str(path), overrides=overrides)
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *tables, last = dotted.split(".")
+    node = data
+    for name in tables:
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override `{dotted}`: `{name}` is not a table")
+        node = child
+    node[last] = value
+
+
+def parse(
+    text: str, *, source: str = "<config>", overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Decode and check a config; ``overrides`` maps dotted keys (e.g.
+    ``chatd.providers.ollama.base_url``) to values set before checking."""
+    try:
+        data = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.TOMLKitError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        _set(data, dotted, value)
+    owned = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
+    _check_entries(owned, source)
+    try:
+        config = msgspec.convert(owned, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc)}") from None
+    config.source_dir = str(Path(source).resolve().parent)
+    _check(config, source)
+    return config
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]*)`")
+
+
+def describe(exc: msgspec.ValidationError, root: str = "") -> str:
+    """msgspec's "... - at `$.chatd`" as TOML users think of it: a dotted
+    key (``chatd.timeout_sec``), naming the unknown or missing key itself."""
+    match = _AT.match(str(exc))
+    assert match is not None
+    what, path = match.group("what"), (match.group("path") or "")
+    # "$.a[0].b" → "a[0].b" under root
+    key = ".".join(p for p in (root, path.lstrip(".")) if p)
+    field = _FIELD.match(what)
+    if field:
+        key = ".".join(p for p in (key, field.group("name")) if p)
+        kind = "unknown key" if "unknown" in what else "missing key"
+        return f"{kind} `{key}`"
+    return f"{what} at `{key or '(top)'}`"
+
+
+# Tables keyed by names the operator chooses: msgspec would call the key
+# `[...]`, so each entry is checked alone first to name it.
+_KEYED: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("chatd", "providers"), ProviderConfig),
+    (("chatd", "fallbacks"), list[str]),
+    (("chatd", "suffix_routes"), str),
+    (("models",), str | list[str]),
+    (("gateway", "routes"), str),
+)
+
+
+def _check_entries(owned: dict[str, Any], source: str) -> None:
+    for path, kind in _KEYED:
+        node: Any = owned
+        for name in path:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            try:
+                msgspec.convert(value, kind, strict=True)
+            except msgspec.ValidationError as exc:
+                where = ".".join((*path, _toml_key(key)))
+                raise ConfigError(f"{source}: {describe(exc, where)}") from None
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
+
+
+def check_url(url: str, key: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"`{key}` = {url!r}: needs an http(s) scheme and a host")
+    return url.rstrip("/")
+
+
+def _check(config: Config, source: str) -> None:
+    chatd = config.chatd
+    for name, provider in chatd.providers.items():
+        if provider.base_url is not None:
+            try:
+                check_url(provider.base_url, f"chatd.providers.{name}.base_url")
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+    for name, chain in chatd.fallbacks.items():
+        if name in chain:
+            raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
+    if config.gateway is not None:
+        for prefix, url in config.gateway.routes.items():
+            if not prefix.startswith("/"):
+                raise ConfigError(f"{source}: `gateway.routes` key {prefix!r} must start with /")
+            try:
+                check_url(url, f"gateway.routes.{prefix}")
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None

@@ -1,0 +1,149 @@
+"""The one error family of chatd.
+
+Every failure a caller can see is a ``ChatdError`` subclass; its class
+attributes say which HTTP status and stable code it becomes, and the web
+layer turns it into a response in one place. Messages are written for
+humans and must never carry a key: the registry redacts them on the way out.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ChatdError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    # Whether another attempt (a retry or the next fallback) may succeed.
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        path: str | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.path = path
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+
+
+class BadRequest(ChatdError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ChatdError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ChatdError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ChatdError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ChatdError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ProviderNotFound(ChatdError):
+    status = 404
+    code = "provider_not_found"
+
+
+class ProviderUnavailable(ChatdError):
+    status = 503
+    code = "provider_unavailable"
+    retryable = True
+
+
+class Overloaded(ChatdError):
+    """chatd's own backpressure: the provider's queue is full."""
+
+    status = 503
+    code = "overloaded"
+    retryable = True
+
+
+class UpstreamError(ChatdError):
+    """The upstream answered, but with an error that is not the caller's fault
+    to fix by changing chatd's request (5xx, or an error we cannot classify)."""
+
+    status = 502
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request itself (4xx such as an unknown model
+    or a bad parameter): trying again, here or elsewhere, gives the same."""
+
+    code = "upstream_rejected"
+    retryable = False
+
+
+class UpstreamAuth(UpstreamError):
+    """401/403: the key is missing, wrong, revoked or not allowed here."""
+
+    code = "upstream_auth"
+    retryable = False
+
+
+class UpstreamQuota(UpstreamError):
+    """402, or a 429 that says a plan's quota is spent (waiting won't help soon)."""
+
+    code = "upstream_quota"
+    retryable = False
+
+
+class UpstreamRateLimited(UpstreamError):
+    """429 that is transient throttling; carries the upstream's Retry-After."""
+
+    code = "upstream_rate_limited"
+
+
+class UpstreamBadResponse(UpstreamError):
+    """200 with a body we cannot use: not JSON, HTML, zero choices, cut short."""
+
+    code = "upstream_bad_response"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Connection refused, DNS or TLS failure, connection reset."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamRedirect(UpstreamError):
+    """A 3xx: never followed for a POST, since it would turn into a body-less GET."""
+
+    code = "upstream_redirect"
+    retryable = False
+
+
+class UpstreamTimeout(ChatdError):
+    status = 504
+    code = "upstream_timeout"
+    retryable = True
+
+
+class DeadlineExceeded(ChatdError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class ConfigError(Exception):
+    """A bad configuration; stops start-up with one line naming the key."""

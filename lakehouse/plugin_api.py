@@ -1,0 +1,110 @@
+"""The plugin API: the one module of chatd a provider plugin imports.
+
+A plugin is a file in a plugin folder that defines ``PLUGIN = Plugin(...)``.
+The registry finds the file named by a ``[chatd.providers.<name>]`` table,
+checks ``PLUGIN``, decodes the table's ``options`` into the plugin's options
+Struct, and calls ``build`` with a ``ProviderContext``. Any mistake stops
+start-up with one line naming the provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from lakehouse.errors import (
+    BadRequest,
+    ChatdError,
+    ConfigError,
+    UpstreamAuth,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamQuota,
+    UpstreamRateLimited,
+    UpstreamRedirect,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from lakehouse.upstream import (
+    HTTPClient,
+    ProviderContext,
+    UpstreamReply,
+    decode_json,
+    error_for_status,
+    parse_retry_after,
+    short_text,
+)
+from lakehouse.wire import ChatRequest, ChatResponse, Message
+
+__all__ = [
+    "BadRequest",
+    "ChatRequest",
+    "ChatResponse",
+    "ChatdError",
+    "ConfigError",
+    "HTTPClient",
+    "Message",
+    "Plugin",
+    "PluginOptions",
+    "Provider",
+    "ProviderContext",
+    "UpstreamAuth",
+    "UpstreamBadResponse",
+    "UpstreamError",
+    "UpstreamQuota",
+    "UpstreamRateLimited",
+    "UpstreamRedirect",
+    "UpstreamRejected",
+    "UpstreamReply",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "decode_json",
+    "error_for_status",
+    "parse_retry_after",
+    "short_text",
+]
+
+
+class PluginOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every plugin's options: unknown keys are refused."""
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One configured upstream. ``model`` is the name as the upstream wants
+    it: the routing prefix is already stripped."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse: ...
+
+    async def probe(self) -> bool:
+        """A cheap health check; False (or an exception) means unhealthy.
+        Providers with nothing free to ask return True."""
+        ...
+
+
+@dataclass(frozen=True)
+class Plugin:
+    build: Callable[[ProviderContext], Provider]
+    default_base_url: str
+    options: type[PluginOptions] = PluginOptions
+    # A provider that needs a key and has none is not registered.
+    needs_key: bool = False
+    # The flavour of lakehouse.stubs that `chatd --dev` may serve in place of
+    # this provider's upstream when it is the default and is not reachable.
+    dev_stub: str | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.build):
+            raise ConfigError("Plugin.build must be callable")
+        if not (isinstance(self.options, type) and issubclass(self.options, PluginOptions)):
+            raise ConfigError("Plugin.options must be a PluginOptions subclass")

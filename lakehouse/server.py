@@ -1,0 +1,85 @@
+"""Serving chatd with Hypercorn: the only module that imports it.
+
+HTTP/1.1 and h2c (prior knowledge) share one port; with a certificate, h2
+is offered by ALPN. One worker is served in this process (so a benchmark's
+``taskset`` and ``/proc/<pid>`` see the worker itself); more are spawned
+by Hypercorn and load the app through ``lakehouse.asgi``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.run import run as hypercorn_run
+
+from lakehouse.config import Config
+
+APP_PATH = "lakehouse.asgi:app_from_env()"
+
+
+def hypercorn_config(config: Config, *, bind: str | None = None, workers: int | None = None) -> HypercornConfig:
+    server = config.chatd.server
+    h = HypercornConfig()
+    h.bind = [bind or config.chatd.bind]
+    h.workers = workers or server.workers
+    h.worker_class = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    h.keep_alive_timeout = server.keep_alive_secs
+    h.keep_alive_max_requests = server.keep_alive_max_requests
+    h.graceful_timeout = server.graceful_timeout_secs
+    h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
+    h.accesslog = None
+    h.errorlog = "-"
+    h.loglevel = config.chatd.log_level.upper()
+    h.include_server_header = False
+    if server.certfile and server.keyfile:
+        h.certfile = server.certfile
+        h.keyfile = server.keyfile
+        h.alpn_protocols = ["h2", "http/1.1"]
+    h.application_path = APP_PATH
+    return h
+
+
+def run(config: Config, *, bind: str | None = None, workers: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, letting in-flight requests finish within
+    the graceful timeout. The app is loaded from the environment
+    (``LAKEHOUSE_CONFIG``, ``CHATD_OVERRIDES``) the caller has set."""
+    h = hypercorn_config(config, bind=bind, workers=workers)
+    if h.workers == 1:
+        h.workers = 0  # Hypercorn's "serve in this process"
+    return int(hypercorn_run(h) or 0)
+
+
+async def serve(
+    app: Callable[..., Awaitable[None]],
+    config: Config,
+    sock: socket.socket,
+    shutdown: Callable[[], Awaitable[None]],
+) -> None:
+    """Serve ``app`` in the running loop on an already bound socket, which
+    Hypercorn takes over and closes; for tests and tools that need the port
+    before the server starts."""
+    h = hypercorn_config(config)
+    h.bind = [f"fd://{sock.fileno()}"]
+    h.workers = 1
+    await hypercorn_serve(app, h, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+
+
+def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def environ_for(config_path: str, overrides: str | None) -> dict[str, str]:
+    env = {"LAKEHOUSE_CONFIG": config_path}
+    if overrides:
+        env["CHATD_OVERRIDES"] = overrides
+    os.environ.update(env)
+    return env

@@ -1,0 +1,62 @@
+"""Wire types of chatd's native API, and the codecs built once for them.
+
+Inbound types are strict (unknown fields and wrong types are refused with
+the path of the bad field); outbound types omit optional fields left unset.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Role = Literal["system", "user", "assistant", "tool"]
+ThinkLevel = Literal["low", "medium", "high", "max"]
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True):
+    role: Role
+    content: NonEmpty
+
+
+class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model: NonEmpty
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    # "json", or a JSON Schema object for structured output.
+    format: Literal["json"] | dict[str, Any] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    think: bool | ThinkLevel | None = None
+
+
+class ChatResponse(msgspec.Struct, omit_defaults=True):
+    model: str
+    provider: str
+    content: str
+    done_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int = 0
+    reasoning: str | None = None
+    tier: str | None = None
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    provider: str | None = None
+    path: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class ProvidersListing(msgspec.Struct):
+    providers: dict[str, bool]
+
+
+chat_request_decoder = msgspec.json.Decoder(ChatRequest)
+encoder = msgspec.json.Encoder()
