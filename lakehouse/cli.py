@@ -19,17 +19,30 @@ from lakehouse.registry import build_registry
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chatd", description="The lakehouse LLM chat dispatcher.")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="TOML config (default: $LAKEHOUSE_CONFIG or conf/lakehouse.toml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config (default: $LAKEHOUSE_CONFIG or conf/lakehouse.toml)",
+    )
     parser.add_argument("--bind", help="HOST:PORT to listen on (overrides [chatd].bind)")
     parser.add_argument("--workers", type=int, help="worker processes (overrides config)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="override a config key, e.g. chatd.timeout_secs=30")
-    parser.add_argument("--dev", action="store_true",
-                        help="serve an embedded Ollama-protocol stub as the default "
-                             "upstream when no real one is reachable")
-    parser.add_argument("--check", action="store_true",
-                        help="load and check the config and plugins, then exit")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a config key, e.g. chatd.timeout_secs=30",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="serve an embedded Ollama-protocol stub as the default "
+        "upstream when no real one is reachable",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="load and check the config and plugins, then exit"
+    )
     parser.add_argument("--version", action="store_true")
     return parser.parse_args(argv)
 
@@ -78,6 +91,11 @@ def start_dev_stub(config: configuration.Config, overrides: dict[str, object]) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gateway"]:
+        from lakehouse import gateway
+
+        return gateway.main(argv[1:])
     args = parse_args(argv)
     if args.version:
         try:
@@ -93,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dev:
             stub_url = start_dev_stub(config, overrides)
             if stub_url:
-                print(f"chatd --dev: no upstream for `{config.chatd.default_provider}`; "
-                      f"serving the embedded stub at {stub_url}", file=sys.stderr)
+                print(
+                    f"chatd --dev: no upstream for `{config.chatd.default_provider}`; "
+                    f"serving the embedded stub at {stub_url}",
+                    file=sys.stderr,
+                )
                 config = configuration.load(path, overrides)
         registry = build_registry(config)
         if args.check:
@@ -107,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
 
     server.environ_for(str(path), json.dumps(overrides) if overrides else None)
     bind = args.bind or config.chatd.bind
-    print(f"chatd serving on http://{bind} (HTTP/1.1 and h2c); providers: "
-          f"{', '.join(registry.names()) or 'none'}", file=sys.stderr, flush=True)
+    print(
+        f"chatd serving on http://{bind} (HTTP/1.1 and h2c); providers: "
+        f"{', '.join(registry.names()) or 'none'}",
+        file=sys.stderr,
+        flush=True,
+    )
     return server.run(config, bind=bind, workers=args.workers)
 
 

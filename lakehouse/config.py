@@ -66,7 +66,9 @@ class ChatdConfig(Strict):
     default_provider: str = "ollama"
     # Model-name suffixes that name a provider outright; a suffix whose
     # provider is not registered answers 404 rather than falling through.
-    suffix_routes: dict[str, str] = msgspec.field(default_factory=lambda: {":cloud": "ollama_cloud"})
+    suffix_routes: dict[str, str] = msgspec.field(
+        default_factory=lambda: {":cloud": "ollama_cloud"}
+    )
     # Folders searched for plugin files, after the built-in plugins/ folder;
     # relative paths are taken from the config file's folder.
     plugin_dirs: list[str] = []
@@ -138,7 +140,7 @@ def parse(
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     for dotted, value in (overrides or {}).items():
         _set(data, dotted, value)
-    owned = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
+    owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
     _check_entries(owned, source)
     try:
         config = msgspec.convert(owned, Config, strict=True)

@@ -39,7 +39,7 @@ def find_plugin(plugin: str, dirs: Iterable[Path]) -> Path | None:
     return None
 
 
-def _import(path: Path) -> ModuleType:
+def import_plugin_file(path: Path) -> ModuleType:
     # A private module name per file, so two folders' same-named plugins
     # never collide and no top-level package is needed for plugins/.
     name = f"chatd_plugin_{abs(hash(str(path)))}_{path.stem}"
@@ -67,7 +67,7 @@ def load_plugin(provider: str, table: ProviderConfig, dirs: list[Path]) -> Plugi
         searched = ", ".join(str(d) for d in dirs)
         raise ConfigError(f"{where}: plugin `{plugin_name}` not found (searched {searched})")
     try:
-        module = _import(path)
+        module = import_plugin_file(path)
     except ConfigError as exc:
         raise ConfigError(f"{where}: plugin `{plugin_name}`: {exc}") from None
     except Exception as exc:

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import msgspec
-
 from lakehouse.errors import (
     BadRequest,
     ChatdError,
@@ -29,8 +27,32 @@ from lakehouse.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from lakehouse.ollama_native import (
+    OLLAMA_QUOTA_PHRASES,
+    OllamaChatBody,
+    OllamaGenerateBody,
+    OllamaReply,
+    OllamaReplyMessage,
+    OllamaRuntimeOptions,
+    ollama_error,
+    ollama_reply_decoder,
+    ollama_response,
+    runtime_options,
+    think_value,
+)
+from lakehouse.openai_compat import (
+    OPENAI_ERROR_KINDS,
+    OPENROUTER_ERROR_KINDS,
+    QUOTA_PHRASES,
+    ZEN_ERROR_KINDS,
+    Flavour,
+    OpenAICompatOptions,
+    OpenAICompatProvider,
+    redact_key,
+)
 from lakehouse.upstream import (
     HTTPClient,
+    PluginOptions,
     ProviderContext,
     UpstreamReply,
     decode_json,
@@ -41,13 +63,26 @@ from lakehouse.upstream import (
 from lakehouse.wire import ChatRequest, ChatResponse, Message
 
 __all__ = [
+    "OLLAMA_QUOTA_PHRASES",
+    "OPENAI_ERROR_KINDS",
+    "OPENROUTER_ERROR_KINDS",
+    "QUOTA_PHRASES",
+    "ZEN_ERROR_KINDS",
     "BadRequest",
     "ChatRequest",
     "ChatResponse",
     "ChatdError",
     "ConfigError",
+    "Flavour",
     "HTTPClient",
     "Message",
+    "OllamaChatBody",
+    "OllamaGenerateBody",
+    "OllamaReply",
+    "OllamaReplyMessage",
+    "OllamaRuntimeOptions",
+    "OpenAICompatOptions",
+    "OpenAICompatProvider",
     "Plugin",
     "PluginOptions",
     "Provider",
@@ -64,13 +99,15 @@ __all__ = [
     "UpstreamUnreachable",
     "decode_json",
     "error_for_status",
+    "ollama_error",
+    "ollama_reply_decoder",
+    "ollama_response",
     "parse_retry_after",
+    "redact_key",
+    "runtime_options",
     "short_text",
+    "think_value",
 ]
-
-
-class PluginOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of every plugin's options: unknown keys are refused."""
 
 
 @runtime_checkable

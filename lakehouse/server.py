@@ -22,7 +22,9 @@ from lakehouse.config import Config
 APP_PATH = "lakehouse.asgi:app_from_env()"
 
 
-def hypercorn_config(config: Config, *, bind: str | None = None, workers: int | None = None) -> HypercornConfig:
+def hypercorn_config(
+    config: Config, *, bind: str | None = None, workers: int | None = None
+) -> HypercornConfig:
     server = config.chatd.server
     h = HypercornConfig()
     h.bind = [bind or config.chatd.bind]
@@ -66,7 +68,7 @@ async def serve(
     h = hypercorn_config(config)
     h.bind = [f"fd://{sock.fileno()}"]
     h.workers = 1
-    await hypercorn_serve(app, h, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+    await hypercorn_serve(app, h, shutdown_trigger=shutdown)
 
 
 def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

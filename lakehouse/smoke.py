@@ -26,8 +26,9 @@ Check = tuple[str, Callable[[], str | None]]
 
 def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -77,7 +78,11 @@ def checks(base: str, expected: list[str], model: str) -> list[Check]:
 
     def missing() -> str | None:
         status, body = call(base, "POST", "/chat", {"messages": hello})
-        return None if status == 400 and body["error"]["code"] == "bad_request" else f"status {status}: {body}"
+        return (
+            None
+            if status == 400 and body["error"]["code"] == "bad_request"
+            else f"status {status}: {body}"
+        )
 
     return [
         ("providers listing shows exactly the registered providers", listing),
@@ -97,12 +102,17 @@ def free_port() -> int:
 
 def start_dev() -> tuple[str, subprocess.Popen[bytes]]:
     config = configuration.load(configuration.default_config_path())
-    env = {k: v for k, v in os.environ.items()
-           if k not in {p.key_env for p in config.chatd.providers.values()}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {p.key_env for p in config.chatd.providers.values()}
+    }
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lakehouse.cli", "--dev", "--bind", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -123,9 +133,12 @@ def start_dev() -> tuple[str, subprocess.Popen[bytes]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatd-smoke")
     parser.add_argument("url", nargs="?", help="a running chatd (default: start a dev one)")
-    parser.add_argument("--model", default="qwen3.5:latest", help="a model the default upstream has")
-    parser.add_argument("--expect", default="ollama",
-                        help="comma-separated providers the listing must show")
+    parser.add_argument(
+        "--model", default="qwen3.5:latest", help="a model the default upstream has"
+    )
+    parser.add_argument(
+        "--expect", default="ollama", help="comma-separated providers the listing must show"
+    )
     args = parser.parse_args(argv)
     proc = None
     base = args.url.rstrip("/") if args.url else None
@@ -139,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             results.append(problem is None)
-            print(f"{i}. {'PASS' if problem is None else 'FAIL'}  {name}"
-                  + ("" if problem is None else f"\n     {problem}"))
+            print(
+                f"{i}. {'PASS' if problem is None else 'FAIL'}  {name}"
+                + ("" if problem is None else f"\n     {problem}")
+            )
         print(f"{sum(results)}/{len(results)} PASS")
         return 0 if all(results) else 1
     finally:

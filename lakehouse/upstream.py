@@ -44,6 +44,10 @@ class UpstreamReply:
         return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
+class PluginOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every plugin's options: unknown keys are refused."""
+
+
 @dataclass
 class ProviderContext:
     """What the registry hands a plugin when it builds a provider."""
@@ -92,7 +96,9 @@ def error_for_status(
     ``quota`` marks a 429 whose text says a plan's quota is spent: waiting a
     moment won't help, so it is not retryable like plain throttling.
     """
-    text = f"{provider} answered {status}: {message}" if message else f"{provider} answered {status}"
+    text = (
+        f"{provider} answered {status}: {message}" if message else f"{provider} answered {status}"
+    )
     kw: dict[str, Any] = {"provider": provider, "upstream_status": status}
     if status in (401, 403):
         return UpstreamAuth(text, **kw)
@@ -104,8 +110,7 @@ def error_for_status(
         return UpstreamTimeout(text, **kw)
     if 300 <= status < 400:
         return UpstreamRedirect(
-            f"{provider} answered {status} redirect; not followed for a POST "
-            "(check base_url)",
+            f"{provider} answered {status} redirect; not followed for a POST (check base_url)",
             **kw,
         )
     if 400 <= status < 500:
@@ -170,7 +175,9 @@ class HTTPClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise UpstreamUnreachable(f"{self.provider}: client not started", provider=self.provider)
+            raise UpstreamUnreachable(
+                f"{self.provider}: client not started", provider=self.provider
+            )
         return self._session
 
     async def request(

@@ -52,7 +52,9 @@ class ClientGone(Exception):
     """The caller hung up before its request body arrived."""
 
 
-def error_response(exc: BaseException, redact: Callable[[str], str] = str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def error_response(
+    exc: BaseException, redact: Callable[[str], str] = str
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and JSON body for any exception; internals of
     unexpected ones are logged, never sent."""
     if not isinstance(exc, ChatdError):
@@ -77,6 +79,8 @@ def bad_request_from(exc: Exception) -> BadRequest:
         return BadRequest(f"invalid request: {text}", path=match.group(1) if match else "$")
     if isinstance(exc, RecursionError):
         return BadRequest("invalid request: JSON nested too deeply")
+    if isinstance(exc, UnicodeDecodeError):
+        return BadRequest("invalid request: body is not valid UTF-8")
     return BadRequest(f"malformed JSON: {exc}")
 
 
@@ -138,7 +142,12 @@ class ChatEndpoint:
             body = await read_body(scope, receive, runtime.config.chatd.max_request_bytes)
             try:
                 request = chat_request_decoder.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            except (
+                msgspec.DecodeError,
+                msgspec.ValidationError,
+                ValueError,
+                RecursionError,
+            ) as exc:
                 raise bad_request_from(exc) from None
             response = await runtime.dispatcher.chat(request)
             await send_json(send, 200, encoder.encode(response))
@@ -149,7 +158,9 @@ class ChatEndpoint:
             await send_json(send, status, payload, headers)
 
 
-def json_response(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_response(
+    body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -180,8 +191,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
         error = ChatdError(exc.detail or "error")
         error.status = exc.status_code  # type: ignore[misc]
     status, headers, body = error_response(error)
-    return Response(body, status_code=status, media_type="application/json",
-                    headers={k.decode(): v.decode() for k, v in headers})
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={k.decode(): v.decode() for k, v in headers},
+    )
 
 
 def create_app(config: Config, *, environ: Mapping[str, str] | None = None) -> ASGIApp:
@@ -213,11 +228,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None) -> A
     chat = ChatEndpoint(app.state)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in CHAT_PATHS
-        ):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
             await chat(scope, receive, send)
         else:
             await app(scope, receive, send)

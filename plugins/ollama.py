@@ -7,25 +7,25 @@ than a reply cut short by reasoning. Errors come as ``{"error": "text"}``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from lakehouse.plugin_api import (
     ChatRequest,
     ChatResponse,
     HTTPClient,
-    Message,
+    OllamaChatBody,
     Plugin,
     PluginOptions,
     ProviderContext,
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamReply,
     decode_json,
-    error_for_status,
-    short_text,
+    ollama_error,
+    ollama_reply_decoder,
+    ollama_response,
+    runtime_options,
+    think_value,
 )
+
+_encode = msgspec.json.Encoder().encode
 
 
 class OllamaOptions(PluginOptions):
@@ -33,56 +33,6 @@ class OllamaOptions(PluginOptions):
     keep_alive: str | int | None = None
     # Keep constant per model: a different num_ctx makes Ollama reload it.
     num_ctx: int | None = None
-
-
-class _Options(msgspec.Struct, omit_defaults=True):
-    num_predict: int | None = None
-    temperature: float | None = None
-    num_ctx: int | None = None
-
-
-class _ChatBody(msgspec.Struct, omit_defaults=True):
-    model: str
-    messages: list[Message]
-    stream: bool
-    think: bool | str
-    format: Any = None
-    options: _Options | None = None
-    keep_alive: str | int | None = None
-
-
-class _ReplyMessage(msgspec.Struct):
-    content: str = ""
-    thinking: str | None = None
-
-
-class _ChatReply(msgspec.Struct):
-    model: str = ""
-    message: _ReplyMessage | None = None
-    done: bool = False
-    done_reason: str = ""
-    # Absent when zero (omitempty upstream), e.g. a fully cached prompt.
-    prompt_eval_count: int = 0
-    eval_count: int = 0
-    error: str | None = None
-
-
-class _ErrorReply(msgspec.Struct):
-    error: Any = None
-
-
-_encode = msgspec.json.Encoder().encode
-_reply_decoder = msgspec.json.Decoder(_ChatReply)
-_error_decoder = msgspec.json.Decoder(_ErrorReply)
-
-
-def error_from_reply(reply: UpstreamReply, provider: str) -> Exception:
-    """Map an Ollama non-2xx reply (``{"error": "text"}``) to the error family."""
-    try:
-        message = str(_error_decoder.decode(reply.body).error or "")
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        message = short_text(reply.body)
-    return error_for_status(reply.status, message, provider=provider)
 
 
 class OllamaProvider:
@@ -102,21 +52,14 @@ class OllamaProvider:
         return reply.status == 200
 
     def body(self, request: ChatRequest, model: str) -> bytes:
-        options = None
-        if (
-            request.max_tokens is not None
-            or request.temperature is not None
-            or self._options.num_ctx is not None
-        ):
-            options = _Options(request.max_tokens, request.temperature, self._options.num_ctx)
         return _encode(
-            _ChatBody(
+            OllamaChatBody(
                 model=model,
                 messages=request.messages,
                 stream=False,
-                think=False if request.think is None else request.think,
+                think=think_value(request),
                 format=request.format,
-                options=options,
+                options=runtime_options(request, self._options.num_ctx),
                 keep_alive=self._options.keep_alive,
             )
         )
@@ -124,23 +67,9 @@ class OllamaProvider:
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
         reply = await self._http.post_json("/api/chat", self.body(request, model))
         if reply.status != 200:
-            raise error_from_reply(reply, self.name)
-        data = decode_json(_reply_decoder, reply, self.name)
-        if data.error:
-            raise UpstreamError(f"{self.name}: {data.error}", provider=self.name)
-        if data.message is None or not data.done:
-            raise UpstreamBadResponse(
-                f"{self.name} answered without a finished message", provider=self.name
-            )
-        return ChatResponse(
-            model=data.model or model,
-            provider=self.name,
-            content=data.message.content,
-            done_reason=data.done_reason or "stop",
-            prompt_tokens=data.prompt_eval_count,
-            completion_tokens=data.eval_count,
-            reasoning=data.message.thinking or None,
-        )
+            raise ollama_error(reply, self.name)
+        data = decode_json(ollama_reply_decoder, reply, self.name)
+        return ollama_response(data, provider=self.name, model=model)
 
 
 PLUGIN = Plugin(

@@ -6,7 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import aiohttp
+from aioresponses import aioresponses
 
 from lakehouse import config as configuration
 from lakehouse.server import bound_socket, serve
@@ -15,10 +19,12 @@ from lakehouse.web import create_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_config(text: str = "", overrides: Mapping[str, Any] | None = None,
-                source: str | None = None) -> configuration.Config:
-    return configuration.parse(text, source=source or str(ROOT / "tests" / "x.toml"),
-                               overrides=overrides)
+def make_config(
+    text: str = "", overrides: Mapping[str, Any] | None = None, source: str | None = None
+) -> configuration.Config:
+    return configuration.parse(
+        text, source=source or str(ROOT / "tests" / "x.toml"), overrides=overrides
+    )
 
 
 @contextlib.asynccontextmanager
@@ -66,3 +72,54 @@ def provider_table(name: str, base_url: str, **extra: Any) -> dict[str, Any]:
     for key, value in extra.items():
         out[f"chatd.providers.{name}.{key}"] = value
     return out
+
+
+def builtin_plugin(name: str) -> Any:
+    """The PLUGIN of a built-in plugin file (plugins/ is not a package)."""
+    from lakehouse.loader import BUILTIN_DIR, import_plugin_file
+
+    return import_plugin_file(BUILTIN_DIR / f"{name}.py").PLUGIN
+
+
+def build_provider(
+    name: str,
+    base_url: str,
+    *,
+    key: str | None = None,
+    timeout: float = 5,
+    headers: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Any:
+    """A provider built from a built-in plugin, as the registry would."""
+    import msgspec
+
+    from lakehouse.plugin_api import ProviderContext
+
+    plugin = builtin_plugin(name)
+    return plugin.build(
+        ProviderContext(
+            name=name,
+            base_url=base_url,
+            key=key,
+            timeout=timeout,
+            headers=dict(headers or {}),
+            options=msgspec.convert(options, plugin.options),
+        )
+    )
+
+
+class _Response(aiohttp.ClientResponse):
+    # aiohttp 3.14 made `stream_writer` a required argument and aioresponses
+    # 0.7.9 does not pass it (pnuckowski/aioresponses#289, fix unmerged);
+    # aiohttp only reads its output_size.
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+class mock_upstream(aioresponses):
+    """aioresponses, with responses aiohttp 3.14 can build."""
+
+    def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("response_class", _Response)
+        super().add(url, method, *args, **kwargs)

@@ -49,7 +49,7 @@ def test_other_services_tables_are_ignored() -> None:
         ("[chatd]\nmax_request_bytes = 1.5\n", "`chatd.max_request_bytes`"),
         ('[chatd.providers.x]\nbase_url = "localhost:11434"\n', "chatd.providers.x.base_url"),
         ('[chatd.providers.x]\nbase_url = "http://"\n', "chatd.providers.x.base_url"),
-        ('[chatd.providers.x]\nbogus = 1\n', "`chatd.providers.x.bogus`"),
+        ("[chatd.providers.x]\nbogus = 1\n", "`chatd.providers.x.bogus`"),
         ("[chatd.server]\nworkers = 0\n", "`chatd.server.workers`"),
         ('[chatd.fallbacks]\na = ["b", "a"]\n', "chatd.fallbacks.a"),
         ("[models]\nx = 3\n", "`models.x`"),
@@ -73,7 +73,7 @@ def test_overrides_set_dotted_keys_before_checking() -> None:
     )
     assert config.chatd.timeout_secs == 7
     assert config.chatd.providers["ollama"].base_url == "http://h:1"
-    with pytest.raises(ConfigError, match="chatd.providers.ollama.base_url"):
+    with pytest.raises(ConfigError, match=r"chatd\.providers\.ollama\.base_url"):
         configuration.parse("", overrides={"chatd.providers.ollama.base_url": "nope"})
 
 

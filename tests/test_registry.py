@@ -23,15 +23,25 @@ class Fake:
         return True
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        return ChatResponse(model=model, provider=self.name, content="", done_reason="stop",
-                            prompt_tokens=0, completion_tokens=0)
+        return ChatResponse(
+            model=model,
+            provider=self.name,
+            content="",
+            done_reason="stop",
+            prompt_tokens=0,
+            completion_tokens=0,
+        )
 
 
-def registry(*names: str, default: str | None = "ollama",
-             configured: tuple[str, ...] = ()) -> Registry:
-    return Registry({n: Fake(n) for n in names}, default=default,
-                    configured=frozenset(configured),
-                    suffix_routes={":cloud": "ollama_cloud"})
+def registry(
+    *names: str, default: str | None = "ollama", configured: tuple[str, ...] = ()
+) -> Registry:
+    return Registry(
+        {n: Fake(n) for n in names},
+        default=default,
+        configured=frozenset(configured),
+        suffix_routes={":cloud": "ollama_cloud"},
+    )
 
 
 ALL = ("ollama", "ollama_cloud", "openrouter", "opencode", "kimi")
@@ -98,7 +108,7 @@ def test_names_are_sorted() -> None:
     assert registry("ollama", "kimi", "openrouter").names() == ["kimi", "ollama", "openrouter"]
 
 
-PLUGIN_FILE = '''
+PLUGIN_FILE = """
 from lakehouse.plugin_api import ChatRequest, ChatResponse, Plugin, PluginOptions, ProviderContext
 
 class EchoOptions(PluginOptions):
@@ -120,7 +130,7 @@ class Echo:
 
 PLUGIN = Plugin(build=Echo, default_base_url="http://echo.invalid", options=EchoOptions,
                 needs_key=True)
-'''
+"""
 
 
 def write_plugin(folder: Path, name: str, text: str = PLUGIN_FILE) -> None:
@@ -157,7 +167,9 @@ async def test_new_provider_is_one_file_and_one_table(tmp_path: Path) -> None:
 
 def test_plugin_needing_a_key_without_one_is_not_registered(tmp_path: Path) -> None:
     write_plugin(tmp_path / "extra", "echo")
-    text = f'[chatd]\nplugin_dirs = ["{tmp_path / "extra"}"]\n[chatd.providers.echo]\nkey_env = "E"\n'
+    text = (
+        f'[chatd]\nplugin_dirs = ["{tmp_path / "extra"}"]\n[chatd.providers.echo]\nkey_env = "E"\n'
+    )
     reg = build_registry(make_config(text), {})
     assert reg.names() == []
     with pytest.raises(ProviderNotFound):
@@ -167,15 +179,24 @@ def test_plugin_needing_a_key_without_one_is_not_registered(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("source", "table", "needle"),
     [
-        (None, "plugin = \"nope\"", "provider `bad`: plugin `nope` not found"),
-        ("raise RuntimeError('boom')", "", "provider `bad`: plugin `bad` failed to load: RuntimeError: boom"),
+        (None, 'plugin = "nope"', "provider `bad`: plugin `nope` not found"),
+        (
+            "raise RuntimeError('boom')",
+            "",
+            "provider `bad`: plugin `bad` failed to load: RuntimeError: boom",
+        ),
         ("x = 1", "", "provider `bad`: "),
         ("import no_such_module_here", "", "ModuleNotFoundError"),
         (PLUGIN_FILE, "options = { greeting = 3 }", "`chatd.providers.bad.options.greeting`"),
         (PLUGIN_FILE, "options = { colour = 'red' }", "`chatd.providers.bad.options.colour`"),
         (PLUGIN_FILE, "base_url = 'ftp://x'", "chatd.providers.bad.base_url"),
-        (PLUGIN_FILE.replace("self.greeting = ctx.options.greeting",
-                             "raise ValueError('no way')"), "", "failed to build: ValueError: no way"),
+        (
+            PLUGIN_FILE.replace(
+                "self.greeting = ctx.options.greeting", "raise ValueError('no way')"
+            ),
+            "",
+            "failed to build: ValueError: no way",
+        ),
     ],
 )
 def test_broken_plugin_stops_startup_naming_the_provider(
@@ -183,8 +204,7 @@ def test_broken_plugin_stops_startup_naming_the_provider(
 ) -> None:
     if source is not None:
         write_plugin(tmp_path, "bad", source)
-    text = (f'[chatd]\nplugin_dirs = ["{tmp_path}"]\n'
-            f'[chatd.providers.bad]\nkey_env = "K"\n{table}\n')
+    text = f'[chatd]\nplugin_dirs = ["{tmp_path}"]\n[chatd.providers.bad]\nkey_env = "K"\n{table}\n'
     with pytest.raises(ConfigError) as info:
         build_registry(make_config(text), {"K": "secret-key-value"})
     assert needle in str(info.value)

@@ -1,0 +1,141 @@
+"""Ollama's native API (``/api/chat``, ``/api/generate``), shared by the
+local and the cloud provider: request and reply Structs, and the mapping
+of its ``{"error": "text"}`` bodies onto chatd's error family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from lakehouse.errors import ChatdError, UpstreamBadResponse, UpstreamError
+from lakehouse.keys import REDACTED
+from lakehouse.upstream import UpstreamReply, error_for_status, parse_retry_after, short_text
+from lakehouse.wire import ChatRequest, ChatResponse, Message
+
+# Ollama Cloud's plan quotas answer 429 with "... session usage limit ...",
+# "weekly usage limit" or "hourly usage limit": waiting a moment won't help.
+OLLAMA_QUOTA_PHRASES = ("usage limit",)
+
+
+class OllamaRuntimeOptions(msgspec.Struct, omit_defaults=True):
+    """The request's ``options`` object."""
+
+    num_predict: int | None = None
+    temperature: float | None = None
+    num_ctx: int | None = None
+
+
+class OllamaChatBody(msgspec.Struct, omit_defaults=True):
+    model: str
+    messages: list[Message]
+    # Required, so always sent: Ollama streams when ``stream`` is absent.
+    stream: bool
+    think: bool | str
+    format: Any = None
+    options: OllamaRuntimeOptions | None = None
+    keep_alive: str | int | None = None
+
+
+class OllamaGenerateBody(msgspec.Struct, omit_defaults=True):
+    model: str
+    prompt: str
+    stream: bool
+    think: bool | str
+    # Overrides the Modelfile's system prompt; left out when there is none.
+    system: str | None = None
+    format: Any = None
+    options: OllamaRuntimeOptions | None = None
+    keep_alive: str | int | None = None
+
+
+class OllamaReplyMessage(msgspec.Struct):
+    content: str = ""
+    thinking: str | None = None
+
+
+class OllamaReply(msgspec.Struct):
+    """A non-streamed reply of either endpoint: ``/api/chat`` puts the text
+    in ``message``, ``/api/generate`` in ``response`` and ``thinking``."""
+
+    model: str = ""
+    message: OllamaReplyMessage | None = None
+    response: str | None = None
+    thinking: str | None = None
+    done: bool = False
+    done_reason: str = ""
+    # Absent when zero (omitempty upstream), e.g. a fully cached prompt.
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    error: str | None = None
+
+
+class _ErrorReply(msgspec.Struct):
+    error: Any = None
+
+
+ollama_reply_decoder = msgspec.json.Decoder(OllamaReply)
+_error_decoder = msgspec.json.Decoder(_ErrorReply)
+
+
+def runtime_options(
+    request: ChatRequest, num_ctx: int | None = None
+) -> OllamaRuntimeOptions | None:
+    """``max_tokens`` → ``num_predict``, ``temperature`` as is; None when
+    nothing is set, so the server's defaults apply."""
+    if request.max_tokens is None and request.temperature is None and num_ctx is None:
+        return None
+    return OllamaRuntimeOptions(request.max_tokens, request.temperature, num_ctx)
+
+
+def think_value(request: ChatRequest) -> bool | str:
+    # Off unless asked: thinking models otherwise think by default and a
+    # low max_tokens budget ends before any content.
+    return False if request.think is None else request.think
+
+
+def ollama_error(reply: UpstreamReply, provider: str, key: str | None = None) -> ChatdError:
+    """Map a non-2xx reply (``{"error": "text"}``) to the error family."""
+    body = reply.body
+    if key:
+        # Before any cut, so no part of a quoted key survives it.
+        body = body.replace(key.encode(), REDACTED.encode())
+    try:
+        message = str(_error_decoder.decode(body).error or "")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        message = short_text(body)
+    quota = any(phrase in message.lower() for phrase in OLLAMA_QUOTA_PHRASES)
+    return error_for_status(
+        reply.status,
+        message,
+        provider=provider,
+        retry_after=parse_retry_after(reply.headers),
+        quota=quota,
+    )
+
+
+def ollama_response(
+    data: OllamaReply, *, provider: str, model: str, key: str | None = None
+) -> ChatResponse:
+    """The ChatResponse for a decoded 200 reply of either endpoint."""
+    if data.error:
+        text = data.error.replace(key, REDACTED) if key else data.error
+        raise UpstreamError(f"{provider}: {text}", provider=provider)
+    content: str | None = data.response
+    thinking = data.thinking
+    if data.message is not None:
+        content, thinking = data.message.content, data.message.thinking
+    if content is None or not data.done:
+        raise UpstreamBadResponse(
+            f"{provider} answered without a finished message", provider=provider
+        )
+    return ChatResponse(
+        model=data.model or model,
+        provider=provider,
+        content=content,
+        done_reason=data.done_reason or "stop",
+        prompt_tokens=data.prompt_eval_count,
+        completion_tokens=data.eval_count,
+        reasoning=thinking or None,
+    )

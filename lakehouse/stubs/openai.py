@@ -1,0 +1,261 @@
+"""The OpenAI Chat Completions dialect (protocols.md §3) with each flavour's quirks."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from lakehouse.stubs.catalog import Catalog
+from lakehouse.stubs.faults import Fault
+from lakehouse.stubs.flavours import Flavour
+from lakehouse.stubs.received import Received, Route
+from lakehouse.stubs.replies import (
+    Generation,
+    count_prompt,
+    generate,
+    json_content,
+    part_text,
+    reply_text,
+    thinking_text,
+)
+from lakehouse.stubs.reply import (
+    JSON,
+    SSE,
+    SSE_DONE,
+    Rejected,
+    Reply,
+    json_reply,
+    reject,
+    sse_event,
+)
+
+MIDSTREAM_ERROR = "Provider disconnected unexpectedly"
+CONTEXT_LENGTH = 262_144
+# Cost per token, in dollars, for the price fields some flavours add.
+PRICE = 0.000002
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise reject(400, "missing request body", "invalid_request_error")
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise reject(400, f"invalid JSON body: {exc}", "invalid_request_error") from None
+    if not isinstance(data, dict):
+        raise reject(400, "request body must be a JSON object", "invalid_request_error")
+    return data
+
+
+def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    messages = data.get("messages")
+    if (not isinstance(messages, list) or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)):
+        raise reject(400, "messages must be a non-empty array of {role, content} objects",
+                     "invalid_request_error")
+    return messages
+
+
+def _usage(prompt: int, gen: Generation) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": gen.count,
+        "total_tokens": prompt + gen.count,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": len(gen.thinking)},
+    }
+
+
+class OpenAIAPI:
+    def __init__(self, flavour: Flavour, catalog: Catalog) -> None:
+        self.flavour = flavour
+        self.catalog = catalog
+        self._ids = itertools.count(1)
+
+    def routes(self) -> list[Route]:
+        base = self.flavour.base_path
+        return [
+            Route("GET", f"{base}/models", self.models),
+            Route("POST", f"{base}/chat/completions", self.chat, chat=True),
+        ]
+
+    def models(self, call: Received, fault: Fault | None) -> Reply:
+        created = 1_754_000_000
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "name": name,
+                "created": created,
+                "owned_by": self.flavour.owned_by,
+                "context_length": CONTEXT_LENGTH,
+                "supports_reasoning": self.catalog.thinks(name),
+                "display_name": name,
+            }
+            for name in self.catalog.names
+        ]
+        return json_reply(200, {"object": "list", "data": data})
+
+    def chat(self, call: Received, fault: Fault | None) -> Reply:
+        try:
+            return self._answer(call, fault)
+        except Rejected as exc:
+            return self.flavour.error(exc.failure)
+
+    def _model(self, data: Mapping[str, Any]) -> str:
+        model = data.get("model")
+        if model is None and self.flavour.default_model_when_missing:
+            return self.catalog.names[0]
+        if not isinstance(model, str) or not model:
+            raise reject(400, "model is required", "invalid_request_error")
+        if self.catalog.find(model) is None:
+            raise Rejected(self.flavour.not_found(model))
+        return model
+
+    def _budget(self, data: Mapping[str, Any]) -> int | None:
+        for name in self.flavour.cap_fields:
+            value = data.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise reject(400, f"{name} must be a positive integer", "invalid_request_error")
+            return value
+        return None
+
+    def _check_sampling(self, data: Mapping[str, Any]) -> None:
+        for name, allowed in self.flavour.fixed_sampling.items():
+            value = data.get(name)
+            if value is not None and value != allowed:
+                shown = int(allowed) if float(allowed).is_integer() else allowed
+                raise reject(400, f"invalid {name}: only {shown} is allowed for this model",
+                             "invalid_request_error")
+
+    def _content(self, data: Mapping[str, Any], user_text: str) -> str:
+        text = reply_text(user_text)
+        fmt = data.get("response_format")
+        if fmt is None:
+            return text
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind == "text":
+            return text
+        if kind == "json_object":
+            return json_content(text)
+        if kind == "json_schema":
+            spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+            if not isinstance(spec, dict) or not spec.get("name"):
+                raise reject(400, "response_format.json_schema.name is required",
+                             "invalid_request_error")
+            return json_content(text, spec.get("schema") or {})
+        raise reject(400, "response_format.type must be text, json_object or json_schema",
+                     "invalid_request_error")
+
+    def _answer(self, call: Received, fault: Fault | None) -> Reply:
+        data = _decode(call.body)
+        model = self._model(data)
+        messages = _messages(data)
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise reject(400, "stream must be a boolean", "invalid_request_error")
+        self._check_sampling(data)
+        budget = self._budget(data)
+        texts = [part_text(m.get("content")) for m in messages]
+        users = [m for m in messages if m.get("role") == "user"]
+        user_text = part_text(users[-1].get("content")) if users else ""
+        content = self._content(data, user_text)
+        thinks = self.catalog.thinks(model) and not self.flavour.reasoning_off(data)
+        gen = generate(content, thinking=thinking_text(user_text) if thinks else None,
+                       budget=budget)
+        usage = _usage(count_prompt(texts), gen)
+        hidden = self.flavour.reasoning_hidden(data)
+        ident = f"{self.flavour.id_prefix}{int(time.time())}-{next(self._ids):06d}"
+        head = {"id": ident, "created": int(time.time()), "model": model,
+                **self.flavour.extra_response}
+        headers = {self.flavour.generation_header: ident} if self.flavour.generation_header else {}
+        kind = fault.kind if fault is not None else None
+        if not stream:
+            return self._whole(head, gen, usage, hidden, fault, headers)
+        opts = data.get("stream_options")
+        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        frames = self._stream(head, gen, usage, hidden, include_usage, kind)
+        if fault is not None and kind == "midstream_error":
+            # Cut before the finishing chunk, then report the failure in-band.
+            body_frames = len(self.flavour.stream_preamble) + 1 + (
+                0 if hidden else len(gen.thinking)) + len(gen.content)
+            keep = min(fault.after, body_frames)
+            frames = (*frames[:keep], self._error_event(head, fault))
+        return Reply(200, SSE, frames, stream=True,
+                     headers={"Cache-Control": "no-cache", **headers})
+
+    def _message(self, gen: Generation, hidden: bool) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": gen.content_text}
+        if gen.thinking and not hidden:
+            message[self.flavour.reasoning_field] = gen.thinking_text
+        return message
+
+    def _whole(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
+               hidden: bool, fault: Fault | None, headers: Mapping[str, str]) -> Reply:
+        kind = fault.kind if fault is not None else None
+        choice: dict[str, Any] = {"index": 0, "message": self._message(gen, hidden),
+                                  "finish_reason": gen.finish}
+        if fault is not None and kind == "midstream_error":
+            message = fault.message or MIDSTREAM_ERROR
+            if not self.flavour.error_in_choice:
+                raise reject(fault.status or 500, message, fault.error_type or "server_error")
+            # OpenRouter: status 200, the failure sits inside the choice.
+            choice = {"index": 0, "message": {"role": "assistant", "content": ""},
+                      "finish_reason": "error",
+                      "error": {"code": fault.status or 502, "message": message}}
+        body: dict[str, Any] = {**head, "object": "chat.completion",
+                                "choices": [] if kind == "empty_choices" else [choice],
+                                "usage": usage}
+        if self.flavour.trailing_cost:
+            body["cost"] = f"{usage['total_tokens'] * PRICE:.6f}"
+        return json_reply(200, body, JSON, headers)
+
+    def _chunk(self, head: Mapping[str, Any], choices: list[dict[str, Any]],
+               **extra: Any) -> bytes:
+        return sse_event({**head, "object": "chat.completion.chunk", "choices": choices,
+                          **extra})
+
+    def _stream(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
+                hidden: bool, include_usage: bool, kind: str | None) -> tuple[bytes, ...]:
+        frames = list(self.flavour.stream_preamble)
+        if kind == "empty_choices":
+            return (*frames, self._chunk(head, []), SSE_DONE)
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"index": 0, "delta": d, "finish_reason": finish}
+
+        frames.append(self._chunk(head, [delta({"role": "assistant", "content": ""})]))
+        if not hidden:
+            field = self.flavour.reasoning_field
+            frames += [self._chunk(head, [delta({field: t})]) for t in gen.thinking]
+        frames += [self._chunk(head, [delta({"content": t})]) for t in gen.content]
+        last = delta({}, gen.finish)
+        if self.flavour.usage_in_choice:
+            # Moonshot-style: usage rides inside the finishing choice.
+            last["usage"] = usage
+        frames.append(self._chunk(head, [last]))
+        if self.flavour.usage_always or include_usage:
+            frames.append(self._chunk(head, [], usage=usage))
+        frames.append(SSE_DONE)
+        if self.flavour.trailing_cost:
+            # Zen writes its cost event after the upstream's [DONE].
+            cost = f"{usage['total_tokens'] * PRICE:.6f}"
+            frames.append(self._chunk(head, [], cost=cost))
+        return tuple(frames)
+
+    def _error_event(self, head: Mapping[str, Any], fault: Fault) -> bytes:
+        message = fault.message or MIDSTREAM_ERROR
+        if self.flavour.error_in_choice:
+            return self._chunk(
+                head,
+                [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+                error={"code": fault.error_type or "server_error", "message": message},
+            )
+        return sse_event(self.flavour.error_body(
+            fault.status or 500, message, fault.error_type or "server_error", fault.metadata))

@@ -1,0 +1,154 @@
+"""plugins/kimi.py: Kimi For Coding's cap field, reasoning, client gate and
+documented error strings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from lakehouse import errors
+from lakehouse.wire import ChatRequest, Message
+from tests.support import build_provider, builtin_plugin, mock_upstream
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-kimi-0123456789abcdef0123456789"
+BASE = "https://api.kimi.com/coding/v1"
+URL = BASE + "/chat/completions"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Any]:
+    p = build_provider("kimi", BASE, key=KEY)
+    await p.start()
+    yield p
+    await p.close()
+
+
+def request(**kw: Any) -> ChatRequest:
+    return ChatRequest(model="ignored", messages=[Message("user", "hi")], **kw)
+
+
+def completion(content: str | None = "Hi!", finish: str = "stop", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "kimi-for-coding",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **extra},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 10},
+    }
+
+
+async def call(provider: Any, req: ChatRequest | None = None, **reply: Any) -> tuple[Any, Any]:
+    with mock_upstream() as mock:
+        mock.post(URL, **reply)
+        out = await provider.chat(req or request(), "kimi-for-coding")
+        (sent,) = [c for cs in mock.requests.values() for c in cs]
+        return out, sent
+
+
+def test_plugin_defaults() -> None:
+    plugin = builtin_plugin("kimi")
+    assert plugin.default_base_url == BASE
+    assert plugin.needs_key is True
+
+
+async def test_cap_is_max_completion_tokens_and_no_client_impersonation(provider: Any) -> None:
+    _, sent = await call(provider, request(max_tokens=10, temperature=1.0), payload=completion())
+    body = json.loads(sent.kwargs["data"])
+    assert body["max_completion_tokens"] == 10 and "max_tokens" not in body
+    assert body["temperature"] == 1.0
+    assert body["stream"] is False
+    headers = sent.kwargs["headers"]
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    # No shipped default that claims to be another vendor's client.
+    assert "User-Agent" not in headers
+    assert not any(k.lower().startswith("x-msh-") for k in headers)
+
+
+async def test_operator_chosen_user_agent_is_sent() -> None:
+    p = build_provider("kimi", BASE, key=KEY, headers={"User-Agent": "lakehouse-chatd/1"})
+    await p.start()
+    _, sent = await call(p, payload=completion())
+    await p.close()
+    assert sent.kwargs["headers"]["User-Agent"] == "lakehouse-chatd/1"
+
+
+async def test_drop_temperature_for_fixed_sampling_models() -> None:
+    p = build_provider("kimi", BASE, key=KEY, drop_temperature=True)
+    await p.start()
+    _, sent = await call(p, request(temperature=0.5), payload=completion())
+    await p.close()
+    assert "temperature" not in json.loads(sent.kwargs["data"])
+
+
+async def test_small_budget_spent_on_reasoning(provider: Any) -> None:
+    out, _ = await call(
+        provider, payload=completion("", "length", reasoning_content="The user says hi...")
+    )
+    assert (out.content, out.done_reason, out.reasoning) == ("", "length", "The user says hi...")
+    assert out.completion_tokens == 10
+
+
+async def test_usage_inside_the_choice(provider: Any) -> None:
+    data = completion()
+    data["choices"][0]["usage"] = data.pop("usage")
+    out, _ = await call(provider, payload=data)
+    assert (out.prompt_tokens, out.completion_tokens) == (9, 10)
+
+
+def kimi_error(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_}}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (401, kimi_error("The API Key appears to be invalid or may have expired",
+                         "invalid_authentication_error"), errors.UpstreamAuth),
+        (402, kimi_error("We were unable to verify your membership benefits"),
+         errors.UpstreamQuota),
+        (403, kimi_error("Kimi For Coding is currently only available for Coding Agents such "
+                         "as Kimi CLI, Claude Code, Roo Code, Kilo Code, etc.",
+                         "access_terminated_error"), errors.UpstreamAuth),
+        (403, kimi_error("You've reached your usage limit for this billing cycle",
+                         "access_terminated_error"), errors.UpstreamQuota),
+        (403, kimi_error("Access terminated", "access_terminated_error"), errors.UpstreamQuota),
+        (429, kimi_error("The engine is currently overloaded, please try again later",
+                         "engine_overloaded_error"), errors.UpstreamRateLimited),
+        (429, kimi_error("We're receiving too many requests at the moment",
+                         "rate_limit_reached_error"), errors.UpstreamRateLimited),
+        (429, kimi_error("You've reached your usage limit for this period"),
+         errors.UpstreamQuota),
+        (429, kimi_error("You've reached kimi monthly usage limit"), errors.UpstreamQuota),
+        (400, kimi_error("invalid temperature: only 1 is allowed for this model"),
+         errors.UpstreamRejected),
+        (400, kimi_error("Your request exceeded model token limit: 262144"),
+         errors.UpstreamRejected),
+        (404, kimi_error("Not found the model kimi-for-coding or Permission denied",
+                         "resource_not_found_error"), errors.UpstreamRejected),
+        (500, kimi_error("internal error", "server_error"), errors.UpstreamError),
+    ],
+)
+async def test_documented_errors(
+    provider: Any, status: int, body: dict[str, Any], error: type[errors.ChatdError]
+) -> None:
+    with pytest.raises(errors.ChatdError) as info:
+        await call(provider, status=status, payload=body)
+    assert type(info.value) is error
+    assert body["error"]["message"] in info.value.message
+    assert info.value.upstream_status == status

@@ -1,0 +1,147 @@
+"""plugins/opencode.py: OpenCode Zen's defaults and its own error classes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from lakehouse import errors
+from lakehouse.wire import ChatRequest, Message
+from tests.support import build_provider, builtin_plugin, mock_upstream
+
+pytestmark = pytest.mark.anyio
+
+KEY = "zen-key-0123456789abcdef0123"
+BASE = "https://opencode.ai/zen/v1"
+URL = BASE + "/chat/completions"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Any]:
+    p = build_provider("opencode", BASE, key=KEY)
+    await p.start()
+    yield p
+    await p.close()
+
+
+def request(**kw: Any) -> ChatRequest:
+    return ChatRequest(model="ignored", messages=[Message("user", "hi")], **kw)
+
+
+def completion(**message: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "glm-5.2",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hi!", **message},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2},
+        # Zen appends its own cost to non-streamed replies.
+        "cost": "0.0012",
+    }
+
+
+async def call(provider: Any, **reply: Any) -> tuple[Any, Any]:
+    with mock_upstream() as mock:
+        mock.post(URL, **reply)
+        out = await provider.chat(request(max_tokens=50, format="json"), "glm-5.2")
+        (sent,) = [c for cs in mock.requests.values() for c in cs]
+        return out, sent
+
+
+def test_plugin_defaults() -> None:
+    plugin = builtin_plugin("opencode")
+    assert plugin.default_base_url == BASE
+    assert plugin.needs_key is True
+
+
+async def test_request_and_reply(provider: Any) -> None:
+    out, sent = await call(provider, payload=completion(reasoning_content="relayed thoughts"))
+    assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert json.loads(sent.kwargs["data"]) == {
+        "model": "glm-5.2",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": False,
+        "max_tokens": 50,
+        "response_format": {"type": "json_object"},
+    }
+    assert (out.content, out.reasoning, out.model) == ("Hi!", "relayed thoughts", "glm-5.2")
+    assert (out.prompt_tokens, out.completion_tokens) == (4, 2)
+
+
+def zen(cls: str, message: str = "nope") -> dict[str, Any]:
+    return {"type": "error", "error": {"type": cls, "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "headers", "error", "retry_after"),
+    [
+        (401, "AuthError", {}, errors.UpstreamAuth, None),
+        # Zen's 401s that are not about the key.
+        (401, "CreditsError", {}, errors.UpstreamQuota, None),
+        (401, "MonthlyLimitError", {}, errors.UpstreamQuota, None),
+        (401, "UserLimitError", {}, errors.UpstreamQuota, None),
+        (401, "ModelError", {}, errors.UpstreamRejected, None),
+        # A class Zen adds later is not proof of a dead key.
+        (401, "SomeNewError", {}, errors.UpstreamError, None),
+        (403, "RegionError", {}, errors.UpstreamAuth, None),
+        (429, "RateLimitError", {"retry-after": "30"}, errors.UpstreamRateLimited, 30.0),
+        (429, "RateLimitError", {}, errors.UpstreamRateLimited, None),
+        (429, "FreeUsageLimitError", {"retry-after": "3600"}, errors.UpstreamQuota, 3600.0),
+        (429, "GoUsageLimitError", {}, errors.UpstreamQuota, None),
+        (429, "BlackUsageLimitError", {}, errors.UpstreamQuota, None),
+        (500, "error", {}, errors.UpstreamError, None),
+    ],
+)
+async def test_zen_error_classes(
+    provider: Any,
+    status: int,
+    cls: str,
+    headers: dict[str, str],
+    error: type[errors.ChatdError],
+    retry_after: float | None,
+) -> None:
+    body = zen(cls, f"{cls} happened")
+    with pytest.raises(errors.ChatdError) as info:
+        await call(provider, status=status, payload=body, headers=headers)
+    assert type(info.value) is error
+    assert info.value.upstream_status == status
+    assert info.value.retry_after == retry_after
+    assert f"{cls} happened" in info.value.message
+
+
+async def test_relayed_upstream_errors_keep_their_shape(provider: Any) -> None:
+    # Zen rewrites a routed upstream's 404 to 400 and prefixes the message.
+    body = {
+        "error": {
+            "message": "Error from provider (fireworks): model not found",
+            "type": "invalid_request_error",
+        }
+    }
+    with pytest.raises(errors.UpstreamRejected, match="Error from provider"):
+        await call(provider, status=400, payload=body)
+
+
+async def test_relayed_openrouter_style_error(provider: Any) -> None:
+    body = {"error": {"code": 429, "message": "Error from provider (x): busy", "metadata": {}}}
+    with pytest.raises(errors.UpstreamRateLimited, match="busy"):
+        await call(provider, status=429, payload=body)
+
+
+async def test_zen_auth_error_quoting_the_key_is_redacted(provider: Any) -> None:
+    with pytest.raises(errors.UpstreamAuth) as info:
+        await call(provider, status=401, payload=zen("AuthError", f"Invalid API key {KEY}."))
+    assert KEY not in str(info.value)

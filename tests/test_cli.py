@@ -1,0 +1,237 @@
+"""bin/chatd as a process: config checks, --dev, h2, SIGTERM grace, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lakehouse.stubs import Fault, StubUpstream
+from tests.support import ROOT
+
+GOOD = {"model": "qwen3.5:latest", "messages": [{"role": "user", "content": "hi"}]}
+KEY_VARS = ("OLLAMA_CLOUD_KEY", "OPENROUTER_API_KEY", "OPENCODE_API_KEY", "KIMI_API_KEY")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
+    env.pop("LAKEHOUSE_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def chatd(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=clean_env(),
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_check_shipped_config_without_keys_registers_only_ollama() -> None:
+    done = chatd("--check")
+    assert done.returncode == 0, done.stderr
+    assert "providers: ollama" in done.stdout
+
+
+def test_check_with_a_key_registers_that_provider() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=clean_env(OPENROUTER_API_KEY="sk-or-v1-" + "x" * 30),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "providers: ollama, openrouter" in done.stdout
+    assert "sk-or-v1-" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[chatd]\ntimeout_sec = 1\n", "unknown key `chatd.timeout_sec`"),
+        (
+            '[chatd.providers.ollama]\nbase_url = "localhost:11434"\n',
+            "`chatd.providers.ollama.base_url`",
+        ),
+        ("[chatd.providers.mystery]\n", "provider `mystery`: plugin `mystery` not found"),
+        (
+            '[chatd.providers.ollama]\noptions = { num_ctx = "big" }\n',
+            "`chatd.providers.ollama.options.num_ctx`",
+        ),
+    ],
+)
+def test_bad_config_stops_startup_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    done = chatd("--config", str(path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert needle in lines[0]
+    assert lines[0].startswith("chatd: config error:")
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[bytes], base: str) -> None:
+        self.proc = proc
+        self.base = base
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lakehouse.cli", *args, "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env or clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
+        try:
+            if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                return Server(proc, base)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("chatd did not become ready")
+
+
+@pytest.fixture
+def dev_server() -> Iterator[Server]:
+    # Nothing listens on the configured Ollama port in a test run, so --dev
+    # must bring up its embedded stub.
+    unused = free_port()
+    server = start(
+        ["--dev", "--set", f'chatd.providers.ollama.base_url="http://127.0.0.1:{unused}"']
+    )
+    yield server
+    server.proc.terminate()
+    server.proc.wait(30)
+
+
+def test_dev_mode_answers_over_http2_out_of_the_box(dev_server: Server) -> None:
+    with httpx.Client(http1=False, http2=True, base_url=dev_server.base) as client:
+        resp = client.post("/chat", json=GOOD)
+    assert resp.http_version == "HTTP/2"
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["provider"] == "ollama"
+    assert body["content"] and body["completion_tokens"] > 0
+    assert httpx.get(dev_server.base + "/chat/providers").json() == {"providers": {"ollama": True}}
+
+
+def test_smoke_against_a_running_dev_server(dev_server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.smoke", dev_server.base],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "6/6 PASS"
+
+
+def test_smoke_reports_failures_and_exits_nonzero(dev_server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.smoke", dev_server.base, "--expect", "ollama,kimi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert "1. FAIL" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "5/6 PASS"
+
+
+def test_smoke_starts_its_own_dev_server() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6/6 PASS" in done.stdout
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[tuple[StubUpstream, str]]:
+    upstream = StubUpstream("ollama")
+    url = await upstream.start()
+    yield upstream, url
+    await upstream.stop()
+
+
+@pytest.mark.anyio
+async def test_sigterm_lets_in_flight_requests_finish(
+    tmp_path: Path, stub: tuple[StubUpstream, str]
+) -> None:
+    upstream, url = stub
+    upstream.fail_next(Fault(kind="delay", seconds=1.5))
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[chatd]\nprobe_interval_secs = 0\n[chatd.providers.ollama]\nbase_url = "{url}"\n'
+    )
+    server = await asyncio.to_thread(start, ["--config", str(path)])
+    try:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+            pending = asyncio.create_task(client.post("/chat", json=GOOD))
+            await asyncio.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            resp = await pending
+        assert resp.status_code == 200
+        assert resp.json()["content"]
+        code = await asyncio.to_thread(server.proc.wait, 30)
+        assert code == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+@pytest.mark.anyio
+async def test_two_workers_serve(tmp_path: Path, stub: tuple[StubUpstream, str]) -> None:
+    upstream, url = stub
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[chatd]\nprobe_interval_secs = 0\n[chatd.providers.ollama]\nbase_url = "{url}"\n'
+    )
+    server = await asyncio.to_thread(start, ["--config", str(path), "--workers", "2"])
+    try:
+        async with httpx.AsyncClient(base_url=server.base) as client:
+            answers = await asyncio.gather(*(client.post("/chat", json=GOOD) for _ in range(20)))
+        assert all(r.status_code == 200 for r in answers)
+        assert len([r for r in upstream.received if r.path == "/api/chat"]) == 20
+    finally:
+        server.proc.terminate()
+        await asyncio.to_thread(server.proc.wait, 30)
