@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -55,6 +55,9 @@ class ServerConfig(Strict):
     # Hypercorn's default (1,000) sends GOAWAY to busy h2 clients.
     keep_alive_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     h2_max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # Where workers (> 1) keep Prometheus multiprocess files; emptied at
+    # start-up. Default: a fresh folder under the system temp dir.
+    metrics_dir: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
 
@@ -72,7 +75,9 @@ class ChatdConfig(Strict):
     # Folders searched for plugin files, after the built-in plugins/ folder;
     # relative paths are taken from the config file's folder.
     plugin_dirs: list[str] = []
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # With log_level "debug": also log message contents (redacted of keys).
+    log_bodies: bool = False
     # Seconds between health probes of every provider; 0 turns probing off.
     probe_interval_secs: Annotated[float, msgspec.Meta(ge=0)] = 15 * SECONDS
     # Consecutive failed calls after which a provider counts as unavailable.

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from lakehouse.errors import ChatdError, ProviderUnavailable
 from lakehouse.health import Health
 from lakehouse.registry import Registry, Route
 from lakehouse.wire import ChatRequest, ChatResponse
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """What the dispatcher learnt about one request, for metrics and logs,
+    filled in even when the call fails."""
+
+    provider: str = ""
+    tier: str = ""
+    upstream_s: float = 0.0
 
 
 class Dispatcher:
@@ -35,9 +46,12 @@ class Dispatcher:
             return self.registry.resolve(model), None
         return self.registry.resolve(resolved), model
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, info: CallInfo | None = None) -> ChatResponse:
+        info = info if info is not None else CallInfo()
         route, tier = self.route(request.model)
         provider = route.provider
+        info.provider = provider.name
+        info.tier = tier or ""
         if not self.health.available(provider.name):
             raise ProviderUnavailable(
                 f"provider `{provider.name}` is unavailable", provider=provider.name
@@ -46,12 +60,14 @@ class Dispatcher:
         try:
             response = await provider.chat(request, route.model)
         except ChatdError as exc:
+            info.upstream_s = time.perf_counter() - started
             # Only failures that say something about the provider count
             # against its health; a rejected request says nothing.
             self.health.record(provider.name, ok=not exc.retryable)
             raise
+        info.upstream_s = time.perf_counter() - started
         self.health.record(provider.name, ok=True)
-        response.latency_ms = round((time.perf_counter() - started) * 1000)
+        response.latency_ms = round(info.upstream_s * 1000)
         response.provider = provider.name
         response.tier = tier
         return response

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from lakehouse import request_id
+
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 _encode = msgspec.json.Encoder(enc_hook=str).encode
 
@@ -22,6 +24,9 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        rid = request_id.current.get()
+        if rid is not None:
+            line["request_id"] = rid
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 line[key] = value

@@ -7,14 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 
 from lakehouse.config import Config
-from lakehouse.dispatcher import Dispatcher
+from lakehouse.dispatcher import CallInfo, Dispatcher
+from lakehouse.errors import ChatdError
 from lakehouse.health import Health
+from lakehouse.metrics import Metrics
 from lakehouse.registry import Registry, build_registry
+from lakehouse.wire import ChatRequest, ChatResponse
 
 log = logging.getLogger("chatd")
+access = logging.getLogger("chatd.access")
+
+# Metric label for a request path: bounded, whatever callers send.
+_ROUTES = {"/chat": "chat", "/v1/chat": "chat"}
 
 
 class Runtime:
@@ -23,6 +31,7 @@ class Runtime:
         self.registry = registry
         self.health = Health(registry.names(), failure_threshold=config.chatd.failure_threshold)
         self.dispatcher = Dispatcher(registry, tiers=config.tiers, health=self.health)
+        self.metrics = Metrics(self.health.snapshot)
         self.ready = False
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -53,6 +62,65 @@ class Runtime:
                 await self._probe_task
         for provider in self.registry:
             await provider.close()
+        self.metrics.close()
+
+    def observe(
+        self,
+        path: str,
+        rid: str,
+        request: ChatRequest | None,
+        info: CallInfo,
+        status: int,
+        started: float,
+        response: ChatResponse | None,
+        error: ChatdError | None,
+    ) -> None:
+        """Count and log one answered request (after its response was sent)."""
+        total = time.perf_counter() - started
+        overhead = max(0.0, total - info.upstream_s)
+        prompt = response.prompt_tokens if response is not None else 0
+        completion = response.completion_tokens if response is not None else 0
+        code = error.code if error is not None else None
+        upstream_code = code if error is not None and error.provider else None
+        self.metrics.observe(
+            route=_ROUTES.get(path, "other"),
+            provider=info.provider,
+            tier=info.tier,
+            status=status,
+            upstream_s=info.upstream_s,
+            overhead_s=overhead,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            error_code=upstream_code,
+        )
+        if access.isEnabledFor(logging.INFO):
+            fields: dict[str, object] = {
+                "request_id": rid,
+                "route": path,
+                "model": request.model[:200] if request is not None else None,
+                "provider": info.provider or None,
+                "tier": info.tier or None,
+                "status": status,
+                "upstream_ms": round(info.upstream_s * 1000, 3),
+                "overhead_ms": round(overhead * 1000, 3),
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            }
+            if code is not None:
+                fields["error"] = code
+            access.info("request", extra=fields)
+        if (
+            request is not None
+            and self.config.chatd.log_bodies
+            and access.isEnabledFor(logging.DEBUG)
+        ):
+            access.debug(
+                "bodies",
+                extra={
+                    "messages": [self.registry.redact(m.content) for m in request.messages],
+                    "content": self.registry.redact(response.content) if response else None,
+                },
+            )
 
     async def probe_once(self) -> None:
         async def one(name: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -18,12 +19,17 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse.config import Config
+from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
 
 
 def hypercorn_config(
-    config: Config, *, bind: str | None = None, workers: int | None = None
+    config: Config,
+    *,
+    bind: str | None = None,
+    workers: int | None = None,
+    app_path: str = APP_PATH,
 ) -> HypercornConfig:
     server = config.chatd.server
     h = HypercornConfig()
@@ -42,17 +48,31 @@ def hypercorn_config(
         h.certfile = server.certfile
         h.keyfile = server.keyfile
         h.alpn_protocols = ["h2", "http/1.1"]
-    h.application_path = APP_PATH
+    h.application_path = app_path
     return h
 
 
-def run(config: Config, *, bind: str | None = None, workers: int | None = None) -> int:
+def run(
+    config: Config,
+    *,
+    bind: str | None = None,
+    workers: int | None = None,
+    app_path: str = APP_PATH,
+) -> int:
     """Serve until SIGTERM/SIGINT, letting in-flight requests finish within
     the graceful timeout. The app is loaded from the environment
     (``LAKEHOUSE_CONFIG``, ``CHATD_OVERRIDES``) the caller has set."""
-    h = hypercorn_config(config, bind=bind, workers=workers)
+    h = hypercorn_config(config, bind=bind, workers=workers, app_path=app_path)
     if h.workers == 1:
         h.workers = 0  # Hypercorn's "serve in this process"
+    else:
+        # Workers are spawned afresh and inherit this: each writes its
+        # metrics to files there, and a scrape of any worker merges them.
+        path = config.chatd.server.metrics_dir or os.path.join(
+            tempfile.gettempdir(), f"chatd-metrics-{os.getpid()}"
+        )
+        prepare_multiprocess_dir(path)
+        os.environ[MULTIPROC_ENV] = path
     return int(hypercorn_run(h) or 0)
 
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
+from lakehouse import request_id
 from lakehouse.errors import (
     ChatdError,
     UpstreamAuth,
@@ -194,6 +195,9 @@ class HTTPClient:
         kwargs: dict[str, Any] = {"allow_redirects": False}
         if body is not None:
             kwargs["data"] = body
+        rid = request_id.current.get()
+        if rid is not None:
+            headers = {**(headers or {}), request_id.HEADER: rid}
         if headers:
             kwargs["headers"] = headers
         if timeout is not None:

@@ -13,18 +13,22 @@ import contextlib
 import logging
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lakehouse import request_id
 from lakehouse.config import Config
+from lakehouse.dispatcher import CallInfo
 from lakehouse.errors import (
     BadRequest,
     ChatdError,
@@ -84,19 +88,17 @@ def bad_request_from(exc: Exception) -> BadRequest:
     return BadRequest(f"malformed JSON: {exc}")
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
     """The whole body, refusing at once anything over ``limit`` bytes: a
     declared Content-Length is checked before reading, and a body without
     one is counted while it arrives, so no more than ``limit`` is held."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise BadRequest("invalid Content-Length") from None
-            if declared > limit:
-                raise PayloadTooLarge(f"request body over {limit} bytes")
-            break
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -137,25 +139,68 @@ class ChatEndpoint:
         self._state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         runtime: Runtime = self._state.runtime
+        declared = rid_header = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"x-request-id":
+                rid_header = value
+        rid = request_id.accept_or_mint(rid_header)
+        token = request_id.current.set(rid)
+        info = CallInfo()
+        request = None
+        error: ChatdError | None = None
         try:
-            body = await read_body(scope, receive, runtime.config.chatd.max_request_bytes)
+            body = await read_body(receive, runtime.config.chatd.max_request_bytes, declared)
             try:
                 request = chat_request_decoder.decode(body)
-            except (
-                msgspec.DecodeError,
-                msgspec.ValidationError,
-                ValueError,
-                RecursionError,
-            ) as exc:
+            except (msgspec.DecodeError, ValueError, RecursionError) as exc:
                 raise bad_request_from(exc) from None
-            response = await runtime.dispatcher.chat(request)
-            await send_json(send, 200, encoder.encode(response))
+            response = await runtime.dispatcher.chat(request, info)
+            headers: list[tuple[bytes, bytes]] = []
+            status, payload = 200, encoder.encode(response)
         except ClientGone:
+            runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
+            request_id.current.reset(token)
             return
         except Exception as exc:
             status, headers, payload = error_response(exc, runtime.registry.redact)
-            await send_json(send, status, payload, headers)
+            error = exc if isinstance(exc, ChatdError) else None
+            response = None
+        total = time.perf_counter() - started
+        headers.append((b"x-request-id", rid.encode()))
+        headers.append((b"server-timing", server_timing(info.upstream_s, total)))
+        await send_json(send, status, payload, headers)
+        runtime.observe(scope["path"], rid, request, info, status, started, response, error)
+        request_id.current.reset(token)
+
+
+def server_timing(upstream_s: float, total_s: float) -> bytes:
+    """Where the time went, for callers: the upstream call and chatd's own share."""
+    overhead = max(0.0, total_s - upstream_s)
+    return f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}".encode()
+
+
+def with_request_id(app: ASGIApp) -> ASGIApp:
+    """Every other route also answers with an ``X-Request-ID``."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        supplied = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = request_id.accept_or_mint(supplied).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return wrapped
 
 
 def json_response(
@@ -178,6 +223,12 @@ async def ready(request: Request) -> Response:
     if runtime is None or not runtime.ready:
         return json_response(b'{"status":"starting"}', 503)
     return json_response(b'{"status":"ready"}')
+
+
+async def metrics(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(runtime.metrics.exposition), media_type=content_type)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -216,6 +267,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None) -> A
         Route("/v1/chat/providers", providers, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         # Listed so that a wrong method on the hot path gets a proper 405.
         Route("/chat", _never, methods=["POST"]),
         Route("/v1/chat", _never, methods=["POST"]),
@@ -226,12 +278,13 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None) -> A
         exception_handlers={HTTPException: http_error},
     )
     chat = ChatEndpoint(app.state)
+    others = with_request_id(app)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
             await chat(scope, receive, send)
         else:
-            await app(scope, receive, send)
+            await others(scope, receive, send)
 
     return asgi
 

@@ -33,9 +33,13 @@ class Fault(msgspec.Struct, kw_only=True, frozen=True):
 
     ``status`` is the HTTP status for ``status`` (required) and overrides the
     default of ``quota``, ``redirect`` (301), ``html``, ``wrong_content_type``
-    and ``garbage`` (200). ``after`` counts stream frames (or, for a
-    non-streaming reply, is ignored and half the body is sent) before
-    ``truncate``, ``midstream_error`` and ``stall`` strike.
+    and ``garbage`` (200). ``after`` counts the frames written before
+    ``truncate``, ``midstream_error`` and ``stall`` strike: NDJSON lines or SSE
+    events (comments included); a whole JSON body is written as two halves,
+    so there the cut falls after the first half (``midstream_error`` on a
+    whole reply answers as the upstream does when it fails before the first
+    byte). ``seconds`` is how long
+    ``delay`` waits before answering and ``stall`` pauses mid-reply.
     """
 
     kind: FaultKind

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any, Literal
 
-from lakehouse.stubs.reply import JSON, OLLAMA_JSON, Failure, Reply, json_reply
+from lakehouse.stubs.reply import JSON, OLLAMA_JSON, Failure, Reply, json_reply, phrase
 
 ErrorBody = Callable[[int, str, "str | None", "Mapping[str, Any] | None"], dict[str, Any]]
 
@@ -104,6 +103,8 @@ class Flavour:
     quota: Failure
     # Paths (under base_path) that answer without a key.
     public_paths: frozenset[str]
+    # Hosted upstreams: a request without any Bearer key is refused.
+    needs_key: bool = True
     version: str = "0.13.5"
     reasoning_field: str = "reasoning"
     reasoning_off: Callable[[Mapping[str, Any]], bool] = _never
@@ -143,7 +144,7 @@ class Flavour:
         return json_reply(failure.status, body, self.error_content_type, failure.headers)
 
     def fail(self, status: int, message: str | None = None) -> Reply:
-        return self.error(Failure(status, message or HTTPStatus(status).phrase))
+        return self.error(Failure(status, message or phrase(status)))
 
 
 _OLLAMA_PUBLIC = frozenset({"/", "/api/version", "/api/tags", "/api/show"})
@@ -163,6 +164,7 @@ OLLAMA = Flavour(
         "upgrade for higher limits: https://ollama.com/upgrade",
     ),
     public_paths=_OLLAMA_PUBLIC,
+    needs_key=False,
     reasoning_field="thinking",
     forced_thinking=("gpt-oss",),
 )

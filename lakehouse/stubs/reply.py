@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -23,6 +24,14 @@ NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
+
+
+def phrase(status: int) -> str:
+    """The reason phrase, also for statuses outside the RFCs (499, 529)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def encode(obj: Any) -> bytes:

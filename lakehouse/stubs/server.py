@@ -13,11 +13,13 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterable
-from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from lakehouse.stubs.catalog import Catalog
@@ -26,7 +28,7 @@ from lakehouse.stubs.flavours import Flavour, find_flavour
 from lakehouse.stubs.ollama import OllamaAPI
 from lakehouse.stubs.openai import OpenAIAPI
 from lakehouse.stubs.received import Received, Route, decode_json
-from lakehouse.stubs.reply import HTML, JSON, TEXT, Failure, Reply, text_reply
+from lakehouse.stubs.reply import HTML, JSON, TEXT, Failure, Reply, phrase, text_reply
 
 DOWN_MESSAGE = "service unavailable: the upstream is down"
 ERROR_PAGE = (
@@ -38,7 +40,8 @@ GARBAGE = b'{"id": "x", "choices": [{"message": {"content": "unterminated'
 # Faults that act on the written frames rather than on what the reply says.
 WIRE_FAULTS = frozenset({"truncate", "stall"})
 # How long stop() lets in-flight handlers finish; stubs have nothing to save.
-SHUTDOWN_TIMEOUT = 0.5
+SHUTDOWN_TIMEOUT = 0.1
+MAX_BODY = 64 * 1024 * 1024
 
 
 def _is_loopback(host: str) -> bool:
@@ -58,8 +61,20 @@ class _CountingServer(web.Server):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, request_factory=self._request, **kwargs)
         self.open: set[RequestHandler] = set()
+
+    def _request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        # aiohttp caps bodies at 1 MiB by default; real upstreams take long prompts.
+        return web.BaseRequest(message, payload, protocol, writer, task,
+                               asyncio.get_running_loop(), client_max_size=MAX_BODY)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         self.open.add(handler)
@@ -87,8 +102,10 @@ def _hang_up(request: web.BaseRequest, *, reset: bool) -> None:
 
 class StubUpstream:
     """An upstream emulator. ``key``: requests must carry ``Authorization: Bearer
-    <key>`` (paths a real upstream serves without a key excepted); None checks
-    nothing. ``models``: names it knows (flavour defaults otherwise);
+    <key>`` (paths a real upstream serves without a key excepted); with None,
+    local Ollama checks nothing and the hosted flavours take any Bearer key
+    but refuse a request without one. ``models``: names it knows (flavour
+    defaults otherwise);
     ``thinking``: which of them reason (default: by family name).
     ``require_user_agent`` (kimi): the User-Agent prefix let through.
     """
@@ -192,8 +209,21 @@ class StubUpstream:
         return 0 if self._server is None else len(self._server.open)
 
     @property
+    def chats(self) -> list[Received]:
+        """The recorded requests that went to a chat route (health probes left out)."""
+        return [r for r in self.received if self._is_chat(r)]
+
+    def _is_chat(self, received: Received) -> bool:
+        route = self._routes.get((received.method, received.path))
+        return route is not None and route.chat
+
+    @property
     def down(self) -> bool:
         return self._down
+
+    @down.setter
+    def down(self, down: bool) -> None:
+        self._down = down
 
     def set_down(self, down: bool) -> None:
         """While down every path answers 503 in the flavour's error shape
@@ -212,11 +242,19 @@ class StubUpstream:
         self.received.append(received)
         return received
 
+    def _authorized(self, received: Received) -> bool:
+        given = received.headers.get("authorization", "")
+        if self.key is not None:
+            return given == f"Bearer {self.key}"
+        # Hosted upstreams turn away a request with no key even when the test
+        # did not pick one; any key will do then.
+        token = given.removeprefix("Bearer ")
+        return not self.spec.needs_key or (token != given and token.strip() != "")
+
     def _gate(self, route: Route, received: Received) -> Reply | None:
         """The checks a real edge makes before the model sees anything."""
         relative = route.path.removeprefix(self.spec.base_path) or "/"
-        needs_key = self.key is not None and relative not in self.spec.public_paths
-        if needs_key and received.headers.get("authorization") != f"Bearer {self.key}":
+        if relative not in self.spec.public_paths and not self._authorized(received):
             return self.spec.error(self.spec.unauthorized)
         gate = self.spec.client_gate
         if gate is not None and self.require_user_agent is not None:
@@ -240,7 +278,7 @@ class StubUpstream:
         kind = fault.kind
         if kind == "status":
             status = fault.status or 500
-            return self.spec.error(Failure(status, HTTPStatus(status).phrase)
+            return self.spec.error(Failure(status, phrase(status))
                                       .overridden_by(fault))
         if kind == "quota":
             return self.spec.error(self.spec.quota.overridden_by(fault))

@@ -13,6 +13,15 @@ from lakehouse.stubs.server import StubUpstream
 START_TIMEOUT = 10.0
 
 
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    # Handlers still sleeping in a fault would otherwise be destroyed pending.
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+
+
 class StubThread:
     def __init__(
         self,
@@ -55,6 +64,7 @@ class StubThread:
                 loop.run_forever()
             finally:
                 loop.run_until_complete(self.stub.stop())
+                _cancel_leftovers(loop)
                 loop.close()
 
         thread = threading.Thread(target=run, name=f"stub-{self.stub.flavour}",

@@ -45,7 +45,8 @@ async def make_stub() -> AsyncIterator[MakeStub]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    # The hosted flavours refuse requests without a Bearer key, any key when unset.
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer any"}) as session:
         yield session
 
 
@@ -97,6 +98,14 @@ async def test_status_fault_fields(make_stub: MakeStub, http: Any) -> None:
     router.fail_next(Fault(kind="status", status=402, metadata={"limit_source": "x"},
                            message="m"))
     assert json.loads((await call(http, router))[2])["error"]["metadata"] == {"limit_source": "x"}
+
+
+@pytest.mark.parametrize("status", [499, 529])
+async def test_nonstandard_status(make_stub: MakeStub, http: Any, status: int) -> None:
+    stub = await make_stub("openrouter")
+    stub.fail_next(Fault(kind="status", status=status))
+    got, _, raw = await call(http, stub)
+    assert (got, json.loads(raw)["error"]["code"]) == (status, status)
 
 
 @pytest.mark.parametrize(("flavour", "status", "error"), [

@@ -255,6 +255,16 @@ async def test_key_required(make_stub: MakeStub, http: Any, flavour: str, body: 
     assert (await chat(http, stub, req))[0] == 200
 
 
+@pytest.mark.parametrize("flavour", ["openrouter", "opencode", "kimi"])
+async def test_hosted_flavours_need_some_key_when_none_is_set(
+        make_stub: MakeStub, http: Any, flavour: str) -> None:
+    stub = await make_stub(flavour)
+    req = {"model": MODEL[flavour], "messages": HI}
+    for headers in ({"X-Other": "1"}, {"Authorization": "Bearer "}, {"Authorization": "k"}):
+        assert (await chat(http, stub, req, headers))[0] == 401
+    assert (await chat(http, stub, req, {"Authorization": "Bearer whatever"}))[0] == 200
+
+
 async def test_models_listing_and_its_auth(make_stub: MakeStub, http: Any) -> None:
     router = await make_stub("openrouter", key="k")
     async with http.get(router.base_url + "/models") as resp:  # public catalogue
@@ -271,9 +281,9 @@ async def test_models_listing_and_its_auth(make_stub: MakeStub, http: Any) -> No
 async def test_kimi_client_gate(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub("kimi", require_user_agent="KimiCLI/")
     req = {"model": "kimi-for-coding", "messages": HI}
-    status, _, raw = await chat(http, stub, req, {"User-Agent": "chatd/0.1"})
+    status, _, raw = await chat(http, stub, req, {**AUTH, "User-Agent": "chatd/0.1"})
     assert status == 403
     error = json.loads(raw)["error"]
     assert error["type"] == "access_terminated_error"
     assert "only available for Coding Agents" in error["message"]
-    assert (await chat(http, stub, req, {"User-Agent": "KimiCLI/1.2"}))[0] == 200
+    assert (await chat(http, stub, req, {**AUTH, "User-Agent": "KimiCLI/1.2"}))[0] == 200

@@ -111,11 +111,11 @@ async def test_down_answers_503_everywhere(make_stub: MakeStub, flavour: str, pa
     stub.set_down(True)
     assert stub.down is True
     chat = "/api/chat" if flavour.startswith("ollama") else "/chat/completions"
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer k"}) as http:
         for method, url in (("GET", stub.base_url + path), ("POST", stub.base_url + chat)):
             async with http.request(method, url, json={}) as resp:
                 assert (resp.status, await resp.json()) == (503, body)
-        stub.set_down(False)
+        stub.down = False
         async with http.get(stub.base_url + path) as resp:
             assert resp.status == 200
 
@@ -191,3 +191,28 @@ def test_construction_errors(args: Any, options: Any) -> None:
 async def test_refuses_non_loopback_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
         await StubUpstream("ollama").start(host="0.0.0.0")
+
+
+async def test_chats_leaves_out_probes(make_stub: MakeStub) -> None:
+    stub = await make_stub("ollama")
+    async with aiohttp.ClientSession() as http:
+        for method, path in (("GET", "/api/version"), ("POST", "/api/chat"),
+                             ("GET", "/api/tags"), ("POST", "/api/generate")):
+            async with http.request(method, stub.base_url + path, json={}):
+                pass
+    assert len(stub.received) == 4
+    assert [r.path for r in stub.chats] == ["/api/chat", "/api/generate"]
+
+
+async def test_stop_does_not_wait_for_a_delayed_reply(make_stub: MakeStub) -> None:
+    stub = await make_stub("ollama")
+    stub.fail_always(Fault(kind="delay", seconds=30))
+    async with aiohttp.ClientSession() as http:
+        pending = asyncio.ensure_future(http.post(stub.base_url + "/api/chat", json={}))
+        assert await settle(stub, 1) == 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await stub.stop()
+        assert loop.time() - started < 2 and stub.open_connections == 0
+        with pytest.raises(aiohttp.ClientError):
+            await pending

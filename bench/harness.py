@@ -1,0 +1,669 @@
+"""The chatd benchmark (run it as ``bench/run``; see bench/README.md).
+
+chatd serves with one worker pinned to CPU 0; the stub upstreams and the load
+generators (wrk for HTTP/1.1 keep-alive, h2load for h2c with prior knowledge)
+share CPU 1. Every row runs once per round and the rows are interleaved round
+by round, so a noisy neighbour hits them all alike; each figure is the median
+over the rounds, with min..max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+STUB = BENCH / "stub.py"
+WRK_SCRIPT = BENCH / "wrk_report.lua"
+MODEL = "qwen3.5:latest"
+SLOW_PROVIDER = "slow"  # a second Ollama provider pointed at the delayed stub
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+# Budget (native route, HTTP/1.1, one worker), from the performance issue.
+BUDGET_CPU_MS = 0.35
+BUDGET_ADDED_P50_MS = 0.3
+BUDGET_DELAY_RPS = 1240
+BUDGET_IDLE_RSS_MB = 60
+BUDGET_PEAK_RSS_MB = 100
+
+
+def chat_body(model: str = MODEL) -> str:
+    return json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def pinned(cpu: str | None, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if cpu is not None else argv
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kb(pid: int, key: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_stub(cpu: str | None, delay_ms: float, log: Path) -> tuple[subprocess.Popen[str], int]:
+    argv = [sys.executable, str(STUB), "--port", "0", "--delay-ms", str(delay_ms)]
+    proc = subprocess.Popen(
+        pinned(cpu, argv), stdout=subprocess.PIPE, stderr=log.open("w"), text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("PORT "):
+        stop(proc)
+        raise SystemExit(f"bench: stub did not start: {line!r}; see {log}")
+    return proc, int(line.split()[1])
+
+
+def http(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
+    data = body.encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def write_config(path: Path, port: int, stub_port: int, slow_port: int | None) -> None:
+    text = (
+        "[chatd]\n"
+        f'bind = "127.0.0.1:{port}"\n'
+        'log_level = "warning"\n'
+        "[chatd.providers.ollama]\n"
+        f'base_url = "http://127.0.0.1:{stub_port}"\n'
+    )
+    if slow_port is not None:
+        text += (
+            f"[chatd.providers.{SLOW_PROVIDER}]\n"
+            'plugin = "ollama"\n'
+            f'base_url = "http://127.0.0.1:{slow_port}"\n'
+        )
+    path.write_text(text)
+
+
+def start_chatd(cpu: str | None, config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "lakehouse.cli", "--config", str(config),
+        "--bind", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        pinned(cpu, argv), cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: chatd exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
+                return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise SystemExit(f"bench: chatd did not answer /health within 60 s:\n{log.read_text()}")
+
+
+def ensure_tools() -> None:
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if not missing:
+        return
+    packages = {"wrk": "wrk", "h2load": "nghttp2-client"}
+    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "-n", "apt-get"]
+    print(f"bench: installing {', '.join(missing)} with apt-get...", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = {"stdout": subprocess.DEVNULL, "env": env, "check": True}
+    subprocess.run([*apt, "update", "-qq"], **quiet)  # type: ignore[call-overload]
+    subprocess.run(
+        [*apt, "install", "-y", "-qq", *(packages[t] for t in missing)],
+        **quiet,  # type: ignore[call-overload]
+    )
+    still = [tool for tool in missing if shutil.which(tool) is None]
+    if still:
+        raise SystemExit(f"bench: could not install {', '.join(still)}")
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class Sample:
+    """One run of one row."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    chatd_cpu_ms: float | None  # per request
+    stub_cpu_ms: float | None  # per request
+    peak_rss_mb: float | None
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    tool: str  # "wrk" or "h2load"
+    url: str
+    conc: int
+    body: str
+    stub: str  # which stub serves it: "fast" or "slow"
+    via_chatd: bool
+    h2_conns: int = 0
+    h2_streams: int = 0
+    samples: list[Sample] = field(default_factory=list)
+
+
+def h2_split(conc: int) -> tuple[int, int]:
+    """Connections x streams for an h2c row of total concurrency ``conc``: about
+    √conc of each (1x1, 4x4, 8x8), as a multiplexing client pool would."""
+    conns = max(1, round(conc**0.5))
+    while conc % conns:
+        conns -= 1
+    return conns, conc // conns
+
+
+def run_wrk(row: Row, duration: float, cpu: str | None) -> tuple[float, float, float, int, int]:
+    env = {**os.environ, "BENCH_METHOD": "POST", "BENCH_BODY": row.body}
+    argv = [
+        "wrk", "-t1", f"-c{row.conc}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
+        "-s", str(WRK_SCRIPT), row.url,
+    ]  # fmt: skip
+    out = subprocess.run(
+        pinned(cpu, argv), env=env, capture_output=True, text=True, timeout=duration + 60
+    )
+    match = re.search(r"^BENCH_JSON (.*)$", out.stdout, re.M)
+    if out.returncode != 0 or not match:
+        raise SystemExit(f"bench: wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    r = json.loads(match.group(1))
+    errors = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
+    rps = r["requests"] / (r["duration_us"] / 1e6)
+    return rps, r["p50_us"] / 1000, r["p99_us"] / 1000, r["requests"], errors
+
+
+def run_h2load(
+    row: Row, duration: float, cpu: str | None, tmp: Path
+) -> tuple[float, float, float, int, int]:
+    body = tmp / "h2-body.json"
+    body.write_text(row.body)
+    log = tmp / "h2load.log"
+    argv = [
+        "h2load", "-t1", f"-c{row.h2_conns}", f"-m{row.h2_streams}",
+        f"-D{max(1, round(duration))}", "-d", str(body),
+        "-H", "content-type: application/json", f"--log-file={log}", row.url,
+    ]  # fmt: skip
+    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, timeout=duration + 60)
+    text = out.stdout
+    fin = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    req = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if out.returncode != 0 or not (fin and req and codes):
+        raise SystemExit(f"bench: h2load failed ({out.returncode}):\n{text}\n{out.stderr}")
+    durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line)
+    done = int(req.group(3))
+    errors = int(req.group(5)) + int(req.group(6)) + int(req.group(7))
+    errors += int(codes.group(2)) + int(codes.group(3)) + int(codes.group(4))
+    return (
+        float(fin.group(2)),
+        percentile(durations, 50) / 1000,
+        percentile(durations, 99) / 1000,
+        done,
+        errors,
+    )
+
+
+def percentile(sorted_values: list[int], pct: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
+    return float(sorted_values[index])
+
+
+@contextlib.contextmanager
+def rss_sampler(pid: int | None, every: float = 0.05) -> Iterator[list[int]]:
+    """Samples a process's VmRSS while the block runs; yields [max kB]."""
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                peak[0] = max(peak[0], rss_kb(pid))
+            done.wait(every)
+
+    thread = threading.Thread(target=sample, daemon=True) if pid else None
+    if thread:
+        thread.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        if thread:
+            thread.join()
+
+
+def run_row(
+    row: Row, duration: float, load_cpu: str | None, chatd_pid: int, stub_pids: dict[str, int],
+    tmp: Path,
+) -> Sample:  # fmt: skip
+    stub_pid = stub_pids[row.stub]
+    chatd0 = cpu_ticks(chatd_pid)
+    stub0 = cpu_ticks(stub_pid)
+    with rss_sampler(chatd_pid if row.via_chatd else None) as peak:
+        if row.tool == "wrk":
+            rps, p50, p99, requests, errors = run_wrk(row, duration, load_cpu)
+        else:
+            rps, p50, p99, requests, errors = run_h2load(row, duration, load_cpu, tmp)
+    chatd_ms = (cpu_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
+    stub_ms = (cpu_ticks(stub_pid) - stub0) * 1000 / CLK_TCK
+    served = max(requests, 1)
+    return Sample(
+        rps=rps,
+        p50_ms=p50,
+        p99_ms=p99,
+        requests=requests,
+        errors=errors,
+        chatd_cpu_ms=chatd_ms / served if row.via_chatd else None,
+        stub_cpu_ms=stub_ms / served,
+        peak_rss_mb=peak[0] / 1024 if row.via_chatd else None,
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def med(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt(values: Sequence[float | None], digits: int, thousands: bool = False) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    spec = f",.{digits}f" if thousands else f".{digits}f"
+    if len(vals) == 1:
+        return format(vals[0], spec)
+    return f"{format(med(vals), spec)} ({format(min(vals), spec)}..{format(max(vals), spec)})"
+
+
+HEADER = (
+    "| row | conc | req/s | p50 ms | p99 ms | chatd CPU ms/req | stub CPU ms/req "
+    "| chatd peak RSS MB | errors |"
+)
+
+
+def table(rows: list[Row], skipped: list[str]) -> str:
+    lines = [HEADER, "|" + "---|" * 9]
+    for row in rows:
+        s = row.samples
+        lines.append(
+            f"| {row.label} | {row.conc} | {fmt([x.rps for x in s], 0, True)} "
+            f"| {fmt([x.p50_ms for x in s], 2)} | {fmt([x.p99_ms for x in s], 2)} "
+            f"| {fmt([x.chatd_cpu_ms for x in s], 3)} | {fmt([x.stub_cpu_ms for x in s], 3)} "
+            f"| {fmt([x.peak_rss_mb for x in s], 1)} | {sum(x.errors for x in s)} |"
+        )
+    lines.extend(f"| {label} | — | not available | | | | | | |" for label in skipped)
+    return "\n".join(lines)
+
+
+def find(rows: list[Row], key: str) -> Row | None:
+    return next((r for r in rows if r.key == key and r.samples), None)
+
+
+def added_p50(rows: list[Row], key: str) -> list[float]:
+    """chatd p50 minus direct p50 at c=1, per round (same round, adjacent runs)."""
+    direct, chatd = find(rows, "direct/c1"), find(rows, key)
+    if not direct or not chatd:
+        return []
+    return [c.p50_ms - d.p50_ms for c, d in zip(chatd.samples, direct.samples, strict=False)]
+
+
+def budget(rows: list[Row], idle_mb: float, peak_mb: float) -> list[tuple[str, str, str]]:
+    """(line, measured, PASS/FAIL/n/a) for each budget item."""
+    out: list[tuple[str, str, str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+    native = find(rows, "chat-h1/c16")
+    cpu = [s.chatd_cpu_ms for s in native.samples if s.chatd_cpu_ms] if native else []
+    out.append((
+        f"CPU/request ≤ {BUDGET_CPU_MS} ms (native /chat, HTTP/1.1, c=16)",
+        f"{fmt(cpu, 3)} ms" if cpu else "—",
+        verdict(med(cpu) <= BUDGET_CPU_MS if cpu else None),
+    ))  # fmt: skip
+    added = added_p50(rows, "chat-h1/c1")
+    out.append((
+        f"added p50 at c=1 ≤ {BUDGET_ADDED_P50_MS} ms (chatd /chat - direct, same round)",
+        f"{fmt(added, 3)} ms" if added else "—",
+        verdict(med(added) <= BUDGET_ADDED_P50_MS if added else None),
+    ))  # fmt: skip
+    slow = find(rows, "chat-h1-delay/c64")
+    rps = [s.rps for s in slow.samples] if slow else []
+    out.append((
+        f"50 ms upstream at c=64 ≥ {BUDGET_DELAY_RPS:,} req/s (ideal 1,280)",
+        f"{fmt(rps, 0, True)} req/s" if rps else "—",
+        verdict(med(rps) >= BUDGET_DELAY_RPS if rps else None),
+    ))  # fmt: skip
+    out.append((
+        f"idle RSS ≤ {BUDGET_IDLE_RSS_MB} MB",
+        f"{idle_mb:.1f} MB",
+        verdict(idle_mb <= BUDGET_IDLE_RSS_MB),
+    ))  # fmt: skip
+    out.append((
+        f"peak RSS ≤ {BUDGET_PEAK_RSS_MB} MB (VmHWM over the whole bench)",
+        f"{peak_mb:.1f} MB",
+        verdict(peak_mb <= BUDGET_PEAK_RSS_MB),
+    ))  # fmt: skip
+    for conc in (16, 64):
+        h1, h2 = find(rows, f"chat-h1/c{conc}"), find(rows, f"chat-h2/c{conc}")
+        if not h1 or not h2:
+            continue
+        a, b = med([s.rps for s in h2.samples]), med([s.rps for s in h1.samples])
+        out.append((
+            f"h2c multiplexed ≥ HTTP/1.1 at c={conc} (median req/s)",
+            f"{a:,.0f} vs {b:,.0f} req/s",
+            verdict(a >= b),
+        ))  # fmt: skip
+    errors = sum(s.errors for r in rows for s in r.samples)
+    out.append(("0 errors (all rows)", str(errors), verdict(errors == 0)))
+    return out
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return commit + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
+
+
+def versions() -> str:
+    names = ["chatd", "uvloop", "hypercorn", "aiohttp", "msgspec", "starlette", "h11", "h2"]
+    parts = [f"Python {platform.python_version()}"]
+    for name in names:
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} (missing)")
+    for tool, flag in (("wrk", "-v"), ("h2load", "--version")):
+        out = subprocess.run([tool, flag], capture_output=True, text=True)
+        first = (out.stdout or out.stderr).strip().splitlines()
+        parts.append(first[0].split(" Copyright")[0] if first else tool)
+    return ", ".join(parts)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description="Benchmark chatd against a stub.")
+    p.add_argument("--runs", type=int, default=3, help="rounds; each figure is their median")
+    p.add_argument("--duration", type=float, default=10, help="seconds per run")
+    p.add_argument("--conc", default="1,16,64", help="concurrency levels (comma-separated)")
+    p.add_argument("--delay-ms", type=float, default=50, help="upstream delay of the delay rows")
+    p.add_argument("--delay-conc", type=int, default=64, help="concurrency of the delay rows")
+    p.add_argument(
+        "--quick", action="store_true", help="1 run of 1 s, c=16 rows only, no delay rows"
+    )
+    p.add_argument("--out", type=Path, help="results file (default bench/RESULTS.md; --quick: tmp)")
+    p.add_argument("--json", type=Path, help="also write every sample as JSON here")
+    p.add_argument("--chatd-cpu", default="0", help="CPU for chatd (taskset -c)")
+    p.add_argument("--load-cpu", default="1", help="CPU for the stubs and load generators")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.duration, args.conc, args.delay_conc = 1, 1, "16", 0
+    args.conc_levels = [int(c) for c in str(args.conc).split(",") if c.strip()]
+    return args
+
+
+def build_rows(
+    args: argparse.Namespace, stub_url: str, slow_url: str, chatd_url: str, openai_ok: bool
+) -> list[Row]:
+    body = chat_body()
+    rows: list[Row] = []
+    for conc in args.conc_levels:
+        conns, streams = h2_split(conc)
+        rows.append(
+            Row(f"direct/c{conc}", "direct → stub (ceiling)", "wrk",
+                f"{stub_url}/api/chat", conc, body, "fast", False)
+        )  # fmt: skip
+        rows.append(
+            Row(f"chat-h1/c{conc}", "chatd /chat HTTP/1.1", "wrk",
+                f"{chatd_url}/chat", conc, body, "fast", True)
+        )  # fmt: skip
+        if openai_ok:
+            rows.append(
+                Row(f"openai-h1/c{conc}", "chatd /v1/chat/completions HTTP/1.1", "wrk",
+                    f"{chatd_url}/v1/chat/completions", conc, body, "fast", True)
+            )  # fmt: skip
+        rows.append(
+            Row(f"chat-h2/c{conc}", f"chatd /chat h2c ({conns} conn x {streams} streams)",
+                "h2load", f"{chatd_url}/chat", conc, body, "fast", True, conns, streams)
+        )  # fmt: skip
+    if args.delay_conc:
+        conc = args.delay_conc
+        delay = f"{args.delay_ms:g} ms upstream"
+        rows.append(
+            Row(f"direct-delay/c{conc}", f"direct → stub, {delay}", "wrk",
+                f"{slow_url}/api/chat", conc, body, "slow", False)
+        )  # fmt: skip
+        rows.append(
+            Row(f"chat-h1-delay/c{conc}", f"chatd /chat HTTP/1.1, {delay}", "wrk",
+                f"{chatd_url}/chat", conc, chat_body(f"{SLOW_PROVIDER}/{MODEL}"), "slow", True)
+        )  # fmt: skip
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    ensure_tools()
+    pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    chatd_cpu = args.chatd_cpu if pin else None
+    load_cpu = args.load_cpu if pin else None
+    out_dir = BENCH / "out"
+    out_dir.mkdir(exist_ok=True)
+    started = dt.datetime.now(dt.UTC)
+    procs: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="chatd-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            fast, fast_port = start_stub(load_cpu, 0, out_dir / "stub.log")
+            procs.append(fast)
+            slow, slow_port = start_stub(load_cpu, args.delay_ms, out_dir / "stub-slow.log")
+            procs.append(slow)
+            port = free_port()
+            config = tmp / "chatd.toml"
+            write_config(config, port, fast_port, slow_port)
+            chatd = start_chatd(chatd_cpu, config, port, out_dir / "chatd.log")
+            procs.append(chatd)
+            chatd_url = f"http://127.0.0.1:{port}"
+            status, reply = http("POST", f"{chatd_url}/chat", chat_body())
+            if status != 200:
+                raise SystemExit(f"bench: chatd /chat answered {status}: {reply[:300]!r}")
+            status, reply = http("POST", f"{chatd_url}/v1/chat/completions", chat_body())
+            openai_ok = 200 <= status < 300
+            skipped = []
+            if not openai_ok:
+                why = "no such route" if status in (404, 405) else f"probe answered {status}"
+                skipped.append(f"chatd /v1/chat/completions HTTP/1.1 ({why})")
+            for _ in range(20):  # settle lazy start-up work before "idle"
+                http("POST", f"{chatd_url}/chat", chat_body())
+            time.sleep(0.5)
+            idle_mb = rss_kb(chatd.pid) / 1024
+            rows = build_rows(
+                args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
+                chatd_url, openai_ok,
+            )  # fmt: skip
+            total = len(rows) * args.runs * (args.duration + 0.5)
+            print(
+                f"bench: {len(rows)} rows x {args.runs} runs x {args.duration:g} s "
+                f"(~{total / 60:.1f} min); chatd pid {chatd.pid} on CPU {chatd_cpu}, "
+                f"stubs and load on CPU {load_cpu}",
+                file=sys.stderr,
+                flush=True,
+            )
+            warm = Row("warm", "warm-up", "wrk", f"{chatd_url}/chat", 16, chat_body(), "fast", True)
+            run_wrk(warm, 1, load_cpu)
+            stub_pids = {"fast": fast.pid, "slow": slow.pid}
+            for rnd in range(args.runs):
+                # Rotate the order each round so no row always follows the same one;
+                # direct c=1 and chatd c=1 stay in the same round for "added p50".
+                shift = rnd % len(rows)
+                for row in rows[shift:] + rows[:shift]:
+                    sample = run_row(row, args.duration, load_cpu, chatd.pid, stub_pids, tmp)
+                    row.samples.append(sample)
+                    print(
+                        f"  round {rnd + 1}/{args.runs} {row.label:<45} c={row.conc:<3} "
+                        f"{sample.rps:>9,.0f} req/s  p50 {sample.p50_ms:6.2f} ms  "
+                        f"p99 {sample.p99_ms:6.2f} ms  errors {sample.errors}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    time.sleep(0.5)
+            peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
+            if chatd.poll() is not None:
+                raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+
+    report = render(args, rows, skipped, idle_mb, peak_mb, started, pin)
+    print(report)
+    out = args.out or (
+        Path(tempfile.mkstemp(prefix="chatd-bench-", suffix=".md")[1])
+        if args.quick
+        else BENCH / "RESULTS.md"
+    )
+    out.write_text(report)
+    print(f"bench: wrote {out}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "idle_rss_mb": idle_mb,
+                    "peak_rss_mb": peak_mb,
+                    "skipped": skipped,
+                    "rows": [
+                        {"key": r.key, "label": r.label, "conc": r.conc,
+                         "samples": [s.__dict__ for s in r.samples]}
+                        for r in rows
+                    ],
+                },
+                indent=1,
+            )
+        )  # fmt: skip
+    return 0
+
+
+def render(
+    args: argparse.Namespace, rows: list[Row], skipped: list[str], idle_mb: float,
+    peak_mb: float, started: dt.datetime, pinned_cpus: bool,
+) -> str:  # fmt: skip
+    lines = [
+        "# chatd benchmark results",
+        "",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC",
+        f"- command: `bench/run {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"- git commit: {git_commit()}",
+        f"- versions: {versions()}",
+        f"- machine: {os.cpu_count()} CPUs (`nproc` {len(os.sched_getaffinity(0))}), "
+        f"{cpu_model()}, Linux {platform.release()}, load average at end "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "- setup: "
+        + (
+            f"chatd (one worker, uvloop) pinned to CPU {args.chatd_cpu}; stubs, wrk and "
+            f"h2load (one thread each) pinned to CPU {args.load_cpu}"
+            if pinned_cpus
+            else "no CPU pinning (taskset missing or one CPU)"
+        ),
+        f"- method: {args.runs} round(s) x {args.duration:g} s per row, rows interleaved "
+        "round by round; figures are median (min..max) over the rounds. wrk: HTTP/1.1 "
+        "keep-alive, `-t1`. h2load: h2c with prior knowledge, `-t1`, total concurrency "
+        "split as ≈√c connections x √c streams. CPU ms/req: utime+stime from "
+        "`/proc/<pid>/stat` over the run ÷ requests completed. Peak RSS per row: VmRSS "
+        "sampled every 50 ms. Errors: socket errors + timeouts + non-2xx.",
+        "",
+        table(rows, skipped),
+        "",
+        f"- chatd idle RSS (after start-up and 20 requests, before load): {idle_mb:.1f} MB; "
+        f"peak RSS (VmHWM, whole bench): {peak_mb:.1f} MB",
+    ]
+    for key, label in (
+        ("chat-h1/c1", "chatd /chat HTTP/1.1"),
+        ("openai-h1/c1", "chatd /v1/chat/completions HTTP/1.1"),
+        ("chat-h2/c1", "chatd /chat h2c"),
+    ):
+        added = added_p50(rows, key)
+        if added:
+            lines.append(f"- added p50 at c=1, {label} - direct: {fmt(added, 3)} ms")
+    lines += ["", "## Budget (native route, HTTP/1.1, one worker)", ""]
+    lines += ["| budget | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in budget(rows, idle_mb, peak_mb)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,24 @@
+"""The request ID of the request being served, for logs and upstream calls.
+
+A ContextVar rather than an argument: it follows the request into plugins
+(which send it upstream through HTTPClient) and into every log line
+without changing the Provider protocol.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from contextvars import ContextVar
+
+HEADER = "X-Request-ID"
+current: ContextVar[str | None] = ContextVar("chatd_request_id", default=None)
+
+# Caller-chosen IDs are echoed into headers and logs: keep them printable.
+_VALID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def accept_or_mint(value: bytes | None) -> str:
+    if value is not None and _VALID.fullmatch(value):
+        return value.decode("ascii")
+    return secrets.token_hex(8)

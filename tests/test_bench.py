@@ -1,0 +1,73 @@
+"""The benchmark harness runs end to end (``bench/run --quick``: ~1 s per row).
+
+Its figures are not judged here, only that every row ran, served requests and
+had no errors. It installs wrk and h2load with apt-get when they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run"
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of each measured row of the printed results table."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| row | conc | req/s"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[2] != "not available":
+            rows.append(cells)
+    return rows
+
+
+def number(cell: str) -> float:
+    """The median of a ``median (min..max)`` cell."""
+    match = re.match(r"-?[\d,]+(\.\d+)?", cell)
+    assert match, cell
+    return float(match.group(0).replace(",", ""))
+
+
+def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
+    tools_missing = any(shutil.which(t) is None for t in ("wrk", "h2load"))
+    if tools_missing and os.geteuid() != 0:
+        pytest.skip("wrk/h2load missing and not root to apt-get them")
+    out, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--out", str(out), "--json", str(raw)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    rows = table_rows(proc.stdout)
+    labels = [cells[0] for cells in rows]
+    assert any(label.startswith("direct") for label in labels), labels
+    assert any(label.startswith("chatd /chat HTTP/1.1") for label in labels), labels
+    assert any(label.startswith("chatd /chat h2c") for label in labels), labels
+    for cells in rows:
+        assert number(cells[2]) > 0, cells  # req/s
+        assert cells[-1] == "0", cells  # errors
+    assert out.read_text().startswith("# chatd benchmark results")
+
+    data = json.loads(raw.read_text())
+    samples = [s for row in data["rows"] for s in row["samples"]]
+    assert samples
+    assert all(s["requests"] > 0 and s["errors"] == 0 for s in samples), samples

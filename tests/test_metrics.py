@@ -1,0 +1,246 @@
+"""/metrics, request IDs, Server-Timing, access logs and health probes,
+through a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lakehouse.logs import JSONFormatter
+from lakehouse.stubs import Fault, StubUpstream
+from tests.support import make_config, provider_table, running_chatd
+from tests.test_cli import start
+
+pytestmark = pytest.mark.anyio
+
+HELLO = [{"role": "user", "content": "secret prompt text"}]
+GOOD = {"model": "qwen3.5:latest", "messages": HELLO}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(scraped: dict[Any, float], name: str, **labels: str) -> float:
+    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[str, StubUpstream]]:
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        '[models]\nlocal_fast = "qwen3.5:latest"\n',
+        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0},
+    )
+    try:
+        async with running_chatd(config) as base:
+            yield base, stub
+    finally:
+        await stub.stop()
+
+
+async def test_metrics_after_known_traffic(served: tuple[str, StubUpstream]) -> None:
+    base, stub = served
+    async with httpx.AsyncClient(base_url=base) as client:
+        for _ in range(3):
+            assert (await client.post("/chat", json=GOOD)).status_code == 200
+        assert (
+            await client.post("/v1/chat", json={**GOOD, "model": "local_fast"})
+        ).status_code == 200
+        assert (await client.post("/chat", json={"messages": HELLO})).status_code == 400
+        stub.fail_next(Fault(kind="status", status=500, message="runner crashed"))
+        assert (await client.post("/chat", json=GOOD)).status_code == 502
+        assert (await client.post("/chat", json={**GOOD, "model": "x:cloud"})).status_code == 404
+        resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    scraped = samples(resp.text)
+    assert (
+        value(
+            scraped, "chatd_requests_total", route="chat", provider="ollama", tier="", status="200"
+        )
+        == 3
+    )
+    assert (
+        value(
+            scraped,
+            "chatd_requests_total",
+            route="chat",
+            provider="ollama",
+            tier="local_fast",
+            status="200",
+        )
+        == 1
+    )
+    assert (
+        value(scraped, "chatd_requests_total", route="chat", provider="", tier="", status="400")
+        == 1
+    )
+    assert (
+        value(
+            scraped, "chatd_requests_total", route="chat", provider="ollama", tier="", status="502"
+        )
+        == 1
+    )
+    assert (
+        value(scraped, "chatd_requests_total", route="chat", provider="", tier="", status="404")
+        == 1
+    )
+    assert (
+        value(scraped, "chatd_upstream_errors_total", provider="ollama", code="upstream_error") == 1
+    )
+    assert value(scraped, "chatd_provider_available", provider="ollama") == 1
+    assert value(scraped, "chatd_upstream_duration_seconds_count", provider="ollama") == 5
+    assert (
+        value(scraped, "chatd_upstream_duration_seconds_bucket", provider="ollama", le="600.0") == 5
+    )
+    assert value(scraped, "chatd_overhead_seconds_count", route="chat") == 7
+    assert value(scraped, "chatd_overhead_seconds_bucket", route="chat", le="0.0001") >= 0
+    tokens = [r.json for r in stub.received if r.path == "/api/chat"]
+    assert len(tokens) == 5
+    assert value(scraped, "chatd_tokens_total", provider="ollama", kind="prompt") > 0
+    assert value(scraped, "chatd_tokens_total", provider="ollama", kind="completion") > 0
+    assert value(scraped, "chatd_in_flight_requests") == 0
+    # The caller's raw model name is never a label.
+    assert "qwen3.5" not in resp.text and "x:cloud" not in resp.text
+
+
+async def test_request_ids_and_server_timing(served: tuple[str, StubUpstream]) -> None:
+    base, stub = served
+    async with httpx.AsyncClient(base_url=base) as client:
+        resp = await client.post("/chat", json=GOOD, headers={"X-Request-ID": "job-42.step-7"})
+        assert resp.headers["x-request-id"] == "job-42.step-7"
+        assert stub.received[-1].headers["x-request-id"] == "job-42.step-7"
+        timing = dict(
+            part.strip().split(";dur=") for part in resp.headers["server-timing"].split(",")
+        )
+        assert set(timing) == {"upstream", "chatd"}
+        assert float(timing["upstream"]) > 0 and float(timing["chatd"]) >= 0
+
+        minted = (await client.post("/chat", json=GOOD)).headers["x-request-id"]
+        assert len(minted) == 16 and stub.received[-1].headers["x-request-id"] == minted
+
+        bad = await client.post("/chat", json=GOOD, headers={"X-Request-ID": "no spaces\tplease"})
+        assert bad.headers["x-request-id"] != "no spaces\tplease"
+
+        for resp in (
+            await client.post("/chat", json={}),
+            await client.get("/chat/providers"),
+            await client.get("/nowhere"),
+            await client.get("/health"),
+        ):
+            assert resp.headers["x-request-id"]
+        resp = await client.get("/health", headers={"X-Request-ID": "abc"})
+        assert resp.headers["x-request-id"] == "abc"
+
+
+async def test_one_access_log_line_per_request(
+    served: tuple[str, StubUpstream], caplog: pytest.LogCaptureFixture
+) -> None:
+    base, _ = served
+    caplog.set_level(logging.INFO, logger="chatd.access")
+    async with httpx.AsyncClient(base_url=base) as client:
+        await client.post(
+            "/chat",
+            json=GOOD,
+            headers={"X-Request-ID": "rid-1", "Authorization": "Bearer caller-secret"},
+        )
+        await client.post(
+            "/chat", json={**GOOD, "model": "nope:cloud"}, headers={"X-Request-ID": "rid-2"}
+        )
+    records = [r for r in caplog.records if r.name == "chatd.access"]
+    assert len(records) == 2
+    lines = [json.loads(JSONFormatter().format(r)) for r in records]
+    ok, missing = lines
+    assert ok["request_id"] == "rid-1" and missing["request_id"] == "rid-2"
+    assert (ok["route"], ok["model"], ok["provider"], ok["status"]) == (
+        "/chat",
+        "qwen3.5:latest",
+        "ollama",
+        200,
+    )
+    assert ok["upstream_ms"] > 0 and ok["overhead_ms"] >= 0
+    assert ok["prompt_tokens"] > 0 and ok["completion_tokens"] > 0
+    assert (missing["status"], missing["error"]) == (404, "provider_not_found")
+    text = caplog.text + json.dumps(lines)
+    assert "secret prompt text" not in text and "caller-secret" not in text
+
+
+async def test_probe_flips_availability_within_one_interval() -> None:
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0.2}
+    )
+    try:
+        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+
+            async def listed() -> bool:
+                return bool((await client.get("/chat/providers")).json()["providers"]["ollama"])
+
+            assert await listed()
+            stub.set_down(True)
+            await asyncio.sleep(0.5)
+            assert not await listed()
+            resp = await client.post("/chat", json=GOOD)
+            assert (resp.status_code, resp.json()["error"]["code"]) == (503, "provider_unavailable")
+            scraped = samples((await client.get("/metrics")).text)
+            assert value(scraped, "chatd_provider_available", provider="ollama") == 0
+            stub.set_down(False)
+            await asyncio.sleep(0.5)
+            assert await listed()
+            assert (await client.post("/chat", json=GOOD)).status_code == 200
+    finally:
+        await stub.stop()
+
+
+def test_two_workers_merge_their_metrics(tmp_path: Path) -> None:
+    from lakehouse.stubs import StubThread
+
+    upstream = StubThread("ollama")
+    url = upstream.start()
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[chatd]\nprobe_interval_secs = 0\n[chatd.server]\nmetrics_dir = "{tmp_path / "m"}"\n'
+        f'[chatd.providers.ollama]\nbase_url = "{url}"\n'
+    )
+    server = start(["--config", str(path), "--workers", "2"])
+    try:
+        with httpx.Client(base_url=server.base) as client:
+            pids = set()
+            for _ in range(40):
+                # New connections, so both workers get some of the traffic.
+                resp = httpx.post(server.base + "/chat", json=GOOD)
+                assert resp.status_code == 200
+            for _ in range(5):
+                scraped = samples(client.get("/metrics").text)
+                assert (
+                    value(
+                        scraped,
+                        "chatd_requests_total",
+                        route="chat",
+                        provider="ollama",
+                        tier="",
+                        status="200",
+                    )
+                    == 40
+                )
+            pids = {f.name for f in (tmp_path / "m").iterdir()}
+        assert len({name.rsplit("_", 1)[-1] for name in pids if name.startswith("counter")}) == 2
+    finally:
+        server.proc.terminate()
+        server.proc.wait(30)
+        upstream.stop()
