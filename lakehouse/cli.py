@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     path = (args.config or configuration.default_config_path()).resolve()
     try:
         overrides = _overrides(args.set)
+        if args.bind:
+            # The app needs the real bind too (auth warns off loopback).
+            overrides["chatd.bind"] = args.bind
         config = configuration.load(path, overrides)
         setup_logging(config.chatd.log_level)
         if args.dev:

@@ -45,6 +45,9 @@ class ProviderConfig(Strict):
     options: dict[str, Any] = {}
     # Per-provider override of [chatd].timeout_secs.
     timeout_secs: Positive | None = None
+    # Backpressure: calls in flight at once, and how many more may wait.
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 512
 
 
 class ServerConfig(Strict):
@@ -60,6 +63,27 @@ class ServerConfig(Strict):
     metrics_dir: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+
+
+class RetryConfig(Strict):
+    # Further tries of the same provider after a retryable failure.
+    attempts: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
+    backoff_secs: Annotated[float, msgspec.Meta(ge=0)] = 0.25 * SECONDS
+    max_backoff_secs: Annotated[float, msgspec.Meta(ge=0)] = 4 * SECONDS
+    # An upstream's Retry-After is honoured up to this; longer waits move
+    # on to the next fallback instead.
+    max_retry_after_secs: Annotated[float, msgspec.Meta(ge=0)] = 10 * SECONDS
+
+
+class AuthConfig(Strict):
+    # None: on when any token is configured. Off on a non-loopback bind
+    # logs a warning at start-up.
+    enabled: bool | None = None
+    # Tokens: comma-separated in this variable, and/or one per line in the file.
+    tokens_env: str = "CHATD_TOKENS"
+    tokens_file: str = ""
+    # Paths answered without a token.
+    exempt: list[str] = msgspec.field(default_factory=lambda: ["/health", "/ready", "/metrics"])
 
 
 class ChatdConfig(Strict):
@@ -80,8 +104,15 @@ class ChatdConfig(Strict):
     log_bodies: bool = False
     # Seconds between health probes of every provider; 0 turns probing off.
     probe_interval_secs: Annotated[float, msgspec.Meta(ge=0)] = 15 * SECONDS
-    # Consecutive failed calls after which a provider counts as unavailable.
+    # Consecutive failed calls after which a provider's breaker opens, and
+    # how long it stays open before one trial call.
     failure_threshold: Annotated[int, msgspec.Meta(ge=1)] = 5
+    cooldown_secs: Annotated[float, msgspec.Meta(ge=0)] = 30 * SECONDS
+    # The longest a request may take, retries and fallbacks included; a
+    # caller may ask for less (X-Chatd-Deadline header or deadline_secs).
+    deadline_secs: Positive = 600 * SECONDS
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     providers: dict[str, ProviderConfig] = {}
     fallbacks: dict[str, list[str]] = {}

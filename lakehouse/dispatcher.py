@@ -1,19 +1,28 @@
 """The dispatcher: a chat request in, one provider's answer out.
 
-It resolves tiers to model ids, routes the model to a provider, refuses
-providers that are marked unavailable, and stamps ``provider``,
-``latency_ms`` and ``tier`` on the answer. It knows nothing of HTTP.
+It resolves tiers to model ids and routes them to providers; it tries a
+request's fallback chain in order, retrying each link on retryable
+failures with backoff (or the upstream's Retry-After, when it is short
+enough), all within the request's deadline; it holds each provider to its
+concurrency limit and its circuit breaker; and it stamps ``provider``,
+``latency_ms``, ``tier`` and, when a fallback answered, ``fallback`` and
+``attempts``. It knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from lakehouse.errors import ChatdError, ProviderUnavailable
+from lakehouse.config import RetryConfig
+from lakehouse.errors import ChatdError, DeadlineExceeded, ProviderUnavailable
 from lakehouse.health import Health
+from lakehouse.metrics import Metrics
+from lakehouse.plugin_api import Provider
 from lakehouse.registry import Registry, Route
+from lakehouse.resilience import Backoff, Limiter
 from lakehouse.wire import ChatRequest, ChatResponse
 
 
@@ -25,6 +34,15 @@ class CallInfo:
     provider: str = ""
     tier: str = ""
     upstream_s: float = 0.0
+    attempts: int = 0
+
+
+@dataclass
+class Policy:
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    deadline: float = 600.0
+    fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -34,10 +52,19 @@ class Dispatcher:
         *,
         tiers: Mapping[str, str] | None = None,
         health: Health | None = None,
+        policy: Policy | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.tiers = dict(tiers or {})
         self.health = health or Health(registry.names())
+        self.policy = policy or Policy()
+        self.metrics = metrics
+        self._backoff = Backoff(self.policy.retry.backoff_secs, self.policy.retry.max_backoff_secs)
+        self.limiters = {
+            name: Limiter(name, *self.policy.limits.get(name, (256, 512)))
+            for name in registry.names()
+        }
 
     def route(self, model: str) -> tuple[Route, str | None]:
         """The route for a model or tier name, and the tier when it was one."""
@@ -46,28 +73,95 @@ class Dispatcher:
             return self.registry.resolve(model), None
         return self.registry.resolve(resolved), model
 
-    async def chat(self, request: ChatRequest, info: CallInfo | None = None) -> ChatResponse:
+    def chain(self, name: str) -> list[str]:
+        """The names to try for a request: itself, then its fallbacks (those
+        of the tier, else of the model id it resolves to). Not transitive."""
+        links = self.policy.fallbacks.get(name)
+        if links is None and name in self.tiers:
+            links = self.policy.fallbacks.get(self.tiers[name])
+        return [name, *(links or ())]
+
+    def budget(self, requested: float | None) -> float:
+        cap = self.policy.deadline
+        return cap if requested is None else min(requested, cap)
+
+    async def chat(
+        self, request: ChatRequest, info: CallInfo | None = None, *, deadline: float | None = None
+    ) -> ChatResponse:
         info = info if info is not None else CallInfo()
-        route, tier = self.route(request.model)
-        provider = route.provider
-        info.provider = provider.name
-        info.tier = tier or ""
-        if not self.health.available(provider.name):
-            raise ProviderUnavailable(
-                f"provider `{provider.name}` is unavailable", provider=provider.name
-            )
-        started = time.perf_counter()
+        budget = self.budget(deadline if deadline is not None else request.deadline_secs)
         try:
-            response = await provider.chat(request, route.model)
-        except ChatdError as exc:
-            info.upstream_s = time.perf_counter() - started
-            # Only failures that say something about the provider count
-            # against its health; a rejected request says nothing.
-            self.health.record(provider.name, ok=not exc.retryable)
-            raise
-        info.upstream_s = time.perf_counter() - started
-        self.health.record(provider.name, ok=True)
-        response.latency_ms = round(info.upstream_s * 1000)
-        response.provider = provider.name
-        response.tier = tier
-        return response
+            async with asyncio.timeout(budget):
+                return await self._try_chain(request, info)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no answer within the request's deadline of {budget:g}s",
+                provider=info.provider or None,
+            ) from None
+
+    async def _try_chain(self, request: ChatRequest, info: CallInfo) -> ChatResponse:
+        links = self.chain(request.model)
+        for index, link in enumerate(links):
+            last = index == len(links) - 1
+            try:
+                route, tier = self.route(link)
+                info.provider = route.provider.name
+                info.tier = tier or ""
+                response = await self._call(route.provider, route.model, request, info)
+            except ChatdError as exc:
+                if last or not exc.fallback:
+                    raise
+                if self.metrics is not None:
+                    self.metrics.fallback(link, links[index + 1])
+                continue
+            response.tier = tier
+            if index:
+                response.fallback = link
+            if info.attempts > 1:
+                response.attempts = info.attempts
+            return response
+        raise AssertionError("a chain has at least one link")
+
+    async def _call(
+        self, provider: Provider, model: str, request: ChatRequest, info: CallInfo
+    ) -> ChatResponse:
+        """One link: the provider, tried again on retryable failures."""
+        name = provider.name
+        retry = self.policy.retry
+        limiter = self.limiters[name]
+        for attempt in range(retry.attempts + 1):
+            if not self.health.admit(name):
+                raise ProviderUnavailable(f"provider `{name}` is unavailable", provider=name)
+            await limiter.acquire()
+            info.attempts += 1
+            started = time.perf_counter()
+            try:
+                response = await provider.chat(request, model)
+            except ChatdError as exc:
+                error = exc
+            except BaseException:
+                # Cancelled (the deadline, a caller gone) or a bug: says
+                # nothing of the provider, but frees a half-open trial.
+                self.health.abandon(name)
+                raise
+            else:
+                self.health.record(name, ok=True)
+                info.upstream_s += time.perf_counter() - started
+                response.latency_ms = round(info.upstream_s * 1000)
+                response.provider = name
+                return response
+            finally:
+                limiter.release()
+            info.upstream_s += time.perf_counter() - started
+            self.health.record(name, ok=not error.provider_fault)
+            if not error.retryable or attempt == retry.attempts:
+                raise error
+            wait = error.retry_after
+            if wait is None:
+                wait = self._backoff.delay(attempt)
+            elif wait > retry.max_retry_after_secs:
+                raise error  # too long to wait here: the next fallback, if any
+            if self.metrics is not None:
+                self.metrics.retry(name, error.code)
+            await asyncio.sleep(wait)
+        raise AssertionError("the loop returns or raises")

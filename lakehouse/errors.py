@@ -14,8 +14,13 @@ from typing import ClassVar
 class ChatdError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
-    # Whether another attempt (a retry or the next fallback) may succeed.
+    # Whether trying the same provider again may succeed (after a backoff).
     retryable: ClassVar[bool] = False
+    # Whether the next link of a fallback chain should be tried: not when
+    # the request itself is at fault, since every link would refuse it.
+    fallback: ClassVar[bool] = False
+    # Whether it says the provider is unwell (feeds its circuit breaker).
+    provider_fault: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -54,6 +59,13 @@ class MethodNotAllowed(ChatdError):
     code = "method_not_allowed"
 
 
+class ReloadRefused(ChatdError):
+    """A reload's new config was refused; the running one stays."""
+
+    status = 422
+    code = "reload_refused"
+
+
 class PayloadTooLarge(ChatdError):
     status = 413
     code = "payload_too_large"
@@ -62,12 +74,13 @@ class PayloadTooLarge(ChatdError):
 class ProviderNotFound(ChatdError):
     status = 404
     code = "provider_not_found"
+    fallback = True
 
 
 class ProviderUnavailable(ChatdError):
     status = 503
     code = "provider_unavailable"
-    retryable = True
+    fallback = True
 
 
 class Overloaded(ChatdError):
@@ -75,7 +88,7 @@ class Overloaded(ChatdError):
 
     status = 503
     code = "overloaded"
-    retryable = True
+    fallback = True
 
 
 class UpstreamError(ChatdError):
@@ -85,6 +98,8 @@ class UpstreamError(ChatdError):
     status = 502
     code = "upstream_error"
     retryable = True
+    fallback = True
+    provider_fault = True
 
 
 class UpstreamRejected(UpstreamError):
@@ -93,6 +108,8 @@ class UpstreamRejected(UpstreamError):
 
     code = "upstream_rejected"
     retryable = False
+    fallback = False
+    provider_fault = False
 
 
 class UpstreamAuth(UpstreamError):
@@ -138,6 +155,8 @@ class UpstreamTimeout(ChatdError):
     status = 504
     code = "upstream_timeout"
     retryable = True
+    fallback = True
+    provider_fault = True
 
 
 class DeadlineExceeded(ChatdError):

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -58,8 +58,43 @@ class _Availability(Collector):
         yield family
 
 
+# Per provider: calls in flight, calls waiting, calls refused so far.
+Pressure = Callable[[], dict[str, tuple[int, int, int]]]
+
+
+class _Backpressure(Collector):
+    """Each provider's limiter, read at scrape time (per worker)."""
+
+    def __init__(self, pressure: Pressure) -> None:
+        self._pressure = pressure
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        active = GaugeMetricFamily(
+            "chatd_provider_calls_in_flight", "Upstream calls in flight.", labels=["provider"]
+        )
+        queued = GaugeMetricFamily(
+            "chatd_provider_queue_depth",
+            "Calls waiting for a slot under the provider's concurrency limit.",
+            labels=["provider"],
+        )
+        rejected = CounterMetricFamily(
+            "chatd_provider_rejections",
+            "Calls refused because the provider's queue was full.",
+            labels=["provider"],
+        )
+        for name, (calls, waiting, refused) in sorted(self._pressure().items()):
+            active.add_metric([name], calls)
+            queued.add_metric([name], waiting)
+            rejected.add_metric([name], refused)
+        yield active
+        yield queued
+        yield rejected
+
+
 class Metrics:
-    def __init__(self, availability: Callable[[], dict[str, bool]]) -> None:
+    def __init__(
+        self, availability: Callable[[], dict[str, bool]], pressure: Pressure | None = None
+    ) -> None:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = CollectorRegistry()
         r = self.registry
@@ -101,13 +136,22 @@ class Metrics:
             ["provider", "code"],
             registry=r,
         )
+        # Chain links are configured names (tiers or model ids), so bounded.
         self.fallbacks = Counter(
             "chatd_fallbacks",
-            "Requests answered by a fallback, by the name that failed.",
-            ["from_name", "to_provider"],
+            "Moves to the next link of a fallback chain.",
+            ["from_name", "to_name"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "chatd_retries",
+            "Retries of the same provider, by the error that caused them.",
+            ["provider", "code"],
             registry=r,
         )
         self.exposition = self._exposition(availability)
+        if pressure is not None:
+            self.exposition.register(_Backpressure(pressure))
         # Label children, cached: labels() costs a lock and string work per call.
         self._children: dict[tuple[str, ...], Callable[..., None]] = {}
 
@@ -167,8 +211,11 @@ class Metrics:
                 lambda: self.upstream_errors.labels(provider, error_code).inc,
             )()
 
-    def fallback(self, from_name: str, to_provider: str) -> None:
-        self.fallbacks.labels(from_name, to_provider).inc()
+    def fallback(self, from_name: str, to_name: str) -> None:
+        self.fallbacks.labels(from_name, to_name).inc()
+
+    def retry(self, provider: str, code: str) -> None:
+        self.retries.labels(provider, code).inc()
 
     def close(self) -> None:
         if self.multiprocess:

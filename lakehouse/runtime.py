@@ -1,5 +1,11 @@
-"""What a running chatd holds: config, registry, dispatcher, health, and the
-background probe loop. Built in the app's lifespan, never at import.
+"""What a running chatd holds: the current generation (config, registry,
+health, dispatcher, auth gate), the metrics, and the background probe
+loop. Built in the app's lifespan, never at import.
+
+A reload (SIGHUP, or ``POST /admin/reload``) builds and opens a whole new
+generation first; a bad config is refused with one log line and the old
+generation keeps serving. Requests already inside the old one finish on
+it; its upstream sessions close once they have.
 """
 
 from __future__ import annotations
@@ -7,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from lakehouse.auth import Gate
 from lakehouse.config import Config
-from lakehouse.dispatcher import CallInfo, Dispatcher
-from lakehouse.errors import ChatdError
+from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
+from lakehouse.errors import ChatdError, ConfigError
 from lakehouse.health import Health
 from lakehouse.metrics import Metrics
 from lakehouse.registry import Registry, build_registry
@@ -24,44 +34,168 @@ access = logging.getLogger("chatd.access")
 # Metric label for a request path: bounded, whatever callers send.
 _ROUTES = {"/chat": "chat", "/v1/chat": "chat"}
 
+ConfigSource = Callable[[], Config]
 
-class Runtime:
-    def __init__(self, config: Config, registry: Registry) -> None:
-        self.config = config
-        self.registry = registry
-        self.health = Health(registry.names(), failure_threshold=config.chatd.failure_threshold)
-        self.dispatcher = Dispatcher(registry, tiers=config.tiers, health=self.health)
-        self.metrics = Metrics(self.health.snapshot)
-        self.ready = False
-        self._probe_task: asyncio.Task[None] | None = None
+
+@dataclass
+class Generation:
+    config: Config
+    registry: Registry
+    health: Health
+    dispatcher: Dispatcher
+    gate: Gate
 
     @classmethod
-    async def start(cls, config: Config, environ: Mapping[str, str] | None = None) -> Runtime:
-        runtime = cls(config, build_registry(config, environ))
+    async def open(
+        cls, config: Config, environ: Mapping[str, str] | None, metrics: Metrics | None
+    ) -> Generation:
+        chatd = config.chatd
+        gate = Gate.from_config(chatd.auth, chatd.bind, environ)
+        registry = build_registry(config, environ)
+        health = Health(
+            registry.names(),
+            failure_threshold=chatd.failure_threshold,
+            cooldown=chatd.cooldown_secs,
+        )
+        policy = Policy(
+            retry=chatd.retry,
+            deadline=chatd.deadline_secs,
+            fallbacks=chatd.fallbacks,
+            limits={n: (p.max_concurrency, p.max_queue) for n, p in chatd.providers.items()},
+        )
+        dispatcher = Dispatcher(
+            registry, tiers=config.tiers, health=health, policy=policy, metrics=metrics
+        )
         started = []
         try:
-            for provider in runtime.registry:
+            for provider in registry:
                 await provider.start()
                 started.append(provider)
         except BaseException:
             for provider in started:
                 await provider.close()
             raise
-        if config.chatd.probe_interval_secs > 0 and len(runtime.registry):
+        return cls(config, registry, health, dispatcher, gate)
+
+    def busy(self) -> bool:
+        return any(lim.active or lim.waiting for lim in self.dispatcher.limiters.values())
+
+    async def close(self) -> None:
+        for provider in self.registry:
+            await provider.close()
+
+
+class Runtime:
+    def __init__(
+        self,
+        generation: Generation,
+        metrics: Metrics,
+        environ: Mapping[str, str] | None,
+        source: ConfigSource | None,
+    ) -> None:
+        self.current = generation
+        self.metrics = metrics
+        self.ready = False
+        self._environ = environ
+        self._source = source
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+
+    # The current generation's parts, as most callers want them.
+    @property
+    def config(self) -> Config:
+        return self.current.config
+
+    @property
+    def registry(self) -> Registry:
+        return self.current.registry
+
+    @property
+    def health(self) -> Health:
+        return self.current.health
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.current.dispatcher
+
+    @property
+    def gate(self) -> Gate:
+        return self.current.gate
+
+    @classmethod
+    async def start(
+        cls,
+        config: Config,
+        environ: Mapping[str, str] | None = None,
+        *,
+        source: ConfigSource | None = None,
+        handle_sighup: bool = False,
+    ) -> Runtime:
+        """Open the first generation. ``source`` re-reads the config for a
+        reload; with ``handle_sighup`` a SIGHUP triggers one."""
+        holder: list[Runtime] = []
+        metrics = Metrics(lambda: holder[0].health.snapshot(), lambda: holder[0].pressure())
+        generation = await Generation.open(config, environ, metrics)
+        runtime = cls(generation, metrics, environ, source)
+        holder.append(runtime)
+        if config.chatd.probe_interval_secs > 0:
             runtime._probe_task = asyncio.create_task(runtime._probe_loop())
+        if handle_sighup and source is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runtime._on_sighup)
         runtime.ready = True
-        names = ", ".join(runtime.registry.names()) or "none"
-        log.info("chatd ready", extra={"providers": names})
+        log.info("chatd ready", extra={"providers": ", ".join(generation.registry.names())})
         return runtime
+
+    def pressure(self) -> dict[str, tuple[int, int, int]]:
+        return {
+            name: (limiter.active, limiter.waiting, limiter.rejected)
+            for name, limiter in self.dispatcher.limiters.items()
+        }
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_sighup(self) -> None:
+        self._spawn(self.reload())
+
+    async def reload(self) -> str | None:
+        """Swap in a generation built from the config source; on a refused
+        config, the reason (also logged in one line) and the old one stays."""
+        if self._source is None:
+            log.error("reload refused: this chatd has no config source")
+            return "this chatd has no config source"
+        async with self._reload_lock:
+            try:
+                config = self._source()
+                fresh = await Generation.open(config, self._environ, self.metrics)
+            except ConfigError as exc:
+                log.error("reload refused, the running config stays: %s", exc)
+                return str(exc)
+            old, self.current = self.current, fresh
+            log.info("config reloaded", extra={"providers": ", ".join(fresh.registry.names())})
+            self._spawn(self._retire(old))
+            return None
+
+    async def _retire(self, old: Generation) -> None:
+        # Calls started on the old generation finish on its sessions.
+        deadline = time.monotonic() + old.config.chatd.deadline_secs
+        while old.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 - a rare, idle wait
+            await asyncio.sleep(0.1)
+        await old.close()
 
     async def close(self) -> None:
         self.ready = False
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-        for provider in self.registry:
-            await provider.close()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in [self._probe_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.current.close()
         self.metrics.close()
 
     def observe(
@@ -81,7 +215,6 @@ class Runtime:
         prompt = response.prompt_tokens if response is not None else 0
         completion = response.completion_tokens if response is not None else 0
         code = error.code if error is not None else None
-        upstream_code = code if error is not None and error.provider else None
         self.metrics.observe(
             route=_ROUTES.get(path, "other"),
             provider=info.provider,
@@ -91,7 +224,7 @@ class Runtime:
             overhead_s=overhead,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            error_code=upstream_code,
+            error_code=code if error is not None and error.provider else None,
         )
         if access.isEnabledFor(logging.INFO):
             fields: dict[str, object] = {
@@ -106,6 +239,8 @@ class Runtime:
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
             }
+            if info.attempts > 1:
+                fields["attempts"] = info.attempts
             if code is not None:
                 fields["error"] = code
             access.info("request", extra=fields)
@@ -114,32 +249,35 @@ class Runtime:
             and self.config.chatd.log_bodies
             and access.isEnabledFor(logging.DEBUG)
         ):
+            redact = self.registry.redact
             access.debug(
                 "bodies",
                 extra={
-                    "messages": [self.registry.redact(m.content) for m in request.messages],
-                    "content": self.registry.redact(response.content) if response else None,
+                    "request_id": rid,
+                    "messages": [redact(m.content) for m in request.messages],
+                    "content": redact(response.content) if response else None,
                 },
             )
 
     async def probe_once(self) -> None:
+        generation = self.current
+
         async def one(name: str) -> None:
-            provider = self.registry.get(name)
+            provider = generation.registry.get(name)
             assert provider is not None
             try:
                 ok = await provider.probe()
             except Exception as exc:
                 log.warning(
                     "probe failed",
-                    extra={"provider": name, "error": self.registry.redact(str(exc))},
+                    extra={"provider": name, "error": generation.registry.redact(str(exc))},
                 )
                 ok = False
-            self.health.set_probe(name, ok)
+            generation.health.set_probe(name, ok)
 
-        await asyncio.gather(*(one(name) for name in self.registry.names()))
+        await asyncio.gather(*(one(name) for name in generation.registry.names()))
 
     async def _probe_loop(self) -> None:
-        interval = self.config.chatd.probe_interval_secs
         while True:
             await self.probe_once()
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.config.chatd.probe_interval_secs)

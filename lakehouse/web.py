@@ -35,8 +35,9 @@ from lakehouse.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ReloadRefused,
 )
-from lakehouse.runtime import Runtime
+from lakehouse.runtime import ConfigSource, Runtime
 from lakehouse.wire import (
     ErrorBody,
     ErrorDetail,
@@ -141,24 +142,30 @@ class ChatEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         runtime: Runtime = self._state.runtime
-        declared = rid_header = None
+        declared = rid_header = authorization = deadline_header = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = value
             elif name == b"x-request-id":
                 rid_header = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-chatd-deadline":
+                deadline_header = value
         rid = request_id.accept_or_mint(rid_header)
         token = request_id.current.set(rid)
         info = CallInfo()
         request = None
         error: ChatdError | None = None
         try:
+            runtime.gate.check(scope["path"], authorization)
+            deadline = parse_deadline(deadline_header)
             body = await read_body(receive, runtime.config.chatd.max_request_bytes, declared)
             try:
                 request = chat_request_decoder.decode(body)
             except (msgspec.DecodeError, ValueError, RecursionError) as exc:
                 raise bad_request_from(exc) from None
-            response = await runtime.dispatcher.chat(request, info)
+            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
             headers: list[tuple[bytes, bytes]] = []
             status, payload = 200, encoder.encode(response)
         except ClientGone:
@@ -177,21 +184,41 @@ class ChatEndpoint:
         request_id.current.reset(token)
 
 
+def parse_deadline(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise BadRequest("X-Chatd-Deadline must be a positive number of seconds")
+    return seconds
+
+
 def server_timing(upstream_s: float, total_s: float) -> bytes:
     """Where the time went, for callers: the upstream call and chatd's own share."""
     overhead = max(0.0, total_s - upstream_s)
     return f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}".encode()
 
 
-def with_request_id(app: ASGIApp) -> ASGIApp:
-    """Every other route also answers with an ``X-Request-ID``."""
+def guarded(app: ASGIApp, state: Any) -> ASGIApp:
+    """Every other route: the auth gate, and an ``X-Request-ID`` on the answer."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        supplied = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = request_id.accept_or_mint(supplied).encode()
+        headers = dict(scope["headers"])
+        rid = request_id.accept_or_mint(headers.get(b"x-request-id")).encode()
+        runtime: Runtime | None = getattr(state, "runtime", None)
+        if runtime is not None:
+            try:
+                runtime.gate.check(scope["path"], headers.get(b"authorization"))
+            except ChatdError as exc:
+                status, extra, payload = error_response(exc)
+                await send_json(send, status, payload, [*extra, (b"x-request-id", rid)])
+                return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -225,10 +252,30 @@ async def ready(request: Request) -> Response:
     return json_response(b'{"status":"ready"}')
 
 
+async def reload(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    refused = await runtime.reload()
+    if refused is not None:
+        raise ReloadRefused(refused)
+    listing = ProvidersListing(runtime.health.snapshot())
+    return json_response(encoder.encode(listing))
+
+
 async def metrics(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(runtime.metrics.exposition), media_type=content_type)
+
+
+async def chatd_error(request: Request, exc: Exception) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    status, headers, body = error_response(exc, runtime.registry.redact)
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={k.decode(): v.decode() for k, v in headers},
+    )
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -250,12 +297,20 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(config: Config, *, environ: Mapping[str, str] | None = None) -> ASGIApp:
-    """The chatd ASGI app; providers are built and opened in its lifespan."""
+def create_app(
+    config: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: ConfigSource | None = None,
+    handle_sighup: bool = False,
+) -> ASGIApp:
+    """The chatd ASGI app; providers are built and opened in its lifespan.
+    ``source`` re-reads the config for ``POST /admin/reload`` (and SIGHUP
+    when ``handle_sighup``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime = await Runtime.start(config, environ)
+        runtime = await Runtime.start(config, environ, source=source, handle_sighup=handle_sighup)
         app.state.runtime = runtime
         try:
             yield
@@ -268,6 +323,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None) -> A
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/admin/reload", reload, methods=["POST"]),
         # Listed so that a wrong method on the hot path gets a proper 405.
         Route("/chat", _never, methods=["POST"]),
         Route("/v1/chat", _never, methods=["POST"]),
@@ -275,10 +331,10 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None) -> A
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, ChatdError: chatd_error},
     )
     chat = ChatEndpoint(app.state)
-    others = with_request_id(app)
+    others = guarded(app, app.state)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in CHAT_PATHS:

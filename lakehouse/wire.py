@@ -29,6 +29,9 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     think: bool | ThinkLevel | None = None
+    # Seconds this request may take, retries and fallbacks included; capped
+    # by the config's deadline_secs.
+    deadline_secs: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
 class ChatResponse(msgspec.Struct, omit_defaults=True):
@@ -41,6 +44,18 @@ class ChatResponse(msgspec.Struct, omit_defaults=True):
     latency_ms: int = 0
     reasoning: str | None = None
     tier: str | None = None
+    # Set when a fallback answered: the name (tier or model) of the link
+    # that did, and how many upstream calls the request took.
+    fallback: str | None = None
+    attempts: int | None = None
+
+
+class StreamDelta(msgspec.Struct, omit_defaults=True):
+    """A piece of a streamed answer; a provider's stream ends with the whole
+    ChatResponse after the last one."""
+
+    content: str = ""
+    reasoning: str = ""
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,13 +29,15 @@ def make_config(
 
 @contextlib.asynccontextmanager
 async def running_chatd(
-    config: configuration.Config, environ: Mapping[str, str] | None = None
+    config: configuration.Config,
+    environ: Mapping[str, str] | None = None,
+    source: Callable[[], configuration.Config] | None = None,
 ) -> AsyncIterator[str]:
     """Serve chatd on a real socket; yields its base URL."""
     sock = bound_socket()
     port = sock.getsockname()[1]
     stop = asyncio.Event()
-    app = create_app(config, environ=environ or {})
+    app = create_app(config, environ=environ or {}, source=source)
     task = asyncio.create_task(serve(app, config, sock, stop.wait))
     base = f"http://127.0.0.1:{port}"
     try:

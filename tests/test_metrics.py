@@ -61,7 +61,8 @@ async def test_metrics_after_known_traffic(served: tuple[str, StubUpstream]) -> 
             await client.post("/v1/chat", json={**GOOD, "model": "local_fast"})
         ).status_code == 200
         assert (await client.post("/chat", json={"messages": HELLO})).status_code == 400
-        stub.fail_next(Fault(kind="status", status=500, message="runner crashed"))
+        # Retried once (the default), so it must fail twice to reach the caller.
+        stub.fail_next(Fault(kind="status", status=500, message="runner crashed"), times=2)
         assert (await client.post("/chat", json=GOOD)).status_code == 502
         assert (await client.post("/chat", json={**GOOD, "model": "x:cloud"})).status_code == 404
         resp = await client.get("/metrics")
@@ -102,7 +103,10 @@ async def test_metrics_after_known_traffic(served: tuple[str, StubUpstream]) -> 
     assert (
         value(scraped, "chatd_upstream_errors_total", provider="ollama", code="upstream_error") == 1
     )
+    assert value(scraped, "chatd_retries_total", provider="ollama", code="upstream_error") == 1
     assert value(scraped, "chatd_provider_available", provider="ollama") == 1
+    assert value(scraped, "chatd_provider_queue_depth", provider="ollama") == 0
+    assert value(scraped, "chatd_provider_rejections_total", provider="ollama") == 0
     assert value(scraped, "chatd_upstream_duration_seconds_count", provider="ollama") == 5
     assert (
         value(scraped, "chatd_upstream_duration_seconds_bucket", provider="ollama", le="600.0") == 5
@@ -110,7 +114,7 @@ async def test_metrics_after_known_traffic(served: tuple[str, StubUpstream]) -> 
     assert value(scraped, "chatd_overhead_seconds_count", route="chat") == 7
     assert value(scraped, "chatd_overhead_seconds_bucket", route="chat", le="0.0001") >= 0
     tokens = [r.json for r in stub.received if r.path == "/api/chat"]
-    assert len(tokens) == 5
+    assert len(tokens) == 6
     assert value(scraped, "chatd_tokens_total", provider="ollama", kind="prompt") > 0
     assert value(scraped, "chatd_tokens_total", provider="ollama", kind="completion") > 0
     assert value(scraped, "chatd_in_flight_requests") == 0

@@ -57,7 +57,14 @@ async def world() -> AsyncIterator[World]:
             "kimi", key=KEYS["kimi"], models=["kimi-for-coding"], require_user_agent="chatd-test/"
         ),
     }
-    overrides: dict[str, Any] = {"chatd.probe_interval_secs": 0, "chatd.timeout_secs": 1.5}
+    # One call per request: these tests check how each failure maps;
+    # retries and fallbacks have tests of their own (test_dispatcher_e2e).
+    overrides: dict[str, Any] = {
+        "chatd.probe_interval_secs": 0,
+        "chatd.timeout_secs": 1.5,
+        "chatd.retry.attempts": 0,
+        "chatd.failure_threshold": 1000,
+    }
     for name, stub in stubs.items():
         overrides[f"chatd.providers.{name}.base_url"] = await stub.start()
         if name in KEYS:

@@ -127,6 +127,8 @@ class Echo:
         return ChatResponse(model=model, provider=self.name,
                             content=f"{self.greeting} from {self.base_url}",
                             done_reason="stop", prompt_tokens=1, completion_tokens=2)
+    async def stream(self, request: ChatRequest, model: str):  # type: ignore[no-untyped-def]
+        yield await self.chat(request, model)
 
 PLUGIN = Plugin(build=Echo, default_base_url="http://echo.invalid", options=EchoOptions,
                 needs_key=True)

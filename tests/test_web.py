@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-from lakehouse.stubs import StubUpstream
 
+from lakehouse.stubs import StubUpstream
 from tests.support import make_config, provider_table, running_chatd
 
 pytestmark = pytest.mark.anyio
@@ -306,6 +306,8 @@ async def test_unexpected_errors_are_500_without_internals() -> None:
             "    async def probe(self): return True\n"
             "    async def chat(self, request, model):\n"
             "        raise KeyError('secret internal detail')\n"
+            "    async def stream(self, request, model):\n"
+            "        yield await self.chat(request, model)\n"
             "PLUGIN = Plugin(build=B, default_base_url='http://b.invalid')\n"
         )
         config = make_config(

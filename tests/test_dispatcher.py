@@ -1,0 +1,225 @@
+"""The dispatcher alone, with scripted providers: tiers, chains, retries,
+Retry-After, deadlines, breaker and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from lakehouse import errors
+from lakehouse.config import RetryConfig
+from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
+from lakehouse.health import Health
+from lakehouse.registry import Registry
+from lakehouse.wire import ChatRequest, ChatResponse, Message
+
+pytestmark = pytest.mark.anyio
+
+
+class Scripted:
+    """A provider that answers from a script: exceptions are raised, floats
+    are slept, anything else answers."""
+
+    def __init__(self, name: str, *script: Any) -> None:
+        self.name = name
+        self.script = list(script)
+        self.calls: list[str] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def probe(self) -> bool:
+        return True
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+        self.calls.append(model)
+        step = self.script.pop(0) if self.script else "ok"
+        if isinstance(step, BaseException):
+            raise step
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+        return ChatResponse(
+            model=model,
+            provider="",
+            content=f"from {self.name}",
+            done_reason="stop",
+            prompt_tokens=1,
+            completion_tokens=1,
+        )
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[ChatResponse]:
+        yield await self.chat(request, model)
+
+
+def dispatcher(
+    *providers: Scripted,
+    attempts: int = 1,
+    max_retry_after: float = 10,
+    deadline: float = 60,
+    fallbacks: dict[str, list[str]] | None = None,
+    tiers: dict[str, str] | None = None,
+    threshold: int = 5,
+    limits: dict[str, tuple[int, int]] | None = None,
+) -> Dispatcher:
+    registry = Registry(
+        {p.name: p for p in providers},
+        default=providers[0].name,
+        suffix_routes={":cloud": "ollama_cloud"},
+    )
+    retry = RetryConfig(
+        attempts=attempts,
+        backoff_secs=0.01,
+        max_backoff_secs=0.02,
+        max_retry_after_secs=max_retry_after,
+    )
+    return Dispatcher(
+        registry,
+        tiers=tiers,
+        health=Health(registry.names(), failure_threshold=threshold, cooldown=60),
+        policy=Policy(
+            retry=retry, deadline=deadline, fallbacks=fallbacks or {}, limits=limits or {}
+        ),
+    )
+
+
+def ask(model: str, **kw: Any) -> ChatRequest:
+    return ChatRequest(model=model, messages=[Message("user", "hi")], **kw)
+
+
+def boom(kind: type[errors.ChatdError] = errors.UpstreamError, **kw: Any) -> errors.ChatdError:
+    return kind("scripted failure", provider="x", **kw)
+
+
+async def test_tier_resolves_and_is_reported() -> None:
+    a = Scripted("a")
+    out = await dispatcher(a, tiers={"fast": "a/m1"}).chat(ask("fast"))
+    assert (out.tier, out.provider, a.calls) == ("fast", "a", ["m1"])
+    assert out.fallback is None and out.attempts is None
+
+
+async def test_retryable_failure_is_retried_then_answers() -> None:
+    a = Scripted("a", boom(), boom(errors.UpstreamUnreachable))
+    info = CallInfo()
+    out = await dispatcher(a, attempts=2).chat(ask("m"), info)
+    assert out.content == "from a" and out.attempts == 3 and info.attempts == 3
+    assert len(a.calls) == 3
+
+
+async def test_rejection_is_neither_retried_nor_fallen_back() -> None:
+    a, b = Scripted("a", boom(errors.UpstreamRejected)), Scripted("b")
+    d = dispatcher(a, b, attempts=3, fallbacks={"t": ["b/m"]}, tiers={"t": "a/m"})
+    with pytest.raises(errors.UpstreamRejected):
+        await d.chat(ask("t"))
+    assert (len(a.calls), b.calls) == (1, [])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.UpstreamError,
+        errors.UpstreamRateLimited,
+        errors.UpstreamTimeout,
+        errors.UpstreamUnreachable,
+        errors.UpstreamAuth,
+        errors.UpstreamQuota,
+    ],
+)
+async def test_chain_falls_through_in_order(error: type[errors.ChatdError]) -> None:
+    a = Scripted("a", boom(error), boom(error))
+    b = Scripted("b", boom(error), boom(error))
+    c = Scripted("c")
+    d = dispatcher(
+        a,
+        b,
+        c,
+        fallbacks={"judge": ["cloud", "free"]},
+        tiers={"judge": "a/m", "cloud": "b/m", "free": "c/m"},
+    )
+    out = await d.chat(ask("judge"))
+    assert (out.provider, out.fallback, out.tier) == ("c", "free", "free")
+    assert out.attempts == len(a.calls) + len(b.calls) + 1
+    expected = 2 if error.retryable else 1
+    assert (len(a.calls), len(b.calls)) == (expected, expected)
+
+
+async def test_fallbacks_of_the_resolved_model_and_missing_links() -> None:
+    a, c = Scripted("a", boom(), boom()), Scripted("c")
+    d = dispatcher(a, c, fallbacks={"a/m": ["ghost:cloud", "c/x"]}, tiers={"t": "a/m"})
+    out = await d.chat(ask("t"))
+    # ghost:cloud has no provider: skipped, not fatal.
+    assert (out.provider, out.fallback) == ("c", "c/x")
+
+
+async def test_last_links_error_is_what_the_caller_gets() -> None:
+    a = Scripted("a", boom(), boom())
+    b = Scripted("b", boom(errors.UpstreamAuth))
+    d = dispatcher(a, b, fallbacks={"a/m": ["b/m"]})
+    with pytest.raises(errors.UpstreamAuth):
+        await d.chat(ask("a/m"))
+
+
+async def test_retry_after_within_budget_is_honoured() -> None:
+    a = Scripted("a", boom(errors.UpstreamRateLimited, retry_after=0.3))
+    started = time.monotonic()
+    out = await dispatcher(a, max_retry_after=1).chat(ask("m"))
+    assert time.monotonic() - started >= 0.3
+    assert out.attempts == 2
+
+
+async def test_retry_after_beyond_budget_moves_to_the_next_link_at_once() -> None:
+    a = Scripted("a", boom(errors.UpstreamRateLimited, retry_after=30))
+    b = Scripted("b")
+    d = dispatcher(a, b, max_retry_after=1, fallbacks={"a/m": ["b/m"]})
+    started = time.monotonic()
+    out = await d.chat(ask("a/m"))
+    assert time.monotonic() - started < 0.5
+    assert (out.provider, len(a.calls)) == ("b", 1)
+
+
+async def test_deadline_covers_retries_and_fallbacks() -> None:
+    a = Scripted("a", 0.4, 0.4)
+    b = Scripted("b", 5.0)
+    d = dispatcher(a, b, deadline=30, fallbacks={"a/m": ["b/m"]})
+    started = time.monotonic()
+    with pytest.raises(errors.DeadlineExceeded) as info:
+        await d.chat(ask("a/m", deadline_secs=0.2))
+    assert time.monotonic() - started < 0.4
+    assert info.value.status == 504
+    # The config's cap wins over a longer request.
+    d = dispatcher(Scripted("a", 1.0), deadline=0.2)
+    with pytest.raises(errors.DeadlineExceeded):
+        await d.chat(ask("m", deadline_secs=100))
+
+
+async def test_open_breaker_refuses_then_falls_back() -> None:
+    a = Scripted("a", *[boom()] * 4)
+    b = Scripted("b")
+    d = dispatcher(a, b, attempts=0, threshold=2, fallbacks={"a/m": ["b/m"]})
+    for _ in range(2):
+        assert (await d.chat(ask("a/m"))).provider == "b"
+    assert not d.health.available("a")
+    calls = len(a.calls)
+    assert (await d.chat(ask("a/m"))).provider == "b"
+    assert len(a.calls) == calls  # refused at once, no upstream call
+    with pytest.raises(errors.ProviderUnavailable):
+        await d.chat(ask("a/other"))
+
+
+async def test_full_queue_refuses_promptly_while_others_serve() -> None:
+    a = Scripted("a", 0.5, 0.5, 0.5)
+    b = Scripted("b")
+    d = dispatcher(a, b, limits={"a": (1, 1)})
+    first = asyncio.create_task(d.chat(ask("a/1")))
+    second = asyncio.create_task(d.chat(ask("a/2")))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(errors.Overloaded):
+        await d.chat(ask("a/3"))
+    assert time.monotonic() - started < 0.05
+    assert (await d.chat(ask("b/x"))).provider == "b"
+    assert [r.content for r in await asyncio.gather(first, second)] == ["from a"] * 2

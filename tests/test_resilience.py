@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from lakehouse.errors import Overloaded
+from lakehouse.resilience import Backoff, Limiter
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_limiter_caps_queues_and_refuses() -> None:
+    limiter = Limiter("p", limit=2, queue=1)
+    await limiter.acquire()
+    await limiter.acquire()
+    queued = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    assert (limiter.active, limiter.waiting) == (2, 1)
+    with pytest.raises(Overloaded) as info:
+        await limiter.acquire()
+    assert info.value.retry_after == 1 and info.value.status == 503
+    assert limiter.rejected == 1
+    limiter.release()  # the slot passes to the waiter
+    await queued
+    assert (limiter.active, limiter.waiting) == (2, 0)
+    limiter.release()
+    limiter.release()
+    assert limiter.active == 0
+
+
+async def test_cancelled_waiter_leaves_the_queue() -> None:
+    limiter = Limiter("p", limit=1, queue=2)
+    await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.waiting == 0
+    limiter.release()
+    assert limiter.active == 0
+    await limiter.acquire()
+    assert limiter.active == 1
+
+
+async def test_slot_handed_to_a_waiter_that_was_cancelled_is_passed_on() -> None:
+    limiter = Limiter("p", limit=1, queue=2)
+    await limiter.acquire()
+    first = asyncio.create_task(limiter.acquire())
+    second = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    limiter.release()  # hands the slot to `first`...
+    first.cancel()  # ...which gives up before running
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert (limiter.active, limiter.waiting) == (1, 0)
+
+
+def test_backoff_grows_caps_and_jitters_downwards() -> None:
+    backoff = Backoff(base=0.25, cap=4)
+    rng = random.Random(7)
+    for attempt, raw in enumerate([0.25, 0.5, 1, 2, 4, 4, 4]):
+        for _ in range(50):
+            delay = backoff.delay(attempt, rng)
+            assert raw * 0.75 <= delay <= raw
