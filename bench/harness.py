@@ -83,15 +83,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> None:
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, grace: float = 5) -> str:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; says how it went."""
     if proc is None or proc.poll() is not None:
-        return
+        return "already exited"
+    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=15)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        return f"still running {grace:g} s after SIGTERM, killed"
+    return f"exited {proc.returncode} {time.monotonic() - t0:.2f} s after SIGTERM"
 
 
 def start_stub(cpu: str | None, delay_ms: float, log: Path) -> tuple[subprocess.Popen[str], int]:
@@ -240,6 +244,7 @@ def run_h2load(
     body = tmp / "h2-body.json"
     body.write_text(row.body)
     log = tmp / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends to it
     argv = [
         "h2load", "-t1", f"-c{row.h2_conns}", f"-m{row.h2_streams}",
         f"-D{max(1, round(duration))}", "-d", str(body),
@@ -464,21 +469,25 @@ def cpu_model() -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description="Benchmark chatd against a stub.")
-    p.add_argument("--runs", type=int, default=3, help="rounds; each figure is their median")
-    p.add_argument("--duration", type=float, default=10, help="seconds per run")
-    p.add_argument("--conc", default="1,16,64", help="concurrency levels (comma-separated)")
+    p.add_argument("--runs", type=int, help="rounds; each figure is their median (3)")
+    p.add_argument("--duration", type=float, help="seconds per run (10)")
+    p.add_argument("--conc", help="concurrency levels, comma-separated (1,16,64)")
     p.add_argument("--delay-ms", type=float, default=50, help="upstream delay of the delay rows")
-    p.add_argument("--delay-conc", type=int, default=64, help="concurrency of the delay rows")
+    p.add_argument("--delay-conc", type=int, help="concurrency of the delay rows (64; 0: none)")
     p.add_argument(
-        "--quick", action="store_true", help="1 run of 1 s, c=16 rows only, no delay rows"
+        "--quick",
+        action="store_true",
+        help="defaults to 1 run of 1 s, c=16 rows only, no delay rows",
     )
     p.add_argument("--out", type=Path, help="results file (default bench/RESULTS.md; --quick: tmp)")
     p.add_argument("--json", type=Path, help="also write every sample as JSON here")
     p.add_argument("--chatd-cpu", default="0", help="CPU for chatd (taskset -c)")
     p.add_argument("--load-cpu", default="1", help="CPU for the stubs and load generators")
     args = p.parse_args(argv)
-    if args.quick:
-        args.runs, args.duration, args.conc, args.delay_conc = 1, 1, "16", 0
+    defaults = (1, 1.0, "16", 0) if args.quick else (3, 10.0, "1,16,64", 64)
+    for name, default in zip(("runs", "duration", "conc", "delay_conc"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     args.conc_levels = [int(c) for c in str(args.conc).split(",") if c.strip()]
     return args
 
@@ -572,6 +581,16 @@ def main(argv: list[str]) -> int:
             warm = Row("warm", "warm-up", "wrk", f"{chatd_url}/chat", 16, chat_body(), "fast", True)
             run_wrk(warm, 1, load_cpu)
             stub_pids = {"fast": fast.pid, "slow": slow.pid}
+            # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
+            alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
+                        16, chat_body(), "fast", False)  # fmt: skip
+            solo = run_row(alone, min(args.duration, 3), chatd_cpu, chatd.pid, stub_pids, tmp)
+            stub_alone = (
+                f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "
+                f"{solo.stub_cpu_ms or 0:.3f} CPU ms/req "
+                f"(wrk c=16 on CPU {chatd_cpu}, stub on CPU {load_cpu}, before the rounds)"
+            )
+            print(f"bench: stub alone: {stub_alone}", file=sys.stderr, flush=True)
             for rnd in range(args.runs):
                 # Rotate the order each round so no row always follows the same one;
                 # direct c=1 and chatd c=1 stay in the same round for "added p50".
@@ -591,10 +610,11 @@ def main(argv: list[str]) -> int:
             if chatd.poll() is not None:
                 raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
         finally:
-            for proc in reversed(procs):
+            shutdown = stop(procs[-1]) if len(procs) == 3 else "not started"
+            for proc in procs:
                 stop(proc)
 
-    report = render(args, rows, skipped, idle_mb, peak_mb, started, pin)
+    report = render(args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone)
     print(report)
     out = args.out or (
         Path(tempfile.mkstemp(prefix="chatd-bench-", suffix=".md")[1])
@@ -624,7 +644,7 @@ def main(argv: list[str]) -> int:
 
 def render(
     args: argparse.Namespace, rows: list[Row], skipped: list[str], idle_mb: float,
-    peak_mb: float, started: dt.datetime, pinned_cpus: bool,
+    peak_mb: float, started: dt.datetime, pinned_cpus: bool, shutdown: str, stub_alone: str,
 ) -> str:  # fmt: skip
     lines = [
         "# chatd benchmark results",
@@ -654,6 +674,8 @@ def render(
         "",
         f"- chatd idle RSS (after start-up and 20 requests, before load): {idle_mb:.1f} MB; "
         f"peak RSS (VmHWM, whole bench): {peak_mb:.1f} MB",
+        f"- stub alone: {stub_alone}",
+        f"- chatd shutdown at the end: {shutdown}",
     ]
     for key, label in (
         ("chat-h1/c1", "chatd /chat HTTP/1.1"),

@@ -12,18 +12,29 @@ concurrency limit and its circuit breaker; and it stamps ``provider``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from lakehouse.config import RetryConfig
-from lakehouse.errors import ChatdError, DeadlineExceeded, ProviderUnavailable
+from lakehouse.errors import (
+    ChatdError,
+    DeadlineExceeded,
+    ProviderUnavailable,
+    UpstreamBadResponse,
+)
 from lakehouse.health import Health
 from lakehouse.metrics import Metrics
 from lakehouse.plugin_api import Provider
 from lakehouse.registry import Registry, Route
 from lakehouse.resilience import Backoff, Limiter
-from lakehouse.wire import ChatRequest, ChatResponse
+from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
+
+T = TypeVar("T")
+Item = StreamDelta | ChatResponse
+Stream = AsyncGenerator[Item, None]
 
 
 @dataclass(slots=True)
@@ -94,38 +105,126 @@ class Dispatcher:
             async with asyncio.timeout(budget):
                 return await self._try_chain(request, info)
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"no answer within the request's deadline of {budget:g}s",
-                provider=info.provider or None,
-            ) from None
+            raise self._late(budget, info) from None
 
     async def _try_chain(self, request: ChatRequest, info: CallInfo) -> ChatResponse:
-        links = self.chain(request.model)
+        async def chat(provider: Provider, model: str) -> ChatResponse:
+            return await provider.chat(request, model)
+
+        response, tier, fallback = await self._walk(request.model, info, chat, hold=False)
+        return self._stamp(response, info, tier, fallback)
+
+    def _stamp(
+        self, response: ChatResponse, info: CallInfo, tier: str | None, fallback: str | None
+    ) -> ChatResponse:
+        response.provider = info.provider
+        response.latency_ms = round(info.upstream_s * 1000)
+        response.tier = tier
+        response.fallback = fallback
+        if info.attempts > 1:
+            response.attempts = info.attempts
+        return response
+
+    async def stream(
+        self, request: ChatRequest, info: CallInfo | None = None, *, deadline: float | None = None
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+        """The answer as it is generated: StreamDeltas, then the final
+        ChatResponse. Retries and fallbacks happen only before the first
+        item; after it, a failure ends the stream with its error. The
+        deadline bounds every wait, first item included."""
+        info = info if info is not None else CallInfo()
+        budget = self.budget(deadline if deadline is not None else request.deadline_secs)
+        ends = asyncio.get_running_loop().time() + budget
+
+        async def first(
+            provider: Provider, model: str
+        ) -> tuple[Stream, StreamDelta | ChatResponse]:
+            gen = provider.stream(request, model)
+            try:
+                return gen, await anext(gen)
+            except BaseException:
+                await gen.aclose()
+                raise
+
+        try:
+            async with asyncio.timeout_at(ends):
+                (gen, item), tier, fallback = await self._walk(
+                    request.model, info, first, hold=True
+                )
+        except TimeoutError:
+            raise self._late(budget, info) from None
+        name = info.provider
+        started = time.perf_counter()
+        try:
+            while not isinstance(item, ChatResponse):
+                yield item
+                try:
+                    async with asyncio.timeout_at(ends):
+                        item = await anext(gen)
+                except TimeoutError:
+                    raise self._late(budget, info) from None
+                except StopAsyncIteration:
+                    raise UpstreamBadResponse(
+                        f"{name} ended its stream without a final answer", provider=name
+                    ) from None
+                except ChatdError as exc:
+                    self.health.record(name, ok=not exc.provider_fault)
+                    raise
+            # Reading on to the end lets the connection go back to the pool.
+            with contextlib.suppress(ChatdError, TimeoutError):
+                async with asyncio.timeout(1):
+                    async for _ in gen:
+                        pass
+        finally:
+            info.upstream_s += time.perf_counter() - started
+            await gen.aclose()
+            self.limiters[name].release()
+        yield self._stamp(item, info, tier, fallback)
+
+    def _late(self, budget: float, info: CallInfo) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"no answer within the request's deadline of {budget:g}s",
+            provider=info.provider or None,
+        )
+
+    async def _walk(
+        self,
+        name: str,
+        info: CallInfo,
+        action: Callable[[Provider, str], Awaitable[T]],
+        *,
+        hold: bool,
+    ) -> tuple[T, str | None, str | None]:
+        """Try the chain for ``name`` until one link's ``action`` succeeds;
+        returns its result, its tier, and the link's name if a fallback."""
+        links = self.chain(name)
         for index, link in enumerate(links):
-            last = index == len(links) - 1
             try:
                 route, tier = self.route(link)
                 info.provider = route.provider.name
                 info.tier = tier or ""
-                response = await self._call(route.provider, route.model, request, info)
+                result = await self._call(route.provider, route.model, info, action, hold=hold)
             except ChatdError as exc:
-                if last or not exc.fallback:
+                if index == len(links) - 1 or not exc.fallback:
                     raise
                 if self.metrics is not None:
                     self.metrics.fallback(link, links[index + 1])
                 continue
-            response.tier = tier
-            if index:
-                response.fallback = link
-            if info.attempts > 1:
-                response.attempts = info.attempts
-            return response
+            return result, tier, link if index else None
         raise AssertionError("a chain has at least one link")
 
     async def _call(
-        self, provider: Provider, model: str, request: ChatRequest, info: CallInfo
-    ) -> ChatResponse:
-        """One link: the provider, tried again on retryable failures."""
+        self,
+        provider: Provider,
+        model: str,
+        info: CallInfo,
+        action: Callable[[Provider, str], Awaitable[T]],
+        *,
+        hold: bool,
+    ) -> T:
+        """One link: the provider, tried again on retryable failures. With
+        ``hold`` the concurrency slot stays taken on success (a stream is
+        still using the upstream); the caller releases it."""
         name = provider.name
         retry = self.policy.retry
         limiter = self.limiters[name]
@@ -136,22 +235,22 @@ class Dispatcher:
             info.attempts += 1
             started = time.perf_counter()
             try:
-                response = await provider.chat(request, model)
+                result = await action(provider, model)
             except ChatdError as exc:
                 error = exc
+                limiter.release()
             except BaseException:
                 # Cancelled (the deadline, a caller gone) or a bug: says
                 # nothing of the provider, but frees a half-open trial.
+                limiter.release()
                 self.health.abandon(name)
                 raise
             else:
+                if not hold:
+                    limiter.release()
                 self.health.record(name, ok=True)
                 info.upstream_s += time.perf_counter() - started
-                response.latency_ms = round(info.upstream_s * 1000)
-                response.provider = name
-                return response
-            finally:
-                limiter.release()
+                return result
             info.upstream_s += time.perf_counter() - started
             self.health.record(name, ok=not error.provider_fault)
             if not error.retryable or attempt == retry.attempts:

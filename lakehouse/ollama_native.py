@@ -5,14 +5,23 @@ of its ``{"error": "text"}`` bodies onto chatd's error family.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
 
 from lakehouse.errors import ChatdError, UpstreamBadResponse, UpstreamError
 from lakehouse.keys import REDACTED
-from lakehouse.upstream import UpstreamReply, error_for_status, parse_retry_after, short_text
-from lakehouse.wire import ChatRequest, ChatResponse, Message
+from lakehouse.streams import iter_ndjson
+from lakehouse.upstream import (
+    HTTPClient,
+    UpstreamReply,
+    error_for_status,
+    parse_retry_after,
+    short_text,
+)
+from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 # Ollama Cloud's plan quotas answer 429 with "... session usage limit ...",
 # "weekly usage limit" or "hourly usage limit": waiting a moment won't help.
@@ -139,3 +148,68 @@ def ollama_response(
         completion_tokens=data.eval_count,
         reasoning=thinking or None,
     )
+
+
+# A server that ignored ``stream`` sends one JSON object: a one-line stream.
+_STREAM_TYPES = ("application/x-ndjson", "application/json", "")
+
+
+def _pieces(data: OllamaReply) -> tuple[str, str]:
+    """``(content, thinking)`` of one object of either endpoint."""
+    if data.message is not None:
+        return data.message.content, data.message.thinking or ""
+    return data.response or "", data.thinking or ""
+
+
+async def ollama_stream(
+    http: HTTPClient, path: str, body: bytes, *, model: str, key: str | None = None
+) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+    """Stream ``body`` (with ``stream: true``) from ``path``: a StreamDelta per
+    line with text, then the ChatResponse built from the ``done`` line."""
+    provider = http.provider
+    async with http.stream_post(
+        path, body, error=lambda reply: ollama_error(reply, provider, key)
+    ) as upstream:
+        if upstream.content_type not in _STREAM_TYPES:
+            raise upstream.refuse(await upstream.read(300), "an NDJSON stream")
+        content: list[str] = []
+        thinking: list[str] = []
+        final: OllamaReply | None = None
+        async with aclosing(iter_ndjson(upstream, provider=provider)) as lines:
+            async for line in lines:
+                try:
+                    data = ollama_reply_decoder.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise UpstreamBadResponse(
+                        f"{provider} sent an unusable stream line: {exc}",
+                        provider=provider,
+                        upstream_status=upstream.status,
+                    ) from None
+                if data.error:
+                    # Mid-stream failures come in-band: the status is long sent.
+                    text = data.error.replace(key, REDACTED) if key else data.error
+                    raise UpstreamError(f"{provider}: {text}", provider=provider)
+                text, thought = _pieces(data)
+                if text or thought:
+                    content.append(text)
+                    thinking.append(thought)
+                    yield StreamDelta(text, thought)
+                if data.done:
+                    final = data
+                    break
+        if final is None:
+            raise UpstreamBadResponse(
+                f"{provider} ended the stream without its done line",
+                provider=provider,
+                upstream_status=upstream.status,
+            )
+        yield ChatResponse(
+            model=final.model or model,
+            provider=provider,
+            content="".join(content),
+            done_reason=final.done_reason or "stop",
+            prompt_tokens=final.prompt_eval_count,
+            completion_tokens=final.eval_count,
+            reasoning="".join(thinking) or None,
+        )
+        await upstream.drain()

@@ -12,73 +12,33 @@ Plugins reach this module through ``lakehouse.plugin_api``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from lakehouse.errors import (
-    ChatdError,
-    ConfigError,
-    UpstreamAuth,
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamQuota,
-    UpstreamRateLimited,
-    UpstreamRejected,
+from lakehouse.errors import ChatdError, ConfigError, UpstreamBadResponse
+from lakehouse.openai_errors import (
+    OPENAI_ERROR_KINDS,
+    QUOTA_PHRASES,
+    ErrorKind,
+    classify_error,
+    in_band_error,
 )
-from lakehouse.keys import REDACTED
+from lakehouse.openai_stream import ChunkFold, Usage
+from lakehouse.streams import SSE_DONE, iter_sse
 from lakehouse.upstream import (
     HTTPClient,
     PluginOptions,
     ProviderContext,
     UpstreamReply,
     decode_json,
-    error_for_status,
-    parse_retry_after,
-    short_text,
 )
-from lakehouse.wire import ChatRequest, ChatResponse, Message
+from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 CapField = Literal["max_tokens", "max_completion_tokens"]
-# How an upstream error is classified when its class or text decides it
-# rather than its status.
-ErrorKind = Literal["auth", "quota", "rejected", "rate_limited", "error"]
-
-# OpenAI's and Moonshot's spent-quota types (also relayed by Zen and OpenRouter).
-OPENAI_ERROR_KINDS: Mapping[str, ErrorKind] = {
-    "insufficient_quota": "quota",
-    "exceeded_current_quota_error": "quota",
-}
-
-# OpenCode Zen's own error classes. Zen answers 401 for spent credits and
-# for unknown models, so the class, not the status, says whether the key is bad.
-ZEN_ERROR_KINDS: Mapping[str, ErrorKind] = {
-    **OPENAI_ERROR_KINDS,
-    "AuthError": "auth",
-    "RegionError": "auth",
-    "CreditsError": "quota",
-    "MonthlyLimitError": "quota",
-    "UserLimitError": "quota",
-    "FreeUsageLimitError": "quota",
-    "GoUsageLimitError": "quota",
-    "BlackUsageLimitError": "quota",
-    "ModelError": "rejected",
-    "RateLimitError": "rate_limited",
-}
-
-# OpenRouter's 402s name the limit hit in ``metadata.limit_source``; only the
-# in-flight budget clears by itself (it is the one sent with Retry-After).
-OPENROUTER_ERROR_KINDS: Mapping[str, ErrorKind] = {
-    **OPENAI_ERROR_KINDS,
-    "openrouter_credits": "quota",
-    "openrouter_key_limit": "quota",
-    "openrouter_in_flight_budget": "rate_limited",
-}
-
-# Lower-case phrases that mark a spent plan quota on a 401/403/429.
-QUOTA_PHRASES = ("usage limit", "exceeded your current quota")
 
 
 @dataclass(frozen=True)
@@ -121,6 +81,11 @@ class _ResponseFormat(msgspec.Struct, omit_defaults=True):
     json_schema: _JSONSchemaFormat | None = None
 
 
+class _StreamOptions(msgspec.Struct):
+    # Asks for the usage-only last chunk; OpenRouter and Zen send it anyway.
+    include_usage: bool = True
+
+
 class _Body(msgspec.Struct, omit_defaults=True):
     model: str
     messages: list[Message]
@@ -130,11 +95,7 @@ class _Body(msgspec.Struct, omit_defaults=True):
     max_completion_tokens: int | None = None
     temperature: float | None = None
     response_format: _ResponseFormat | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    stream_options: _StreamOptions | None = None
 
 
 class _ReplyMessage(msgspec.Struct):
@@ -146,121 +107,21 @@ class _ReplyMessage(msgspec.Struct):
 class _Choice(msgspec.Struct):
     message: _ReplyMessage | None = None
     finish_reason: str | None = None
-    usage: _Usage | None = None
+    usage: Usage | None = None
     error: Any = None
 
 
 class _Completion(msgspec.Struct):
     model: str | None = None
     choices: list[_Choice] | None = None
-    usage: _Usage | None = None
-    error: Any = None
-
-
-class _ErrorEnvelope(msgspec.Struct):
-    # "error" in Zen's own (Anthropic-style) envelope, absent otherwise.
-    type: Any = None
+    usage: Usage | None = None
     error: Any = None
 
 
 _encode = msgspec.json.Encoder().encode
 _completion_decoder = msgspec.json.Decoder(_Completion)
-_error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
-
-
-@dataclass(frozen=True)
-class _ErrorInfo:
-    # The human text, for phrase matching; ``message`` adds the class name.
-    text: str
-    message: str
-    # Candidate class names: error.type, a string error.code, limit_source.
-    names: tuple[str, ...] = ()
-    zen_envelope: bool = False
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _error_info(error: Any, key: str | None, *, zen_envelope: bool = False) -> _ErrorInfo:
-    """Read the inner ``error`` value of any of the three shapes."""
-    if not isinstance(error, dict):
-        text = _one_line(redact_key(str(error) if error is not None else "", key))
-        return _ErrorInfo(text, text)
-    message = error.get("message")
-    text = message if isinstance(message, str) else ""
-    names = [v for v in (error.get("type"), error.get("code")) if isinstance(v, str) and v]
-    metadata = error.get("metadata")
-    if isinstance(metadata, dict):
-        source = metadata.get("limit_source")
-        if isinstance(source, str):
-            names.append(source)
-        # OpenRouter's own message is often generic; the relayed one says why.
-        raw, via = metadata.get("raw"), metadata.get("provider_name")
-        if isinstance(raw, str) and raw:
-            text += f" (via {via}: {raw})" if isinstance(via, str) else f" ({raw})"
-    # Redact before cutting, so no part of a quoted key survives the cut.
-    text = _one_line(redact_key(text, key))
-    message = f"{text} [{names[0]}]" if text and names else text or (names[0] if names else "")
-    return _ErrorInfo(text, message, tuple(names), zen_envelope)
-
-
-def _parse_error_body(body: bytes, key: str | None) -> _ErrorInfo:
-    """The message and class names of a non-2xx body, whatever its shape."""
-    if key:
-        body = body.replace(key.encode(), REDACTED.encode())
-    try:
-        envelope = _error_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        envelope = _ErrorEnvelope()
-    if envelope.error is None:
-        text = short_text(body)
-        return _ErrorInfo(text, text)
-    return _error_info(envelope.error, key, zen_envelope=envelope.type == "error")
-
-
-_KIND_CLASSES: Mapping[ErrorKind, type[UpstreamError]] = {
-    "auth": UpstreamAuth,
-    "quota": UpstreamQuota,
-    "rejected": UpstreamRejected,
-    "rate_limited": UpstreamRateLimited,
-    "error": UpstreamError,
-}
-
-
-def classify_error(
-    reply: UpstreamReply, flavour: Flavour, provider: str, key: str | None = None
-) -> ChatdError:
-    """The error family member for a non-2xx reply of this flavour."""
-    info = _parse_error_body(reply.body, key)
-    retry_after = parse_retry_after(reply.headers)
-    status = reply.status
-    kind: ErrorKind | None = None
-    if 400 <= status < 500:
-        kind = next((flavour.error_kinds[n] for n in info.names if n in flavour.error_kinds), None)
-        lowered = info.text.lower()
-        if (
-            kind is None
-            and status in (401, 403, 429)
-            and any(phrase in lowered for phrase in flavour.quota_phrases)
-        ):
-            kind = "quota"
-        # Zen's envelope names its class; a 401 with one we do not know is
-        # not proof of a dead key, so it stays unclassified rather than auth.
-        if kind is None and info.zen_envelope and status == 401:
-            kind = "error"
-    if kind is None:
-        return error_for_status(status, info.message, provider=provider, retry_after=retry_after)
-    text = f"{provider} answered {status}" + (f": {info.message}" if info.message else "")
-    return _KIND_CLASSES[kind](
-        text, provider=provider, upstream_status=status, retry_after=retry_after
-    )
-
-
-def redact_key(text: str, key: str | None) -> str:
-    """Upstreams sometimes quote the key back in their error text."""
-    return text.replace(key, REDACTED) if key else text
+# The whole body of a streamed call answered as one JSON reply.
+MAX_WHOLE_BODY = 64 * 1024 * 1024
 
 
 def response_format(fmt: Literal["json"] | dict[str, Any] | None) -> _ResponseFormat | None:
@@ -302,14 +163,15 @@ class OpenAICompatProvider:
         reply = await self._http.request("GET", path, timeout=self._options.probe_timeout_secs)
         return reply.status == 200
 
-    def body(self, request: ChatRequest, model: str) -> bytes:
+    def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         cap = request.max_tokens
         temperature = None if self._options.drop_temperature else request.temperature
         return _encode(
             _Body(
                 model=model,
                 messages=request.messages,
-                stream=False,
+                stream=stream,
+                stream_options=_StreamOptions() if stream else None,
                 max_tokens=cap if self._cap == "max_tokens" else None,
                 max_completion_tokens=cap if self._cap == "max_completion_tokens" else None,
                 temperature=temperature,
@@ -320,15 +182,54 @@ class OpenAICompatProvider:
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
         reply = await self._http.post_json("/chat/completions", self.body(request, model))
         if not 200 <= reply.status < 300:
-            raise classify_error(reply, self.flavour, self.name, self._key)
+            raise self._classify(reply)
         return self.parse(reply, model)
+
+    def _classify(self, reply: UpstreamReply) -> ChatdError:
+        return classify_error(
+            reply,
+            error_kinds=self.flavour.error_kinds,
+            quota_phrases=self.flavour.quota_phrases,
+            provider=self.name,
+            key=self._key,
+        )
+
+    async def stream(
+        self, request: ChatRequest, model: str
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+        body = self.body(request, model, stream=True)
+        async with self._http.stream_post(
+            "/chat/completions", body, error=self._classify
+        ) as upstream:
+            if upstream.content_type == "application/json":
+                # An upstream (or proxy) that ignored "stream" answers whole.
+                data = await upstream.read(MAX_WHOLE_BODY)
+                whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
+                if whole.content or whole.reasoning:
+                    yield StreamDelta(whole.content, whole.reasoning or "")
+                yield whole
+                return
+            if upstream.content_type not in ("text/event-stream", ""):
+                raise upstream.refuse(await upstream.read(300), "an event stream")
+            fold = ChunkFold(self.name, model, self._key, status=upstream.status)
+            done = False
+            async with aclosing(iter_sse(upstream, provider=self.name)) as events:
+                async for data in events:
+                    if data == SSE_DONE:
+                        done = True
+                        break
+                    delta = fold.add(data)
+                    if delta is not None:
+                        yield delta
+            yield fold.result(done=done)
+            await upstream.drain()
 
     def parse(self, reply: UpstreamReply, model: str) -> ChatResponse:
         data = decode_json(_completion_decoder, reply, self.name)
         # OpenRouter reports failures after the status is sent as a 200 with
         # an error object (top level or in the choice); never read as content.
         if data.error is not None:
-            raise self._error_in_body(data.error, reply.status)
+            raise in_band_error(data.error, reply.status, self.name, self._key)
         if not data.choices:
             raise UpstreamBadResponse(
                 f"{self.name} answered {reply.status} with no choices",
@@ -337,14 +238,14 @@ class OpenAICompatProvider:
             )
         choice = data.choices[0]
         if choice.error is not None or choice.finish_reason == "error":
-            raise self._error_in_body(choice.error, reply.status)
+            raise in_band_error(choice.error, reply.status, self.name, self._key)
         if choice.message is None:
             raise UpstreamBadResponse(
                 f"{self.name} answered {reply.status} with a choice that has no message",
                 provider=self.name,
                 upstream_status=reply.status,
             )
-        usage = data.usage or choice.usage or _Usage()
+        usage = data.usage or choice.usage or Usage()
         message = choice.message
         return ChatResponse(
             model=data.model or model,
@@ -355,12 +256,4 @@ class OpenAICompatProvider:
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning=message.reasoning or message.reasoning_content or None,
-        )
-
-    def _error_in_body(self, error: Any, status: int) -> UpstreamError:
-        message = _error_info(error, self._key).message or 'finish_reason "error"'
-        return UpstreamError(
-            f"{self.name} answered {status} with an error: {message}",
-            provider=self.name,
-            upstream_status=status,
         )

@@ -9,7 +9,7 @@ start-up with one line naming the provider.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -37,36 +37,38 @@ from lakehouse.ollama_native import (
     ollama_error,
     ollama_reply_decoder,
     ollama_response,
+    ollama_stream,
     runtime_options,
     think_value,
 )
-from lakehouse.openai_compat import (
+from lakehouse.openai_compat import Flavour, OpenAICompatOptions, OpenAICompatProvider
+from lakehouse.openai_errors import (
     OPENAI_ERROR_KINDS,
     OPENROUTER_ERROR_KINDS,
     QUOTA_PHRASES,
     ZEN_ERROR_KINDS,
-    Flavour,
-    OpenAICompatOptions,
-    OpenAICompatProvider,
     redact_key,
 )
+from lakehouse.streams import SSE_DONE, iter_ndjson, iter_sse
 from lakehouse.upstream import (
     HTTPClient,
     PluginOptions,
     ProviderContext,
     UpstreamReply,
+    UpstreamStream,
     decode_json,
     error_for_status,
     parse_retry_after,
     short_text,
 )
-from lakehouse.wire import ChatRequest, ChatResponse, Message
+from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 __all__ = [
     "OLLAMA_QUOTA_PHRASES",
     "OPENAI_ERROR_KINDS",
     "OPENROUTER_ERROR_KINDS",
     "QUOTA_PHRASES",
+    "SSE_DONE",
     "ZEN_ERROR_KINDS",
     "BadRequest",
     "ChatRequest",
@@ -87,6 +89,7 @@ __all__ = [
     "PluginOptions",
     "Provider",
     "ProviderContext",
+    "StreamDelta",
     "UpstreamAuth",
     "UpstreamBadResponse",
     "UpstreamError",
@@ -95,13 +98,17 @@ __all__ = [
     "UpstreamRedirect",
     "UpstreamRejected",
     "UpstreamReply",
+    "UpstreamStream",
     "UpstreamTimeout",
     "UpstreamUnreachable",
     "decode_json",
     "error_for_status",
+    "iter_ndjson",
+    "iter_sse",
     "ollama_error",
     "ollama_reply_decoder",
     "ollama_response",
+    "ollama_stream",
     "parse_retry_after",
     "redact_key",
     "runtime_options",
@@ -122,6 +129,23 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse: ...
+
+    def stream(
+        self, request: ChatRequest, model: str
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+        """The answer as it is generated (an ``async def`` with ``yield``):
+        zero or more StreamDeltas, then exactly one ChatResponse holding the
+        whole text, as ``chat`` would have answered.
+
+        Failures before the first item are the errors ``chat`` raises, so a
+        caller can still fall back or answer with a status; failures after
+        it are ChatdErrors too (UpstreamError for an in-band upstream error,
+        UpstreamBadResponse for a stream cut short, UpstreamTimeout when
+        nothing arrives for ``timeout`` seconds). Closing the generator early
+        (``aclose()``, cancellation) closes the upstream connection at once.
+        A provider that cannot stream yields ``await self.chat(...)`` alone.
+        """
+        ...
 
     async def probe(self) -> bool:
         """A cheap health check; False (or an exception) means unhealthy.

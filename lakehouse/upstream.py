@@ -6,9 +6,10 @@ chatd's error family.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,6 +33,13 @@ from lakehouse.errors import (
 T = TypeVar("T")
 
 JSON_TYPES = ("application/json", "application/x-ndjson")
+# Error bodies are a line of JSON; more is only kept for the excerpt.
+ERROR_BODY_LIMIT = 64 * 1024
+# How long a finished stream may take to reach its end before the
+# connection is closed instead of reused.
+DRAIN_SECONDS = 1.0
+# What aiohttp and the socket raise; transport_error() maps each of them.
+TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
 
 @dataclass(frozen=True)
@@ -206,23 +214,51 @@ class HTTPClient:
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 data = await resp.read()
                 return UpstreamReply(resp.status, resp.headers, data)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{self.provider} did not answer within {timeout or self.timeout:g}s",
-                provider=self.provider,
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(
-                f"cannot connect to {self.provider}: {_reason(exc)}", provider=self.provider
-            ) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent a broken body: {_reason(exc)}", provider=self.provider
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnreachable(
-                f"{self.provider} connection failed: {_reason(exc)}", provider=self.provider
-            ) from None
+        except TRANSPORT_ERRORS as exc:
+            waited = f"did not answer within {timeout or self.timeout:g}s"
+            raise transport_error(exc, self.provider, waited) from None
+
+    @contextlib.asynccontextmanager
+    async def stream_post(
+        self,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        error: Callable[[UpstreamReply], ChatdError],
+    ) -> AsyncIterator[UpstreamStream]:
+        """POST ``body`` and hand over the 2xx reply as it arrives.
+
+        A non-2xx status is read (up to ``ERROR_BODY_LIMIT``) and raised as
+        ``error(reply)``. No total time limit: the provider timeout bounds
+        the connect and every wait for the next bytes. On leaving, the
+        connection goes back to the pool only if the body was read to its
+        end; a stream abandoned half-read is closed, never reused.
+        """
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        rid = request_id.current.get()
+        if rid is not None:
+            sent[request_id.HEADER] = rid
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
+        try:
+            resp = await self.session.post(
+                self.base_url + path,
+                data=body,
+                headers=sent,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        except TRANSPORT_ERRORS as exc:
+            waited = f"did not answer within {self.timeout:g}s"
+            raise transport_error(exc, self.provider, waited) from None
+        stream = UpstreamStream(resp, self.provider, self.timeout)
+        try:
+            if not 200 <= resp.status < 300:
+                data = await stream.read(ERROR_BODY_LIMIT)
+                raise error(UpstreamReply(resp.status, resp.headers, data))
+            yield stream
+        finally:
+            stream.let_go()
 
     async def post_json(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None
@@ -230,6 +266,91 @@ class HTTPClient:
         return await self.request(
             "POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})}
         )
+
+
+class UpstreamStream:
+    """A 2xx reply being streamed: an async iterator of its body's chunks as
+    they arrive, with transport failures mapped onto the error family."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, provider: str, timeout: float) -> None:
+        self._resp = resp
+        self.provider = provider
+        self.timeout = timeout
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    def __aiter__(self) -> UpstreamStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._resp.content.readany()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(
+                exc, self.provider, f"sent nothing for {self.timeout:g}s mid-reply"
+            ) from None
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def read(self, limit: int) -> bytes:
+        """The rest of the body, or its first ``limit`` bytes when longer."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self:
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+        return b"".join(parts)[:limit]
+
+    def refuse(self, first: bytes, what: str) -> UpstreamBadResponse:
+        """The error for a 2xx reply that is not the stream asked for."""
+        shown = self.content_type or "no content type"
+        return UpstreamBadResponse(
+            f"{self.provider} answered {self.status} with {shown}, not {what}: "
+            f"{short_text(first, 120)}",
+            provider=self.provider,
+            upstream_status=self.status,
+        )
+
+    async def drain(self, seconds: float = DRAIN_SECONDS) -> None:
+        """Read what follows the stream's terminator (Zen's cost event, then
+        the end) so the connection can be reused; a slow or broken tail only
+        costs the connection, since the answer is already complete."""
+        try:
+            async with asyncio.timeout(seconds):
+                while await self._resp.content.readany():
+                    pass
+        except TRANSPORT_ERRORS:
+            self._resp.close()
+
+    def let_go(self) -> None:
+        # A half-read connection would hand its leftovers to the next request.
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+def transport_error(exc: BaseException, provider: str, waited: str) -> ChatdError:
+    """The error family member for an aiohttp/socket failure; ``waited``
+    finishes the sentence of a timeout ("did not answer within 5s")."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"{provider} {waited}", provider=provider)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnreachable(
+            f"cannot connect to {provider}: {_reason(exc)}", provider=provider
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamBadResponse(
+            f"{provider} sent a broken body: {_reason(exc)}", provider=provider
+        )
+    return UpstreamUnreachable(f"{provider} connection failed: {_reason(exc)}", provider=provider)
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,6 +7,8 @@ than a reply cut short by reasoning. Errors come as ``{"error": "text"}``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 import msgspec
 
 from lakehouse.plugin_api import (
@@ -17,10 +19,12 @@ from lakehouse.plugin_api import (
     Plugin,
     PluginOptions,
     ProviderContext,
+    StreamDelta,
     decode_json,
     ollama_error,
     ollama_reply_decoder,
     ollama_response,
+    ollama_stream,
     runtime_options,
     think_value,
 )
@@ -51,12 +55,12 @@ class OllamaProvider:
         reply = await self._http.request("GET", "/api/version", timeout=5)
         return reply.status == 200
 
-    def body(self, request: ChatRequest, model: str) -> bytes:
+    def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(
             OllamaChatBody(
                 model=model,
                 messages=request.messages,
-                stream=False,
+                stream=stream,
                 think=think_value(request),
                 format=request.format,
                 options=runtime_options(request, self._options.num_ctx),
@@ -70,6 +74,12 @@ class OllamaProvider:
             raise ollama_error(reply, self.name)
         data = decode_json(ollama_reply_decoder, reply, self.name)
         return ollama_response(data, provider=self.name, model=model)
+
+    def stream(
+        self, request: ChatRequest, model: str
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+        body = self.body(request, model, stream=True)
+        return ollama_stream(self._http, "/api/chat", body, model=model)
 
 
 PLUGIN = Plugin(

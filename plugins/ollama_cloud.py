@@ -26,6 +26,8 @@ asked for something contradictory, and guessing would hide it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Annotated, Literal
 
 import msgspec
@@ -42,10 +44,12 @@ from lakehouse.plugin_api import (
     Plugin,
     PluginOptions,
     ProviderContext,
+    StreamDelta,
     decode_json,
     ollama_error,
     ollama_reply_decoder,
     ollama_response,
+    ollama_stream,
     runtime_options,
     think_value,
 )
@@ -126,7 +130,9 @@ class OllamaCloudProvider:
         reply = await self._http.request("GET", path, timeout=self._options.probe_timeout_secs)
         return reply.status == 200
 
-    def request_for(self, request: ChatRequest, name: str) -> tuple[str, bytes]:
+    def request_for(
+        self, request: ChatRequest, name: str, *, stream: bool = False
+    ) -> tuple[str, bytes]:
         """The path and body of the upstream call for the bare model ``name``."""
         think = think_value(request)
         options = runtime_options(request)
@@ -134,7 +140,7 @@ class OllamaCloudProvider:
             chat = OllamaChatBody(
                 model=name,
                 messages=request.messages,
-                stream=False,
+                stream=stream,
                 think=think,
                 format=request.format,
                 options=options,
@@ -145,7 +151,7 @@ class OllamaCloudProvider:
             model=name,
             prompt=prompt,
             system=system,
-            stream=False,
+            stream=stream,
             think=think,
             format=request.format,
             options=options,
@@ -160,6 +166,18 @@ class OllamaCloudProvider:
             raise ollama_error(reply, self.name, self._key)
         data = decode_json(ollama_reply_decoder, reply, self.name)
         return ollama_response(data, provider=self.name, model=name, key=self._key)
+
+    async def stream(
+        self, request: ChatRequest, model: str
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+        # A generator, so a refused model name is raised on the first step
+        # like any other failure, not when the stream is created.
+        name = cloud_model(model)
+        path, body = self.request_for(request, name, stream=True)
+        upstream = ollama_stream(self._http, path, body, model=name, key=self._key)
+        async with aclosing(upstream) as items:
+            async for item in items:
+                yield item
 
 
 PLUGIN = Plugin(

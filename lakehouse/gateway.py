@@ -1,0 +1,247 @@
+"""``bin/chatd gateway``: the lakehouse's ``/v1`` edge.
+
+The reference system fronts its services with a gateway that forwards by
+path prefix and strips ``/v1``; this is that gateway for the routes in
+``[gateway]``, and only those. Plain ASGI rather than Starlette, so the
+proxy path holds no request or response object (see ``lakehouse.proxy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from lakehouse import request_id
+from lakehouse.config import Config, check_url, default_config_path, load
+from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
+from lakehouse.logs import setup_logging
+from lakehouse.proxy import (
+    ASGIApp,
+    Caller,
+    Receive,
+    Scope,
+    Send,
+    forward,
+    header,
+    send_error,
+    send_json,
+)
+
+APP_PATH = "lakehouse.gateway:app_from_env()"
+# Headers aiohttp would add on its own; the upstream sees the caller's only.
+NOT_AUTOMATIC = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+KEEPALIVE_SECS = 30.0
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str
+    upstream: str
+    # The prefix as it appears in a raw (percent-encoded) path, without a
+    # trailing slash, so "/" becomes b"" and takes every path.
+    match: bytes
+
+    @classmethod
+    def build(cls, prefix: str, url: str) -> Route:
+        if not prefix.startswith("/"):
+            raise ConfigError(f"`gateway.routes` key {prefix!r} must start with /")
+        upstream = check_url(url, f"gateway.routes.{prefix}")
+        return cls(prefix, upstream, quote(prefix.rstrip("/")).encode("ascii"))
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.upstream)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def matches(self, raw_path: bytes) -> bool:
+        """At segment boundaries: ``/v1/chat`` takes ``/v1/chat/x``, not ``/v1/chatty``."""
+        return raw_path == self.match or raw_path.startswith(self.match + b"/")
+
+    def target(self, raw_path: bytes, query: bytes) -> URL:
+        path = raw_path[3:] if raw_path == b"/v1" or raw_path.startswith(b"/v1/") else raw_path
+        url = self.upstream + (path or b"/").decode("latin-1")
+        if query:
+            url += "?" + query.decode("latin-1")
+        return URL(url, encoded=True)
+
+
+def routes_from(config: Config) -> list[Route]:
+    """The configured routes, longest prefix first; none is an error."""
+    if config.gateway is None:
+        raise ConfigError("no `[gateway]` table: nothing to proxy")
+    if not config.gateway.routes:
+        raise ConfigError("`gateway.routes` is empty: nothing to proxy")
+    routes = [Route.build(prefix, url) for prefix, url in config.gateway.routes.items()]
+    return sorted(routes, key=lambda route: len(route.match), reverse=True)
+
+
+class Gateway:
+    """The ASGI app: routes, and one pooled session per upstream origin,
+    opened and closed in the lifespan."""
+
+    def __init__(self, config: Config) -> None:
+        self._routes = routes_from(config)
+        assert config.gateway is not None
+        self._timeout = config.gateway.timeout_secs
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._open()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _open(self) -> None:
+        # Connect and idle-read limits only: a long stream may take as long
+        # as it keeps sending.
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=self._timeout)
+        for origin in {route.origin for route in self._routes}:
+            self._sessions[origin] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECS),
+                timeout=timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=NOT_AUTOMATIC,
+                raise_for_status=False,
+            )
+
+    async def _close(self) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = request_id.accept_or_mint(header(scope["headers"], b"x-request-id"))
+        token = request_id.current.set(rid)
+        try:
+            if scope["path"] == "/health":
+                await send_json(send, 200, b'{"status":"ok"}', rid)
+                return
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            try:
+                route = self._route(scope["path"], raw_path)
+            except ChatdError as exc:
+                await Caller(receive).drain()
+                await send_error(send, exc, rid)
+                return
+            session = self._sessions.get(route.origin)
+            if session is None:
+                raise RuntimeError("gateway called before its lifespan started")
+            url = route.target(raw_path, scope["query_string"])
+            await forward(
+                session,
+                url,
+                scope,
+                receive,
+                send,
+                rid=rid,
+                route=route.prefix,
+                timeout=self._timeout,
+            )
+        finally:
+            request_id.current.reset(token)
+
+    def _route(self, path: str, raw_path: bytes) -> Route:
+        # An upstream may resolve "..", and so reach what no route names.
+        if any(segment in (".", "..") for segment in path.split("/")):
+            raise BadRequest("path has dot segments")
+        for route in self._routes:
+            if route.matches(raw_path):
+                return route
+        raise NotFound(f"no route {path}")
+
+
+def create_gateway(config: Config) -> ASGIApp:
+    """The gateway ASGI app; a config without routes is refused."""
+    return Gateway(config)
+
+
+def app_from_env() -> ASGIApp:
+    """For Hypercorn workers, which learn the config from the environment
+    (as in ``lakehouse.asgi``)."""
+    overrides = json.loads(os.environ.get("CHATD_OVERRIDES") or "{}")
+    config = load(default_config_path(), overrides)
+    setup_logging(config.chatd.log_level)
+    return create_gateway(config)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="chatd gateway",
+        description="The lakehouse /v1 edge: proxies the [gateway] routes to their upstreams.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config (default: $LAKEHOUSE_CONFIG or conf/lakehouse.toml)",
+    )
+    parser.add_argument("--bind", help="HOST:PORT to listen on (overrides [gateway].bind)")
+    parser.add_argument("--workers", type=int, help="worker processes (overrides config)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a config key, e.g. gateway.timeout_secs=30",
+    )
+    return parser.parse_args(argv)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``--set`` as chatd reads it: the value is JSON, else a plain string."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    path = (args.config or default_config_path()).resolve()
+    try:
+        overrides = parse_overrides(args.set)
+        config = load(path, overrides)
+        try:
+            routes = routes_from(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    except ConfigError as exc:
+        print(f"chatd gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    assert config.gateway is not None
+    from lakehouse import server
+
+    setup_logging(config.chatd.log_level)
+    server.environ_for(str(path), json.dumps(overrides) if overrides else None)
+    bind = args.bind or config.gateway.bind
+    table = ", ".join(f"{route.prefix} → {route.upstream}" for route in routes)
+    print(f"chatd gateway serving on http://{bind}: {table}", file=sys.stderr, flush=True)
+    return server.run(config, bind=bind, workers=args.workers, app_path=APP_PATH)
