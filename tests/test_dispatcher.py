@@ -15,7 +15,7 @@ from lakehouse.config import RetryConfig
 from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
 from lakehouse.health import Health
 from lakehouse.registry import Registry
-from lakehouse.wire import ChatRequest, ChatResponse, Message
+from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +223,101 @@ async def test_full_queue_refuses_promptly_while_others_serve() -> None:
     assert time.monotonic() - started < 0.05
     assert (await d.chat(ask("b/x"))).provider == "b"
     assert [r.content for r in await asyncio.gather(first, second)] == ["from a"] * 2
+
+
+class Streaming(Scripted):
+    """Streams `parts` as deltas, then the final answer; a script entry that
+    is an exception is raised before the first delta, one inside `parts`
+    is raised in the middle of the stream."""
+
+    def __init__(self, name: str, *script: Any, parts: tuple[Any, ...] = ("Hel", "lo")) -> None:
+        super().__init__(name, *script)
+        self.parts = parts
+        self.closed = 0
+
+    async def stream(self, request: ChatRequest, model: str) -> Any:
+        self.calls.append(model)
+        step = self.script.pop(0) if self.script else "ok"
+        try:
+            if isinstance(step, BaseException):
+                raise step
+            text = ""
+            for part in self.parts:
+                if isinstance(part, BaseException):
+                    raise part
+                if isinstance(part, float):
+                    await asyncio.sleep(part)
+                    continue
+                text += part
+                yield StreamDelta(content=part)
+            yield ChatResponse(
+                model=model,
+                provider="",
+                content=text,
+                done_reason="stop",
+                prompt_tokens=1,
+                completion_tokens=len(self.parts),
+            )
+        finally:
+            self.closed += 1
+
+
+async def collect(d: Dispatcher, request: ChatRequest) -> list[Any]:
+    return [item async for item in d.stream(request)]
+
+
+async def test_stream_yields_deltas_then_the_stamped_answer() -> None:
+    a = Streaming("a")
+    d = dispatcher(a, tiers={"t": "a/m"})
+    items = await collect(d, ask("t"))
+    assert [i.content for i in items[:-1]] == ["Hel", "lo"]
+    final = items[-1]
+    assert isinstance(final, ChatResponse)
+    assert (final.content, final.provider, final.tier) == ("Hello", "a", "t")
+    assert d.limiters["a"].active == 0 and a.closed == 1
+
+
+async def test_stream_falls_back_only_before_the_first_item() -> None:
+    a = Streaming("a", boom(), boom())
+    b = Streaming("b")
+    d = dispatcher(a, b, fallbacks={"a/m": ["b/m"]})
+    items = await collect(d, ask("a/m"))
+    assert (items[-1].provider, items[-1].fallback) == ("b", "b/m")
+
+    a = Streaming("a", parts=("Hel", boom()))
+    b = Streaming("b")
+    d = dispatcher(a, b, fallbacks={"a/m": ["b/m"]})
+    seen: list[Any] = []
+    with pytest.raises(errors.UpstreamError):
+        async for item in d.stream(ask("a/m")):
+            seen.append(item)
+    assert [i.content for i in seen] == ["Hel"]
+    assert b.calls == [] and len(a.calls) == 1  # no retry, no fallback once started
+    assert d.limiters["a"].active == 0
+
+
+async def test_stream_holds_the_slot_while_it_runs_and_frees_it_when_abandoned() -> None:
+    a = Streaming("a", parts=("x", 0.3, "y"))
+    d = dispatcher(a, limits={"a": (1, 0)})
+    stream = d.stream(ask("m"))
+    assert (await anext(stream)).content == "x"
+    assert d.limiters["a"].active == 1
+    with pytest.raises(errors.Overloaded):
+        await d.chat(ask("m"))
+    await stream.aclose()  # the caller went away
+    assert d.limiters["a"].active == 0 and a.closed == 1
+
+
+async def test_stream_deadline_bounds_every_wait_and_cut_streams_are_errors() -> None:
+    a = Streaming("a", parts=("x", 5.0, "y"))
+    started = time.monotonic()
+    with pytest.raises(errors.DeadlineExceeded):
+        await collect(dispatcher(a), ask("m", deadline_secs=0.3))
+    assert time.monotonic() - started < 1
+
+    class Cut(Streaming):
+        async def stream(self, request: ChatRequest, model: str) -> Any:
+            yield StreamDelta(content="half")
+
+    with pytest.raises(errors.UpstreamBadResponse, match="without a final answer"):
+        await collect(dispatcher(Cut("a")), ask("m"))
