@@ -127,7 +127,9 @@ def write_config(path: Path, port: int, stub_port: int, slow_port: int | None) -
     text = (
         "[chatd]\n"
         f'bind = "127.0.0.1:{port}"\n'
-        'log_level = "warning"\n'
+        # Features on, as in production: an access line per request,
+        # metrics, request IDs, health probes.
+        'log_level = "info"\n'
         "[chatd.providers.ollama]\n"
         f'base_url = "http://127.0.0.1:{stub_port}"\n'
     )

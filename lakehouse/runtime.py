@@ -24,8 +24,10 @@ from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
 from lakehouse.errors import ChatdError, ConfigError
 from lakehouse.health import Health
+from lakehouse.logs import AccessEntry, AccessLog
 from lakehouse.metrics import Metrics
 from lakehouse.registry import Registry, build_registry
+from lakehouse.request_id import Minter
 from lakehouse.wire import ChatRequest, ChatResponse
 
 log = logging.getLogger("chatd")
@@ -101,6 +103,8 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self.access = AccessLog()
+        self.mint = Minter()
 
     # The current generation's parts, as most callers want them.
     @property
@@ -197,6 +201,7 @@ class Runtime:
                     await task
         await self.current.close()
         self.metrics.close()
+        self.access.flush()
 
     def observe(
         self,
@@ -226,24 +231,27 @@ class Runtime:
             completion_tokens=completion,
             error_code=code if error is not None and error.provider else None,
         )
-        if access.isEnabledFor(logging.INFO):
-            fields: dict[str, object] = {
-                "request_id": rid,
-                "route": path,
-                "model": request.model[:200] if request is not None else None,
-                "provider": info.provider or None,
-                "tier": info.tier or None,
-                "status": status,
-                "upstream_ms": round(info.upstream_s * 1000, 3),
-                "overhead_ms": round(overhead * 1000, 3),
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-            }
-            if info.attempts > 1:
-                fields["attempts"] = info.attempts
-            if code is not None:
-                fields["error"] = code
-            access.info("request", extra=fields)
+        if self.access.enabled:
+            self.access.write(
+                AccessEntry(
+                    ts=self.access.timestamp(time.time()),
+                    level="info",
+                    logger="chatd.access",
+                    msg="request",
+                    request_id=rid,
+                    route=path,
+                    status=status,
+                    upstream_ms=round(info.upstream_s * 1000, 3),
+                    overhead_ms=round(overhead * 1000, 3),
+                    model=request.model[:200] if request is not None else None,
+                    provider=info.provider or None,
+                    tier=info.tier or None,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    attempts=info.attempts if info.attempts > 1 else 0,
+                    error=code,
+                )
+            )
         if (
             request is not None
             and self.config.chatd.log_bodies

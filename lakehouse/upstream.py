@@ -160,7 +160,7 @@ class HTTPClient:
         self.provider = ctx.name
         self.base_url = ctx.base_url.rstrip("/")
         self.timeout = ctx.timeout
-        self._headers = {**ctx.headers, **(headers or {})}
+        self._headers = {"Content-Type": "application/json", **ctx.headers, **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -205,7 +205,7 @@ class HTTPClient:
             kwargs["data"] = body
         rid = request_id.current.get()
         if rid is not None:
-            headers = {**(headers or {}), request_id.HEADER: rid}
+            headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         if headers:
             kwargs["headers"] = headers
         if timeout is not None:
@@ -263,9 +263,8 @@ class HTTPClient:
     async def post_json(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> UpstreamReply:
-        return await self.request(
-            "POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})}
-        )
+        # Content-Type is a session default (every body chatd sends is JSON).
+        return await self.request("POST", path, body=body, headers=headers)
 
 
 class UpstreamStream:

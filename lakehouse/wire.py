@@ -41,7 +41,9 @@ class ChatResponse(msgspec.Struct, omit_defaults=True):
     done_reason: str
     prompt_tokens: int
     completion_tokens: int
-    latency_ms: int = 0
+    # Stamped by the dispatcher; the -1 default (never sent) only marks an
+    # answer that has not been through it, so a stamped 0 is still sent.
+    latency_ms: int = -1
     reasoning: str | None = None
     tier: str | None = None
     # Set when a fallback answered: the name (tier or model) of the link

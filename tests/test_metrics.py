@@ -151,24 +151,33 @@ async def test_request_ids_and_server_timing(served: tuple[str, StubUpstream]) -
         assert resp.headers["x-request-id"] == "abc"
 
 
-async def test_one_access_log_line_per_request(
-    served: tuple[str, StubUpstream], caplog: pytest.LogCaptureFixture
-) -> None:
-    base, _ = served
-    caplog.set_level(logging.INFO, logger="chatd.access")
-    async with httpx.AsyncClient(base_url=base) as client:
-        await client.post(
-            "/chat",
-            json=GOOD,
-            headers={"X-Request-ID": "rid-1", "Authorization": "Bearer caller-secret"},
-        )
-        await client.post(
-            "/chat", json={**GOOD, "model": "nope:cloud"}, headers={"X-Request-ID": "rid-2"}
-        )
-    records = [r for r in caplog.records if r.name == "chatd.access"]
-    assert len(records) == 2
-    lines = [json.loads(JSONFormatter().format(r)) for r in records]
+async def test_one_access_log_line_per_request(capfd: pytest.CaptureFixture[str]) -> None:
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
+    )
+    access = logging.getLogger("chatd.access")
+    access.setLevel(logging.INFO)
+    try:
+        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+            await client.post(
+                "/chat",
+                json=GOOD,
+                headers={"X-Request-ID": "rid-1", "Authorization": "Bearer caller-secret"},
+            )
+            await client.post(
+                "/chat", json={**GOOD, "model": "nope:cloud"}, headers={"X-Request-ID": "rid-2"}
+            )
+    finally:
+        access.setLevel(logging.NOTSET)
+        await stub.stop()
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if '"chatd.access"' in line]
+    assert len(lines) == 2, err
     ok, missing = lines
+    assert (ok["level"], ok["msg"]) == ("info", "request")
+    assert ok["ts"].endswith("Z")
     assert ok["request_id"] == "rid-1" and missing["request_id"] == "rid-2"
     assert (ok["route"], ok["model"], ok["provider"], ok["status"]) == (
         "/chat",
@@ -179,8 +188,23 @@ async def test_one_access_log_line_per_request(
     assert ok["upstream_ms"] > 0 and ok["overhead_ms"] >= 0
     assert ok["prompt_tokens"] > 0 and ok["completion_tokens"] > 0
     assert (missing["status"], missing["error"]) == (404, "provider_not_found")
-    text = caplog.text + json.dumps(lines)
-    assert "secret prompt text" not in text and "caller-secret" not in text
+    assert "secret prompt text" not in err and "caller-secret" not in err
+
+
+def test_json_formatter_carries_extra_fields_and_the_request_id() -> None:
+    from lakehouse import request_id
+
+    record = logging.LogRecord(
+        "chatd", logging.WARNING, __file__, 1, "probe failed %s", ("x",), None
+    )
+    record.provider = "ollama"
+    token = request_id.current.set("rid-9")
+    try:
+        line = json.loads(JSONFormatter().format(record))
+    finally:
+        request_id.current.reset(token)
+    assert line["msg"] == "probe failed x" and line["level"] == "warning"
+    assert (line["provider"], line["request_id"]) == ("ollama", "rid-9")
 
 
 async def test_probe_flips_availability_within_one_interval() -> None:
