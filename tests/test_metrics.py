@@ -254,6 +254,7 @@ def test_two_workers_merge_their_metrics(tmp_path: Path) -> None:
                 resp = httpx.post(server.base + "/chat", json=GOOD)
                 assert resp.status_code == 200
             for _ in range(5):
+                # Whichever worker answers the scrape reports all of them.
                 scraped = samples(client.get("/metrics").text)
                 assert (
                     value(
@@ -266,6 +267,15 @@ def test_two_workers_merge_their_metrics(tmp_path: Path) -> None:
                     )
                     == 40
                 )
+                assert (
+                    value(scraped, "chatd_upstream_duration_seconds_count", provider="ollama") == 40
+                )
+                assert value(scraped, "chatd_overhead_seconds_count", route="chat") == 40
+                assert (
+                    value(scraped, "chatd_tokens_total", provider="ollama", kind="completion") > 0
+                )
+                assert value(scraped, "chatd_in_flight_requests") == 0
+                assert value(scraped, "chatd_provider_available", provider="ollama") == 1
             pids = {f.name for f in (tmp_path / "m").iterdir()}
         assert len({name.rsplit("_", 1)[-1] for name in pids if name.startswith("counter")}) == 2
     finally:
