@@ -47,19 +47,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _overrides(pairs: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def reachable(url: str, timeout: float = 0.5) -> bool:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -105,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = (args.config or configuration.default_config_path()).resolve()
     try:
-        overrides = _overrides(args.set)
+        overrides = configuration.parse_overrides(args.set)
         if args.bind:
             # The app needs the real bind too (auth warns off loopback).
             overrides["chatd.bind"] = args.bind

@@ -8,6 +8,7 @@ mistyped one stops start-up with its path.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -152,6 +153,20 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return parse(text, source=str(path), overrides=overrides)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` pairs: the value is JSON, else a plain string."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -20,7 +20,7 @@ import aiohttp
 from yarl import URL
 
 from lakehouse import request_id
-from lakehouse.config import Config, check_url, default_config_path, load
+from lakehouse.config import Config, check_url, default_config_path, load, parse_overrides
 from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
 from lakehouse.logs import setup_logging
 from lakehouse.proxy import (
@@ -207,20 +207,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="override a config key, e.g. gateway.timeout_secs=30",
     )
     return parser.parse_args(argv)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``--set`` as chatd reads it: the value is JSON, else a plain string."""
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

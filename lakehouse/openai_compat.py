@@ -157,11 +157,7 @@ class OpenAICompatProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        path = self._options.probe_path
-        if not path:
-            return True
-        reply = await self._http.request("GET", path, timeout=self._options.probe_timeout_secs)
-        return reply.status == 200
+        return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         cap = request.max_tokens

@@ -52,8 +52,7 @@ class OllamaProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        reply = await self._http.request("GET", "/api/version", timeout=5)
-        return reply.status == 200
+        return await self._http.probe("/api/version", 5)
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(

@@ -124,11 +124,7 @@ class OllamaCloudProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        path = self._options.probe_path
-        if not path:
-            return True
-        reply = await self._http.request("GET", path, timeout=self._options.probe_timeout_secs)
-        return reply.status == 200
+        return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
 
     def request_for(
         self, request: ChatRequest, name: str, *, stream: bool = False

@@ -87,3 +87,21 @@ def test_default_config_path_prefers_environment(monkeypatch: pytest.MonkeyPatch
     assert configuration.default_config_path() == Path("/etc/x.toml")
     monkeypatch.delenv("LAKEHOUSE_CONFIG")
     assert configuration.default_config_path() == ROOT / "conf" / "lakehouse.toml"
+
+
+def test_set_pairs_take_json_else_a_string() -> None:
+    assert configuration.parse_overrides(
+        [
+            "chatd.timeout_secs=30",
+            'chatd.bind="0.0.0.0:1"',
+            "chatd.log_level=debug",
+            'chatd.plugin_dirs=["a"]',
+        ]
+    ) == {
+        "chatd.timeout_secs": 30,
+        "chatd.bind": "0.0.0.0:1",
+        "chatd.log_level": "debug",
+        "chatd.plugin_dirs": ["a"],
+    }
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        configuration.parse_overrides(["novalue"])
