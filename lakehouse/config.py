@@ -112,6 +112,10 @@ class ChatdConfig(Strict):
     # The longest a request may take, retries and fallbacks included; a
     # caller may ask for less (X-Chatd-Deadline header or deadline_secs).
     deadline_secs: Positive = 600 * SECONDS
+    # On the OpenAI SSE surface: a ``: keep-alive`` comment after this many
+    # seconds without a chunk, so idle timeouts of clients and proxies do
+    # not cut a stream while a model thinks in silence; 0 turns them off.
+    sse_keepalive_secs: Annotated[float, msgspec.Meta(ge=0)] = 15 * SECONDS
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)

@@ -34,6 +34,9 @@ class OllamaRuntimeOptions(msgspec.Struct, omit_defaults=True):
     num_predict: int | None = None
     temperature: float | None = None
     num_ctx: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
 
 
 class OllamaChatBody(msgspec.Struct, omit_defaults=True):
@@ -85,17 +88,25 @@ class _ErrorReply(msgspec.Struct):
 
 
 ollama_reply_decoder = msgspec.json.Decoder(OllamaReply)
+_NO_OPTIONS = OllamaRuntimeOptions()
 _error_decoder = msgspec.json.Decoder(_ErrorReply)
 
 
 def runtime_options(
     request: ChatRequest, num_ctx: int | None = None
 ) -> OllamaRuntimeOptions | None:
-    """``max_tokens`` → ``num_predict``, ``temperature`` as is; None when
-    nothing is set, so the server's defaults apply."""
-    if request.max_tokens is None and request.temperature is None and num_ctx is None:
-        return None
-    return OllamaRuntimeOptions(request.max_tokens, request.temperature, num_ctx)
+    """``max_tokens`` → ``num_predict``; ``temperature``, ``top_p``, ``seed``
+    and ``stop`` as they are; None when nothing is set, so the server's
+    defaults apply."""
+    options = OllamaRuntimeOptions(
+        num_predict=request.max_tokens,
+        temperature=request.temperature,
+        num_ctx=num_ctx,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=request.stop or None,
+    )
+    return None if options == _NO_OPTIONS else options
 
 
 def think_value(request: ChatRequest) -> bool | str:

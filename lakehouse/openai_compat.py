@@ -94,6 +94,9 @@ class _Body(msgspec.Struct, omit_defaults=True):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
     response_format: _ResponseFormat | None = None
     stream_options: _StreamOptions | None = None
 
@@ -171,6 +174,9 @@ class OpenAICompatProvider:
                 max_tokens=cap if self._cap == "max_tokens" else None,
                 max_completion_tokens=cap if self._cap == "max_completion_tokens" else None,
                 temperature=temperature,
+                top_p=request.top_p,
+                seed=request.seed,
+                stop=request.stop or None,
                 response_format=response_format(request.format),
             )
         )

@@ -34,7 +34,12 @@ log = logging.getLogger("chatd")
 access = logging.getLogger("chatd.access")
 
 # Metric label for a request path: bounded, whatever callers send.
-_ROUTES = {"/chat": "chat", "/v1/chat": "chat"}
+_ROUTES = {
+    "/chat": "chat",
+    "/v1/chat": "chat",
+    "/chat/completions": "chat_completions",
+    "/v1/chat/completions": "chat_completions",
+}
 
 ConfigSource = Callable[[], Config]
 

@@ -1,20 +1,20 @@
 """The HTTP face of chatd: the only module that imports Starlette.
 
-The hot route (``POST /chat`` and ``/v1/chat``) is a plain ASGI callable in
-front of Starlette: body bytes → cached msgspec decoder → dispatcher →
-msgspec encoder, with no Request/Response objects (PERF-NOTES.md measured
-~15% throughput for this). Starlette owns every other route and the
-lifespan. Errors become responses in one place: ``error_response``.
+The chat routes (``POST /chat``, ``/v1/chat`` and the OpenAI surface's
+``/v1/chat/completions``) are plain ASGI callables in front of Starlette:
+body bytes → cached msgspec decoder → dispatcher → msgspec encoder, with no
+Request/Response objects (PERF-NOTES.md measured ~15% throughput for this).
+A request with ``"stream": true`` is handed to a ``streaming.Relay``.
+Starlette owns every other route and the lifespan. Errors become responses
+in one place per surface: ``http_io.error_response`` (native) and
+``openai_api.openai_error_response``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -26,111 +26,63 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lakehouse import request_id
+from lakehouse import openai_api, openapi, request_id
 from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo
-from lakehouse.errors import (
-    BadRequest,
-    ChatdError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    ReloadRefused,
+from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
+from lakehouse.http_io import (
+    ClientGone,
+    Headers,
+    bad_request_from,
+    error_response,
+    parse_deadline,
+    read_body,
+    send_json,
+    server_timing,
 )
+from lakehouse.openai_api import openai_error_response
 from lakehouse.runtime import ConfigSource, Runtime
-from lakehouse.wire import (
-    ErrorBody,
-    ErrorDetail,
-    ProvidersListing,
-    chat_request_decoder,
-    encoder,
-)
-
-log = logging.getLogger("chatd")
+from lakehouse.streaming import ChunkWriter, Framing, LineWriter, Refuse, Relay
+from lakehouse.wire import ChatRequest, ProvidersListing, chat_request_decoder, encoder
 
 CHAT_PATHS = frozenset({"/chat", "/v1/chat"})
-JSON = b"application/json"
-_AT_PATH = re.compile(r" - at `(\$[^`]*)`")
+# Also without /v1, like the native routes: the lakehouse gateway strips it.
+COMPLETIONS_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+MODELS_PATHS = ("/v1/models", "/models")
 
 
-class ClientGone(Exception):
-    """The caller hung up before its request body arrived."""
+def is_openai_path(path: str) -> bool:
+    """Paths whose errors take OpenAI's shape."""
+    return path in COMPLETIONS_PATHS or path.startswith(MODELS_PATHS)
 
 
-def error_response(
-    exc: BaseException, redact: Callable[[str], str] = str
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and JSON body for any exception; internals of
-    unexpected ones are logged, never sent."""
-    if not isinstance(exc, ChatdError):
-        log.error("unhandled error: %s", redact(f"{type(exc).__name__}: {exc}"))
-        exc = ChatdError("internal error")
-    detail = ErrorDetail(
-        code=exc.code, message=redact(exc.message), provider=exc.provider, path=exc.path
-    )
-    headers: list[tuple[bytes, bytes]] = []
-    if exc.retry_after is not None:
-        headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
-    if exc.status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="chatd"'))
-    return exc.status, headers, encoder.encode(ErrorBody(detail))
-
-
-def bad_request_from(exc: Exception) -> BadRequest:
-    """A 400 that names what is wrong and, when known, where."""
-    if isinstance(exc, msgspec.ValidationError):
-        text = str(exc)
-        match = _AT_PATH.search(text)
-        return BadRequest(f"invalid request: {text}", path=match.group(1) if match else "$")
-    if isinstance(exc, RecursionError):
-        return BadRequest("invalid request: JSON nested too deeply")
-    if isinstance(exc, UnicodeDecodeError):
-        return BadRequest("invalid request: body is not valid UTF-8")
-    return BadRequest(f"malformed JSON: {exc}")
-
-
-async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
-    """The whole body, refusing at once anything over ``limit`` bytes: a
-    declared Content-Length is checked before reading, and a body without
-    one is counted while it arrives, so no more than ``limit`` is held."""
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest("invalid Content-Length") from None
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+async def relay_stream(
+    runtime: Runtime,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    request: ChatRequest,
+    *,
+    framing: Framing,
+    refuse: Refuse,
+    info: CallInfo,
+    deadline: float | None,
+    rid: str,
+    started: float,
+    keepalive_secs: float = 0.0,
 ) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", JSON),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or ()),
-            ],
-        }
+    relay = Relay(
+        send,
+        receive,
+        framing,
+        headers=[(b"x-request-id", rid.encode())],
+        refuse=refuse,
+        redact=runtime.registry.redact,
+        keepalive_secs=keepalive_secs,
     )
-    await send({"type": "http.response.body", "body": body})
+    outcome = await relay.run(runtime.dispatcher.stream(request, info, deadline=deadline))
+    path = scope["path"]
+    runtime.observe(path, rid, request, info, outcome.status, started, outcome.final, outcome.error)
 
 
 class ChatEndpoint:
@@ -152,7 +104,7 @@ class ChatEndpoint:
                 authorization = value
             elif name == b"x-chatd-deadline":
                 deadline_header = value
-        rid = request_id.accept_or_mint(rid_header)
+        rid = request_id.accept_or_mint(rid_header, runtime.mint)
         token = request_id.current.set(rid)
         info = CallInfo()
         request = None
@@ -165,8 +117,25 @@ class ChatEndpoint:
                 request = chat_request_decoder.decode(body)
             except (msgspec.DecodeError, ValueError, RecursionError) as exc:
                 raise bad_request_from(exc) from None
+            if request.stream:
+                redact = runtime.registry.redact
+                await relay_stream(
+                    runtime,
+                    scope,
+                    receive,
+                    send,
+                    request,
+                    framing=LineWriter(),
+                    refuse=lambda exc: error_response(exc, redact),
+                    info=info,
+                    deadline=deadline,
+                    rid=rid,
+                    started=started,
+                )
+                request_id.current.reset(token)
+                return
             response = await runtime.dispatcher.chat(request, info, deadline=deadline)
-            headers: list[tuple[bytes, bytes]] = []
+            headers: Headers = []
             status, payload = 200, encoder.encode(response)
         except ClientGone:
             runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
@@ -184,22 +153,81 @@ class ChatEndpoint:
         request_id.current.reset(token)
 
 
-def parse_deadline(value: bytes | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise BadRequest("X-Chatd-Deadline must be a positive number of seconds")
-    return seconds
+class CompletionsEndpoint:
+    """``POST /v1/chat/completions``: the OpenAI surface, in plain ASGI."""
 
+    def __init__(self, state: Any) -> None:
+        self._state = state
 
-def server_timing(upstream_s: float, total_s: float) -> bytes:
-    """Where the time went, for callers: the upstream call and chatd's own share."""
-    overhead = max(0.0, total_s - upstream_s)
-    return f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}".encode()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = self._state.runtime
+        headers = dict(scope["headers"])
+        rid = request_id.accept_or_mint(headers.get(b"x-request-id"), runtime.mint)
+        token = request_id.current.set(rid)
+        try:
+            await self._serve(scope, receive, send, runtime, headers, rid)
+        finally:
+            request_id.current.reset(token)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        runtime: Runtime,
+        headers: dict[bytes, bytes],
+        rid: str,
+    ) -> None:
+        started = time.perf_counter()
+        redact = runtime.registry.redact
+        info = CallInfo()
+        request = None
+        response = None
+        error: ChatdError | None = None
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} not allowed on {scope['path']}")
+            runtime.gate.check(scope["path"], headers.get(b"authorization"))
+            deadline = parse_deadline(headers.get(b"x-chatd-deadline"))
+            limit = runtime.config.chatd.max_request_bytes
+            body = await read_body(receive, limit, headers.get(b"content-length"))
+            try:
+                asked = openai_api.decode_request(body)
+            except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+                raise bad_request_from(exc) from None
+            request = openai_api.to_chat_request(asked)
+            if asked.stream:
+                options = asked.stream_options
+                usage = options is not None and options.include_usage
+                await relay_stream(
+                    runtime,
+                    scope,
+                    receive,
+                    send,
+                    request,
+                    framing=ChunkWriter(rid, asked.model, include_usage=usage),
+                    refuse=lambda exc: openai_error_response(exc, redact),
+                    info=info,
+                    deadline=deadline,
+                    rid=rid,
+                    started=started,
+                    keepalive_secs=runtime.config.chatd.sse_keepalive_secs,
+                )
+                return
+            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
+            extra: Headers = []
+            status, payload = 200, openai_api.completion(response, rid)
+        except ClientGone:
+            runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
+            return
+        except Exception as exc:
+            status, extra, payload = openai_error_response(exc, redact)
+            error = exc if isinstance(exc, ChatdError) else None
+        total = time.perf_counter() - started
+        extra.append((b"x-request-id", rid.encode()))
+        extra.append((b"server-timing", server_timing(info.upstream_s, total)))
+        await send_json(send, status, payload, extra)
+        runtime.observe(scope["path"], rid, request, info, status, started, response, error)
 
 
 def guarded(app: ASGIApp, state: Any) -> ASGIApp:
@@ -216,7 +244,8 @@ def guarded(app: ASGIApp, state: Any) -> ASGIApp:
             try:
                 runtime.gate.check(scope["path"], headers.get(b"authorization"))
             except ChatdError as exc:
-                status, extra, payload = error_response(exc)
+                render = openai_error_response if is_openai_path(scope["path"]) else error_response
+                status, extra, payload = render(exc)
                 await send_json(send, status, payload, [*extra, (b"x-request-id", rid)])
                 return
 
@@ -267,15 +296,35 @@ async def metrics(request: Request) -> Response:
     return Response(encode(runtime.metrics.exposition), media_type=content_type)
 
 
-async def chatd_error(request: Request, exc: Exception) -> Response:
+async def openai_models(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    status, headers, body = error_response(exc, runtime.registry.redact)
+    return json_response(openai_api.model_list(runtime.dispatcher, request.app.state.created))
+
+
+async def openai_model(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    name = request.path_params["model"]
+    entry = openai_api.model_entry(runtime.dispatcher, request.app.state.created, name)
+    if entry is None:
+        raise NotFound(f"model {name!r} is not listed at {MODELS_PATHS[0]}")
+    return json_response(entry)
+
+
+def error_json(request: Request, error: ChatdError, redact: Any = str) -> Response:
+    render = openai_error_response if is_openai_path(request.url.path) else error_response
+    status, headers, body = render(error, redact)
     return Response(
         body,
         status_code=status,
         media_type="application/json",
         headers={k.decode(): v.decode() for k, v in headers},
     )
+
+
+async def chatd_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ChatdError)
+    runtime: Runtime = request.app.state.runtime
+    return error_json(request, exc, runtime.registry.redact)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -288,13 +337,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     else:
         error = ChatdError(exc.detail or "error")
         error.status = exc.status_code  # type: ignore[misc]
-    status, headers, body = error_response(error)
-    return Response(
-        body,
-        status_code=status,
-        media_type="application/json",
-        headers={k.decode(): v.decode() for k, v in headers},
-    )
+    return error_json(request, error)
 
 
 def create_app(
@@ -317,6 +360,11 @@ def create_app(
         finally:
             await runtime.close()
 
+    spec = msgspec.json.encode(openapi.document())
+
+    async def openapi_json(request: Request) -> Response:
+        return json_response(spec)
+
     routes = [
         Route("/chat/providers", providers, methods=["GET"]),
         Route("/v1/chat/providers", providers, methods=["GET"]),
@@ -327,20 +375,30 @@ def create_app(
         # Listed so that a wrong method on the hot path gets a proper 405.
         Route("/chat", _never, methods=["POST"]),
         Route("/v1/chat", _never, methods=["POST"]),
+        *(Route(path, openai_models, methods=["GET"]) for path in MODELS_PATHS),
+        *(Route(path + "/{model:path}", openai_model, methods=["GET"]) for path in MODELS_PATHS),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, ChatdError: chatd_error},
     )
+    # The `created` of every model listed: when this chatd started.
+    app.state.created = int(time.time())
     chat = ChatEndpoint(app.state)
+    completions = CompletionsEndpoint(app.state)
     others = guarded(app, app.state)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-            await chat(scope, receive, send)
-        else:
-            await others(scope, receive, send)
+        if scope["type"] == "http":
+            if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
+                await chat(scope, receive, send)
+                return
+            if scope["path"] in COMPLETIONS_PATHS:
+                await completions(scope, receive, send)
+                return
+        await others(scope, receive, send)
 
     return asgi
 

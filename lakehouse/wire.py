@@ -32,6 +32,12 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     # Seconds this request may take, retries and fallbacks included; capped
     # by the config's deadline_secs.
     deadline_secs: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # Answer as NDJSON lines while the answer is generated (StreamDelta
+    # lines, then a StreamDone line), instead of one JSON object.
+    stream: bool = False
+    stop: Annotated[list[str], msgspec.Meta(max_length=16)] | None = None
+    seed: int | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
 
 class ChatResponse(msgspec.Struct, omit_defaults=True):
@@ -60,6 +66,12 @@ class StreamDelta(msgspec.Struct, omit_defaults=True):
     reasoning: str = ""
 
 
+class StreamDone(ChatResponse, kw_only=True):
+    """The last line of a streamed native answer: the whole ChatResponse."""
+
+    done: Literal[True]
+
+
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
     code: str
     message: str
@@ -73,6 +85,12 @@ class ErrorBody(msgspec.Struct):
 
 class ProvidersListing(msgspec.Struct):
     providers: dict[str, bool]
+
+
+class Status(msgspec.Struct):
+    """``/health`` and ``/ready``."""
+
+    status: Literal["ok", "ready", "starting"]
 
 
 chat_request_decoder = msgspec.json.Decoder(ChatRequest)

@@ -1,0 +1,133 @@
+"""Plain-ASGI plumbing shared by the chat endpoints: reading a capped body,
+sending a JSON answer, the caller's deadline header, and the native error
+response (the one place an exception becomes a status and a body).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from lakehouse.errors import BadRequest, ChatdError, PayloadTooLarge
+from lakehouse.wire import ErrorBody, ErrorDetail, encoder
+
+log = logging.getLogger("chatd")
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = b"application/json"
+_AT_PATH = re.compile(r" - at `(\$[^`]*)`")
+
+
+class ClientGone(Exception):
+    """The caller hung up before its request body arrived."""
+
+
+def known_error(exc: BaseException, redact: Callable[[str], str] = str) -> ChatdError:
+    """``exc`` as a member of the error family; internals of unexpected
+    ones are logged, never sent."""
+    if isinstance(exc, ChatdError):
+        return exc
+    log.error("unhandled error: %s", redact(f"{type(exc).__name__}: {exc}"))
+    return ChatdError("internal error")
+
+
+def error_headers(exc: ChatdError) -> Headers:
+    headers: Headers = []
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
+    if exc.status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="chatd"'))
+    return headers
+
+
+def error_response(
+    exc: BaseException, redact: Callable[[str], str] = str
+) -> tuple[int, Headers, bytes]:
+    """Status, headers and JSON body of the native API for any exception."""
+    error = known_error(exc, redact)
+    detail = ErrorDetail(
+        code=error.code, message=redact(error.message), provider=error.provider, path=error.path
+    )
+    return error.status, error_headers(error), encoder.encode(ErrorBody(detail))
+
+
+def bad_request_from(exc: Exception) -> BadRequest:
+    """A 400 that names what is wrong and, when known, where."""
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc)
+        match = _AT_PATH.search(text)
+        return BadRequest(f"invalid request: {text}", path=match.group(1) if match else "$")
+    if isinstance(exc, RecursionError):
+        return BadRequest("invalid request: JSON nested too deeply")
+    if isinstance(exc, UnicodeDecodeError):
+        return BadRequest("invalid request: body is not valid UTF-8")
+    return BadRequest(f"malformed JSON: {exc}")
+
+
+async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
+    """The whole body, refusing at once anything over ``limit`` bytes: a
+    declared Content-Length is checked before reading, and a body without
+    one is counted while it arrives, so no more than ``limit`` is held."""
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", JSON),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or ()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def parse_deadline(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise BadRequest("X-Chatd-Deadline must be a positive number of seconds")
+    return seconds
+
+
+def server_timing(upstream_s: float, total_s: float) -> bytes:
+    """Where the time went, for callers: the upstream call and chatd's own share."""
+    overhead = max(0.0, total_s - upstream_s)
+    return f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}".encode()

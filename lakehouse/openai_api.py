@@ -1,0 +1,422 @@
+"""chatd's OpenAI-compatible surface (``POST /v1/chat/completions``,
+``GET /v1/models``): its wire Structs, the mapping of a completion request
+onto chatd's ChatRequest, and of answers and errors onto OpenAI's shapes.
+
+Requests are strict in one direction only: a field that would change the
+answer and that chatd cannot honour (tools, images, ``n`` > 1, logprobs,
+penalties, audio, …) is refused with a 400 naming it, never dropped; fields
+that change nothing (``user``, ``metadata``, ``store``, ``n: 1``, …) pass.
+An unknown field is refused too, unless its value is null.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from lakehouse.dispatcher import Dispatcher
+from lakehouse.errors import BadRequest, ChatdError
+from lakehouse.http_io import Headers, error_headers, known_error
+from lakehouse.wire import ChatRequest, ChatResponse, Message, NonEmpty
+
+# -- requests -----------------------------------------------------------------
+
+
+class ContentPart(msgspec.Struct):
+    """One part of an array ``content``; only ``text`` parts are taken."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    # Refused when set: chatd can honour none of them.
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    function_call: Any = None
+    audio: Any = None
+    # Fields of an earlier answer sent back as history: harmless.
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
+    include_usage: bool = False
+    # chatd never pads chunks, so either value is honoured.
+    include_obfuscation: bool | None = None
+
+
+class JSONSchemaSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
+
+
+Tokens = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model: NonEmpty
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=16)] | None = None
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+    # Passed on as chatd's native ``think`` (honoured where it is).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    # Accepted only with the values that change nothing.
+    n: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[str] | None = None
+    # Bookkeeping of the caller's: nothing to do with the answer.
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+
+
+_request_decoder = msgspec.json.Decoder(CompletionRequest)
+_FIELDS = frozenset(CompletionRequest.__struct_fields__)
+_THINK: dict[str, bool | Literal["low", "medium", "high"]] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+}
+
+
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`(?: - at `\$\.?([^`]*)`)?$")
+
+
+def decode_request(body: bytes) -> CompletionRequest:
+    """The request; an unknown field is a BadRequest naming it (or, at the
+    top level and null, as good as absent: some clients send every optional
+    field, null when unset)."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        if _unknown_field(exc) != "":
+            raise
+    data = msgspec.json.decode(body)
+    assert isinstance(data, dict)
+    for key, value in list(data.items()):
+        if key not in _FIELDS:
+            if value is not None:
+                raise unsupported(key)
+            del data[key]
+    try:
+        return msgspec.convert(data, CompletionRequest)
+    except msgspec.ValidationError as exc:
+        _unknown_field(exc)
+        raise
+
+
+def _unknown_field(exc: msgspec.ValidationError) -> str | None:
+    """Raises BadRequest naming a nested unknown field; "" for one at the
+    top level, None when ``exc`` is about something else."""
+    match = _UNKNOWN.match(str(exc))
+    if match is None:
+        return None
+    name, where = match.groups()
+    if where:
+        raise unsupported(f"{where}.{name}") from None
+    return ""
+
+
+def unsupported(param: str, what: str = "is not supported by chatd") -> BadRequest:
+    return BadRequest(f"`{param}` {what}", path=f"$.{param}")
+
+
+def _refuse_unhonourable(req: CompletionRequest) -> None:
+    if req.n not in (None, 1):
+        raise unsupported("n", "must be 1: chatd returns one choice")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(req, name) not in (None, 0):
+            raise unsupported(name, "is not supported by chatd (only 0)")
+    if req.logprobs or req.top_logprobs:
+        raise unsupported("logprobs" if req.logprobs else "top_logprobs")
+    if req.tools:
+        raise unsupported("tools", "is not supported by chatd: no tool calling")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise unsupported("tool_choice", "is not supported by chatd: no tool calling")
+    if req.modalities not in (None, ["text"]):
+        raise unsupported("modalities", "is not supported by chatd: text only")
+
+
+def _text(message: ChatMessage, at: str) -> str:
+    content = message.content
+    if content is None:
+        raise BadRequest(f"`{at}.content` is required", path=f"$.{at}.content")
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for j, part in enumerate(content):
+        if part.type != "text":
+            raise BadRequest(
+                f"`{at}.content[{j}]`: content parts of type {part.type!r} are not supported "
+                "by chatd (text only)",
+                path=f"$.{at}.content[{j}]",
+            )
+        if part.text is None:
+            raise BadRequest(
+                f"`{at}.content[{j}].text` is required", path=f"$.{at}.content[{j}].text"
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _message(message: ChatMessage, index: int) -> Message:
+    at = f"messages[{index}]"
+    for name in ("name", "tool_calls", "tool_call_id", "function_call", "audio"):
+        if getattr(message, name):
+            raise unsupported(f"{at}.{name}")
+    if message.role == "tool":
+        raise unsupported(f"{at}.role", "`tool` is not supported by chatd: no tool calling")
+    role = "system" if message.role == "developer" else message.role
+    return Message(role=role, content=_text(message, at))
+
+
+def to_chat_request(req: CompletionRequest) -> ChatRequest:
+    """chatd's request for an OpenAI one (after refusing what it cannot honour)."""
+    _refuse_unhonourable(req)
+    fmt: Literal["json"] | dict[str, Any] | None = None
+    if req.response_format is not None and req.response_format.type != "text":
+        if req.response_format.type == "json_object":
+            fmt = "json"
+        elif req.response_format.json_schema is None:
+            raise unsupported("response_format.json_schema", "is required for type json_schema")
+        else:
+            fmt = req.response_format.json_schema.schema or {"type": "object"}
+    stop = [req.stop] if isinstance(req.stop, str) else req.stop
+    effort = req.reasoning_effort
+    return ChatRequest(
+        model=req.model,
+        messages=[_message(m, i) for i, m in enumerate(req.messages)],
+        format=fmt,
+        max_tokens=req.max_completion_tokens or req.max_tokens,
+        temperature=req.temperature,
+        think=None if effort is None else _THINK[effort],
+        stream=req.stream,
+        stop=stop or None,
+        seed=req.seed,
+        top_p=req.top_p,
+    )
+
+
+# -- answers ------------------------------------------------------------------
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(msgspec.Struct, omit_defaults=True):
+    role: Literal["assistant"]
+    content: str
+    # An extension (as Moonshot and DeepSeek name it): the model's reasoning.
+    reasoning_content: str | None = None
+
+
+class Choice(msgspec.Struct):
+    index: int
+    message: AssistantMessage
+    finish_reason: str
+
+
+class ChatCompletion(msgspec.Struct):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    # The model id that answered, as the upstream named it.
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    # An extension (OpenRouter has one too): the provider that answered.
+    provider: str
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    # The name the caller asked for: chunks are sent before the upstream
+    # says which model answered.
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class Model(msgspec.Struct):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[Model]
+
+
+class OpenAIErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    error: OpenAIErrorDetail
+
+
+_encode = msgspec.json.Encoder().encode
+_FINISH = frozenset({"stop", "length", "content_filter"})
+
+
+def finish_reason(done_reason: str) -> str:
+    # Ollama's "load"/"unload" and anything unknown read as a normal stop.
+    return done_reason if done_reason in _FINISH else "stop"
+
+
+def usage(response: ChatResponse) -> Usage:
+    prompt, completion = response.prompt_tokens, response.completion_tokens
+    return Usage(prompt, completion, prompt + completion)
+
+
+def completion(response: ChatResponse, rid: str) -> bytes:
+    message = AssistantMessage("assistant", response.content, response.reasoning)
+    return _encode(
+        ChatCompletion(
+            id=f"chatcmpl-{rid}",
+            object="chat.completion",
+            created=int(time.time()),
+            model=response.model,
+            choices=[Choice(0, message, finish_reason(response.done_reason))],
+            usage=usage(response),
+            provider=response.provider,
+        )
+    )
+
+
+# -- errors -------------------------------------------------------------------
+
+# Where this surface answers differently from the native one, so that the
+# SDK raises its matching class: throttling and spent quotas are 429 (as
+# OpenAI's own), a request the upstream refused is the caller's 4xx.
+_STATUS = {"upstream_rate_limited": 429, "upstream_quota": 429}
+_REJECTED_STATUSES = frozenset({400, 404, 413, 422})
+# The SDK retries 408, 409, 429 and 5xx by default: not these, which a
+# retry cannot fix (a key, a quota, a config, a spent deadline).
+_NO_RETRY = frozenset(
+    {
+        "upstream_auth",
+        "upstream_quota",
+        "upstream_redirect",
+        "upstream_rejected",
+        "deadline_exceeded",
+    }
+)
+
+
+def error_status(exc: ChatdError) -> int:
+    if exc.code == "upstream_rejected":
+        upstream = exc.upstream_status
+        return upstream if upstream in _REJECTED_STATUSES else 400
+    return _STATUS.get(exc.code, exc.status)
+
+
+def _error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def error_body(exc: ChatdError, message: str) -> bytes:
+    path = exc.path
+    param = path[2:] if path is not None and path.startswith("$.") else None
+    status = error_status(exc)
+    detail = OpenAIErrorDetail(message, _error_type(status), exc.code, param)
+    return _encode(OpenAIErrorBody(detail))
+
+
+def openai_error_response(
+    exc: BaseException, redact: Callable[[str], str] = str
+) -> tuple[int, Headers, bytes]:
+    """Status, headers and body of this surface for any exception."""
+    error = known_error(exc, redact)
+    headers = error_headers(error)
+    if error.code in _NO_RETRY:
+        headers.append((b"x-should-retry", b"false"))
+    return error_status(error), headers, error_body(error, redact(error.message))
+
+
+# -- models -------------------------------------------------------------------
+
+
+def models(dispatcher: Dispatcher, created: int) -> list[Model]:
+    """Each tier and the model id it resolves to, owned by the provider it
+    routes to; names that route to no registered provider are left out."""
+    listed: dict[str, Model] = {}
+    for tier, model_id in dispatcher.tiers.items():
+        for name in (tier, model_id):
+            if name in listed:
+                continue
+            try:
+                route, _ = dispatcher.route(name)
+            except ChatdError:
+                continue
+            listed[name] = Model(name, "model", created, route.provider.name)
+    return list(listed.values())
+
+
+def model_list(dispatcher: Dispatcher, created: int) -> bytes:
+    return _encode(ModelList("list", models(dispatcher, created)))
+
+
+def model_entry(dispatcher: Dispatcher, created: int, name: str) -> bytes | None:
+    found = next((m for m in models(dispatcher, created) if m.id == name), None)
+    return None if found is None else _encode(found)
