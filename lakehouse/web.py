@@ -12,6 +12,7 @@ in one place per surface: ``http_io.error_response`` (native) and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -390,17 +391,53 @@ def create_app(
     completions = CompletionsEndpoint(app.state)
     others = guarded(app, app.state)
 
+    stall = config.chatd.server.send_stall_secs
+
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                await chat(scope, receive, send)
-                return
-            if scope["path"] in COMPLETIONS_PATHS:
-                await completions(scope, receive, send)
+            if stall and scope.get("http_version") == "2":
+                send = bounded(send, stall)
+            try:
+                if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
+                    await chat(scope, receive, send)
+                    return
+                if scope["path"] in COMPLETIONS_PATHS:
+                    await completions(scope, receive, send)
+                    return
+            except PeerGone:
                 return
         await others(scope, receive, send)
 
     return asgi
+
+
+class PeerGone(Exception):
+    """A send on an HTTP/2 stream stalled past ``send_stall_secs``."""
+
+
+def bounded(send: Send, limit: float) -> Send:
+    """``send`` that gives up after ``limit`` seconds, and at once after that.
+
+    Hypercorn 0.18 leaves a stream's final send waiting forever when its
+    HTTP/2 connection closes under it (``StreamBuffer.drain`` is never
+    released): the request's task would leak until shutdown, and shutdown
+    would wait out its whole grace period. Our bodies are small, so a send
+    that waits this long is waiting on a peer that is gone.
+    """
+    gone = False
+
+    async def bounded_send(message: Message) -> None:
+        nonlocal gone
+        if gone:
+            raise PeerGone
+        try:
+            async with asyncio.timeout(limit):
+                await send(message)
+        except TimeoutError:
+            gone = True
+            raise PeerGone from None
+
+    return bounded_send
 
 
 async def _never(request: Request) -> Response:

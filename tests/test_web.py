@@ -13,7 +13,7 @@ import aiohttp
 import httpx
 import pytest
 
-from lakehouse.stubs import StubUpstream
+from lakehouse.stubs import Fault, StubUpstream
 from tests.support import make_config, provider_table, running_chatd
 
 pytestmark = pytest.mark.anyio
@@ -318,3 +318,61 @@ async def test_unexpected_errors_are_500_without_internals() -> None:
             status, body = await post(base, GOOD)
             assert status == 500
             assert body == {"error": {"code": "internal", "message": "internal error"}}
+
+
+def hypercorn_app_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "_handle"]
+
+
+@pytest.mark.parametrize("stall", [0.3, 0.0], ids=["bounded", "unbounded"])
+async def test_h2_connection_dropped_mid_request_leaves_no_task(stall: float) -> None:
+    import h2.config
+    import h2.connection
+
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    stub.fail_always(Fault(kind="delay", seconds=0.3))
+    config = make_config(
+        overrides={
+            **provider_table("ollama", url),
+            "chatd.probe_interval_secs": 0,
+            "chatd.server.send_stall_secs": stall,
+        }
+    )
+    try:
+        async with running_chatd(config) as base:
+            _, writer = await _raw_connection(base)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            body = json.dumps(GOOD).encode()
+            for _ in range(4):
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(
+                    sid,
+                    [
+                        (":method", "POST"),
+                        (":path", "/chat"),
+                        (":scheme", "http"),
+                        (":authority", "x"),
+                        ("content-length", str(len(body))),
+                    ],
+                )
+                conn.send_data(sid, body, end_stream=True)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.transport.abort()  # gone while all four are waiting upstream
+            await asyncio.sleep(1.0)
+            stuck = hypercorn_app_tasks()
+            if stall:
+                assert stuck == []
+                async with httpx.AsyncClient(http1=False, http2=True, base_url=base) as client:
+                    stub.clear_faults()
+                    assert (await client.post("/chat", json=GOOD)).status_code == 200
+            else:
+                # Hypercorn 0.18's hang, which the bound works around.
+                assert len(stuck) == 4
+                for task in stuck:
+                    task.cancel()
+    finally:
+        await stub.stop()
