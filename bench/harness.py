@@ -210,6 +210,8 @@ class Row:
     via_chatd: bool
     h2_conns: int = 0
     h2_streams: int = 0
+    # The measured process a proxied row goes through: chatd, or the floor.
+    proxy: str = "chatd"
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -307,9 +309,10 @@ def rss_sampler(pid: int | None, every: float = 0.05) -> Iterator[list[int]]:
 
 
 def run_row(
-    row: Row, duration: float, load_cpu: str | None, chatd_pid: int, stub_pids: dict[str, int],
-    tmp: Path,
+    row: Row, duration: float, load_cpu: str | None, proxy_pids: dict[str, int],
+    stub_pids: dict[str, int], tmp: Path,
 ) -> Sample:  # fmt: skip
+    chatd_pid = proxy_pids[row.proxy]
     stub_pid = stub_pids[row.stub]
     chatd0 = cpu_ticks(chatd_pid)
     stub0 = cpu_ticks(stub_pid)
@@ -495,7 +498,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build_rows(
-    args: argparse.Namespace, stub_url: str, slow_url: str, chatd_url: str, openai_ok: bool
+    args: argparse.Namespace,
+    stub_url: str,
+    slow_url: str,
+    chatd_url: str,
+    openai_ok: bool,
+    floor_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -505,6 +513,11 @@ def build_rows(
             Row(f"direct/c{conc}", "direct → stub (ceiling)", "wrk",
                 f"{stub_url}/api/chat", conc, body, "fast", False)
         )  # fmt: skip
+        if floor_url and conc != 64:
+            rows.append(
+                Row(f"floor-h1/c{conc}", "floor: bare Hypercorn + aiohttp proxy", "wrk",
+                    f"{floor_url}/", conc, body, "fast", True, proxy="floor")
+            )  # fmt: skip
         rows.append(
             Row(f"chat-h1/c{conc}", "chatd /chat HTTP/1.1", "wrk",
                 f"{chatd_url}/chat", conc, body, "fast", True)
@@ -568,9 +581,24 @@ def main(argv: list[str]) -> int:
                 http("POST", f"{chatd_url}/chat", chat_body())
             time.sleep(0.5)
             idle_mb = rss_kb(chatd.pid) / 1024
+            floor_port = free_port()
+            floor = subprocess.Popen(
+                pinned(chatd_cpu, [sys.executable, str(BENCH / "floor.py"), "--port",
+                                   str(floor_port), "--upstream", f"http://127.0.0.1:{fast_port}"]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            procs.insert(0, floor)
+            floor_url = f"http://127.0.0.1:{floor_port}"
+            for _ in range(100):
+                try:
+                    if http("POST", f"{floor_url}/", chat_body())[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
-                chatd_url, openai_ok,
+                chatd_url, openai_ok, floor_url,
             )  # fmt: skip
             total = len(rows) * args.runs * (args.duration + 0.5)
             print(
@@ -586,7 +614,8 @@ def main(argv: list[str]) -> int:
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
-            solo = run_row(alone, min(args.duration, 3), chatd_cpu, chatd.pid, stub_pids, tmp)
+            proxy_pids = {"chatd": chatd.pid, "floor": floor.pid}
+            solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
             stub_alone = (
                 f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "
                 f"{solo.stub_cpu_ms or 0:.3f} CPU ms/req "
@@ -598,7 +627,7 @@ def main(argv: list[str]) -> int:
                 # direct c=1 and chatd c=1 stay in the same round for "added p50".
                 shift = rnd % len(rows)
                 for row in rows[shift:] + rows[:shift]:
-                    sample = run_row(row, args.duration, load_cpu, chatd.pid, stub_pids, tmp)
+                    sample = run_row(row, args.duration, load_cpu, proxy_pids, stub_pids, tmp)
                     row.samples.append(sample)
                     print(
                         f"  round {rnd + 1}/{args.runs} {row.label:<45} c={row.conc:<3} "
@@ -612,7 +641,8 @@ def main(argv: list[str]) -> int:
             if chatd.poll() is not None:
                 raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
         finally:
-            shutdown = stop(procs[-1]) if len(procs) == 3 else "not started"
+            chatd_proc = next((p for p in procs if p.args and "lakehouse.cli" in p.args), None)
+            shutdown = stop(chatd_proc) if chatd_proc is not None else "not started"
             for proc in procs:
                 stop(proc)
 

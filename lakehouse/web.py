@@ -146,10 +146,7 @@ class ChatEndpoint:
             status, headers, payload = error_response(exc, runtime.registry.redact)
             error = exc if isinstance(exc, ChatdError) else None
             response = None
-        total = time.perf_counter() - started
-        headers.append((b"x-request-id", rid.encode()))
-        headers.append((b"server-timing", server_timing(info.upstream_s, total)))
-        await send_json(send, status, payload, headers)
+        await answer(send, status, payload, headers, info, started)
         runtime.observe(scope["path"], rid, request, info, status, started, response, error)
         request_id.current.reset(token)
 
@@ -224,11 +221,19 @@ class CompletionsEndpoint:
         except Exception as exc:
             status, extra, payload = openai_error_response(exc, redact)
             error = exc if isinstance(exc, ChatdError) else None
-        total = time.perf_counter() - started
-        extra.append((b"x-request-id", rid.encode()))
-        extra.append((b"server-timing", server_timing(info.upstream_s, total)))
-        await send_json(send, status, payload, extra)
+        await answer(send, status, payload, extra, info, started)
         runtime.observe(scope["path"], rid, request, info, status, started, response, error)
+
+
+async def answer(
+    send: Send, status: int, payload: bytes, headers: Headers, info: CallInfo, started: float
+) -> None:
+    """A chat route's whole answer, with its request ID and Server-Timing."""
+    rid = request_id.current.get() or ""
+    headers.append((b"x-request-id", rid.encode()))
+    timing = server_timing(info.upstream_s, time.perf_counter() - started)
+    headers.append((b"server-timing", timing))
+    await send_json(send, status, payload, headers)
 
 
 def guarded(app: ASGIApp, state: Any) -> ASGIApp:
