@@ -7,7 +7,6 @@ import json
 import socket
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from lakehouse import config as configuration
@@ -19,21 +18,7 @@ from lakehouse.registry import build_registry
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chatd", description="The lakehouse LLM chat dispatcher.")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="TOML config (default: $LAKEHOUSE_CONFIG or conf/lakehouse.toml)",
-    )
-    parser.add_argument("--bind", help="HOST:PORT to listen on (overrides [chatd].bind)")
-    parser.add_argument("--workers", type=int, help="worker processes (overrides config)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=JSON",
-        help="override a config key, e.g. chatd.timeout_secs=30",
-    )
+    configuration.add_cli_options(parser, "chatd")
     parser.add_argument(
         "--dev",
         action="store_true",

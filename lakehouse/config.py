@@ -8,6 +8,7 @@ mistyped one stops start-up with its path.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -160,6 +161,26 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return parse(text, source=str(path), overrides=overrides)
+
+
+def add_cli_options(parser: argparse.ArgumentParser, table: str) -> None:
+    """The options ``bin/chatd`` and ``bin/chatd gateway`` share; ``table``
+    is the one whose ``bind`` ``--bind`` overrides."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config (default: $LAKEHOUSE_CONFIG or conf/lakehouse.toml)",
+    )
+    parser.add_argument("--bind", help=f"HOST:PORT to listen on (overrides [{table}].bind)")
+    parser.add_argument("--workers", type=int, help="worker processes (overrides config)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help=f"override a config key, e.g. {table}.timeout_secs=30",
+    )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:

@@ -13,14 +13,20 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
 from lakehouse import request_id
-from lakehouse.config import Config, check_url, default_config_path, load, parse_overrides
+from lakehouse.config import (
+    Config,
+    add_cli_options,
+    check_url,
+    default_config_path,
+    load,
+    parse_overrides,
+)
 from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
 from lakehouse.logs import setup_logging
 from lakehouse.proxy import (
@@ -191,21 +197,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="chatd gateway",
         description="The lakehouse /v1 edge: proxies the [gateway] routes to their upstreams.",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="TOML config (default: $LAKEHOUSE_CONFIG or conf/lakehouse.toml)",
-    )
-    parser.add_argument("--bind", help="HOST:PORT to listen on (overrides [gateway].bind)")
-    parser.add_argument("--workers", type=int, help="worker processes (overrides config)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=JSON",
-        help="override a config key, e.g. gateway.timeout_secs=30",
-    )
+    add_cli_options(parser, "gateway")
     return parser.parse_args(argv)
 
 

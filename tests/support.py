@@ -125,3 +125,10 @@ class mock_upstream(aioresponses):
     def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", _Response)
         super().add(url, method, *args, **kwargs)
+
+
+def chat_request(**kw: Any) -> Any:
+    """A one-message native request, as a provider receives it."""
+    from lakehouse.wire import ChatRequest, Message
+
+    return ChatRequest(model="ignored", messages=[Message("user", "hi")], **kw)

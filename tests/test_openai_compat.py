@@ -28,11 +28,6 @@ BASE = "https://llm.test/v1"
 URL = BASE + "/chat/completions"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def make(
     flavour: Flavour | None = None, base: str = BASE, key: str | None = KEY, **options: Any
 ) -> OpenAICompatProvider:
@@ -162,9 +157,7 @@ async def test_drop_temperature_option() -> None:
 
 
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
-async def test_reasoning_is_kept_out_of_content(
-    provider: OpenAICompatProvider, field: str
-) -> None:
+async def test_reasoning_is_kept_out_of_content(provider: OpenAICompatProvider, field: str) -> None:
     message = {"role": "assistant", "content": "42", field: "let me think"}
     out, _ = await call(provider, payload=completion(message))
     assert (out.content, out.reasoning) == ("42", "let me think")
@@ -275,28 +268,78 @@ def oai(message: str, type_: str | None = None, code: Any = None) -> dict[str, A
 @pytest.mark.parametrize(
     ("status", "body", "headers", "error", "retry_after"),
     [
-        (401, oai("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
-         {}, errors.UpstreamAuth, None),
+        (
+            401,
+            oai("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
+            {},
+            errors.UpstreamAuth,
+            None,
+        ),
         (403, oai("Forbidden in your region", "permission_error"), {}, errors.UpstreamAuth, None),
-        (402, {"error": {"code": 402, "message": "Insufficient credits", "metadata": {}}},
-         {}, errors.UpstreamQuota, None),
-        (429, oai("Rate limit reached", "requests", "rate_limit_exceeded"),
-         {"Retry-After": "7"}, errors.UpstreamRateLimited, 7.0),
-        (429, oai("Rate limit reached", "rate_limit_reached_error"),
-         {"retry-after-ms": "1500", "Retry-After": "9"}, errors.UpstreamRateLimited, 1.5),
+        (
+            402,
+            {"error": {"code": 402, "message": "Insufficient credits", "metadata": {}}},
+            {},
+            errors.UpstreamQuota,
+            None,
+        ),
+        (
+            429,
+            oai("Rate limit reached", "requests", "rate_limit_exceeded"),
+            {"Retry-After": "7"},
+            errors.UpstreamRateLimited,
+            7.0,
+        ),
+        (
+            429,
+            oai("Rate limit reached", "rate_limit_reached_error"),
+            {"retry-after-ms": "1500", "Retry-After": "9"},
+            errors.UpstreamRateLimited,
+            1.5,
+        ),
         (429, oai("Slow down"), {}, errors.UpstreamRateLimited, None),
-        (429, oai("You exceeded your current quota", "insufficient_quota", "insufficient_quota"),
-         {}, errors.UpstreamQuota, None),
-        (429, oai("Your account is suspended", "exceeded_current_quota_error"),
-         {}, errors.UpstreamQuota, None),
-        (429, oai("You've reached your usage limit for this period"), {}, errors.UpstreamQuota,
-         None),
-        (403, oai("You've reached your usage limit for this billing cycle"), {},
-         errors.UpstreamQuota, None),
-        (400, oai("invalid temperature: only 1 is allowed for this model",
-                  "invalid_request_error"), {}, errors.UpstreamRejected, None),
-        (404, oai("The model `x` does not exist", "invalid_request_error", "model_not_found"),
-         {}, errors.UpstreamRejected, None),
+        (
+            429,
+            oai("You exceeded your current quota", "insufficient_quota", "insufficient_quota"),
+            {},
+            errors.UpstreamQuota,
+            None,
+        ),
+        (
+            429,
+            oai("Your account is suspended", "exceeded_current_quota_error"),
+            {},
+            errors.UpstreamQuota,
+            None,
+        ),
+        (
+            429,
+            oai("You've reached your usage limit for this period"),
+            {},
+            errors.UpstreamQuota,
+            None,
+        ),
+        (
+            403,
+            oai("You've reached your usage limit for this billing cycle"),
+            {},
+            errors.UpstreamQuota,
+            None,
+        ),
+        (
+            400,
+            oai("invalid temperature: only 1 is allowed for this model", "invalid_request_error"),
+            {},
+            errors.UpstreamRejected,
+            None,
+        ),
+        (
+            404,
+            oai("The model `x` does not exist", "invalid_request_error", "model_not_found"),
+            {},
+            errors.UpstreamRejected,
+            None,
+        ),
         (408, oai("Request timed out"), {}, errors.UpstreamTimeout, None),
         (500, oai("The server had an error", "server_error"), {}, errors.UpstreamError, None),
         (503, oai("No provider available"), {"Retry-After": "3"}, errors.UpstreamError, 3.0),
@@ -322,13 +365,25 @@ async def test_error_shapes_and_statuses(
 @pytest.mark.parametrize(
     ("status", "kw", "error", "needle"),
     [
-        (502, {"body": "<html><h1>502 Bad Gateway</h1></html>", "content_type": "text/html"},
-         errors.UpstreamError, "502 Bad Gateway"),
-        (429, {"body": "Too Many Requests", "content_type": "text/plain"},
-         errors.UpstreamRateLimited, "Too Many Requests"),
+        (
+            502,
+            {"body": "<html><h1>502 Bad Gateway</h1></html>", "content_type": "text/html"},
+            errors.UpstreamError,
+            "502 Bad Gateway",
+        ),
+        (
+            429,
+            {"body": "Too Many Requests", "content_type": "text/plain"},
+            errors.UpstreamRateLimited,
+            "Too Many Requests",
+        ),
         (401, {"payload": {"detail": "who are you"}}, errors.UpstreamAuth, "who are you"),
-        (400, {"payload": {"error": "plain string error"}}, errors.UpstreamRejected,
-         "plain string error"),
+        (
+            400,
+            {"payload": {"error": "plain string error"}},
+            errors.UpstreamRejected,
+            "plain string error",
+        ),
     ],
 )
 async def test_non_json_or_odd_error_bodies(
@@ -378,8 +433,18 @@ async def test_timeout_is_upstream_timeout(provider: OpenAICompatProvider) -> No
     [
         (401, {"payload": oai(f"Incorrect API key provided: {KEY}", "invalid_request_error")}),
         (401, {"payload": {"type": "error", "error": {"type": "AuthError", "message": KEY}}}),
-        (400, {"payload": {"error": {"code": 400, "message": "Provider returned error",
-                                     "metadata": {"raw": f"bad key {KEY}"}}}}),
+        (
+            400,
+            {
+                "payload": {
+                    "error": {
+                        "code": 400,
+                        "message": "Provider returned error",
+                        "metadata": {"raw": f"bad key {KEY}"},
+                    }
+                }
+            },
+        ),
         (403, {"body": f"<html>key {KEY} refused</html>", "content_type": "text/html"}),
         # The key straddles the cut made to keep messages short.
         (429, {"payload": oai("x" * 380 + KEY)}),

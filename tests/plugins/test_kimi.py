@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from lakehouse import errors
-from lakehouse.wire import ChatRequest, Message
-from tests.support import build_provider, builtin_plugin, mock_upstream
+from lakehouse.wire import ChatRequest
+from tests.support import build_provider, builtin_plugin, chat_request, mock_upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -21,20 +21,11 @@ URL = BASE + "/chat/completions"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def provider() -> AsyncIterator[Any]:
     p = build_provider("kimi", BASE, key=KEY)
     await p.start()
     yield p
     await p.close()
-
-
-def request(**kw: Any) -> ChatRequest:
-    return ChatRequest(model="ignored", messages=[Message("user", "hi")], **kw)
 
 
 def completion(content: str | None = "Hi!", finish: str = "stop", **extra: Any) -> dict[str, Any]:
@@ -56,7 +47,7 @@ def completion(content: str | None = "Hi!", finish: str = "stop", **extra: Any) 
 async def call(provider: Any, req: ChatRequest | None = None, **reply: Any) -> tuple[Any, Any]:
     with mock_upstream() as mock:
         mock.post(URL, **reply)
-        out = await provider.chat(req or request(), "kimi-for-coding")
+        out = await provider.chat(req or chat_request(), "kimi-for-coding")
         (sent,) = [c for cs in mock.requests.values() for c in cs]
         return out, sent
 
@@ -68,7 +59,9 @@ def test_plugin_defaults() -> None:
 
 
 async def test_cap_is_max_completion_tokens_and_no_client_impersonation(provider: Any) -> None:
-    _, sent = await call(provider, request(max_tokens=10, temperature=1.0), payload=completion())
+    _, sent = await call(
+        provider, chat_request(max_tokens=10, temperature=1.0), payload=completion()
+    )
     body = json.loads(sent.kwargs["data"])
     assert body["max_completion_tokens"] == 10 and "max_tokens" not in body
     assert body["temperature"] == 1.0
@@ -91,7 +84,7 @@ async def test_operator_chosen_user_agent_is_sent() -> None:
 async def test_drop_temperature_for_fixed_sampling_models() -> None:
     p = build_provider("kimi", BASE, key=KEY, drop_temperature=True)
     await p.start()
-    _, sent = await call(p, request(temperature=0.5), payload=completion())
+    _, sent = await call(p, chat_request(temperature=0.5), payload=completion())
     await p.close()
     assert "temperature" not in json.loads(sent.kwargs["data"])
 
@@ -118,29 +111,71 @@ def kimi_error(message: str, type_: str = "invalid_request_error") -> dict[str, 
 @pytest.mark.parametrize(
     ("status", "body", "error"),
     [
-        (401, kimi_error("The API Key appears to be invalid or may have expired",
-                         "invalid_authentication_error"), errors.UpstreamAuth),
-        (402, kimi_error("We were unable to verify your membership benefits"),
-         errors.UpstreamQuota),
-        (403, kimi_error("Kimi For Coding is currently only available for Coding Agents such "
-                         "as Kimi CLI, Claude Code, Roo Code, Kilo Code, etc.",
-                         "access_terminated_error"), errors.UpstreamAuth),
-        (403, kimi_error("You've reached your usage limit for this billing cycle",
-                         "access_terminated_error"), errors.UpstreamQuota),
+        (
+            401,
+            kimi_error(
+                "The API Key appears to be invalid or may have expired",
+                "invalid_authentication_error",
+            ),
+            errors.UpstreamAuth,
+        ),
+        (
+            402,
+            kimi_error("We were unable to verify your membership benefits"),
+            errors.UpstreamQuota,
+        ),
+        (
+            403,
+            kimi_error(
+                "Kimi For Coding is currently only available for Coding Agents such "
+                "as Kimi CLI, Claude Code, Roo Code, Kilo Code, etc.",
+                "access_terminated_error",
+            ),
+            errors.UpstreamAuth,
+        ),
+        (
+            403,
+            kimi_error(
+                "You've reached your usage limit for this billing cycle", "access_terminated_error"
+            ),
+            errors.UpstreamQuota,
+        ),
         (403, kimi_error("Access terminated", "access_terminated_error"), errors.UpstreamQuota),
-        (429, kimi_error("The engine is currently overloaded, please try again later",
-                         "engine_overloaded_error"), errors.UpstreamRateLimited),
-        (429, kimi_error("We're receiving too many requests at the moment",
-                         "rate_limit_reached_error"), errors.UpstreamRateLimited),
-        (429, kimi_error("You've reached your usage limit for this period"),
-         errors.UpstreamQuota),
+        (
+            429,
+            kimi_error(
+                "The engine is currently overloaded, please try again later",
+                "engine_overloaded_error",
+            ),
+            errors.UpstreamRateLimited,
+        ),
+        (
+            429,
+            kimi_error(
+                "We're receiving too many requests at the moment", "rate_limit_reached_error"
+            ),
+            errors.UpstreamRateLimited,
+        ),
+        (429, kimi_error("You've reached your usage limit for this period"), errors.UpstreamQuota),
         (429, kimi_error("You've reached kimi monthly usage limit"), errors.UpstreamQuota),
-        (400, kimi_error("invalid temperature: only 1 is allowed for this model"),
-         errors.UpstreamRejected),
-        (400, kimi_error("Your request exceeded model token limit: 262144"),
-         errors.UpstreamRejected),
-        (404, kimi_error("Not found the model kimi-for-coding or Permission denied",
-                         "resource_not_found_error"), errors.UpstreamRejected),
+        (
+            400,
+            kimi_error("invalid temperature: only 1 is allowed for this model"),
+            errors.UpstreamRejected,
+        ),
+        (
+            400,
+            kimi_error("Your request exceeded model token limit: 262144"),
+            errors.UpstreamRejected,
+        ),
+        (
+            404,
+            kimi_error(
+                "Not found the model kimi-for-coding or Permission denied",
+                "resource_not_found_error",
+            ),
+            errors.UpstreamRejected,
+        ),
         (500, kimi_error("internal error", "server_error"), errors.UpstreamError),
     ],
 )

@@ -29,11 +29,6 @@ def plugin_module() -> ModuleType:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def provider() -> AsyncIterator[Any]:
     p = build_provider("ollama_cloud", BASE, key=KEY)
     await p.start()
@@ -78,8 +73,9 @@ def test_plugin_defaults() -> None:
 
 
 async def test_single_user_message_is_the_prompt(provider: Any) -> None:
-    out, sent = await call(provider, request(("system", "be brief"), ("user", "hi")),
-                           payload=generated())
+    out, sent = await call(
+        provider, request(("system", "be brief"), ("user", "hi")), payload=generated()
+    )
     assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
     assert json.loads(sent.kwargs["data"]) == {
         "model": "kimi-k2.6",
@@ -105,7 +101,7 @@ def test_transcript_flattening() -> None:
     )
     assert system == "rule one\n\nrule two"
     assert prompt == (
-        "User: What is 2+2?\n\nAssistant: 4\n\nTool: {\"ok\": true}\n\nUser: And 3+3?\n\nAssistant:"
+        'User: What is 2+2?\n\nAssistant: 4\n\nTool: {"ok": true}\n\nUser: And 3+3?\n\nAssistant:'
     )
 
 
@@ -212,8 +208,14 @@ async def test_chat_endpoint_sends_native_messages() -> None:
         (403, {"error": "forbidden"}, errors.UpstreamAuth),
         (404, {"error": 'model "kimi-k2.5" not found'}, errors.UpstreamRejected),
         (400, {"error": "invalid think value"}, errors.UpstreamRejected),
-        (429, {"error": "you (alice) have reached your session usage limit, upgrade for higher "
-                        "limits: https://ollama.com/upgrade"}, errors.UpstreamQuota),
+        (
+            429,
+            {
+                "error": "you (alice) have reached your session usage limit, upgrade for higher "
+                "limits: https://ollama.com/upgrade"
+            },
+            errors.UpstreamQuota,
+        ),
         (429, {"error": "you (alice) have reached your weekly usage limit"}, errors.UpstreamQuota),
         (429, {"error": "too many concurrent requests"}, errors.UpstreamRateLimited),
         (500, {"error": "internal error"}, errors.UpstreamError),
@@ -242,17 +244,29 @@ async def test_retry_after_is_kept_when_sent(provider: Any) -> None:
 @pytest.mark.parametrize(
     ("kw", "error", "needle"),
     [
-        ({"status": 502, "body": "<html>Bad Gateway</html>", "content_type": "text/html"},
-         errors.UpstreamError, "Bad Gateway"),
-        ({"body": "<html>login</html>", "content_type": "text/html"},
-         errors.UpstreamBadResponse, "text/html"),
+        (
+            {"status": 502, "body": "<html>Bad Gateway</html>", "content_type": "text/html"},
+            errors.UpstreamError,
+            "Bad Gateway",
+        ),
+        (
+            {"body": "<html>login</html>", "content_type": "text/html"},
+            errors.UpstreamBadResponse,
+            "text/html",
+        ),
         ({"body": "ok", "content_type": "text/plain"}, errors.UpstreamBadResponse, "text/plain"),
-        ({"body": "{garbage", "content_type": "application/json"},
-         errors.UpstreamBadResponse, "unusable"),
+        (
+            {"body": "{garbage", "content_type": "application/json"},
+            errors.UpstreamBadResponse,
+            "unusable",
+        ),
         ({"payload": generated(done=False)}, errors.UpstreamBadResponse, "finished"),
         ({"payload": {"model": "m", "done": True}}, errors.UpstreamBadResponse, "finished"),
-        ({"payload": {"error": "an error was encountered while running the model"}},
-         errors.UpstreamError, "running the model"),
+        (
+            {"payload": {"error": "an error was encountered while running the model"}},
+            errors.UpstreamError,
+            "running the model",
+        ),
     ],
 )
 async def test_unusable_replies(
@@ -269,8 +283,11 @@ async def test_redirect_is_not_followed() -> None:
     p = build_provider("ollama_cloud", "https://api.ollama.com", key=KEY)
     await p.start()
     with mock_upstream() as mock:
-        mock.post("https://api.ollama.com/api/generate", status=301,
-                  headers={"Location": "https://ollama.com/api/generate"})
+        mock.post(
+            "https://api.ollama.com/api/generate",
+            status=301,
+            headers={"Location": "https://ollama.com/api/generate"},
+        )
         with pytest.raises(errors.UpstreamRedirect):
             await p.chat(request(), "m")
         assert len([c for cs in mock.requests.values() for c in cs]) == 1

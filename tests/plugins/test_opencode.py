@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from lakehouse import errors
-from lakehouse.wire import ChatRequest, Message
-from tests.support import build_provider, builtin_plugin, mock_upstream
+from tests.support import build_provider, builtin_plugin, chat_request, mock_upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -20,20 +19,11 @@ URL = BASE + "/chat/completions"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def provider() -> AsyncIterator[Any]:
     p = build_provider("opencode", BASE, key=KEY)
     await p.start()
     yield p
     await p.close()
-
-
-def request(**kw: Any) -> ChatRequest:
-    return ChatRequest(model="ignored", messages=[Message("user", "hi")], **kw)
 
 
 def completion(**message: Any) -> dict[str, Any]:
@@ -57,7 +47,7 @@ def completion(**message: Any) -> dict[str, Any]:
 async def call(provider: Any, **reply: Any) -> tuple[Any, Any]:
     with mock_upstream() as mock:
         mock.post(URL, **reply)
-        out = await provider.chat(request(max_tokens=50, format="json"), "glm-5.2")
+        out = await provider.chat(chat_request(max_tokens=50, format="json"), "glm-5.2")
         (sent,) = [c for cs in mock.requests.values() for c in cs]
         return out, sent
 

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from lakehouse import errors
-from lakehouse.wire import ChatRequest, Message
-from tests.support import build_provider, builtin_plugin, mock_upstream
+from tests.support import build_provider, builtin_plugin, chat_request, mock_upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -21,20 +20,11 @@ ATTRIBUTION = {"HTTP-Referer": "https://lakehouse.example", "X-Title": "lakehous
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def provider() -> AsyncIterator[Any]:
     p = build_provider("openrouter", BASE, key=KEY, headers=ATTRIBUTION)
     await p.start()
     yield p
     await p.close()
-
-
-def request(**kw: Any) -> ChatRequest:
-    return ChatRequest(model="ignored", messages=[Message("user", "hi")], **kw)
 
 
 def completion(**message: Any) -> dict[str, Any]:
@@ -58,7 +48,7 @@ def completion(**message: Any) -> dict[str, Any]:
 async def call(provider: Any, **reply: Any) -> tuple[Any, Any]:
     with mock_upstream() as mock:
         mock.post(URL, **reply)
-        out = await provider.chat(request(max_tokens=100, temperature=0.2), "anthropic/x:free")
+        out = await provider.chat(chat_request(max_tokens=100, temperature=0.2), "anthropic/x:free")
         (sent,) = [c for cs in mock.requests.values() for c in cs]
         return out, sent
 
@@ -111,26 +101,68 @@ def or_error(code: int, message: str, **metadata: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("status", "body", "headers", "error", "retry_after"),
     [
-        (400, or_error(400, "anthropic/x is not a valid model ID"), {},
-         errors.UpstreamRejected, None),
+        (
+            400,
+            or_error(400, "anthropic/x is not a valid model ID"),
+            {},
+            errors.UpstreamRejected,
+            None,
+        ),
         (401, or_error(401, "No auth credentials found"), {}, errors.UpstreamAuth, None),
-        (402, or_error(402, "Insufficient credits", limit_source="openrouter_credits"), {},
-         errors.UpstreamQuota, None),
-        (402, or_error(402, "Key limit exceeded", limit_source="openrouter_key_limit"), {},
-         errors.UpstreamQuota, None),
+        (
+            402,
+            or_error(402, "Insufficient credits", limit_source="openrouter_credits"),
+            {},
+            errors.UpstreamQuota,
+            None,
+        ),
+        (
+            402,
+            or_error(402, "Key limit exceeded", limit_source="openrouter_key_limit"),
+            {},
+            errors.UpstreamQuota,
+            None,
+        ),
         # The in-flight budget clears by itself and says when.
-        (402, or_error(402, "In-flight budget", limit_source="openrouter_in_flight_budget"),
-         {"Retry-After": "2"}, errors.UpstreamRateLimited, 2.0),
-        (403, or_error(403, "Input flagged", reasons=["x"], flagged_input="..."), {},
-         errors.UpstreamAuth, None),
+        (
+            402,
+            or_error(402, "In-flight budget", limit_source="openrouter_in_flight_budget"),
+            {"Retry-After": "2"},
+            errors.UpstreamRateLimited,
+            2.0,
+        ),
+        (
+            403,
+            or_error(403, "Input flagged", reasons=["x"], flagged_input="..."),
+            {},
+            errors.UpstreamAuth,
+            None,
+        ),
         (408, or_error(408, "Request timed out"), {}, errors.UpstreamTimeout, None),
-        (429, or_error(429, "Rate limit exceeded"), {"Retry-After": "4"},
-         errors.UpstreamRateLimited, 4.0),
+        (
+            429,
+            or_error(429, "Rate limit exceeded"),
+            {"Retry-After": "4"},
+            errors.UpstreamRateLimited,
+            4.0,
+        ),
         (429, or_error(429, "Rate limit exceeded"), {}, errors.UpstreamRateLimited, None),
-        (502, or_error(502, "Provider returned error", provider_name="DeepInfra",
-                       raw="model overloaded"), {}, errors.UpstreamError, None),
-        (503, or_error(503, "No endpoints found"), {"Retry-After": "10"}, errors.UpstreamError,
-         10.0),
+        (
+            502,
+            or_error(
+                502, "Provider returned error", provider_name="DeepInfra", raw="model overloaded"
+            ),
+            {},
+            errors.UpstreamError,
+            None,
+        ),
+        (
+            503,
+            or_error(503, "No endpoints found"),
+            {"Retry-After": "10"},
+            errors.UpstreamError,
+            10.0,
+        ),
     ],
 )
 async def test_error_statuses(

@@ -16,31 +16,21 @@ pytestmark = pytest.mark.anyio
 
 MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "user", "content": "hi there"}]
-CHAT = {"ollama": "/api/chat", "ollama_cloud": "/api/chat", "openrouter": "/chat/completions",
-        "opencode": "/chat/completions", "kimi": "/chat/completions"}
-MODEL = {"ollama": "qwen3", "ollama_cloud": "glm-5.2", "openrouter": "openai/gpt-4o-mini",
-         "opencode": "big-pickle", "kimi": "kimi-for-coding"}
+CHAT = {
+    "ollama": "/api/chat",
+    "ollama_cloud": "/api/chat",
+    "openrouter": "/chat/completions",
+    "opencode": "/chat/completions",
+    "kimi": "/chat/completions",
+}
+MODEL = {
+    "ollama": "qwen3",
+    "ollama_cloud": "glm-5.2",
+    "openrouter": "openai/gpt-4o-mini",
+    "opencode": "big-pickle",
+    "kimi": "kimi-for-coding",
+}
 FLAVOURS = list(CHAT)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def make_stub() -> AsyncIterator[MakeStub]:
-    stubs: list[StubUpstream] = []
-
-    async def make(flavour: str = "ollama", **options: Any) -> StubUpstream:
-        stub = StubUpstream(flavour, **options)
-        await stub.start()
-        stubs.append(stub)
-        return stub
-
-    yield make
-    for stub in stubs:
-        await stub.stop()
 
 
 @pytest.fixture
@@ -51,12 +41,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def request(stub: StubUpstream, stream: bool = False) -> tuple[str, dict[str, Any]]:
-    return (stub.base_url + CHAT[stub.flavour],
-            {"model": MODEL[stub.flavour], "messages": HI, "stream": stream})
+    return (
+        stub.base_url + CHAT[stub.flavour],
+        {"model": MODEL[stub.flavour], "messages": HI, "stream": stream},
+    )
 
 
-async def call(http: aiohttp.ClientSession, stub: StubUpstream, stream: bool = False,
-               **kw: Any) -> tuple[int, Any, bytes]:
+async def call(
+    http: aiohttp.ClientSession, stub: StubUpstream, stream: bool = False, **kw: Any
+) -> tuple[int, Any, bytes]:
     url, body = request(stub, stream)
     async with http.post(url, json=body, **kw) as resp:
         return resp.status, resp.headers, await resp.read()
@@ -70,21 +63,24 @@ async def until_closed(stub: StubUpstream) -> int:
     return stub.open_connections
 
 
-@pytest.mark.parametrize(("flavour", "body"), [
-    ("ollama", {"error": "overloaded"}),
-    ("ollama_cloud", {"error": "overloaded"}),
-    ("openrouter", {"error": {"code": 503, "message": "overloaded", "metadata": {}}}),
-    ("opencode", {"type": "error", "error": {"type": "error", "message": "overloaded"}}),
-    ("kimi", {"error": {"message": "overloaded", "type": "engine_overloaded_error"}}),
-])
-async def test_status_in_flavour_shape(make_stub: MakeStub, http: Any, flavour: str,
-                                       body: Any) -> None:
+@pytest.mark.parametrize(
+    ("flavour", "body"),
+    [
+        ("ollama", {"error": "overloaded"}),
+        ("ollama_cloud", {"error": "overloaded"}),
+        ("openrouter", {"error": {"code": 503, "message": "overloaded", "metadata": {}}}),
+        ("opencode", {"type": "error", "error": {"type": "error", "message": "overloaded"}}),
+        ("kimi", {"error": {"message": "overloaded", "type": "engine_overloaded_error"}}),
+    ],
+)
+async def test_status_in_flavour_shape(
+    make_stub: MakeStub, http: Any, flavour: str, body: Any
+) -> None:
     stub = await make_stub(flavour)
     stub.fail_next(Fault(kind="status", status=503, message="overloaded", retry_after="7"))
     status, headers, raw = await call(http, stub)
     assert (status, json.loads(raw)) == (503, body)
-    assert headers["Retry-After"] == "7" and headers["Content-Type"].startswith(
-        "application/json")
+    assert headers["Retry-After"] == "7" and headers["Content-Type"].startswith("application/json")
     assert (await call(http, stub))[0] == 200  # one fault, one request
 
 
@@ -95,8 +91,7 @@ async def test_status_fault_fields(make_stub: MakeStub, http: Any) -> None:
     assert status == 429 and headers["retry-after-ms"] == "1500"
     assert json.loads(raw)["error"] == {"type": "RateLimitError", "message": "Too Many Requests"}
     router = await make_stub("openrouter")
-    router.fail_next(Fault(kind="status", status=402, metadata={"limit_source": "x"},
-                           message="m"))
+    router.fail_next(Fault(kind="status", status=402, metadata={"limit_source": "x"}, message="m"))
     assert json.loads((await call(http, router))[2])["error"]["metadata"] == {"limit_source": "x"}
 
 
@@ -108,37 +103,65 @@ async def test_nonstandard_status(make_stub: MakeStub, http: Any, status: int) -
     assert (got, json.loads(raw)["error"]["code"]) == (status, status)
 
 
-@pytest.mark.parametrize(("flavour", "status", "error"), [
-    ("ollama_cloud", 429, {"error": "you (alice) have reached your session usage limit, "
-                                    "upgrade for higher limits: https://ollama.com/upgrade"}),
-    ("openrouter", 402, {"error": {"code": 402, "message": "Insufficient credits. Add more "
-                                   "using https://openrouter.ai/settings/credits",
-                                   "metadata": {"limit_source": "openrouter_credits"}}}),
-    ("opencode", 401, {"type": "error", "error": {
-        "type": "CreditsError",
-        "message": "Insufficient balance. Add credits at https://opencode.ai/zen"}}),
-    ("kimi", 429, None),
-])
-async def test_quota(make_stub: MakeStub, http: Any, flavour: str, status: int,
-                     error: Any) -> None:
+@pytest.mark.parametrize(
+    ("flavour", "status", "error"),
+    [
+        (
+            "ollama_cloud",
+            429,
+            {
+                "error": "you (alice) have reached your session usage limit, "
+                "upgrade for higher limits: https://ollama.com/upgrade"
+            },
+        ),
+        (
+            "openrouter",
+            402,
+            {
+                "error": {
+                    "code": 402,
+                    "message": "Insufficient credits. Add more "
+                    "using https://openrouter.ai/settings/credits",
+                    "metadata": {"limit_source": "openrouter_credits"},
+                }
+            },
+        ),
+        (
+            "opencode",
+            401,
+            {
+                "type": "error",
+                "error": {
+                    "type": "CreditsError",
+                    "message": "Insufficient balance. Add credits at https://opencode.ai/zen",
+                },
+            },
+        ),
+        ("kimi", 429, None),
+    ],
+)
+async def test_quota(make_stub: MakeStub, http: Any, flavour: str, status: int, error: Any) -> None:
     stub = await make_stub(flavour)
     stub.fail_next(Fault(kind="quota"))
     got, headers, raw = await call(http, stub)
     assert got == status and "Retry-After" not in headers
     if error is None:
-        assert "You've reached your usage limit for this period" in \
-            json.loads(raw)["error"]["message"]
+        assert (
+            "You've reached your usage limit for this period" in json.loads(raw)["error"]["message"]
+        )
     else:
         assert json.loads(raw) == error
 
 
-@pytest.mark.parametrize(("kind", "ctype"), [
-    ("html", "text/html; charset=utf-8"),
-    ("wrong_content_type", "text/plain; charset=utf-8"),
-    ("garbage", "application/json"),
-])
-async def test_bad_bodies_with_200(make_stub: MakeStub, http: Any, kind: str, ctype: str
-                                   ) -> None:
+@pytest.mark.parametrize(
+    ("kind", "ctype"),
+    [
+        ("html", "text/html; charset=utf-8"),
+        ("wrong_content_type", "text/plain; charset=utf-8"),
+        ("garbage", "application/json"),
+    ],
+)
+async def test_bad_bodies_with_200(make_stub: MakeStub, http: Any, kind: str, ctype: str) -> None:
     stub = await make_stub("openrouter")
     stub.fail_next(Fault(kind=kind))  # type: ignore[arg-type]
     status, headers, raw = await call(http, stub)
@@ -169,8 +192,10 @@ async def test_redirect_is_visible(make_stub: MakeStub, http: Any) -> None:
     async with http.post(url, json=body) as resp:
         assert resp.status == 405 and resp.headers["Allow"] == "POST"
         assert await resp.json() == {"error": "method not allowed"}
-    assert [(r.method, r.path) for r in stub.received[-2:]] == [("POST", "/api/chat"),
-                                                                ("GET", "/api/chat")]
+    assert [(r.method, r.path) for r in stub.received[-2:]] == [
+        ("POST", "/api/chat"),
+        ("GET", "/api/chat"),
+    ]
     stub.fail_next(Fault(kind="redirect", status=308, location="http://127.0.0.1:9/x"))
     async with http.post(url, json=body, allow_redirects=False) as resp:
         assert resp.status == 308 and resp.headers["Location"] == "http://127.0.0.1:9/x"
@@ -209,7 +234,7 @@ async def test_truncate_stream(make_stub: MakeStub, http: Any, flavour: str) -> 
             async for chunk in resp.content.iter_any():
                 got.append(chunk)
     text = b"".join(got).decode()
-    assert text and "done\":true" not in text and "[DONE]" not in text
+    assert text and 'done":true' not in text and "[DONE]" not in text
     assert text.count("\n\n" if flavour == "openrouter" else "\n") == 3
 
 
@@ -239,8 +264,7 @@ async def test_midstream_error_whole(make_stub: MakeStub, http: Any) -> None:
     assert status == 500 and json.loads(raw)["error"]["type"] == "server_error"
 
 
-async def test_delay_is_cancelled_when_the_client_leaves(make_stub: MakeStub, http: Any
-                                                         ) -> None:
+async def test_delay_is_cancelled_when_the_client_leaves(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub("ollama")
     stub.fail_next(Fault(kind="delay", seconds=30))
     with pytest.raises(asyncio.TimeoutError):
@@ -275,14 +299,17 @@ async def test_queue_always_and_clear(make_stub: MakeStub, http: Any) -> None:
     assert (await call(http, stub))[0] == 200
 
 
-@pytest.mark.parametrize("options", [
-    {"kind": "bogus"},
-    {"kind": "status"},
-    {"kind": "status", "status": 200},
-    {"kind": "redirect", "status": 500},
-    {"kind": "delay"},
-    {"kind": "truncate", "after": -1},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kind": "bogus"},
+        {"kind": "status"},
+        {"kind": "status", "status": 200},
+        {"kind": "redirect", "status": 500},
+        {"kind": "delay"},
+        {"kind": "truncate", "after": -1},
+    ],
+)
 def test_fault_validation(options: Any) -> None:
     with pytest.raises(ValueError):
         Fault(**options)

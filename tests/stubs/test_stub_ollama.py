@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -17,34 +17,9 @@ MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "user", "content": "hi there"}]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def make_stub() -> AsyncIterator[MakeStub]:
-    stubs: list[StubUpstream] = []
-
-    async def make(flavour: str = "ollama", **options: Any) -> StubUpstream:
-        stub = StubUpstream(flavour, **options)
-        await stub.start()
-        stubs.append(stub)
-        return stub
-
-    yield make
-    for stub in stubs:
-        await stub.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: Any, **kw: Any
-               ) -> tuple[int, str, bytes]:
+async def post(
+    http: aiohttp.ClientSession, url: str, body: Any, **kw: Any
+) -> tuple[int, str, bytes]:
     async with http.post(url, json=body, **kw) as resp:
         return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
 
@@ -56,16 +31,18 @@ def lines(raw: bytes) -> list[dict[str, Any]]:
 
 async def test_streams_ndjson_when_stream_is_absent(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub()
-    status, ctype, raw = await post(http, stub.base_url + "/api/chat",
-                                    {"model": "qwen3.5", "messages": HI})
+    status, ctype, raw = await post(
+        http, stub.base_url + "/api/chat", {"model": "qwen3.5", "messages": HI}
+    )
     assert (status, ctype) == (200, "application/x-ndjson")
     objs = lines(raw)
     *deltas, final = objs
     assert all(o["done"] is False and "done_reason" not in o for o in deltas)
     assert final["done"] is True and final["done_reason"] == "stop"
     assert final["message"] == {"role": "assistant", "content": ""}
-    assert "".join(o["message"]["content"] for o in objs) == \
-        "Hello from the stub. You said: hi there"
+    assert (
+        "".join(o["message"]["content"] for o in objs) == "Hello from the stub. You said: hi there"
+    )
     thinking = "".join(o["message"].get("thinking", "") for o in objs)
     assert thinking.startswith("The user wrote 2 words")
     # Reasoning deltas come before any content.
@@ -85,8 +62,14 @@ async def test_whole_reply_when_stream_false(make_stub: MakeStub, http: Any) -> 
     assert reply["message"]["content"] == "Hello from the stub. You said: hi there"
     assert reply["message"]["thinking"]
     assert reply["done"] is True and reply["done_reason"] == "stop"
-    for name in ("prompt_eval_count", "eval_count", "total_duration", "load_duration",
-                 "prompt_eval_duration", "eval_duration"):
+    for name in (
+        "prompt_eval_count",
+        "eval_count",
+        "total_duration",
+        "load_duration",
+        "prompt_eval_duration",
+        "eval_duration",
+    ):
         assert isinstance(reply[name], int) and reply[name] > 0, name
     # Warm now: a zero load_duration is omitted, not sent as 0.
     again = json.loads((await post(http, url, body))[2])
@@ -103,8 +86,9 @@ async def test_think_false_and_num_predict(make_stub: MakeStub, http: Any) -> No
     starved = json.loads((await post(http, url, {**base, "options": {"num_predict": 5}}))[2])
     assert starved["message"]["content"] == "" and starved["done_reason"] == "length"
     assert starved["eval_count"] == 5
-    capped = json.loads((await post(
-        http, url, {**base, "think": False, "options": {"num_predict": 3}}))[2])
+    capped = json.loads(
+        (await post(http, url, {**base, "think": False, "options": {"num_predict": 3}}))[2]
+    )
     assert capped["message"]["content"] == "Hello from the "
     assert capped["done_reason"] == "length" and capped["eval_count"] == 3
 
@@ -112,21 +96,27 @@ async def test_think_false_and_num_predict(make_stub: MakeStub, http: Any) -> No
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
-        ({"model": "llama3.2", "messages": HI, "think": True}, 400,
-         '"llama3.2" does not support thinking'),
+        (
+            {"model": "llama3.2", "messages": HI, "think": True},
+            400,
+            '"llama3.2" does not support thinking',
+        ),
         ({"model": "qwen3", "messages": HI, "think": "extreme"}, 400, "invalid think value"),
         ({"messages": HI}, 400, "model is required"),
         ({"model": "  ", "messages": HI}, 400, "model is required"),
         ({"model": "nope", "messages": HI}, 404, "model 'nope' not found"),
-        ({"model": "qwen3", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
-         400, "cannot unmarshal array"),
-        ({"model": "qwen3", "messages": HI, "options": {"num_predict": "9"}}, 400,
-         "num_predict"),
+        (
+            {"model": "qwen3", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            400,
+            "cannot unmarshal array",
+        ),
+        ({"model": "qwen3", "messages": HI, "options": {"num_predict": "9"}}, 400, "num_predict"),
         ({"model": "qwen3", "messages": HI, "format": "xml"}, 400, "invalid format"),
     ],
 )
-async def test_validation(make_stub: MakeStub, http: Any, body: Any, status: int,
-                          error: str) -> None:
+async def test_validation(
+    make_stub: MakeStub, http: Any, body: Any, status: int, error: str
+) -> None:
     stub = await make_stub()
     got, ctype, raw = await post(http, stub.base_url + "/api/chat", body)
     assert (got, ctype) == (status, "application/json; charset=utf-8")
@@ -144,11 +134,17 @@ async def test_missing_and_bad_body(make_stub: MakeStub, http: Any) -> None:
 async def test_think_levels_and_non_thinking_model(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub()
     url = stub.base_url + "/api/chat"
-    high = json.loads((await post(http, url, {"model": "qwen3", "messages": HI,
-                                              "stream": False, "think": "high"}))[2])
+    high = json.loads(
+        (
+            await post(
+                http, url, {"model": "qwen3", "messages": HI, "stream": False, "think": "high"}
+            )
+        )[2]
+    )
     assert high["message"]["thinking"]
-    plain = json.loads((await post(http, url, {"model": "llama3.2", "messages": HI,
-                                               "stream": False}))[2])
+    plain = json.loads(
+        (await post(http, url, {"model": "llama3.2", "messages": HI, "stream": False}))[2]
+    )
     assert "thinking" not in plain["message"]
 
 
@@ -166,8 +162,9 @@ async def test_json_format(make_stub: MakeStub, http: Any) -> None:
 async def test_generate(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub()
     url = stub.base_url + "/api/generate"
-    whole = json.loads((await post(http, url, {"model": "llama3.2", "prompt": "why blue",
-                                               "stream": False}))[2])
+    whole = json.loads(
+        (await post(http, url, {"model": "llama3.2", "prompt": "why blue", "stream": False}))[2]
+    )
     assert whole["response"] == "Hello from the stub. You said: why blue"
     assert whole["done_reason"] == "stop" and whole["context"]
     status, ctype, raw = await post(http, url, {"model": "qwen3", "prompt": "why blue"})
@@ -185,8 +182,9 @@ async def test_empty_messages_load_and_unload(make_stub: MakeStub, http: Any) ->
     assert load["done_reason"] == "load" and load["done"] is True
     async with http.get(stub.base_url + "/api/ps") as resp:
         assert [m["name"] for m in (await resp.json())["models"]] == ["qwen3:latest"]
-    unload = json.loads((await post(http, url, {"model": "qwen3", "messages": [],
-                                                "keep_alive": 0}))[2])
+    unload = json.loads(
+        (await post(http, url, {"model": "qwen3", "messages": [], "keep_alive": 0}))[2]
+    )
     assert unload["done_reason"] == "unload"
 
 
@@ -212,8 +210,11 @@ async def test_health_and_listings(make_stub: MakeStub, http: Any) -> None:
 async def test_custom_models_and_thinking(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub(models=["tiny:1b", "org/big"], thinking=["org/big"])
     url = stub.base_url + "/api/chat"
-    assert (await post(http, url, {"model": "ORG/big:latest", "messages": HI,
-                                   "stream": False, "think": True}))[0] == 200
+    assert (
+        await post(
+            http, url, {"model": "ORG/big:latest", "messages": HI, "stream": False, "think": True}
+        )
+    )[0] == 200
     assert (await post(http, url, {"model": "tiny:1b", "messages": HI, "think": True}))[0] == 400
     assert (await post(http, url, {"model": "qwen3", "messages": HI}))[0] == 404
 
@@ -241,14 +242,16 @@ async def test_cloud_needs_key_and_bare_names(make_stub: MakeStub, http: Any) ->
 async def test_midstream_error_line(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub()
     stub.fail_next(Fault(kind="midstream_error", after=3))
-    status, ctype, raw = await post(http, stub.base_url + "/api/chat",
-                                    {"model": "qwen3", "messages": HI})
+    status, ctype, raw = await post(
+        http, stub.base_url + "/api/chat", {"model": "qwen3", "messages": HI}
+    )
     assert (status, ctype) == (200, "application/x-ndjson")
     objs = lines(raw)
     assert len(objs) == 4 and not any(o.get("done") for o in objs)
     assert objs[-1] == {"error": "an error was encountered while running the model"}
     # Without streaming the failure comes before the first byte: a real status.
     stub.fail_next(Fault(kind="midstream_error"))
-    status, _, raw = await post(http, stub.base_url + "/api/chat",
-                                {"model": "qwen3", "messages": HI, "stream": False})
+    status, _, raw = await post(
+        http, stub.base_url + "/api/chat", {"model": "qwen3", "messages": HI, "stream": False}
+    )
     assert status == 500 and "error" in json.loads(raw)

@@ -16,16 +16,13 @@ pytestmark = pytest.mark.anyio
 MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi there"}]
 ANSWER = "Hello from the stub. You said: hi there"
-REASONING = {"openrouter": "reasoning", "opencode": "reasoning_content",
-             "kimi": "reasoning_content"}
-MODEL = {"openrouter": "moonshotai/kimi-k2.6", "opencode": "kimi-k2.6",
-         "kimi": "kimi-for-coding"}
+REASONING = {
+    "openrouter": "reasoning",
+    "opencode": "reasoning_content",
+    "kimi": "reasoning_content",
+}
+MODEL = {"openrouter": "moonshotai/kimi-k2.6", "opencode": "kimi-k2.6", "kimi": "kimi-for-coding"}
 AUTH = {"Authorization": "Bearer k"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -43,16 +40,15 @@ async def make_stub() -> AsyncIterator[MakeStub]:
         await stub.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def chat(http: aiohttp.ClientSession, stub: StubUpstream, body: Any,
-               headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
-    async with http.post(stub.base_url + "/chat/completions", json=body,
-                         headers=headers or AUTH) as resp:
+async def chat(
+    http: aiohttp.ClientSession,
+    stub: StubUpstream,
+    body: Any,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, bytes]:
+    async with http.post(
+        stub.base_url + "/chat/completions", json=body, headers=headers or AUTH
+    ) as resp:
         return resp.status, resp.headers, await resp.read()
 
 
@@ -72,8 +68,10 @@ def events(raw: bytes) -> tuple[list[str], list[Any]]:
     return comments, data
 
 
-@pytest.mark.parametrize(("flavour", "path"), [
-    ("openrouter", "/api/v1"), ("opencode", "/zen/v1"), ("kimi", "/coding/v1")])
+@pytest.mark.parametrize(
+    ("flavour", "path"),
+    [("openrouter", "/api/v1"), ("opencode", "/zen/v1"), ("kimi", "/coding/v1")],
+)
 async def test_base_url_names_the_api(make_stub: MakeStub, flavour: str, path: str) -> None:
     stub = await make_stub(flavour)
     assert stub.base_url == f"{stub.origin}{path}"
@@ -102,8 +100,9 @@ async def test_whole_reply(make_stub: MakeStub, http: Any, flavour: str) -> None
 @pytest.mark.parametrize("flavour", ["openrouter", "opencode", "kimi"])
 async def test_stream_framing(make_stub: MakeStub, http: Any, flavour: str) -> None:
     stub = await make_stub(flavour)
-    status, headers, raw = await chat(http, stub, {"model": MODEL[flavour], "messages": HI,
-                                                   "stream": True})
+    status, headers, raw = await chat(
+        http, stub, {"model": MODEL[flavour], "messages": HI, "stream": True}
+    )
     assert status == 200 and headers["Content-Type"] == "text/event-stream"
     comments, data = events(raw)
     done = data.index("[DONE]")
@@ -133,15 +132,25 @@ async def test_stream_framing(make_stub: MakeStub, http: Any, flavour: str) -> N
 
 async def test_include_usage_adds_usage_chunk(make_stub: MakeStub, http: Any) -> None:
     stub = await make_stub("kimi")
-    body = {"model": "kimi-for-coding", "messages": HI, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "kimi-for-coding",
+        "messages": HI,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     _, data = events((await chat(http, stub, body))[2])
     assert data[-2]["choices"] == [] and data[-2]["usage"]["prompt_tokens"] == 4
 
 
-@pytest.mark.parametrize(("flavour", "cap"), [
-    ("openrouter", "max_tokens"), ("opencode", "max_tokens"),
-    ("kimi", "max_completion_tokens"), ("kimi", "max_tokens")])
+@pytest.mark.parametrize(
+    ("flavour", "cap"),
+    [
+        ("openrouter", "max_tokens"),
+        ("opencode", "max_tokens"),
+        ("kimi", "max_completion_tokens"),
+        ("kimi", "max_tokens"),
+    ],
+)
 async def test_token_cap(make_stub: MakeStub, http: Any, flavour: str, cap: str) -> None:
     stub = await make_stub(flavour)
     status, _, raw = await chat(http, stub, {"model": MODEL[flavour], "messages": HI, cap: 5})
@@ -165,16 +174,33 @@ async def test_cap_field_per_flavour(make_stub: MakeStub, http: Any) -> None:
 async def test_reasoning_switches(make_stub: MakeStub, http: Any) -> None:
     router = await make_stub("openrouter")
     model = MODEL["openrouter"]
-    off = json.loads((await chat(http, router, {"model": model, "messages": HI,
-                                                "reasoning": {"enabled": False}}))[2])
+    off = json.loads(
+        (
+            await chat(
+                http, router, {"model": model, "messages": HI, "reasoning": {"enabled": False}}
+            )
+        )[2]
+    )
     assert "reasoning" not in off["choices"][0]["message"] and off["usage"]["total_tokens"] == 12
-    hidden = json.loads((await chat(http, router, {"model": model, "messages": HI,
-                                                   "reasoning": {"exclude": True}}))[2])
+    hidden = json.loads(
+        (
+            await chat(
+                http, router, {"model": model, "messages": HI, "reasoning": {"exclude": True}}
+            )
+        )[2]
+    )
     assert "reasoning" not in hidden["choices"][0]["message"]
     assert hidden["usage"]["completion_tokens_details"]["reasoning_tokens"] == 13
     kimi = await make_stub("kimi")
-    off = json.loads((await chat(http, kimi, {"model": "kimi-for-coding", "messages": HI,
-                                              "thinking": {"type": "disabled"}}))[2])
+    off = json.loads(
+        (
+            await chat(
+                http,
+                kimi,
+                {"model": "kimi-for-coding", "messages": HI, "thinking": {"type": "disabled"}},
+            )
+        )[2]
+    )
     assert "reasoning_content" not in off["choices"][0]["message"]
 
 
@@ -183,22 +209,48 @@ async def test_json_mode(make_stub: MakeStub, http: Any) -> None:
     body = {"model": "big-pickle", "messages": HI, "response_format": {"type": "json_object"}}
     content = json.loads((await chat(http, stub, body))[2])["choices"][0]["message"]["content"]
     assert json.loads(content) == {"reply": ANSWER}
-    body["response_format"] = {"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "boolean"}}}}}
+    body["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "x",
+            "schema": {"type": "object", "properties": {"a": {"type": "boolean"}}},
+        },
+    }
     content = json.loads((await chat(http, stub, body))[2])["choices"][0]["message"]["content"]
     assert json.loads(content) == {"a": True}
 
 
-@pytest.mark.parametrize(("flavour", "status", "body"), [
-    ("openrouter", 400, {"error": {"code": 400, "message": "nope/x is not a valid model ID",
-                                   "metadata": {}}}),
-    ("opencode", 401, {"type": "error", "error": {"type": "ModelError",
-                                                  "message": "Model nope/x not supported"}}),
-    ("kimi", 404, {"error": {"message": "Not found the model nope/x or Permission denied",
-                             "type": "resource_not_found_error"}}),
-])
-async def test_unknown_model(make_stub: MakeStub, http: Any, flavour: str, status: int,
-                             body: Any) -> None:
+@pytest.mark.parametrize(
+    ("flavour", "status", "body"),
+    [
+        (
+            "openrouter",
+            400,
+            {"error": {"code": 400, "message": "nope/x is not a valid model ID", "metadata": {}}},
+        ),
+        (
+            "opencode",
+            401,
+            {
+                "type": "error",
+                "error": {"type": "ModelError", "message": "Model nope/x not supported"},
+            },
+        ),
+        (
+            "kimi",
+            404,
+            {
+                "error": {
+                    "message": "Not found the model nope/x or Permission denied",
+                    "type": "resource_not_found_error",
+                }
+            },
+        ),
+    ],
+)
+async def test_unknown_model(
+    make_stub: MakeStub, http: Any, flavour: str, status: int, body: Any
+) -> None:
     stub = await make_stub(flavour)
     got, headers, raw = await chat(http, stub, {"model": "nope/x", "messages": HI})
     assert (got, json.loads(raw)) == (status, body)
@@ -213,14 +265,17 @@ async def test_openrouter_defaults_missing_model(make_stub: MakeStub, http: Any)
     assert json.loads(raw)["id"].startswith("gen-")
 
 
-@pytest.mark.parametrize("body", [
-    {"model": "kimi-for-coding"},
-    {"model": "kimi-for-coding", "messages": []},
-    {"messages": HI},
-    {"model": "kimi-for-coding", "messages": HI, "max_tokens": 0},
-    {"model": "kimi-for-coding", "messages": HI, "response_format": {"type": "yaml"}},
-    {"model": "kimi-for-coding", "messages": HI, "stream": "yes"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "kimi-for-coding"},
+        {"model": "kimi-for-coding", "messages": []},
+        {"messages": HI},
+        {"model": "kimi-for-coding", "messages": HI, "max_tokens": 0},
+        {"model": "kimi-for-coding", "messages": HI, "response_format": {"type": "yaml"}},
+        {"model": "kimi-for-coding", "messages": HI, "stream": "yes"},
+    ],
+)
 async def test_bad_requests(make_stub: MakeStub, http: Any, body: Any) -> None:
     stub = await make_stub("kimi")
     status, _, raw = await chat(http, stub, body)
@@ -232,20 +287,38 @@ async def test_kimi_fixed_sampling(make_stub: MakeStub, http: Any) -> None:
     base = {"model": "kimi-for-coding", "messages": HI}
     status, _, raw = await chat(http, stub, {**base, "temperature": 0.5})
     assert status == 400
-    assert json.loads(raw)["error"]["message"] == \
-        "invalid temperature: only 1 is allowed for this model"
+    assert (
+        json.loads(raw)["error"]["message"]
+        == "invalid temperature: only 1 is allowed for this model"
+    )
     assert (await chat(http, stub, {**base, "temperature": 1, "top_p": 0.95}))[0] == 200
 
 
-@pytest.mark.parametrize(("flavour", "body"), [
-    ("openrouter", {"error": {"code": 401, "message": "No auth credentials found",
-                              "metadata": {}}}),
-    ("opencode", {"type": "error", "error": {"type": "AuthError",
-                                             "message": "Invalid API key."}}),
-    ("kimi", {"error": {"type": "invalid_authentication_error", "message": (
-        "The API Key appears to be invalid or may have expired. "
-        "Please verify your credentials and try again.")}}),
-])
+@pytest.mark.parametrize(
+    ("flavour", "body"),
+    [
+        (
+            "openrouter",
+            {"error": {"code": 401, "message": "No auth credentials found", "metadata": {}}},
+        ),
+        (
+            "opencode",
+            {"type": "error", "error": {"type": "AuthError", "message": "Invalid API key."}},
+        ),
+        (
+            "kimi",
+            {
+                "error": {
+                    "type": "invalid_authentication_error",
+                    "message": (
+                        "The API Key appears to be invalid or may have expired. "
+                        "Please verify your credentials and try again."
+                    ),
+                }
+            },
+        ),
+    ],
+)
 async def test_key_required(make_stub: MakeStub, http: Any, flavour: str, body: Any) -> None:
     stub = await make_stub(flavour, key="k")
     req = {"model": MODEL[flavour], "messages": HI}
@@ -257,7 +330,8 @@ async def test_key_required(make_stub: MakeStub, http: Any, flavour: str, body: 
 
 @pytest.mark.parametrize("flavour", ["openrouter", "opencode", "kimi"])
 async def test_hosted_flavours_need_some_key_when_none_is_set(
-        make_stub: MakeStub, http: Any, flavour: str) -> None:
+    make_stub: MakeStub, http: Any, flavour: str
+) -> None:
     stub = await make_stub(flavour)
     req = {"model": MODEL[flavour], "messages": HI}
     for headers in ({"X-Other": "1"}, {"Authorization": "Bearer "}, {"Authorization": "k"}):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -19,26 +19,6 @@ MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def make_stub() -> AsyncIterator[MakeStub]:
-    stubs: list[StubUpstream] = []
-
-    async def make(flavour: str = "ollama", **options: Any) -> StubUpstream:
-        stub = StubUpstream(flavour, **options)
-        await stub.start()
-        stubs.append(stub)
-        return stub
-
-    yield make
-    for stub in stubs:
-        await stub.stop()
-
-
 async def settle(stub: StubUpstream, want: int) -> int:
     for _ in range(100):
         if stub.open_connections == want:
@@ -50,9 +30,11 @@ async def settle(stub: StubUpstream, want: int) -> int:
 async def test_received_records_everything_in_order(make_stub: MakeStub) -> None:
     stub = await make_stub("openrouter", key="k")
     async with aiohttp.ClientSession() as http:
-        async with http.post(stub.base_url + "/chat/completions?x=1",
-                             json={"model": "openai/gpt-4o-mini", "messages": HI},
-                             headers={"Authorization": "Bearer k", "X-Title": "chatd"}):
+        async with http.post(
+            stub.base_url + "/chat/completions?x=1",
+            json={"model": "openai/gpt-4o-mini", "messages": HI},
+            headers={"Authorization": "Bearer k", "X-Title": "chatd"},
+        ):
             pass
         async with http.get(stub.base_url + "/nowhere"):
             pass
@@ -60,14 +42,17 @@ async def test_received_records_everything_in_order(make_stub: MakeStub) -> None
             pass
     first, second, third = stub.received
     assert isinstance(first, Received)
-    assert (first.method, first.path, first.query) == ("POST", "/api/v1/chat/completions",
-                                                       "x=1")
+    assert (first.method, first.path, first.query) == ("POST", "/api/v1/chat/completions", "x=1")
     assert first.headers["authorization"] == "Bearer k" and first.headers["x-title"] == "chatd"
     assert all(name == name.lower() for name in first.headers)
     assert first.json == {"model": "openai/gpt-4o-mini", "messages": HI}
     assert json.loads(first.body) == first.json
     assert (second.method, second.path, second.body, second.json) == (
-        "GET", "/api/v1/nowhere", b"", None)
+        "GET",
+        "/api/v1/nowhere",
+        b"",
+        None,
+    )
     assert third.body == b"not json" and third.json is None
 
 
@@ -77,8 +62,7 @@ async def test_open_connections_follow_the_client(make_stub: MakeStub) -> None:
     body = {"model": "qwen3", "messages": HI, "stream": False}
     http = aiohttp.ClientSession()
     try:
-        await asyncio.gather(*[
-            http.post(stub.base_url + "/api/chat", json=body) for _ in range(3)])
+        await asyncio.gather(*[http.post(stub.base_url + "/api/chat", json=body) for _ in range(3)])
         # Responses not yet released: three sockets in use.
         assert await settle(stub, 3) == 3
     finally:
@@ -93,19 +77,45 @@ async def test_open_connections_follow_the_client(make_stub: MakeStub) -> None:
     assert await settle(stub, 0) == 0
 
 
-@pytest.mark.parametrize(("flavour", "path", "body"), [
-    ("ollama", "/api/version", {"error": "service unavailable: the upstream is down"}),
-    ("ollama_cloud", "/", {"error": "service unavailable: the upstream is down"}),
-    ("openrouter", "/models", {"error": {
-        "code": 503, "message": "service unavailable: the upstream is down", "metadata": {}}}),
-    ("opencode", "/models", {"type": "error", "error": {
-        "type": "error", "message": "service unavailable: the upstream is down"}}),
-    ("kimi", "/models", {"error": {
-        "message": "service unavailable: the upstream is down",
-        "type": "engine_overloaded_error"}}),
-])
-async def test_down_answers_503_everywhere(make_stub: MakeStub, flavour: str, path: str,
-                                           body: Any) -> None:
+@pytest.mark.parametrize(
+    ("flavour", "path", "body"),
+    [
+        ("ollama", "/api/version", {"error": "service unavailable: the upstream is down"}),
+        ("ollama_cloud", "/", {"error": "service unavailable: the upstream is down"}),
+        (
+            "openrouter",
+            "/models",
+            {
+                "error": {
+                    "code": 503,
+                    "message": "service unavailable: the upstream is down",
+                    "metadata": {},
+                }
+            },
+        ),
+        (
+            "opencode",
+            "/models",
+            {
+                "type": "error",
+                "error": {"type": "error", "message": "service unavailable: the upstream is down"},
+            },
+        ),
+        (
+            "kimi",
+            "/models",
+            {
+                "error": {
+                    "message": "service unavailable: the upstream is down",
+                    "type": "engine_overloaded_error",
+                }
+            },
+        ),
+    ],
+)
+async def test_down_answers_503_everywhere(
+    make_stub: MakeStub, flavour: str, path: str, body: Any
+) -> None:
     stub = await make_stub(flavour)
     assert stub.down is False
     stub.set_down(True)
@@ -146,8 +156,11 @@ async def test_ollama_key_guards_chat_not_health(make_stub: MakeStub) -> None:
         stub.fail_next(Fault(kind="status", status=500))
         async with http.post(stub.base_url + "/api/chat", json={"model": "qwen3"}) as resp:
             assert resp.status == 401
-        async with http.post(stub.base_url + "/api/chat", json={"model": "qwen3"},
-                             headers={"Authorization": "Bearer k"}) as resp:
+        async with http.post(
+            stub.base_url + "/api/chat",
+            json={"model": "qwen3"},
+            headers={"Authorization": "Bearer k"},
+        ) as resp:
             assert resp.status == 500
 
 
@@ -177,12 +190,15 @@ async def test_fixed_port_and_port_in_use(make_stub: MakeStub) -> None:
         await stub.stop()
 
 
-@pytest.mark.parametrize(("args", "options"), [
-    (("nope",), {}),
-    (("ollama",), {"require_user_agent": "KimiCLI/"}),
-    (("ollama",), {"models": []}),
-    (("ollama",), {"models": ["a"], "thinking": ["b"]}),
-])
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        (("nope",), {}),
+        (("ollama",), {"require_user_agent": "KimiCLI/"}),
+        (("ollama",), {"models": []}),
+        (("ollama",), {"models": ["a"], "thinking": ["b"]}),
+    ],
+)
 def test_construction_errors(args: Any, options: Any) -> None:
     with pytest.raises(ValueError):
         StubUpstream(*args, **options)
@@ -196,8 +212,12 @@ async def test_refuses_non_loopback_hosts() -> None:
 async def test_chats_leaves_out_probes(make_stub: MakeStub) -> None:
     stub = await make_stub("ollama")
     async with aiohttp.ClientSession() as http:
-        for method, path in (("GET", "/api/version"), ("POST", "/api/chat"),
-                             ("GET", "/api/tags"), ("POST", "/api/generate")):
+        for method, path in (
+            ("GET", "/api/version"),
+            ("POST", "/api/chat"),
+            ("GET", "/api/tags"),
+            ("POST", "/api/generate"),
+        ):
             async with http.request(method, stub.base_url + path, json={}):
                 pass
     assert len(stub.received) == 4

@@ -30,9 +30,15 @@ def test_thread_serves_until_stopped() -> None:
     url = thread.start()
     assert url == thread.base_url and url.startswith("http://127.0.0.1:")
     try:
-        status, body = fetch(url + "/api/chat", {
-            "model": "qwen3.5:latest", "messages": [{"role": "user", "content": "Say hello."}],
-            "stream": False, "think": False})
+        status, body = fetch(
+            url + "/api/chat",
+            {
+                "model": "qwen3.5:latest",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "stream": False,
+                "think": False,
+            },
+        )
         assert status == 200 and body["message"]["content"].startswith("Hello from the stub")
         assert body["prompt_eval_count"] > 0 and body["eval_count"] > 0
         # Faults and records are reachable from the owning thread.
@@ -66,9 +72,20 @@ def test_thread_start_failure_is_raised_in_the_caller() -> None:
 
 def test_module_runs_in_the_foreground() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakehouse.stubs", "--flavour", "openrouter", "--port", "0",
-         "--key", "k"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lakehouse.stubs",
+            "--flavour",
+            "openrouter",
+            "--port",
+            "0",
+            "--key",
+            "k",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
