@@ -15,13 +15,26 @@ import tempfile
 from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse.config import Config
+from lakehouse.keepalive import IdleWatch
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
+
+
+def install_idle_watch() -> None:
+    """Give Hypercorn's connections ``IdleWatch`` as their keep-alive idle
+    timer instead of a task restarted per request (see lakehouse.keepalive).
+    Each process that serves calls this; it changes nothing if Hypercorn's
+    TCPServer no longer looks the way IdleWatch expects."""
+    if hasattr(tcp_server, "AsyncioSingleTask") and hasattr(
+        tcp_server.TCPServer, "_initiate_server_close"
+    ):
+        tcp_server.AsyncioSingleTask = IdleWatch
 
 
 def hypercorn_config(
@@ -31,6 +44,7 @@ def hypercorn_config(
     workers: int | None = None,
     app_path: str = APP_PATH,
 ) -> HypercornConfig:
+    install_idle_watch()
     server = config.chatd.server
     h = HypercornConfig()
     h.bind = [bind or config.chatd.bind]

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import patch
 
 import aiohttp
 from aioresponses import aioresponses
 
 from lakehouse import config as configuration
 from lakehouse.server import bound_socket, serve
+from lakehouse.upstream import HTTPClient
 from lakehouse.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,8 +121,36 @@ class _Response(aiohttp.ClientResponse):
         super().__init__(method, url, **kwargs)
 
 
+async def _send_through_session(
+    client: HTTPClient,
+    method: str,
+    url: Any,
+    headers: Any,
+    body: bytes | None,
+    read_timeout: float | None,
+) -> aiohttp.ClientResponse:
+    return await client.session._request(
+        method, url, headers=headers, data=body, allow_redirects=False
+    )
+
+
 class mock_upstream(aioresponses):
-    """aioresponses, with responses aiohttp 3.14 can build."""
+    """aioresponses, with responses aiohttp 3.14 can build.
+
+    aioresponses replaces ``ClientSession._request``, which HTTPClient's
+    lean ``_send`` does not go through; here ``_send`` goes through it, so
+    these tests cover everything but ``_send`` itself (the end-to-end tests
+    against the stubs on real sockets cover that).
+    """
+
+    def start(self) -> None:
+        self._send_patcher = patch.object(HTTPClient, "_send", _send_through_session)
+        self._send_patcher.start()
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self._send_patcher.stop()
 
     def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", _Response)
