@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from lakehouse.config import default_config_path, load
 from lakehouse.logs import setup_logging
-from lakehouse.server import install_idle_watch
+from lakehouse.server import tune_connections
 from lakehouse.web import create_app
 
 
@@ -24,7 +24,7 @@ def app_from_env() -> ASGIApp:
     path = default_config_path()
     config = load(path, overrides)
     setup_logging(config.chatd.log_level)
-    install_idle_watch()  # spawned workers import Hypercorn afresh
+    tune_connections()  # spawned workers import Hypercorn afresh
     app = create_app(config, source=lambda: load(path, overrides), handle_sighup=True)
     # Objects alive after start-up live for the process; freezing them
     # keeps the collector from rescanning them (p99 ~28 → ~9 ms in PERF-NOTES).

@@ -8,33 +8,60 @@ by Hypercorn and load the app through ``lakehouse.asgi``.
 
 from __future__ import annotations
 
+import email.utils
 import importlib.util
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, RawData
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse.config import Config
-from lakehouse.keepalive import IdleWatch
+from lakehouse.connections import IdleWatch, corked
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
 
 
-def install_idle_watch() -> None:
-    """Give Hypercorn's connections ``IdleWatch`` as their keep-alive idle
-    timer instead of a task restarted per request (see lakehouse.keepalive).
-    Each process that serves calls this; it changes nothing if Hypercorn's
-    TCPServer no longer looks the way IdleWatch expects."""
-    if hasattr(tcp_server, "AsyncioSingleTask") and hasattr(
-        tcp_server.TCPServer, "_initiate_server_close"
+def tune_connections() -> None:
+    """Have Hypercorn's connections use lakehouse.connections' idle timer
+    and coalesced writes (see there). Each process that serves calls this,
+    once or more; it changes nothing if Hypercorn's TCPServer no longer
+    looks the way they expect."""
+    server = tcp_server.TCPServer
+    needed = ("_initiate_server_close", "_idle_timeout", "protocol_send")
+    if not hasattr(tcp_server, "AsyncioSingleTask") or not all(
+        hasattr(server, name) for name in needed
     ):
-        tcp_server.AsyncioSingleTask = IdleWatch
+        return
+    tcp_server.AsyncioSingleTask = IdleWatch
+    if not getattr(server.protocol_send, "chatd_corked", False):
+        send: Any = corked(server.protocol_send, RawData, Closed)
+        send.chatd_corked = True
+        server.protocol_send = send  # type: ignore[method-assign]
+
+
+class ServerConfig(HypercornConfig):
+    """Hypercorn's config, with the Date header every response carries
+    formatted once a second instead of once per response."""
+
+    include_date_header = False  # added here instead
+    _date_second = -1
+    _date: tuple[bytes, bytes]
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = (b"date", email.utils.formatdate(second, usegmt=True).encode())
+        return [self._date, *super().response_headers(protocol)]
 
 
 def hypercorn_config(
@@ -44,9 +71,9 @@ def hypercorn_config(
     workers: int | None = None,
     app_path: str = APP_PATH,
 ) -> HypercornConfig:
-    install_idle_watch()
+    tune_connections()
     server = config.chatd.server
-    h = HypercornConfig()
+    h = ServerConfig()
     h.bind = [bind or config.chatd.bind]
     h.workers = workers or server.workers
     h.worker_class = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"

@@ -1,6 +1,10 @@
-"""A connection's keep-alive idle timer that costs nothing per request.
+"""How chatd has Hypercorn run a connection: two per-request costs removed.
 
-Hypercorn's TCPServer watches each connection with an ``AsyncioSingleTask``:
+Both stand in for parts of Hypercorn's ``TCPServer`` (hypercorn 0.18,
+``hypercorn/asyncio/tcp_server.py``); ``lakehouse.server`` installs them
+and stays the only module that imports Hypercorn.
+
+The idle timer. Hypercorn's TCPServer watches each connection with an ``AsyncioSingleTask``:
 ``restart`` (the connection went idle) cancels and awaits the previous
 watcher, then starts a task running ``TCPServer._idle_timeout`` (wait for
 server shutdown or ``keep_alive_timeout``, then close); ``stop`` (a request
@@ -12,7 +16,16 @@ connection that is a cancellation, two task switches and the inner task of
 connection for its whole life: ``restart`` and ``stop`` only move an
 "idle since" mark, and the watcher, waking once per ``keep_alive_timeout``,
 closes the connection once it has been idle that long, or at once when the
-server shuts down. ``lakehouse.server`` installs it.
+server shuts down.
+
+Coalesced writes. Hypercorn writes each piece of a response as it is made
+(the head at ``http.response.start``, the body, an empty end) and awaits
+``drain()`` after each: two or three ``send()`` system calls per answer.
+``corked`` gathers what one turn of the event loop writes on a connection
+and sends it at the end of that turn, in one call; a connection whose
+peer reads slowly (bytes left in the transport's buffer) still waits in
+``drain()`` as before, and anything other than data (closing, idle/busy
+updates) first sends what is gathered.
 """
 
 from __future__ import annotations
@@ -21,6 +34,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+ProtocolSend = Callable[[Any, Any], Awaitable[None]]
 
 
 class IdleWatch:
@@ -73,3 +88,39 @@ class IdleWatch:
             break
         self._task = None
         await asyncio.shield(server._initiate_server_close())
+
+
+def corked(original: ProtocolSend, raw_data: Any, closed: Any) -> ProtocolSend:
+    """``TCPServer.protocol_send`` with writes coalesced per loop turn;
+    ``raw_data``/``closed`` are Hypercorn's ``RawData`` and ``Closed``."""
+
+    def flush(server: Any) -> None:
+        pending: list[bytes] | None = server.__dict__.pop("_chatd_pending", None)
+        if not pending:
+            return
+        try:
+            server.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        except (ConnectionError, RuntimeError):
+            server._task_group._task_group.create_task(server.protocol.handle(closed()))
+
+    async def protocol_send(server: Any, event: Any) -> None:
+        if type(event) is not raw_data:
+            flush(server)
+            await original(server, event)
+            return
+        pending = server.__dict__.get("_chatd_pending")
+        if pending is None:
+            server._chatd_pending = [event.data]
+            asyncio.get_running_loop().call_soon(flush, server)
+        else:
+            pending.append(event.data)
+        if server.writer.transport.get_write_buffer_size():
+            # The peer is behind: send now and wait, as Hypercorn would.
+            flush(server)
+            async with server.send_lock:
+                try:
+                    await server.writer.drain()
+                except (ConnectionError, RuntimeError):
+                    await server.protocol.handle(closed())
+
+    return protocol_send
