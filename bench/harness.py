@@ -504,6 +504,7 @@ def build_rows(
     chatd_url: str,
     openai_ok: bool,
     floor_url: str | None = None,
+    tuned_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -517,6 +518,11 @@ def build_rows(
             rows.append(
                 Row(f"floor-h1/c{conc}", "floor: bare Hypercorn + aiohttp proxy", "wrk",
                     f"{floor_url}/", conc, body, "fast", True, proxy="floor")
+            )  # fmt: skip
+        if tuned_url and conc != 64:
+            rows.append(
+                Row(f"tuned-h1/c{conc}", "floor, tuned as chatd runs it", "wrk",
+                    f"{tuned_url}/", conc, body, "fast", True, proxy="tuned")
             )  # fmt: skip
         rows.append(
             Row(f"chat-h1/c{conc}", "chatd /chat HTTP/1.1", "wrk",
@@ -581,24 +587,29 @@ def main(argv: list[str]) -> int:
                 http("POST", f"{chatd_url}/chat", chat_body())
             time.sleep(0.5)
             idle_mb = rss_kb(chatd.pid) / 1024
-            floor_port = free_port()
-            floor = subprocess.Popen(
-                pinned(chatd_cpu, [sys.executable, str(BENCH / "floor.py"), "--port",
-                                   str(floor_port), "--upstream", f"http://127.0.0.1:{fast_port}"]),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            procs.insert(0, floor)
-            floor_url = f"http://127.0.0.1:{floor_port}"
-            for _ in range(100):
-                try:
-                    if http("POST", f"{floor_url}/", chat_body())[0] == 200:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.1)
+            floor_urls: dict[str, str] = {}
+            floor_pids: dict[str, int] = {}
+            for name, extra in (("floor", []), ("tuned", ["--tuned"])):
+                floor_port = free_port()
+                floor = subprocess.Popen(
+                    pinned(chatd_cpu, [sys.executable, str(BENCH / "floor.py"), "--port",
+                                       str(floor_port), "--upstream",
+                                       f"http://127.0.0.1:{fast_port}", *extra]),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                procs.insert(0, floor)
+                floor_urls[name] = f"http://127.0.0.1:{floor_port}"
+                floor_pids[name] = floor.pid
+                for _ in range(100):
+                    try:
+                        if http("POST", f"{floor_urls[name]}/", chat_body())[0] == 200:
+                            break
+                    except OSError:
+                        pass
+                    time.sleep(0.1)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
-                chatd_url, openai_ok, floor_url,
+                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"],
             )  # fmt: skip
             total = len(rows) * args.runs * (args.duration + 0.5)
             print(
@@ -614,7 +625,7 @@ def main(argv: list[str]) -> int:
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
-            proxy_pids = {"chatd": chatd.pid, "floor": floor.pid}
+            proxy_pids = {"chatd": chatd.pid, **floor_pids}
             solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
             stub_alone = (
                 f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "
