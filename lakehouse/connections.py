@@ -32,10 +32,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 ProtocolSend = Callable[[Any, Any], Awaitable[None]]
+
+log = logging.getLogger("chatd.server")
+
+
+def _report(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("keep-alive watcher failed", exc_info=task.exception())
 
 
 class IdleWatch:
@@ -56,7 +64,11 @@ class IdleWatch:
         self._idle_since = asyncio.get_running_loop().time()
         if self._task is None:
             self._server = server
-            self._task = task_group._task_group.create_task(self._watch(server))
+            # Outside the connection's task group, which must be able to end
+            # (a client gone mid-request) while the watcher waits; the
+            # server's _close() always follows and stops it.
+            self._task = asyncio.create_task(self._watch(server))
+            self._task.add_done_callback(_report)
 
     async def stop(self) -> None:
         self._idle_since = None
@@ -96,12 +108,16 @@ def corked(original: ProtocolSend, raw_data: Any, closed: Any) -> ProtocolSend:
 
     def flush(server: Any) -> None:
         pending: list[bytes] | None = server.__dict__.pop("_chatd_pending", None)
-        if not pending:
+        if not pending or server.writer.is_closing():
             return
         try:
             server.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
         except (ConnectionError, RuntimeError):
-            server._task_group._task_group.create_task(server.protocol.handle(closed()))
+            gone = server.protocol.handle(closed())
+            try:
+                server._task_group._task_group.create_task(gone)
+            except RuntimeError:  # the connection is already being wound up
+                gone.close()
 
     async def protocol_send(server: Any, event: Any) -> None:
         if type(event) is not raw_data:

@@ -9,6 +9,7 @@ by Hypercorn and load the app through ``lakehouse.asgi``.
 from __future__ import annotations
 
 import email.utils
+import importlib.metadata
 import importlib.util
 import os
 import socket
@@ -33,12 +34,14 @@ APP_PATH = "lakehouse.asgi:app_from_env()"
 def tune_connections() -> None:
     """Have Hypercorn's connections use lakehouse.connections' idle timer
     and coalesced writes (see there). Each process that serves calls this,
-    once or more; it changes nothing if Hypercorn's TCPServer no longer
-    looks the way they expect."""
+    once or more; it changes nothing on a Hypercorn other than 0.18, whose
+    TCPServer they were written against."""
     server = tcp_server.TCPServer
     needed = ("_initiate_server_close", "_idle_timeout", "protocol_send")
-    if not hasattr(tcp_server, "AsyncioSingleTask") or not all(
-        hasattr(server, name) for name in needed
+    if (
+        not importlib.metadata.version("hypercorn").startswith("0.18.")
+        or not hasattr(tcp_server, "AsyncioSingleTask")
+        or not all(hasattr(server, name) for name in needed)
     ):
         return
     tcp_server.AsyncioSingleTask = IdleWatch

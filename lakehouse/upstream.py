@@ -43,6 +43,7 @@ ERROR_BODY_LIMIT = 64 * 1024
 DRAIN_SECONDS = 1.0
 # What aiohttp and the socket raise; transport_error() maps each of them.
 TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 @dataclass(frozen=True)
@@ -229,33 +230,51 @@ class HTTPClient:
         """Send one request on a pooled connection and read the reply's
         status and headers; ``read_timeout`` bounds each wait for bytes."""
         session = self.session
-        timer = TimerNoop()
-        req = aiohttp.ClientRequest(
-            method,
-            url,
-            headers=headers,
-            data=body,
-            loop=asyncio.get_running_loop(),
-            response_class=aiohttp.ClientResponse,
-            timer=timer,
-            session=session,
-        )
-        conn = await session.connector.connect(req, [], self._connect)  # type: ignore[union-attr]
-        assert conn.protocol is not None
-        conn.protocol.set_response_params(
-            timer=timer, skip_payload=method == "HEAD", read_timeout=read_timeout
-        )
-        try:
-            resp = await req.send(conn)
+        for attempt in (1, 2):
+            timer = TimerNoop()
+            req = aiohttp.ClientRequest(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                loop=asyncio.get_running_loop(),
+                response_class=aiohttp.ClientResponse,
+                timer=timer,
+                session=session,
+            )
+            connector: aiohttp.BaseConnector = session.connector  # type: ignore[assignment]
+            conn = await connector.connect(req, [], self._connect)
+            assert conn.protocol is not None
+            conn.protocol.set_response_params(
+                timer=timer,
+                skip_payload=method == "HEAD",
+                # A body without Content-Length or chunking ends with the
+                # connection (HTTP/1.0 servers), as aiohttp's session reads it.
+                read_until_eof=True,
+                read_timeout=read_timeout,
+            )
             try:
-                await resp.start(conn)
-            except BaseException:
-                resp.close()
+                resp = await req.send(conn)
+                try:
+                    await resp.start(conn)
+                except BaseException:
+                    resp.close()
+                    raise
+            except aiohttp.ClientConnectorError:
+                conn.close()
                 raise
-        except BaseException:
-            conn.close()
-            raise
-        return resp
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                conn.close()
+                # A pooled connection the upstream closed as it was reused:
+                # like aiohttp's session, try an idempotent request once more.
+                if attempt == 2 or method not in IDEMPOTENT:
+                    raise
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            return resp
+        raise AssertionError("unreachable")
 
     async def request(
         self,

@@ -152,6 +152,9 @@ class FakeWriter:
     async def drain(self) -> None:
         self.drains += 1
 
+    def is_closing(self) -> bool:
+        return False
+
 
 class FakeProtocol:
     def __init__(self) -> None:
@@ -249,3 +252,43 @@ async def test_a_response_goes_out_whole_with_one_date(stub: StubUpstream) -> No
     assert sum(line.startswith(b"date: ") for line in head) == 1
     assert not any(line.startswith(b"server:") for line in head)
     assert answer.endswith(b"}")
+
+
+async def test_a_client_gone_mid_stream_frees_its_connection(stub: StubUpstream) -> None:
+    # The stream stalls after its first line; the client hangs up there.
+    stub.fail_next(Fault(kind="stall", seconds=5, after=1))
+    body = BODY[:-1] + b',"stream":true}'
+    async with running_chatd(config_for(stub)) as base:
+        await asyncio.sleep(0.1)
+        baseline = len(asyncio.all_tasks())
+        reader, writer = await connect(base)
+        writer.write(REQUEST.replace(BODY, body).replace(b"%d" % len(BODY), b"%d" % len(body)))
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readuntil(b"}\n")  # the first NDJSON line
+        writer.transport.abort()
+        # Every task of that connection (its server, its watcher, the app)
+        # ends well within the keep-alive span.
+        for _ in range(40):
+            if len(asyncio.all_tasks()) <= baseline:
+                break
+            await asyncio.sleep(0.02)
+        assert len(asyncio.all_tasks()) <= baseline
+
+
+class FinishedGroup:
+    def create_task(self, coro: Any) -> None:
+        raise RuntimeError("TaskGroup is finished")
+
+
+async def test_a_failed_write_on_a_connection_being_wound_up_is_dropped(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    send = corked_send()
+    async with asyncio.TaskGroup() as tasks:
+        server = FakeServer(tasks)
+    server._task_group = SimpleNamespace(_task_group=FinishedGroup())
+    server.writer.broken = True
+    await send(server, RawData(data=b"late"))
+    await asyncio.sleep(0)  # the flush ran, raised nothing, left no coroutine behind
+    assert server.protocol.handled == []
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
