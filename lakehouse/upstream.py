@@ -184,7 +184,6 @@ class HTTPClient:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
             # Upstream replies are read whole; cookies are never wanted.
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
@@ -222,14 +221,18 @@ class HTTPClient:
     async def _send(
         self,
         method: str,
-        url: URL,
-        headers: CIMultiDict[str],
+        path: str,
+        extra: Mapping[str, str] | None,
         body: bytes | None,
         read_timeout: float | None,
     ) -> aiohttp.ClientResponse:
-        """Send one request on a pooled connection and read the reply's
-        status and headers; ``read_timeout`` bounds each wait for bytes."""
+        """Send one request on a pooled connection, with the client's headers
+        plus ``extra``, and read the reply's status and headers;
+        ``read_timeout`` bounds each wait for bytes."""
         session = self.session
+        connector: aiohttp.BaseConnector = session.connector  # type: ignore[assignment]
+        url = self._url(path)
+        headers = self._headers_for(extra)
         for attempt in (1, 2):
             timer = TimerNoop()
             req = aiohttp.ClientRequest(
@@ -242,7 +245,6 @@ class HTTPClient:
                 timer=timer,
                 session=session,
             )
-            connector: aiohttp.BaseConnector = session.connector  # type: ignore[assignment]
             conn = await connector.connect(req, [], self._connect)
             assert conn.protocol is not None
             conn.protocol.set_response_params(
@@ -291,9 +293,7 @@ class HTTPClient:
         limit = timeout or self.timeout
         try:
             async with asyncio.timeout(limit):
-                resp = await self._send(
-                    method, self._url(path), self._headers_for(headers), body, None
-                )
+                resp = await self._send(method, path, headers, body, None)
                 try:
                     data = await resp.read()
                 except BaseException:
@@ -322,9 +322,7 @@ class HTTPClient:
         end; a stream abandoned half-read is closed, never reused.
         """
         try:
-            resp = await self._send(
-                "POST", self._url(path), self._headers_for(headers), body, self.timeout
-            )
+            resp = await self._send("POST", path, headers, body, self.timeout)
         except TRANSPORT_ERRORS as exc:
             waited = f"did not answer within {self.timeout:g}s"
             raise transport_error(exc, self.provider, waited) from None

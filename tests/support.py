@@ -124,13 +124,17 @@ class _Response(aiohttp.ClientResponse):
 async def _send_through_session(
     client: HTTPClient,
     method: str,
-    url: Any,
-    headers: Any,
+    path: str,
+    extra: Any,
     body: bytes | None,
     read_timeout: float | None,
 ) -> aiohttp.ClientResponse:
     return await client.session._request(
-        method, url, headers=headers, data=body, allow_redirects=False
+        method,
+        client._url(path),
+        headers=client._headers_for(extra),
+        data=body,
+        allow_redirects=False,
     )
 
 
