@@ -31,10 +31,11 @@ updates) first sends what is gathered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from lakehouse.upstream import wait_closed
 
 ProtocolSend = Callable[[Any, Any], Awaitable[None]]
 
@@ -75,9 +76,7 @@ class IdleWatch:
         task = self._task
         if task is not None and self._server.writer.is_closing():
             self._task = None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await wait_closed(task)
 
     async def _watch(self, server: Any) -> None:
         loop = asyncio.get_running_loop()
