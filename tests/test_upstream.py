@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import pytest
 
@@ -27,10 +27,19 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head.split(b" ", 1)[0]
 
 
-async def serving(handler: Handler) -> tuple[asyncio.Server, HTTPClient]:
+async def serving(
+    handler: Handler,
+    config_headers: Mapping[str, str] | None = None,
+    plugin_headers: Mapping[str, str] | None = None,
+) -> tuple[asyncio.Server, HTTPClient]:
+    """A raw server on 127.0.0.1 and a started client for it; the headers
+    are those of the provider's table and of its plugin."""
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = HTTPClient(ProviderContext("up", f"http://127.0.0.1:{port}", None, 5))
+    ctx = ProviderContext(
+        "up", f"http://127.0.0.1:{port}", None, 5, headers=dict(config_headers or {})
+    )
+    client = HTTPClient(ctx, headers=plugin_headers)
     await client.start()
     return server, client
 
@@ -110,13 +119,9 @@ async def test_headers_merge_case_insensitively() -> None:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    ctx = ProviderContext(
-        "up", f"http://127.0.0.1:{port}", None, 5, headers={"content-type": "text/x-conf"}
+    server, client = await serving(
+        handler, {"content-type": "text/x-conf"}, {"Authorization": "Bearer k"}
     )
-    client = HTTPClient(ctx, headers={"Authorization": "Bearer k"})
-    await client.start()
     try:
         await client.post_json("/api/chat", b"{}", headers={"AUTHORIZATION": "Bearer other"})
     finally:
