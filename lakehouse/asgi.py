@@ -13,10 +13,10 @@ import os
 
 from starlette.types import ASGIApp
 
+from lakehouse.callers.web import create_app
 from lakehouse.config import default_config_path, load
 from lakehouse.logs import setup_logging
 from lakehouse.server import tune_connections
-from lakehouse.web import create_app
 
 
 def app_from_env() -> ASGIApp:

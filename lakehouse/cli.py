@@ -65,7 +65,7 @@ def start_dev_stub(config: configuration.Config, overrides: dict[str, object]) -
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["gateway"]:
-        from lakehouse import gateway
+        from lakehouse.gateway import app as gateway
 
         return gateway.main(argv[1:])
     args = parse_args(argv)

@@ -35,7 +35,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lakehouse.upstream import wait_closed
+from lakehouse.tasks import wait_closed
 
 ProtocolSend = Callable[[Any, Any], Awaitable[None]]
 

@@ -27,7 +27,16 @@ from lakehouse.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from lakehouse.ollama_native import (
+from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
+from lakehouse.upstreams.failures import (
+    decode_json,
+    error_for_status,
+    parse_retry_after,
+    short_text,
+)
+from lakehouse.upstreams.framing import SSE_DONE, iter_ndjson, iter_sse
+from lakehouse.upstreams.http import HTTPClient, UpstreamStream
+from lakehouse.upstreams.ollama import (
     OLLAMA_QUOTA_PHRASES,
     OllamaChatBody,
     OllamaGenerateBody,
@@ -41,25 +50,13 @@ from lakehouse.ollama_native import (
     runtime_options,
     think_value,
 )
-from lakehouse.openai_compat import Flavour, OpenAICompatOptions, OpenAICompatProvider
-from lakehouse.openai_errors import (
+from lakehouse.upstreams.openai_chat import Flavour, OpenAICompatOptions, OpenAICompatProvider
+from lakehouse.upstreams.openai_chat_errors import (
     OPENAI_ERROR_KINDS,
     OPENROUTER_ERROR_KINDS,
     QUOTA_PHRASES,
     ZEN_ERROR_KINDS,
     redact_key,
-)
-from lakehouse.streams import SSE_DONE, iter_ndjson, iter_sse
-from lakehouse.upstream import (
-    HTTPClient,
-    PluginOptions,
-    ProviderContext,
-    UpstreamReply,
-    UpstreamStream,
-    decode_json,
-    error_for_status,
-    parse_retry_after,
-    short_text,
 )
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 

@@ -14,9 +14,9 @@ import aiohttp
 from aioresponses import aioresponses
 
 from lakehouse import config as configuration
+from lakehouse.callers.web import create_app
 from lakehouse.server import bound_socket, serve
-from lakehouse.upstream import HTTPClient
-from lakehouse.web import create_app
+from lakehouse.upstreams.http import HTTPClient
 
 ROOT = Path(__file__).resolve().parent.parent
 

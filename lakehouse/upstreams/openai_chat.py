@@ -20,22 +20,18 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from lakehouse.errors import ChatdError, ConfigError, UpstreamBadResponse
-from lakehouse.openai_errors import (
+from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
+from lakehouse.upstreams.failures import decode_json
+from lakehouse.upstreams.framing import SSE_DONE, iter_sse
+from lakehouse.upstreams.http import HTTPClient
+from lakehouse.upstreams.openai_chat_errors import (
     OPENAI_ERROR_KINDS,
     QUOTA_PHRASES,
     ErrorKind,
     classify_error,
     in_band_error,
 )
-from lakehouse.openai_stream import ChunkFold, Usage
-from lakehouse.streams import SSE_DONE, iter_sse
-from lakehouse.upstream import (
-    HTTPClient,
-    PluginOptions,
-    ProviderContext,
-    UpstreamReply,
-    decode_json,
-)
+from lakehouse.upstreams.openai_chat_stream import ChunkFold, Usage
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 CapField = Literal["max_tokens", "max_completion_tokens"]

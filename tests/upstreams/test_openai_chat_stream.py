@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from lakehouse import errors
-from lakehouse.openai_stream import ChunkFold
 from lakehouse.plugin_api import Flavour, OpenAICompatProvider, ProviderContext
+from lakehouse.upstreams.openai_chat_stream import ChunkFold
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 from tests.support import mock_upstream
 

@@ -10,16 +10,12 @@ import msgspec
 import pytest
 
 from lakehouse import errors
+from lakehouse.callers.openai_errors import openai_error_response
+from lakehouse.callers.openai_replies import completion, model_list
+from lakehouse.callers.openai_requests import decode_request, to_chat_request
+from lakehouse.callers.streaming import ChunkWriter
 from lakehouse.dispatcher import Dispatcher
-from lakehouse.openai_api import (
-    completion,
-    decode_request,
-    model_list,
-    openai_error_response,
-    to_chat_request,
-)
 from lakehouse.registry import Registry
-from lakehouse.streaming import ChunkWriter
 from lakehouse.wire import ChatResponse, Message, StreamDelta
 
 USER = {"role": "user", "content": "hi"}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.streams import SSE_DONE, LineSplitter, SSEEvents, iter_ndjson, iter_sse
+from lakehouse.upstreams.framing import SSE_DONE, LineSplitter, SSEEvents, iter_ndjson, iter_sse
 
 pytestmark = pytest.mark.anyio
 

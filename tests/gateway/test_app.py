@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from lakehouse.config import Config
-from lakehouse.gateway import create_gateway
+from lakehouse.gateway.app import create_gateway
 from lakehouse.server import bound_socket, serve
 from lakehouse.stubs import StubUpstream
 from tests.support import ROOT, make_config, provider_table, running_chatd

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from lakehouse.openapi import document
+from lakehouse.callers.openapi import document
 from tests.stub_world import World, stub_world
 
 pytestmark = pytest.mark.anyio

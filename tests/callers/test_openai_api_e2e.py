@@ -11,8 +11,8 @@ import pytest
 
 from lakehouse.stubs import Fault
 from lakehouse.stubs.replies import reply_text
+from tests.gateway.test_app import gateway_config, running_gateway
 from tests.stub_world import KEYS, MODELS, World, stub_world
-from tests.test_gateway import gateway_config, running_gateway
 
 pytestmark = pytest.mark.anyio
 

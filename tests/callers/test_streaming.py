@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from lakehouse import errors
-from lakehouse.http_io import error_response
-from lakehouse.openai_api import openai_error_response
-from lakehouse.streaming import ChunkWriter, LineWriter, Relay
+from lakehouse.callers.http_io import error_response
+from lakehouse.callers.openai_errors import openai_error_response
+from lakehouse.callers.streaming import ChunkWriter, LineWriter, Relay
 from lakehouse.wire import ChatResponse, StreamDelta
 
 pytestmark = pytest.mark.anyio

@@ -19,18 +19,17 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from lakehouse.errors import ChatdError
-from lakehouse.http_io import Headers, Receive, Send, known_error
-from lakehouse.openai_api import (
+from lakehouse.callers.http_io import Headers, Receive, Send, known_error
+from lakehouse.callers.openai_errors import error_body, error_status
+from lakehouse.callers.openai_replies import (
     ChatCompletionChunk,
     ChunkChoice,
     Delta,
     Usage,
-    error_body,
-    error_status,
     finish_reason,
     usage,
 )
+from lakehouse.errors import ChatdError
 from lakehouse.wire import ChatResponse, ErrorBody, ErrorDetail, StreamDelta, StreamDone, encoder
 
 # Status, headers and body of an error answered before the stream started.

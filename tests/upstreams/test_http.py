@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import pytest
 
 from lakehouse.errors import UpstreamError, UpstreamUnreachable
-from lakehouse.upstream import HTTPClient, ProviderContext
+from lakehouse.upstreams.contract import ProviderContext
+from lakehouse.upstreams.http import HTTPClient
 
 pytestmark = pytest.mark.anyio
 

@@ -13,14 +13,10 @@ import msgspec
 
 from lakehouse.errors import ChatdError, UpstreamBadResponse, UpstreamError
 from lakehouse.keys import REDACTED
-from lakehouse.streams import iter_ndjson
-from lakehouse.upstream import (
-    HTTPClient,
-    UpstreamReply,
-    error_for_status,
-    parse_retry_after,
-    short_text,
-)
+from lakehouse.upstreams.contract import UpstreamReply
+from lakehouse.upstreams.failures import error_for_status, parse_retry_after, short_text
+from lakehouse.upstreams.framing import iter_ndjson
+from lakehouse.upstreams.http import HTTPClient
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 # Ollama Cloud's plan quotas answer 429 with "... session usage limit ...",

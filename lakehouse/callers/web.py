@@ -7,7 +7,7 @@ Request/Response objects (PERF-NOTES.md measured ~15% throughput for this).
 A request with ``"stream": true`` is handed to a ``streaming.Relay``.
 Starlette owns every other route and the lifespan. Errors become responses
 in one place per surface: ``http_io.error_response`` (native) and
-``openai_api.openai_error_response``.
+``openai_errors.openai_error_response``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lakehouse import openai_api, openapi, request_id
-from lakehouse.config import Config
-from lakehouse.dispatcher import CallInfo
-from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
-from lakehouse.http_io import (
+from lakehouse import request_id
+from lakehouse.callers import openai_replies, openai_requests, openapi
+from lakehouse.callers.http_io import (
     ClientGone,
     Headers,
     bad_request_from,
@@ -41,9 +39,12 @@ from lakehouse.http_io import (
     send_json,
     server_timing,
 )
-from lakehouse.openai_api import openai_error_response
+from lakehouse.callers.openai_errors import openai_error_response
+from lakehouse.callers.streaming import ChunkWriter, Framing, LineWriter, Refuse, Relay
+from lakehouse.config import Config
+from lakehouse.dispatcher import CallInfo
+from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.runtime import ConfigSource, Runtime
-from lakehouse.streaming import ChunkWriter, Framing, LineWriter, Refuse, Relay
 from lakehouse.wire import ChatRequest, ProvidersListing, chat_request_decoder, encoder
 
 CHAT_PATHS = frozenset({"/chat", "/v1/chat"})
@@ -190,10 +191,10 @@ class CompletionsEndpoint:
             limit = runtime.config.chatd.max_request_bytes
             body = await read_body(receive, limit, headers.get(b"content-length"))
             try:
-                asked = openai_api.decode_request(body)
+                asked = openai_requests.decode_request(body)
             except (msgspec.DecodeError, ValueError, RecursionError) as exc:
                 raise bad_request_from(exc) from None
-            request = openai_api.to_chat_request(asked)
+            request = openai_requests.to_chat_request(asked)
             if asked.stream:
                 options = asked.stream_options
                 usage = options is not None and options.include_usage
@@ -214,7 +215,7 @@ class CompletionsEndpoint:
                 return
             response = await runtime.dispatcher.chat(request, info, deadline=deadline)
             extra: Headers = []
-            status, payload = 200, openai_api.completion(response, rid)
+            status, payload = 200, openai_replies.completion(response, rid)
         except ClientGone:
             runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
             return
@@ -304,13 +305,13 @@ async def metrics(request: Request) -> Response:
 
 async def openai_models(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    return json_response(openai_api.model_list(runtime.dispatcher, request.app.state.created))
+    return json_response(openai_replies.model_list(runtime.dispatcher, request.app.state.created))
 
 
 async def openai_model(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     name = request.path_params["model"]
-    entry = openai_api.model_entry(runtime.dispatcher, request.app.state.created, name)
+    entry = openai_replies.model_entry(runtime.dispatcher, request.app.state.created, name)
     if entry is None:
         raise NotFound(f"model {name!r} is not listed at {MODELS_PATHS[0]}")
     return json_response(entry)

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.openai_errors import in_band_error
+from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.wire import ChatResponse, StreamDelta
 
 

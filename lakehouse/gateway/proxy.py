@@ -17,7 +17,7 @@ from yarl import URL
 
 from lakehouse import request_id
 from lakehouse.errors import ChatdError, UpstreamTimeout, UpstreamUnreachable
-from lakehouse.upstream import wait_closed
+from lakehouse.tasks import wait_closed
 from lakehouse.wire import ErrorBody, ErrorDetail, encoder
 
 Message = MutableMapping[str, Any]

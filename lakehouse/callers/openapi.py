@@ -13,14 +13,14 @@ from typing import Any
 
 import msgspec
 
-from lakehouse.openai_api import (
+from lakehouse.callers.openai_errors import OpenAIErrorBody
+from lakehouse.callers.openai_replies import (
     ChatCompletion,
     ChatCompletionChunk,
-    CompletionRequest,
     Model,
     ModelList,
-    OpenAIErrorBody,
 )
+from lakehouse.callers.openai_requests import CompletionRequest
 from lakehouse.wire import (
     ChatRequest,
     ChatResponse,

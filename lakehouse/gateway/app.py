@@ -28,8 +28,7 @@ from lakehouse.config import (
     parse_overrides,
 )
 from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
-from lakehouse.logs import setup_logging
-from lakehouse.proxy import (
+from lakehouse.gateway.proxy import (
     ASGIApp,
     Caller,
     Receive,
@@ -40,8 +39,9 @@ from lakehouse.proxy import (
     send_error,
     send_json,
 )
+from lakehouse.logs import setup_logging
 
-APP_PATH = "lakehouse.gateway:app_from_env()"
+APP_PATH = "lakehouse.gateway.app:app_from_env()"
 # Headers aiohttp would add on its own; the upstream sees the caller's only.
 NOT_AUTOMATIC = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 KEEPALIVE_SECS = 30.0

@@ -1,20 +1,13 @@
-"""HTTP plumbing shared by providers: one pooled aiohttp session per
-provider, and the mapping of transport failures and HTTP statuses onto
-chatd's error family.
-"""
+"""The HTTP client every provider shares: one pooled aiohttp session per
+provider, whole replies and streamed ones."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import aiohttp
-import msgspec
 from aiohttp.helpers import TimerNoop
 from multidict import CIMultiDict
 from yarl import URL
@@ -22,20 +15,12 @@ from yarl import URL
 from lakehouse import request_id
 from lakehouse.errors import (
     ChatdError,
-    UpstreamAuth,
     UpstreamBadResponse,
-    UpstreamError,
-    UpstreamQuota,
-    UpstreamRateLimited,
-    UpstreamRedirect,
-    UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnreachable,
 )
+from lakehouse.upstreams.contract import ProviderContext, UpstreamReply
+from lakehouse.upstreams.failures import short_text, transport_error
 
-T = TypeVar("T")
-
-JSON_TYPES = ("application/json", "application/x-ndjson")
 # Error bodies are a line of JSON; more is only kept for the excerpt.
 ERROR_BODY_LIMIT = 64 * 1024
 # How long a finished stream may take to reach its end before the
@@ -44,117 +29,6 @@ DRAIN_SECONDS = 1.0
 # What aiohttp and the socket raise; transport_error() maps each of them.
 TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-@dataclass(frozen=True)
-class UpstreamReply:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-
-
-class PluginOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of every plugin's options: unknown keys are refused."""
-
-
-@dataclass
-class ProviderContext:
-    """What the registry hands a plugin when it builds a provider."""
-
-    name: str
-    base_url: str
-    key: str | None
-    timeout: float
-    headers: Mapping[str, str] = field(default_factory=dict)
-    options: Any = None
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or
-    an HTTP date); None when absent or unreadable."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def error_for_status(
-    status: int,
-    message: str,
-    *,
-    provider: str,
-    retry_after: float | None = None,
-    quota: bool = False,
-) -> ChatdError:
-    """The error family member for an upstream's non-2xx status.
-
-    ``quota`` marks a 429 whose text says a plan's quota is spent: waiting a
-    moment won't help, so it is not retryable like plain throttling.
-    """
-    text = (
-        f"{provider} answered {status}: {message}" if message else f"{provider} answered {status}"
-    )
-    kw: dict[str, Any] = {"provider": provider, "upstream_status": status}
-    if status in (401, 403):
-        return UpstreamAuth(text, **kw)
-    if status == 402 or (status == 429 and quota):
-        return UpstreamQuota(text, retry_after=retry_after, **kw)
-    if status == 429:
-        return UpstreamRateLimited(text, retry_after=retry_after, **kw)
-    if status in (408, 504):
-        return UpstreamTimeout(text, **kw)
-    if 300 <= status < 400:
-        return UpstreamRedirect(
-            f"{provider} answered {status} redirect; not followed for a POST (check base_url)",
-            **kw,
-        )
-    if 400 <= status < 500:
-        return UpstreamRejected(text, **kw)
-    return UpstreamError(text, retry_after=retry_after, **kw)
-
-
-def short_text(body: bytes, limit: int = 300) -> str:
-    """A body as a one-line excerpt for an error message."""
-    text = body[:limit].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text + ("…" if len(body) > limit else "")
-
-
-def decode_json(decoder: msgspec.json.Decoder[T], reply: UpstreamReply, provider: str) -> T:
-    """Decode a 2xx reply into a view Struct, or say why it is unusable."""
-    if reply.content_type and reply.content_type not in JSON_TYPES:
-        raise UpstreamBadResponse(
-            f"{provider} answered {reply.status} with {reply.content_type}, not JSON: "
-            f"{short_text(reply.body, 120)}",
-            provider=provider,
-            upstream_status=reply.status,
-        )
-    try:
-        return decoder.decode(reply.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise UpstreamBadResponse(
-            f"{provider} answered {reply.status} with an unusable body: {exc}",
-            provider=provider,
-            upstream_status=reply.status,
-        ) from None
 
 
 class HTTPClient:
@@ -416,36 +290,3 @@ class UpstreamStream:
             self._resp.release()
         else:
             self._resp.close()
-
-
-def transport_error(exc: BaseException, provider: str, waited: str) -> ChatdError:
-    """The error family member for an aiohttp/socket failure; ``waited``
-    finishes the sentence of a timeout ("did not answer within 5s")."""
-    if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"{provider} {waited}", provider=provider)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnreachable(
-            f"cannot connect to {provider}: {_reason(exc)}", provider=provider
-        )
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamBadResponse(
-            f"{provider} sent a broken body: {_reason(exc)}", provider=provider
-        )
-    return UpstreamUnreachable(f"{provider} connection failed: {_reason(exc)}", provider=provider)
-
-
-def _reason(exc: BaseException) -> str:
-    # aiohttp's messages name host and port, never headers, so they are safe
-    # to show; fall back to the class name when there is no text.
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 300 else text[:300] + "…"
-
-
-async def wait_closed(task: asyncio.Task[Any]) -> None:
-    """Cancel a task and wait for it, swallowing only its cancellation."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not task.cancelled():
-            raise

@@ -20,7 +20,8 @@ from lakehouse.errors import (
     UpstreamRejected,
 )
 from lakehouse.keys import REDACTED
-from lakehouse.upstream import UpstreamReply, error_for_status, parse_retry_after, short_text
+from lakehouse.upstreams.contract import UpstreamReply
+from lakehouse.upstreams.failures import error_for_status, parse_retry_after, short_text
 
 # How an upstream error is classified when its class or text decides it
 # rather than its status.

@@ -1,6 +1,5 @@
-"""chatd's OpenAI-compatible surface (``POST /v1/chat/completions``,
-``GET /v1/models``): its wire Structs, the mapping of a completion request
-onto chatd's ChatRequest, and of answers and errors onto OpenAI's shapes.
+"""The OpenAI-compatible surface's requests (``POST /v1/chat/completions``):
+their wire Structs and their mapping onto chatd's ChatRequest.
 
 Requests are strict in one direction only: a field that would change the
 answer and that chatd cannot honour (tools, images, ``n`` > 1, logprobs,
@@ -12,18 +11,12 @@ An unknown field is refused too, unless its value is null.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from lakehouse.dispatcher import Dispatcher
-from lakehouse.errors import BadRequest, ChatdError
-from lakehouse.http_io import Headers, error_headers, known_error
-from lakehouse.wire import ChatRequest, ChatResponse, Message, NonEmpty
-
-# -- requests -----------------------------------------------------------------
+from lakehouse.errors import BadRequest
+from lakehouse.wire import ChatRequest, Message, NonEmpty
 
 
 class ContentPart(msgspec.Struct):
@@ -229,194 +222,3 @@ def to_chat_request(req: CompletionRequest) -> ChatRequest:
         seed=req.seed,
         top_p=req.top_p,
     )
-
-
-# -- answers ------------------------------------------------------------------
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class AssistantMessage(msgspec.Struct, omit_defaults=True):
-    role: Literal["assistant"]
-    content: str
-    # An extension (as Moonshot and DeepSeek name it): the model's reasoning.
-    reasoning_content: str | None = None
-
-
-class Choice(msgspec.Struct):
-    index: int
-    message: AssistantMessage
-    finish_reason: str
-
-
-class ChatCompletion(msgspec.Struct):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    # The model id that answered, as the upstream named it.
-    model: str
-    choices: list[Choice]
-    usage: Usage
-    # An extension (OpenRouter has one too): the provider that answered.
-    provider: str
-
-
-class Delta(msgspec.Struct, omit_defaults=True):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-
-
-class ChunkChoice(msgspec.Struct):
-    index: int
-    delta: Delta
-    finish_reason: str | None
-
-
-class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
-    id: str
-    object: Literal["chat.completion.chunk"]
-    created: int
-    # The name the caller asked for: chunks are sent before the upstream
-    # says which model answered.
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-
-
-class Model(msgspec.Struct):
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-
-
-class ModelList(msgspec.Struct):
-    object: Literal["list"]
-    data: list[Model]
-
-
-class OpenAIErrorDetail(msgspec.Struct):
-    message: str
-    type: str
-    code: str | None
-    param: str | None
-
-
-class OpenAIErrorBody(msgspec.Struct):
-    error: OpenAIErrorDetail
-
-
-_encode = msgspec.json.Encoder().encode
-_FINISH = frozenset({"stop", "length", "content_filter"})
-
-
-def finish_reason(done_reason: str) -> str:
-    # Ollama's "load"/"unload" and anything unknown read as a normal stop.
-    return done_reason if done_reason in _FINISH else "stop"
-
-
-def usage(response: ChatResponse) -> Usage:
-    prompt, completion = response.prompt_tokens, response.completion_tokens
-    return Usage(prompt, completion, prompt + completion)
-
-
-def completion(response: ChatResponse, rid: str) -> bytes:
-    message = AssistantMessage("assistant", response.content, response.reasoning)
-    return _encode(
-        ChatCompletion(
-            id=f"chatcmpl-{rid}",
-            object="chat.completion",
-            created=int(time.time()),
-            model=response.model,
-            choices=[Choice(0, message, finish_reason(response.done_reason))],
-            usage=usage(response),
-            provider=response.provider,
-        )
-    )
-
-
-# -- errors -------------------------------------------------------------------
-
-# Where this surface answers differently from the native one, so that the
-# SDK raises its matching class: throttling and spent quotas are 429 (as
-# OpenAI's own), a request the upstream refused is the caller's 4xx.
-_STATUS = {"upstream_rate_limited": 429, "upstream_quota": 429}
-_REJECTED_STATUSES = frozenset({400, 404, 413, 422})
-# The SDK retries 408, 409, 429 and 5xx by default: not these, which a
-# retry cannot fix (a key, a quota, a config, a spent deadline).
-_NO_RETRY = frozenset(
-    {
-        "upstream_auth",
-        "upstream_quota",
-        "upstream_redirect",
-        "upstream_rejected",
-        "deadline_exceeded",
-    }
-)
-
-
-def error_status(exc: ChatdError) -> int:
-    if exc.code == "upstream_rejected":
-        upstream = exc.upstream_status
-        return upstream if upstream in _REJECTED_STATUSES else 400
-    return _STATUS.get(exc.code, exc.status)
-
-
-def _error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 429:
-        return "rate_limit_error"
-    return "invalid_request_error" if status < 500 else "server_error"
-
-
-def error_body(exc: ChatdError, message: str) -> bytes:
-    path = exc.path
-    param = path[2:] if path is not None and path.startswith("$.") else None
-    status = error_status(exc)
-    detail = OpenAIErrorDetail(message, _error_type(status), exc.code, param)
-    return _encode(OpenAIErrorBody(detail))
-
-
-def openai_error_response(
-    exc: BaseException, redact: Callable[[str], str] = str
-) -> tuple[int, Headers, bytes]:
-    """Status, headers and body of this surface for any exception."""
-    error = known_error(exc, redact)
-    headers = error_headers(error)
-    if error.code in _NO_RETRY:
-        headers.append((b"x-should-retry", b"false"))
-    return error_status(error), headers, error_body(error, redact(error.message))
-
-
-# -- models -------------------------------------------------------------------
-
-
-def models(dispatcher: Dispatcher, created: int) -> list[Model]:
-    """Each tier and the model id it resolves to, owned by the provider it
-    routes to; names that route to no registered provider are left out."""
-    listed: dict[str, Model] = {}
-    for tier, model_id in dispatcher.tiers.items():
-        for name in (tier, model_id):
-            if name in listed:
-                continue
-            try:
-                route, _ = dispatcher.route(name)
-            except ChatdError:
-                continue
-            listed[name] = Model(name, "model", created, route.provider.name)
-    return list(listed.values())
-
-
-def model_list(dispatcher: Dispatcher, created: int) -> bytes:
-    return _encode(ModelList("list", models(dispatcher, created)))
-
-
-def model_entry(dispatcher: Dispatcher, created: int, name: str) -> bytes | None:
-    found = next((m for m in models(dispatcher, created) if m.id == name), None)
-    return None if found is None else _encode(found)

@@ -1,0 +1,133 @@
+"""The OpenAI-compatible surface's answers: completions, their usage and
+finish reasons, and the model listing (``GET /v1/models``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+
+from lakehouse.dispatcher import Dispatcher
+from lakehouse.errors import ChatdError
+from lakehouse.wire import ChatResponse
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(msgspec.Struct, omit_defaults=True):
+    role: Literal["assistant"]
+    content: str
+    # An extension (as Moonshot and DeepSeek name it): the model's reasoning.
+    reasoning_content: str | None = None
+
+
+class Choice(msgspec.Struct):
+    index: int
+    message: AssistantMessage
+    finish_reason: str
+
+
+class ChatCompletion(msgspec.Struct):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    # The model id that answered, as the upstream named it.
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    # An extension (OpenRouter has one too): the provider that answered.
+    provider: str
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    # The name the caller asked for: chunks are sent before the upstream
+    # says which model answered.
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class Model(msgspec.Struct):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[Model]
+
+
+_encode = msgspec.json.Encoder().encode
+_FINISH = frozenset({"stop", "length", "content_filter"})
+
+
+def finish_reason(done_reason: str) -> str:
+    # Ollama's "load"/"unload" and anything unknown read as a normal stop.
+    return done_reason if done_reason in _FINISH else "stop"
+
+
+def usage(response: ChatResponse) -> Usage:
+    prompt, completion = response.prompt_tokens, response.completion_tokens
+    return Usage(prompt, completion, prompt + completion)
+
+
+def completion(response: ChatResponse, rid: str) -> bytes:
+    message = AssistantMessage("assistant", response.content, response.reasoning)
+    return _encode(
+        ChatCompletion(
+            id=f"chatcmpl-{rid}",
+            object="chat.completion",
+            created=int(time.time()),
+            model=response.model,
+            choices=[Choice(0, message, finish_reason(response.done_reason))],
+            usage=usage(response),
+            provider=response.provider,
+        )
+    )
+
+
+def models(dispatcher: Dispatcher, created: int) -> list[Model]:
+    """Each tier and the model id it resolves to, owned by the provider it
+    routes to; names that route to no registered provider are left out."""
+    listed: dict[str, Model] = {}
+    for tier, model_id in dispatcher.tiers.items():
+        for name in (tier, model_id):
+            if name in listed:
+                continue
+            try:
+                route, _ = dispatcher.route(name)
+            except ChatdError:
+                continue
+            listed[name] = Model(name, "model", created, route.provider.name)
+    return list(listed.values())
+
+
+def model_list(dispatcher: Dispatcher, created: int) -> bytes:
+    return _encode(ModelList("list", models(dispatcher, created)))
+
+
+def model_entry(dispatcher: Dispatcher, created: int, name: str) -> bytes | None:
+    found = next((m for m in models(dispatcher, created) if m.id == name), None)
+    return None if found is None else _encode(found)
