@@ -142,10 +142,12 @@ def write_config(path: Path, port: int, stub_port: int, slow_port: int | None) -
     path.write_text(text)
 
 
-def start_chatd(cpu: str | None, config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_chatd(
+    cpu: str | None, config: Path, port: int, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "lakehouse.cli", "--config", str(config),
-        "--bind", f"127.0.0.1:{port}",
+        "--bind", f"127.0.0.1:{port}", *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(
         pinned(cpu, argv), cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
@@ -505,6 +507,7 @@ def build_rows(
     openai_ok: bool,
     floor_url: str | None = None,
     tuned_url: str | None = None,
+    stock_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -528,6 +531,11 @@ def build_rows(
             Row(f"chat-h1/c{conc}", "chatd /chat HTTP/1.1", "wrk",
                 f"{chatd_url}/chat", conc, body, "fast", True)
         )  # fmt: skip
+        if stock_url and conc != 64:
+            rows.append(
+                Row(f"stock-h1/c{conc}", "chatd /chat HTTP/1.1, stock stack", "wrk",
+                    f"{stock_url}/chat", conc, body, "fast", True, proxy="chatd-stock")
+            )  # fmt: skip
         if openai_ok:
             rows.append(
                 Row(f"openai-h1/c{conc}", "chatd /v1/chat/completions HTTP/1.1", "wrk",
@@ -537,6 +545,12 @@ def build_rows(
             Row(f"chat-h2/c{conc}", f"chatd /chat h2c ({conns} conn x {streams} streams)",
                 "h2load", f"{chatd_url}/chat", conc, body, "fast", True, conns, streams)
         )  # fmt: skip
+        if stock_url and conc != 64:
+            rows.append(
+                Row(f"stock-h2/c{conc}", f"chatd /chat h2c ({conns}x{streams}), stock stack",
+                    "h2load", f"{stock_url}/chat", conc, body, "fast", True, conns, streams,
+                    proxy="chatd-stock")
+            )  # fmt: skip
     if args.delay_conc:
         conc = args.delay_conc
         delay = f"{args.delay_ms:g} ms upstream"
@@ -587,6 +601,17 @@ def main(argv: list[str]) -> int:
                 http("POST", f"{chatd_url}/chat", chat_body())
             time.sleep(0.5)
             idle_mb = rss_kb(chatd.pid) / 1024
+            # The same chatd on the libraries' stock paths (chatd.server.tuned
+            # = false), on chatd's core, measured side by side.
+            stock_port = free_port()
+            stock = start_chatd(
+                chatd_cpu, config, stock_port, out_dir / "chatd-stock.log",
+                "--set", "chatd.server.tuned=false",
+            )  # fmt: skip
+            procs.append(stock)
+            stock_url = f"http://127.0.0.1:{stock_port}"
+            for _ in range(20):
+                http("POST", f"{stock_url}/chat", chat_body())
             floor_urls: dict[str, str] = {}
             floor_pids: dict[str, int] = {}
             for name, extra in (("floor", []), ("tuned", ["--tuned"])):
@@ -609,7 +634,7 @@ def main(argv: list[str]) -> int:
                     time.sleep(0.1)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
-                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"],
+                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], stock_url,
             )  # fmt: skip
             total = len(rows) * args.runs * (args.duration + 0.5)
             print(
@@ -625,7 +650,7 @@ def main(argv: list[str]) -> int:
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
-            proxy_pids = {"chatd": chatd.pid, **floor_pids}
+            proxy_pids = {"chatd": chatd.pid, "chatd-stock": stock.pid, **floor_pids}
             solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
             stub_alone = (
                 f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "

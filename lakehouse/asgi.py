@@ -24,7 +24,8 @@ def app_from_env() -> ASGIApp:
     path = default_config_path()
     config = load(path, overrides)
     setup_logging(config.chatd.log_level)
-    tune_connections()  # spawned workers import Hypercorn afresh
+    if config.chatd.server.tuned:
+        tune_connections()  # spawned workers import Hypercorn afresh
     app = create_app(config, source=lambda: load(path, overrides), handle_sighup=True)
     # Objects alive after start-up live for the process; freezing them
     # keeps the collector from rescanning them (p99 ~28 → ~9 ms in PERF-NOTES).

@@ -66,6 +66,14 @@ class ServerConfig(Strict):
     # Where workers (> 1) keep Prometheus multiprocess files; emptied at
     # start-up. Default: a fresh folder under the system temp dir.
     metrics_dir: str | None = None
+    # chatd's tuned stack: Hypercorn connections with one keep-alive watcher
+    # and one send() per loop turn, the Date header made once a second
+    # (lakehouse.connections, lakehouse.server), and upstream calls without
+    # ClientSession's request layer (lakehouse.upstreams.http). false: the
+    # libraries' stock paths, ~20% more CPU per request. Either way a
+    # library version the contract tests did not pass on runs stock, with
+    # a warning (UPGRADING.md).
+    tuned: bool = True
     certfile: str | None = None
     keyfile: str | None = None
 

@@ -1,43 +1,63 @@
-"""How chatd has Hypercorn run a connection: two per-request costs removed.
+"""How chatd has Hypercorn run a connection when ``chatd.server.tuned`` is
+on: two per-request costs of Hypercorn 0.18's ``TCPServer``
+(``hypercorn/asyncio/tcp_server.py``) removed, in a subclass of it.
 
-Both stand in for parts of Hypercorn's ``TCPServer`` (hypercorn 0.18,
-``hypercorn/asyncio/tcp_server.py``); ``lakehouse.server`` installs them
-and stays the only module that imports Hypercorn.
+This leans on Hypercorn's internals, so it is held to a contract.
+``contract_problems()`` checks, when a server is configured, that the
+installed Hypercorn is a version the contract tests
+(``tests/test_connections_contract.py``, run against the real library)
+passed on, and that the names and signatures used below are there; if not,
+``lakehouse.server`` logs a warning and serves with the stock
+``TCPServer``. ``UPGRADING.md`` says what to do when bumping Hypercorn.
 
-The idle timer. Hypercorn's TCPServer watches each connection with an ``AsyncioSingleTask``:
-``restart`` (the connection went idle) cancels and awaits the previous
-watcher, then starts a task running ``TCPServer._idle_timeout`` (wait for
-server shutdown or ``keep_alive_timeout``, then close); ``stop`` (a request
-arrived, or the connection is closing) cancels it. On a keep-alive
-connection that is a cancellation, two task switches and the inner task of
-``asyncio.wait_for`` for every request: ~8% of a proxied request's CPU here.
-
+The idle timer. The stock TCPServer watches each connection with an
+``AsyncioSingleTask``: ``restart`` (the connection went idle) cancels and
+awaits the previous watcher, then starts a task running
+``TCPServer._idle_timeout`` (wait for server shutdown or
+``keep_alive_timeout``, then close); ``stop`` (a request arrived, or the
+connection is closing) cancels it. On a keep-alive connection that is a
+cancellation, two task switches and the inner task of ``asyncio.wait_for``
+for every request: ~8% of a proxied request's CPU here.
 ``IdleWatch`` keeps the same interface and behaviour with one watcher per
 connection for its whole life: ``restart`` and ``stop`` only move an
 "idle since" mark, and the watcher, waking once per ``keep_alive_timeout``,
 closes the connection once it has been idle that long, or at once when the
 server shuts down.
 
-Coalesced writes. Hypercorn writes each piece of a response as it is made
-(the head at ``http.response.start``, the body, an empty end) and awaits
-``drain()`` after each: two or three ``send()`` system calls per answer.
-``corked`` gathers what one turn of the event loop writes on a connection
-and sends it at the end of that turn, in one call; a connection whose
-peer reads slowly (bytes left in the transport's buffer) still waits in
-``drain()`` as before, and anything other than data (closing, idle/busy
-updates) first sends what is gathered.
+Coalesced writes. The stock TCPServer writes each piece of a response as
+it is made (the head at ``http.response.start``, the body, an empty end)
+and awaits ``drain()`` after each: two or three ``send()`` system calls
+per answer. ``TunedTCPServer.protocol_send`` gathers what one turn of the
+event loop writes on a connection and sends it at the end of that turn, in
+one call; past 64 KiB gathered, or when the peer reads slowly (bytes left
+in the transport's buffer), it sends at once and waits in ``drain()`` as
+Hypercorn does, and anything
+other than data (closing, idle/busy updates) first sends what is gathered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hypercorn.asyncio import run as hypercorn_run
+from hypercorn.asyncio import tcp_server
+from hypercorn.asyncio.task_group import TaskGroup
+from hypercorn.events import Closed, Event, RawData
+
 from lakehouse.tasks import wait_closed
 
-ProtocolSend = Callable[[Any, Any], Awaitable[None]]
+# Hypercorn versions the contract tests passed on (a prefix each).
+CHECKED_VERSIONS = ("0.18.",)
+# TCPServer's constructor, as hypercorn.asyncio.run calls it.
+SERVER_PARAMETERS = ("app", "loop", "config", "context", "state", "reader", "writer")
+# Gathered bytes past this are sent at once (asyncio's default high-water
+# mark for a transport's buffer): a turn's writes are small answers.
+GATHER_LIMIT = 64 * 1024
 
 log = logging.getLogger("chatd.server")
 
@@ -49,26 +69,24 @@ def _report(task: asyncio.Task[None]) -> None:
 
 class IdleWatch:
     """Stands in for Hypercorn's ``AsyncioSingleTask`` as a TCPServer's
-    ``idle_task``; ``action`` is that server's bound ``_idle_timeout``."""
+    ``idle_task``; ``action`` is that server's ``_idle_timeout``."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: TunedTCPServer) -> None:
+        self._server = server
         self._idle_since: float | None = None
         self._task: asyncio.Task[None] | None = None
-        self._server: Any = None
 
-    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
-        server = action.__self__  # type: ignore[attr-defined]
-        if server.context.terminated.is_set():
+    async def restart(self, task_group: TaskGroup, action: Callable[[], Awaitable[None]]) -> None:
+        if self._server.context.terminated.is_set():
             # Shutting down: close now, as Hypercorn's own watcher would.
-            task_group._task_group.create_task(action())
+            task_group._task_group.create_task(action())  # type: ignore[arg-type]
             return
         self._idle_since = asyncio.get_running_loop().time()
         if self._task is None:
-            self._server = server
             # Outside the connection's task group, which must be able to end
             # (a client gone mid-request) while the watcher waits; the
             # server's _close() always follows and stops it.
-            self._task = asyncio.create_task(self._watch(server))
+            self._task = asyncio.create_task(self._watch())
             self._task.add_done_callback(_report)
 
     async def stop(self) -> None:
@@ -78,7 +96,8 @@ class IdleWatch:
             self._task = None
             await wait_closed(task)
 
-    async def _watch(self, server: Any) -> None:
+    async def _watch(self) -> None:
+        server = self._server
         loop = asyncio.get_running_loop()
         timeout = server.config.keep_alive_timeout
         terminated = server.context.terminated
@@ -101,41 +120,87 @@ class IdleWatch:
         await asyncio.shield(server._initiate_server_close())
 
 
-def corked(original: ProtocolSend, raw_data: Any, closed: Any) -> ProtocolSend:
-    """``TCPServer.protocol_send`` with writes coalesced per loop turn;
-    ``raw_data``/``closed`` are Hypercorn's ``RawData`` and ``Closed``."""
+class TunedTCPServer(tcp_server.TCPServer):
+    """Hypercorn's TCPServer with one keep-alive watcher per connection and
+    a loop turn's writes sent in one ``send()`` (see the module's doc)."""
 
-    def flush(server: Any) -> None:
-        pending: list[bytes] | None = server.__dict__.pop("_chatd_pending", None)
-        if not pending or server.writer.is_closing():
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.idle_task = IdleWatch(self)  # type: ignore[assignment]
+        self._chatd_pending: list[bytes] | None = None
+        self._chatd_pending_bytes = 0
+
+    async def protocol_send(self, event: Event) -> None:
+        if type(event) is not RawData:
+            self._flush()
+            await super().protocol_send(event)
+            return
+        pending = self._chatd_pending
+        if pending is None:
+            pending = self._chatd_pending = [event.data]
+            self._chatd_pending_bytes = len(event.data)
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            pending.append(event.data)
+            self._chatd_pending_bytes += len(event.data)
+        behind = self.writer.transport.get_write_buffer_size()
+        if behind or self._chatd_pending_bytes >= GATHER_LIMIT:
+            # Much to send, or the peer is behind: send now and wait, as
+            # Hypercorn would, so a fast writer cannot pile bytes up.
+            self._flush()
+            async with self.send_lock:
+                try:
+                    await self.writer.drain()
+                except (ConnectionError, RuntimeError):
+                    await self.protocol.handle(Closed())
+
+    def _flush(self) -> None:
+        pending, self._chatd_pending = self._chatd_pending, None
+        if not pending or self.writer.is_closing():
             return
         try:
-            server.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
         except (ConnectionError, RuntimeError):
-            gone = server.protocol.handle(closed())
+            gone = self.protocol.handle(Closed())
             try:
-                server._task_group._task_group.create_task(gone)
+                self._task_group._task_group.create_task(gone)
             except RuntimeError:  # the connection is already being wound up
                 gone.close()
 
-    async def protocol_send(server: Any, event: Any) -> None:
-        if type(event) is not raw_data:
-            flush(server)
-            await original(server, event)
-            return
-        pending = server.__dict__.get("_chatd_pending")
-        if pending is None:
-            server._chatd_pending = [event.data]
-            asyncio.get_running_loop().call_soon(flush, server)
-        else:
-            pending.append(event.data)
-        if server.writer.transport.get_write_buffer_size():
-            # The peer is behind: send now and wait, as Hypercorn would.
-            flush(server)
-            async with server.send_lock:
-                try:
-                    await server.writer.drain()
-                except (ConnectionError, RuntimeError):
-                    await server.protocol.handle(closed())
 
-    return protocol_send
+def server_for(*args: Any) -> tcp_server.TCPServer:
+    """What ``hypercorn.asyncio.run`` builds per connection once installed:
+    the tuned server when the config asks for it (``ServerConfig.chatd_tuned``),
+    Hypercorn's own otherwise."""
+    config = args[SERVER_PARAMETERS.index("config")]
+    if getattr(config, "chatd_tuned", False):
+        return TunedTCPServer(*args)
+    return tcp_server.TCPServer(*args)
+
+
+def contract_problems(version: str | None = None) -> list[str]:
+    """What keeps the tuned connections from being used with the installed
+    Hypercorn (``version`` stands in for its version); empty when nothing."""
+    version = version or importlib.metadata.version("hypercorn")
+    problems = []
+    if not version.startswith(CHECKED_VERSIONS):
+        problems.append(f"Hypercorn {version} is not a version the contract tests passed on")
+    server = tcp_server.TCPServer
+    params = tuple(inspect.signature(server.__init__).parameters)[1:]
+    if params != SERVER_PARAMETERS:
+        problems.append(f"TCPServer takes {params}, not {SERVER_PARAMETERS}")
+    for name in ("protocol_send", "_initiate_server_close", "_idle_timeout", "_close"):
+        if not inspect.iscoroutinefunction(getattr(server, name, None)):
+            problems.append(f"TCPServer.{name} is not a coroutine function")
+    if getattr(hypercorn_run, "TCPServer", None) not in (server, server_for):
+        problems.append("hypercorn.asyncio.run does not build its connections from TCPServer")
+    return problems
+
+
+def install(version: str | None = None) -> list[str]:
+    """Have Hypercorn build its connections through ``server_for``, unless
+    the contract does not hold; returns what does not (empty: installed)."""
+    problems = contract_problems(version)
+    if not problems:
+        hypercorn_run.TCPServer = server_for  # type: ignore[attr-defined,assignment]
+    return problems

@@ -130,6 +130,7 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None) -> 
             timeout=table.timeout_secs or chatd.timeout_secs,
             headers=dict(table.headers),
             options=options,
+            tuned=chatd.server.tuned,
         )
         try:
             provider = plugin.build(ctx)

@@ -9,52 +9,50 @@ by Hypercorn and load the app through ``lakehouse.asgi``.
 from __future__ import annotations
 
 import email.utils
-import importlib.metadata
 import importlib.util
+import logging
 import os
 import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, RawData
 from hypercorn.run import run as hypercorn_run
 
+from lakehouse import connections
 from lakehouse.config import Config
-from lakehouse.connections import IdleWatch, corked
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
 
+log = logging.getLogger("chatd.server")
 
-def tune_connections() -> None:
-    """Have Hypercorn's connections use lakehouse.connections' idle timer
-    and coalesced writes (see there). Each process that serves calls this,
-    once or more; it changes nothing on a Hypercorn other than 0.18, whose
-    TCPServer they were written against."""
-    server = tcp_server.TCPServer
-    needed = ("_initiate_server_close", "_idle_timeout", "protocol_send")
-    if (
-        not importlib.metadata.version("hypercorn").startswith("0.18.")
-        or not hasattr(tcp_server, "AsyncioSingleTask")
-        or not all(hasattr(server, name) for name in needed)
-    ):
-        return
-    tcp_server.AsyncioSingleTask = IdleWatch
-    if not getattr(server.protocol_send, "chatd_corked", False):
-        send: Any = corked(server.protocol_send, RawData, Closed)
-        send.chatd_corked = True
-        server.protocol_send = send  # type: ignore[method-assign]
+
+def tune_connections(version: str | None = None) -> bool:
+    """Have this process's Hypercorn build connections through
+    ``lakehouse.connections`` (each server whose config is a ``ServerConfig``
+    then runs tuned). False, with a warning, when the installed Hypercorn
+    breaks the contract those were written against: then every server runs
+    Hypercorn's stock connections. ``version`` stands in for the installed
+    Hypercorn's."""
+    problems = connections.install(version)
+    if problems:
+        log.warning(
+            "chatd.server.tuned is on but cannot be honoured: %s; serving with "
+            "Hypercorn's stock connections (see UPGRADING.md)",
+            "; ".join(problems),
+        )
+    return not problems
 
 
 class ServerConfig(HypercornConfig):
     """Hypercorn's config, with the Date header every response carries
-    formatted once a second instead of once per response."""
+    formatted once a second instead of once per response, and connections
+    run by ``lakehouse.connections.TunedTCPServer``: chatd's tuned stack."""
 
+    chatd_tuned = True
     include_date_header = False  # added here instead
     _date_second = -1
     _date: tuple[bytes, bytes]
@@ -74,9 +72,9 @@ def hypercorn_config(
     workers: int | None = None,
     app_path: str = APP_PATH,
 ) -> HypercornConfig:
-    tune_connections()
     server = config.chatd.server
-    h = ServerConfig()
+    # The stock path (chatd.server.tuned = false) is Hypercorn as shipped.
+    h = ServerConfig() if server.tuned and tune_connections() else HypercornConfig()
     h.bind = [bind or config.chatd.bind]
     h.workers = workers or server.workers
     h.worker_class = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"

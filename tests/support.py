@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,13 +20,23 @@ from lakehouse.server import bound_socket, serve
 from lakehouse.upstreams.http import HTTPClient
 
 ROOT = Path(__file__).resolve().parent.parent
+# Which stack the tests run chatd on: "tuned" (chatd.server.tuned = true,
+# the default) or "stock"; bin/test runs the modules marked `stacks` on both.
+STACK = os.environ.get("CHATD_TEST_STACK", "tuned")
+if STACK not in ("tuned", "stock"):
+    raise RuntimeError(f"CHATD_TEST_STACK={STACK!r}: expected tuned or stock")
+TUNED = STACK == "tuned"
 
 
 def make_config(
     text: str = "", overrides: Mapping[str, Any] | None = None, source: str | None = None
 ) -> configuration.Config:
+    """A config as chatd would parse it, on the stack this run tests unless
+    ``overrides`` set ``chatd.server.tuned``."""
     return configuration.parse(
-        text, source=source or str(ROOT / "tests" / "x.toml"), overrides=overrides
+        text,
+        source=source or str(ROOT / "tests" / "x.toml"),
+        overrides={"chatd.server.tuned": TUNED, **(overrides or {})},
     )
 
 
@@ -108,6 +119,7 @@ def build_provider(
             timeout=timeout,
             headers=dict(headers or {}),
             options=msgspec.convert(options, plugin.options),
+            tuned=TUNED,
         )
     )
 
@@ -121,34 +133,18 @@ class _Response(aiohttp.ClientResponse):
         super().__init__(method, url, **kwargs)
 
 
-async def _send_through_session(
-    client: HTTPClient,
-    method: str,
-    path: str,
-    extra: Any,
-    body: bytes | None,
-    read_timeout: float | None,
-) -> aiohttp.ClientResponse:
-    return await client.session._request(
-        method,
-        client._url(path),
-        headers=client._headers_for(extra),
-        data=body,
-        allow_redirects=False,
-    )
-
-
 class mock_upstream(aioresponses):
     """aioresponses, with responses aiohttp 3.14 can build.
 
     aioresponses replaces ``ClientSession._request``, which HTTPClient's
-    lean ``_send`` does not go through; here ``_send`` goes through it, so
-    these tests cover everything but ``_send`` itself (the end-to-end tests
-    against the stubs on real sockets cover that).
+    lean path (lakehouse.upstreams.lean) does not go through; here every
+    request takes the stock path, so these tests cover everything but the
+    lean path (tests/upstreams/test_http.py and the end-to-end tests against
+    the stubs on real sockets cover that).
     """
 
     def start(self) -> None:
-        self._send_patcher = patch.object(HTTPClient, "_send", _send_through_session)
+        self._send_patcher = patch.object(HTTPClient, "_send", HTTPClient._send_stock)
         self._send_patcher.start()
         super().start()
 
@@ -166,3 +162,52 @@ def chat_request(**kw: Any) -> Any:
     from lakehouse.wire import ChatRequest, Message
 
     return ChatRequest(model="ignored", messages=[Message("user", "hi")], **kw)
+
+
+async def _never_answers(scope: Any, receive: Any, send: Any) -> None:
+    await asyncio.Event().wait()
+
+
+@contextlib.asynccontextmanager
+async def one_connection(
+    server_class: Callable[..., Any],
+    h: Any,
+    app: Callable[..., Any] = _never_answers,
+    prepare: Callable[[Any], None] = lambda server: None,
+) -> AsyncIterator[tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """One real loopback connection served by a Hypercorn TCPServer (class
+    ``server_class``, config ``h``, ASGI ``app``; ``prepare`` sees the server
+    before it runs); yields the server once running, with the client's
+    ends of the connection."""
+    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.asyncio.worker_context import WorkerContext
+
+    context = WorkerContext(None)
+    made: asyncio.Queue[Any] = asyncio.Queue()
+    runs: list[asyncio.Future[Any]] = []
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        server = server_class(ASGIWrapper(app), loop, h, context, {}, reader, writer)
+        prepare(server)
+        runs.append(asyncio.ensure_future(server.run()))
+        await made.put(server)
+        await runs[-1]
+
+    listener = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        server = await asyncio.wait_for(made.get(), 5)
+        for _ in range(1000):
+            if hasattr(server, "protocol"):  # run() has built it
+                break
+            await asyncio.sleep(0)
+        yield server, reader, writer
+    finally:
+        writer.close()
+        # As a server shutting down: the idle timer closes the connection.
+        await context.terminated.set()
+        await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 10)
+        listener.close()
+        await listener.wait_closed()

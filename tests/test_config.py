@@ -51,6 +51,7 @@ def test_other_services_tables_are_ignored() -> None:
         ('[chatd.providers.x]\nbase_url = "http://"\n', "chatd.providers.x.base_url"),
         ("[chatd.providers.x]\nbogus = 1\n", "`chatd.providers.x.bogus`"),
         ("[chatd.server]\nworkers = 0\n", "`chatd.server.workers`"),
+        ('[chatd.server]\ntuned = "no"\n', "`chatd.server.tuned`"),
         ('[chatd.fallbacks]\na = ["b", "a"]\n', "chatd.fallbacks.a"),
         ("[models]\nx = 3\n", "`models.x`"),
         ('[gateway.routes]\n"/v1/chat" = "127.0.0.1:3220"\n', "gateway.routes"),

@@ -1,25 +1,27 @@
-"""Hypercorn's connections as chatd runs them: the keep-alive idle timer
-through the real server on raw sockets, and coalesced writes."""
+"""Hypercorn's connections as chatd runs them: keep-alive and shutdown
+through the real server on raw sockets (on the stack the run tests), and
+``TunedTCPServer``'s coalesced writes on a real connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypercorn.asyncio import tcp_server
+from hypercorn.asyncio import run as hypercorn_run
+from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.events import Closed, RawData
 
 from lakehouse.config import Config
-from lakehouse.connections import IdleWatch, corked
-from lakehouse.server import tune_connections
+from lakehouse.connections import TunedTCPServer, server_for
+from lakehouse.server import ServerConfig, tune_connections
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import make_config, provider_table, running_chatd
+from tests.support import make_config, one_connection, provider_table, running_chatd
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 BODY = b'{"model":"qwen3.5:latest","messages":[{"role":"user","content":"hi"}]}'
 REQUEST = (
@@ -129,117 +131,119 @@ async def test_no_task_is_left_per_request(stub: StubUpstream) -> None:
         writer.close()
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.backlog = 0
-
-    def get_write_buffer_size(self) -> int:
-        return self.backlog
-
-
-class FakeWriter:
-    def __init__(self) -> None:
-        self.transport = FakeTransport()
-        self.writes: list[bytes] = []
-        self.drains = 0
-        self.broken = False
-
-    def write(self, data: bytes) -> None:
-        if self.broken:
-            raise ConnectionResetError("peer gone")
-        self.writes.append(data)
-
-    async def drain(self) -> None:
-        self.drains += 1
-
-    def is_closing(self) -> bool:
-        return False
+@contextlib.asynccontextmanager
+async def tuned_connection() -> AsyncIterator[
+    tuple[TunedTCPServer, asyncio.StreamReader, asyncio.StreamWriter]
+]:
+    config = ServerConfig()
+    config.keep_alive_timeout = 60
+    async with one_connection(TunedTCPServer, config) as (server, reader, writer):
+        assert isinstance(server, TunedTCPServer)
+        yield server, reader, writer
 
 
-class FakeProtocol:
-    def __init__(self) -> None:
-        self.handled: list[object] = []
+def spy_on_writes(server: TunedTCPServer) -> list[bytes]:
+    """The real writer's write(), recording what each call wrote."""
+    writes: list[bytes] = []
+    write = server.writer.write
 
-    async def handle(self, event: object) -> None:
-        self.handled.append(event)
+    def recording(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
 
-
-class FakeServer:
-    """What ``corked`` touches of Hypercorn's TCPServer."""
-
-    def __init__(self, tasks: asyncio.TaskGroup) -> None:
-        self.writer = FakeWriter()
-        self.protocol = FakeProtocol()
-        self.send_lock = asyncio.Lock()
-        self._task_group = SimpleNamespace(_task_group=tasks)
-        self.passed: list[object] = []
-
-
-async def original_send(server: FakeServer, event: object) -> None:
-    server.passed.append((event, list(server.writer.writes)))
-
-
-def corked_send() -> Any:
-    return corked(original_send, RawData, Closed)
+    server.writer.write = recording  # type: ignore[method-assign]
+    return writes
 
 
 async def test_one_turns_writes_go_out_as_one() -> None:
-    send = corked_send()
-    async with asyncio.TaskGroup() as tasks:
-        server = FakeServer(tasks)
-        await send(server, RawData(data=b"HTTP/1.1 200 OK\r\n\r\n"))
-        await send(server, RawData(data=b"body"))
-        await send(server, RawData(data=b""))
-        assert server.writer.writes == []
-        await asyncio.sleep(0)
-        assert server.writer.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
-        await send(server, RawData(data=b"next"))
-        await asyncio.sleep(0)
-        assert server.writer.writes[1:] == [b"next"]
-        assert server.writer.drains == 0
+    async with tuned_connection() as (server, reader, _):
+        writes = spy_on_writes(server)
+        await server.protocol_send(RawData(data=b"HTTP/1.1 200 OK\r\n\r\n"))
+        await server.protocol_send(RawData(data=b"body"))
+        await server.protocol_send(RawData(data=b""))
+        assert writes == []
+        assert await reader.readexactly(23) == b"HTTP/1.1 200 OK\r\n\r\nbody"
+        assert writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        await server.protocol_send(RawData(data=b"next"))
+        assert await reader.readexactly(4) == b"next"
+        assert writes[1:] == [b"next"]
 
 
-async def test_other_events_first_send_what_is_gathered() -> None:
-    send = corked_send()
-    async with asyncio.TaskGroup() as tasks:
-        server = FakeServer(tasks)
-        await send(server, RawData(data=b"last bytes"))
-        closing = Closed()
-        await send(server, closing)
-        # Closing saw the bytes already written, in order.
-        assert server.passed == [(closing, [b"last bytes"])]
-        await asyncio.sleep(0)
-        assert server.writer.writes == [b"last bytes"]
+async def test_closing_first_sends_what_is_gathered() -> None:
+    async with tuned_connection() as (server, reader, _):
+        await server.protocol_send(RawData(data=b"last bytes"))
+        await server.protocol_send(Closed())
+        # The bytes went out before the close: the peer reads them, then EOF.
+        assert await asyncio.wait_for(reader.read(), 5) == b"last bytes"
 
 
 async def test_a_slow_peer_still_waits_in_drain() -> None:
-    send = corked_send()
-    async with asyncio.TaskGroup() as tasks:
-        server = FakeServer(tasks)
-        server.writer.transport.backlog = 1 << 20
-        await send(server, RawData(data=b"chunk"))
-        assert server.writer.writes == [b"chunk"]
-        assert server.writer.drains == 1
+    async with tuned_connection() as (server, reader, _):
+        chunk = b"x" * (1 << 20)
+
+        async def send_a_lot() -> None:
+            for _ in range(32):
+                await server.protocol_send(RawData(data=chunk))
+
+        sending = asyncio.create_task(send_a_lot())
+        # The peer reads nothing: the sender must end up waiting in drain()
+        # with the transport's buffer full, rather than buffering 32 MiB.
+        for _ in range(500):
+            if server.writer.transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert not sending.done()
+        assert server.writer.transport.get_write_buffer_size() < 32 * len(chunk)
+        got = 0
+        while got < 32 * len(chunk):
+            got += len(await asyncio.wait_for(reader.read(1 << 20), 10))
+        await asyncio.wait_for(sending, 10)
 
 
 async def test_a_failed_write_closes_the_connection() -> None:
-    send = corked_send()
-    async with asyncio.TaskGroup() as tasks:
-        server = FakeServer(tasks)
-        server.writer.broken = True
-        await send(server, RawData(data=b"lost"))
+    async with tuned_connection() as (server, reader, _):
+        handled: list[object] = []
+        told = asyncio.Event()
+        handle = server.protocol.handle
+
+        async def recording(event: Any) -> None:
+            handled.append(event)
+            told.set()
+            await handle(event)
+
+        server.protocol.handle = recording  # type: ignore[method-assign]
+        server.writer.write_eof()  # any write now raises RuntimeError
+        await server.protocol_send(RawData(data=b"lost"))
+        # The flush failed: as on a failed write in Hypercorn, the protocol
+        # hears that the connection is closed.
+        await asyncio.wait_for(told.wait(), 5)
+        assert [type(e) for e in handled] == [Closed]
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_a_failed_write_on_a_connection_being_wound_up_is_dropped(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    async with tuned_connection() as (server, _, _):
+        running = server._task_group
+        finished = TaskGroup(asyncio.get_running_loop())
+        async with finished:
+            pass
+        server._task_group = finished
+        server.writer.write_eof()
+        await server.protocol_send(RawData(data=b"late"))
+        await asyncio.sleep(0)  # the flush ran, raised nothing, left no coroutine behind
         await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert [type(e) for e in server.protocol.handled] == [Closed]
+        server._task_group = running
+        await server.protocol_send(Closed())
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
 
 
 def test_tuning_is_installed_once() -> None:
-    tune_connections()
-    send = tcp_server.TCPServer.protocol_send
-    tune_connections()
-    assert tcp_server.TCPServer.protocol_send is send
-    assert getattr(send, "chatd_corked", False)
-    assert tcp_server.AsyncioSingleTask is IdleWatch
+    assert tune_connections()
+    assert tune_connections()
+    assert hypercorn_run.TCPServer is server_for  # type: ignore[attr-defined]
 
 
 async def test_a_response_goes_out_whole_with_one_date(stub: StubUpstream) -> None:
@@ -275,20 +279,28 @@ async def test_a_client_gone_mid_stream_frees_its_connection(stub: StubUpstream)
         assert len(asyncio.all_tasks()) <= baseline
 
 
-class FinishedGroup:
-    def create_task(self, coro: Any) -> None:
-        raise RuntimeError("TaskGroup is finished")
 
 
-async def test_a_failed_write_on_a_connection_being_wound_up_is_dropped(
-    recwarn: pytest.WarningsRecorder,
-) -> None:
-    send = corked_send()
-    async with asyncio.TaskGroup() as tasks:
-        server = FakeServer(tasks)
-    server._task_group = SimpleNamespace(_task_group=FinishedGroup())
-    server.writer.broken = True
-    await send(server, RawData(data=b"late"))
-    await asyncio.sleep(0)  # the flush ran, raised nothing, left no coroutine behind
-    assert server.protocol.handled == []
-    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+def watchers() -> int:
+    return sum(
+        t.get_coro().__qualname__ == "IdleWatch._watch"  # type: ignore[union-attr]
+        for t in asyncio.all_tasks()
+    )
+
+
+@pytest.mark.parametrize("tuned", [True, False])
+async def test_the_switch_picks_the_connections(stub: StubUpstream, tuned: bool) -> None:
+    config = make_config(
+        overrides={
+            **provider_table("ollama", stub.base_url),
+            "chatd.probe_interval_secs": 0,
+            "chatd.server.tuned": tuned,
+        }
+    )
+    async with running_chatd(config) as base:
+        reader, writer = await connect(base)
+        answer = await exchange(reader, writer)
+        assert b" 200 " in answer
+        # Tuned: chatd's keep-alive watcher runs; stock: Hypercorn's own.
+        assert watchers() == (1 if tuned else 0)
+        writer.close()

@@ -15,7 +15,7 @@ import pytest
 from lakehouse.stubs import Fault, StubUpstream
 from tests.support import make_config, running_chatd
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 KEYS = {
     "ollama_cloud": "ollama-cloud-key-0123456789",

@@ -21,7 +21,7 @@ from lakehouse.stubs import Fault, StubUpstream
 from tests.support import make_config, running_chatd
 from tests.test_cli import start
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 CLOUD_KEY = "ollama-cloud-key-0123456789"
 ZEN_KEY = "zen-key-0123456789abcdef"

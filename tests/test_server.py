@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 
 import pytest
+from hypercorn.config import Config as HypercornConfig
 
 from lakehouse import server
 from tests.support import make_config
@@ -38,3 +39,14 @@ def test_server_settings_come_from_the_config() -> None:
     assert h.keep_alive_timeout == 9
     assert h.keep_alive_max_requests == 7
     assert h.include_server_header is False
+
+
+def test_the_stock_stack_is_hypercorn_as_shipped() -> None:
+    tuned = server.hypercorn_config(make_config(overrides={"chatd.server.tuned": True}))
+    assert isinstance(tuned, server.ServerConfig) and tuned.chatd_tuned
+    stock = server.hypercorn_config(make_config(overrides={"chatd.server.tuned": False}))
+    assert type(stock) is HypercornConfig
+    assert not getattr(stock, "chatd_tuned", False)
+    # Hypercorn's own Date header, made per response.
+    assert [name for name, _ in stock.response_headers("h11")] == [b"date"]
+    assert stock.keep_alive_timeout == tuned.keep_alive_timeout

@@ -20,7 +20,7 @@ from lakehouse.stubs.replies import generate, reply_text, thinking_text
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 from tests.support import build_provider
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 KEY = "stream-test-key-0123456789"
 USER = "hello there friend"

@@ -35,3 +35,6 @@ class ProviderContext:
     timeout: float
     headers: Mapping[str, str] = field(default_factory=dict)
     options: Any = None
+    # chatd.server.tuned: HTTPClient calls the upstream through
+    # lakehouse.upstreams.lean rather than ClientSession.request.
+    tuned: bool = True

@@ -14,7 +14,7 @@ from lakehouse.stubs.replies import reply_text
 from tests.gateway.test_app import gateway_config, running_gateway
 from tests.stub_world import KEYS, MODELS, World, stub_world
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 SAID = "hello there friend"
 HELLO: list[Any] = [

@@ -23,7 +23,7 @@ from lakehouse.stubs import Fault
 from lakehouse.stubs.replies import reply_text
 from tests.stub_world import MODELS, World, stub_world
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 SAID = "hello there friend"
 HELLO = [{"role": "user", "content": SAID}]

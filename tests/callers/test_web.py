@@ -16,7 +16,7 @@ import pytest
 from lakehouse.stubs import Fault, StubUpstream
 from tests.support import make_config, provider_table, running_chatd
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 HELLO = [{"role": "user", "content": "hello there"}]
 GOOD = {"model": "qwen3.5:latest", "messages": HELLO}

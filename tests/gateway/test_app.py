@@ -24,7 +24,7 @@ from lakehouse.server import bound_socket, serve
 from lakehouse.stubs import StubUpstream
 from tests.support import ROOT, make_config, provider_table, running_chatd
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 GOOD = {"model": "qwen3.5:latest", "messages": [{"role": "user", "content": "hello there"}]}
 MIB = 1024 * 1024

@@ -1,4 +1,5 @@
-"""HTTPClient's own request path, against raw HTTP servers on 127.0.0.1."""
+"""HTTPClient's request path (the lean one or the stock one, as the run's
+stack says), against raw HTTP servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from lakehouse.errors import UpstreamError, UpstreamUnreachable
 from lakehouse.upstreams.contract import ProviderContext
 from lakehouse.upstreams.http import HTTPClient
+from tests.support import TUNED
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 BODY = b'{"message":{"content":"hi"}}\n'
@@ -38,7 +40,7 @@ async def serving(
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     ctx = ProviderContext(
-        "up", f"http://127.0.0.1:{port}", None, 5, headers=dict(config_headers or {})
+        "up", f"http://127.0.0.1:{port}", None, 5, headers=dict(config_headers or {}), tuned=TUNED
     )
     client = HTTPClient(ctx, headers=plugin_headers)
     await client.start()
