@@ -164,10 +164,11 @@ def start_chatd(
     raise SystemExit(f"bench: chatd did not answer /health within 60 s:\n{log.read_text()}")
 
 
-def ensure_tools() -> None:
+def ensure_tools(install: bool) -> list[str]:
+    """The load generators still missing; with ``install``, apt-get them first."""
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
-    if not missing:
-        return
+    if not missing or not install:
+        return missing
     packages = {"wrk": "wrk", "h2load": "nghttp2-client"}
     apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "-n", "apt-get"]
     print(f"bench: installing {', '.join(missing)} with apt-get...", file=sys.stderr, flush=True)
@@ -181,6 +182,7 @@ def ensure_tools() -> None:
     still = [tool for tool in missing if shutil.which(tool) is None]
     if still:
         raise SystemExit(f"bench: could not install {', '.join(still)}")
+    return []
 
 
 # --------------------------------------------------------------------------- load
@@ -457,6 +459,9 @@ def versions() -> str:
         except PackageNotFoundError:
             parts.append(f"{name} (missing)")
     for tool, flag in (("wrk", "-v"), ("h2load", "--version")):
+        if shutil.which(tool) is None:
+            parts.append(f"{tool} (not installed)")
+            continue
         out = subprocess.run([tool, flag], capture_output=True, text=True)
         first = (out.stdout or out.stderr).strip().splitlines()
         parts.append(first[0].split(" Copyright")[0] if first else tool)
@@ -488,6 +493,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, help="results file (default bench/RESULTS.md; --quick: tmp)")
     p.add_argument("--json", type=Path, help="also write every sample as JSON here")
+    p.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never apt-get wrk/h2load: skip (and list) the rows of a missing one",
+    )
     p.add_argument("--chatd-cpu", default="0", help="CPU for chatd (taskset -c)")
     p.add_argument("--load-cpu", default="1", help="CPU for the stubs and load generators")
     args = p.parse_args(argv)
@@ -567,7 +577,13 @@ def build_rows(
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    ensure_tools()
+    missing = ensure_tools(install=not args.no_install)
+    if missing:
+        print(
+            f"bench: {', '.join(missing)} not installed (--no-install): their rows are skipped",
+            file=sys.stderr,
+            flush=True,
+        )
     pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     chatd_cpu = args.chatd_cpu if pin else None
     load_cpu = args.load_cpu if pin else None
@@ -636,6 +652,12 @@ def main(argv: list[str]) -> int:
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
                 chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], stock_url,
             )  # fmt: skip
+            skipped += [
+                f"{row.label} (c={row.conc}; {row.tool} not installed, --no-install)"
+                for row in rows
+                if row.tool in missing
+            ]
+            rows = [row for row in rows if row.tool not in missing]
             total = len(rows) * args.runs * (args.duration + 0.5)
             print(
                 f"bench: {len(rows)} rows x {args.runs} runs x {args.duration:g} s "
@@ -645,18 +667,21 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
             warm = Row("warm", "warm-up", "wrk", f"{chatd_url}/chat", 16, chat_body(), "fast", True)
-            run_wrk(warm, 1, load_cpu)
+            if "wrk" not in missing:
+                run_wrk(warm, 1, load_cpu)
             stub_pids = {"fast": fast.pid, "slow": slow.pid}
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
             proxy_pids = {"chatd": chatd.pid, "chatd-stock": stock.pid, **floor_pids}
-            solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
-            stub_alone = (
-                f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "
-                f"{solo.stub_cpu_ms or 0:.3f} CPU ms/req "
-                f"(wrk c=16 on CPU {chatd_cpu}, stub on CPU {load_cpu}, before the rounds)"
-            )
+            stub_alone = "not measured (wrk not installed)"
+            if "wrk" not in missing:
+                solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
+                stub_alone = (
+                    f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "
+                    f"{solo.stub_cpu_ms or 0:.3f} CPU ms/req "
+                    f"(wrk c=16 on CPU {chatd_cpu}, stub on CPU {load_cpu}, before the rounds)"
+                )
             print(f"bench: stub alone: {stub_alone}", file=sys.stderr, flush=True)
             for rnd in range(args.runs):
                 # Rotate the order each round so no row always follows the same one;

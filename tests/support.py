@@ -81,6 +81,22 @@ async def _wait_ready(base: str, task: asyncio.Task[None]) -> None:
     raise RuntimeError("chatd did not become ready")
 
 
+async def eventually(check: Callable[[], Any], within: float = 20.0, what: str = "") -> None:
+    """Wait until ``check()`` is true (it may be async): for an event
+    chatd does not signal, with a bound a loaded CI never reaches."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        done = check()
+        if asyncio.iscoroutine(done):
+            done = await done
+        if done:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {within:g} s: {what or check}")
+        await asyncio.sleep(0.02)
+
+
 def provider_table(name: str, base_url: str, **extra: Any) -> dict[str, Any]:
     """Overrides that add one provider table."""
     out: dict[str, Any] = {f"chatd.providers.{name}.base_url": base_url}

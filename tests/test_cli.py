@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import ROOT
+from tests.support import ROOT, eventually
 
 GOOD = {"model": "qwen3.5:latest", "messages": [{"role": "user", "content": "hi"}]}
 KEY_VARS = ("OLLAMA_CLOUD_KEY", "OPENROUTER_API_KEY", "OPENCODE_API_KEY", "KIMI_API_KEY")
@@ -207,7 +207,7 @@ async def test_sigterm_lets_in_flight_requests_finish(
     try:
         async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
             pending = asyncio.create_task(client.post("/chat", json=GOOD))
-            await asyncio.sleep(0.5)
+            await eventually(lambda: len(upstream.chats) == 1, what="the request upstream")
             server.proc.send_signal(signal.SIGTERM)
             resp = await pending
         assert resp.status_code == 200

@@ -16,13 +16,14 @@ from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
 from lakehouse.health import Health
 from lakehouse.registry import Registry
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
 
 class Scripted:
     """A provider that answers from a script: exceptions are raised, floats
-    are slept, anything else answers."""
+    are slept, events waited for, anything else answers."""
 
     def __init__(self, name: str, *script: Any) -> None:
         self.name = name
@@ -43,6 +44,8 @@ class Scripted:
             raise step
         if isinstance(step, float):
             await asyncio.sleep(step)
+        if isinstance(step, asyncio.Event):
+            await step.wait()
         return ChatResponse(
             model=model,
             provider="",
@@ -211,17 +214,19 @@ async def test_open_breaker_refuses_then_falls_back() -> None:
 
 
 async def test_full_queue_refuses_promptly_while_others_serve() -> None:
-    a = Scripted("a", 0.5, 0.5, 0.5)
+    gate = asyncio.Event()
+    a = Scripted("a", gate, gate)
     b = Scripted("b")
     d = dispatcher(a, b, limits={"a": (1, 1)})
     first = asyncio.create_task(d.chat(ask("a/1")))
     second = asyncio.create_task(d.chat(ask("a/2")))
-    await asyncio.sleep(0.05)
-    started = time.monotonic()
+    await eventually(lambda: len(a.calls) == 1 and d.limiters["a"].waiting == 1)
+    # Refused without waiting for the slot: the calls ahead are still held.
     with pytest.raises(errors.Overloaded):
         await d.chat(ask("a/3"))
-    assert time.monotonic() - started < 0.05
+    assert not first.done() and not second.done()
     assert (await d.chat(ask("b/x"))).provider == "b"
+    gate.set()
     assert [r.content for r in await asyncio.gather(first, second)] == ["from a"] * 2
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import make_config, running_chatd
+from tests.support import eventually, make_config, running_chatd
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -229,11 +229,7 @@ async def test_timeout_releases_the_upstream_connection(world: World) -> None:
     stub.fail_next(Fault(kind="delay", seconds=30), times=3)
     answers = await asyncio.gather(*(world.chat("qwen3.5:latest") for _ in range(3)))
     assert [r.status_code for r in answers] == [504, 504, 504]
-    for _ in range(50):
-        if stub.open_connections == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert stub.open_connections == 0
+    await eventually(lambda: stub.open_connections == 0, what="upstream connections closed")
 
 
 async def test_retry_after_is_passed_on(world: World) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from lakehouse import config as configuration
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import make_config, running_chatd
+from tests.support import eventually, make_config, running_chatd
 from tests.test_cli import start
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
@@ -136,7 +136,8 @@ async def test_retry_after_past_budget_moves_on_at_once(chain: Chain) -> None:
     chain.local.fail_next(Fault(kind="status", status=429, retry_after="60"))
     started = time.monotonic()
     body = (await chain.ask()).json()
-    assert time.monotonic() - started < 1.0
+    # Honouring it would take 60 s (10 s at most by the budget).
+    assert time.monotonic() - started < 5.0
     assert body["provider"] == "ollama_cloud"
     assert len(chain.local.chats) == 1
 
@@ -146,7 +147,8 @@ async def test_deadline_header_bounds_the_whole_request(chain: Chain) -> None:
     chain.cloud.fail_always(Fault(kind="delay", seconds=5))
     started = time.monotonic()
     resp = await chain.ask(headers={"X-Chatd-Deadline": "0.5"})
-    assert time.monotonic() - started < 1.0
+    # Well before either upstream's 5 s.
+    assert time.monotonic() - started < 4.0
     assert (resp.status_code, resp.json()["error"]["code"]) == (504, "deadline_exceeded")
     resp = await chain.ask(headers={"X-Chatd-Deadline": "soon"})
     assert resp.status_code == 400
@@ -158,18 +160,26 @@ async def test_full_provider_refuses_promptly_while_others_serve() -> None:
         {
             "chatd.providers.ollama.max_concurrency": 2,
             "chatd.providers.ollama.max_queue": 1,
-            "chatd.timeout_secs": 5,
+            "chatd.timeout_secs": 20,
         }
     )
-    local.fail_always(Fault(kind="delay", seconds=1))
+    local.fail_always(Fault(kind="delay", seconds=3))
     try:
         async with running_chatd(make_config(TIERS, overrides), ENV) as base:
             c = Chain(base, local, cloud, zen)
             slow = [asyncio.create_task(c.ask("qwen3.5:latest")) for _ in range(3)]
-            await asyncio.sleep(0.3)
-            started = time.monotonic()
+
+            async def full() -> bool:
+                # Two calls upstream, one waiting for a slot.
+                async with httpx.AsyncClient(base_url=base) as client:
+                    text = (await client.get("/metrics")).text
+                return 'chatd_provider_queue_depth{provider="ollama"} 1.0' in text
+
+            await eventually(lambda: len(local.chats) == 2)
+            await eventually(full)
             refused = await c.ask("qwen3.5:latest")
-            assert time.monotonic() - started < 0.3
+            # Refused without waiting for a slot: the calls ahead still run.
+            assert not any(task.done() for task in slow)
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "overloaded"
             assert refused.headers["retry-after"] == "1"
@@ -286,23 +296,25 @@ async def test_reload_under_load_drops_nothing(tmp_path: Path) -> None:
                         statuses.append(resp.status_code)
 
             workers = [asyncio.create_task(hammer()) for _ in range(8)]
-            await asyncio.sleep(0.3)
+            await eventually(lambda: len(statuses) >= 20)
             path.write_text(
                 TIERS.replace("[models]\n", '[models]\nnew_tier = "opencode/glm-5.2"\n')
             )
             async with httpx.AsyncClient(base_url=base) as client:
                 resp = await client.post("/admin/reload")
                 assert resp.status_code == 200, resp.text
-                await asyncio.sleep(0.3)
+                served = len(statuses)
+                await eventually(lambda: len(statuses) >= served + 20)
                 path.write_text("[chatd]\ntimeout_sec = 3\n")
                 resp = await client.post("/admin/reload")
                 assert resp.status_code == 422
                 assert resp.json()["error"]["code"] == "reload_refused"
                 assert "chatd.timeout_sec`" in resp.json()["error"]["message"]
-            await asyncio.sleep(0.3)
+            served = len(statuses)
+            await eventually(lambda: len(statuses) >= served + 20)
             stop.set()
             await asyncio.gather(*workers)
-            assert len(statuses) > 50
+            assert len(statuses) >= 60
             assert set(statuses) == {200}
             body = (await c.ask("new_tier")).json()
             assert (body["provider"], body["tier"]) == ("opencode", "new_tier")
@@ -327,7 +339,7 @@ def test_sighup_reloads_a_running_chatd(tmp_path: Path) -> None:
         assert upstream.stub.chats[-1].json["model"] == "quick"
         path.write_text(base_text + '[models]\nquick = "qwen3:latest"\n')
         os.kill(server.proc.pid, signal.SIGHUP)
-        for _ in range(50):
+        for _ in range(200):
             body = httpx.post(server.base + "/chat", json=ask).json()
             if body.get("tier") == "quick":
                 break

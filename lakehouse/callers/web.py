@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -405,16 +405,29 @@ def create_app(
                 send = bounded(send, stall)
             try:
                 if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                    await chat(scope, receive, send)
+                    with counted(app.state):
+                        await chat(scope, receive, send)
                     return
                 if scope["path"] in COMPLETIONS_PATHS:
-                    await completions(scope, receive, send)
+                    with counted(app.state):
+                        await completions(scope, receive, send)
                     return
             except PeerGone:
                 return
         await others(scope, receive, send)
 
     return asgi
+
+
+@contextlib.contextmanager
+def counted(state: Any) -> Iterator[None]:
+    """A chat request in ``chatd_in_flight_requests`` while it is served."""
+    runtime: Runtime | None = getattr(state, "runtime", None)
+    if runtime is None:
+        yield
+        return
+    with runtime.metrics.in_flight.track_inprogress():
+        yield
 
 
 class PeerGone(Exception):
