@@ -109,7 +109,8 @@ class ChatdConfig(Strict):
     suffix_routes: dict[str, str] = msgspec.field(
         default_factory=lambda: {":cloud": "ollama_cloud"}
     )
-    # Folders searched for plugin files, after the built-in plugins/ folder;
+    # Folders searched for plugin files, in order and before the built-in
+    # plugins/ folder (so a file here overrides a built-in of its name);
     # relative paths are taken from the config file's folder.
     plugin_dirs: list[str] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,4 +1,5 @@
-"""``bin/chatd-smoke [URL]``: SPEC.md's six acceptance checks.
+"""``bin/chatd-smoke [URL]``: six acceptance checks of chatd's contract
+(listed in ``checks``; the routes and errors are the README's).
 
 Against a running chatd with only the local default provider. Without a
 URL it starts ``chatd --dev`` on a free port (provider keys removed from

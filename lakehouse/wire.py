@@ -53,8 +53,10 @@ class ChatResponse(msgspec.Struct, omit_defaults=True):
     reasoning: str | None = None
     tier: str | None = None
     # Set when a fallback answered: the name (tier or model) of the link
-    # that did, and how many upstream calls the request took.
+    # that did.
     fallback: str | None = None
+    # Set when the request took more than one upstream call (retries of
+    # one provider, fallbacks, or both): how many.
     attempts: int | None = None
 
 

@@ -1,7 +1,8 @@
 """Upstream emulators that speak each provider's real wire protocol on 127.0.0.1.
 
 Flavours: ``ollama``, ``ollama_cloud``, ``openrouter``, ``opencode``, ``kimi``
-(see /work/shared/protocols.md). They never make outbound calls.
+(``flavours.py`` says what each emulates, after the provider's public API
+docs). They never make outbound calls.
 """
 
 from lakehouse.stubs.faults import Fault, FaultKind

@@ -1,4 +1,5 @@
-"""Ollama's native API (protocols.md §1, §2): /api/chat, /api/generate and friends."""
+"""Ollama's native API (https://github.com/ollama/ollama/blob/main/docs/api.md):
+/api/chat, /api/generate and friends; Ollama Cloud speaks it too."""
 
 from __future__ import annotations
 

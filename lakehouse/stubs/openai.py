@@ -1,4 +1,5 @@
-"""The OpenAI Chat Completions dialect (protocols.md §3) with each flavour's quirks."""
+"""The OpenAI Chat Completions dialect
+(https://platform.openai.com/docs/api-reference/chat) with each flavour's quirks."""
 
 from __future__ import annotations
 
