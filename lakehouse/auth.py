@@ -36,7 +36,11 @@ def load_tokens(auth: AuthConfig, environ: Mapping[str, str] | None = None) -> l
 
 
 def is_loopback(bind: str) -> bool:
-    host = bind.rsplit(":", 1)[0].strip("[]")
+    """Whether a ``host:port`` bind listens on loopback only."""
+    return is_loopback_host(bind.rsplit(":", 1)[0].strip("[]"))
+
+
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -28,6 +28,12 @@ MIB = 1024 * 1024
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
+# Defaults the dispatcher also falls back on (a provider built without a
+# table, a Policy built without a config).
+MAX_CONCURRENCY = 256
+MAX_QUEUE = 512
+DEADLINE = 600 * SECONDS
+
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
@@ -48,8 +54,8 @@ class ProviderConfig(Strict):
     # Per-provider override of [chatd].timeout_secs.
     timeout_secs: Positive | None = None
     # Backpressure: calls in flight at once, and how many more may wait.
-    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
-    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 512
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = MAX_CONCURRENCY
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = MAX_QUEUE
 
 
 class ServerConfig(Strict):
@@ -124,7 +130,7 @@ class ChatdConfig(Strict):
     cooldown_secs: Annotated[float, msgspec.Meta(ge=0)] = 30 * SECONDS
     # The longest a request may take, retries and fallbacks included; a
     # caller may ask for less (X-Chatd-Deadline header or deadline_secs).
-    deadline_secs: Positive = 600 * SECONDS
+    deadline_secs: Positive = DEADLINE
     # On the OpenAI SSE surface: a ``: keep-alive`` comment after this many
     # seconds without a chunk, so idle timeouts of clients and proxies do
     # not cut a stream while a model thinks in silence; 0 turns them off.
@@ -298,12 +304,11 @@ def check_url(url: str, key: str) -> str:
 
 def _check(config: Config, source: str) -> None:
     chatd = config.chatd
-    for name, provider in chatd.providers.items():
-        if provider.base_url is not None:
-            try:
-                check_url(provider.base_url, f"chatd.providers.{name}.base_url")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+    urls = {
+        f"chatd.providers.{name}.base_url": provider.base_url
+        for name, provider in chatd.providers.items()
+        if provider.base_url is not None
+    }
     for name, chain in chatd.fallbacks.items():
         if name in chain:
             raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
@@ -311,7 +316,9 @@ def _check(config: Config, source: str) -> None:
         for prefix, url in config.gateway.routes.items():
             if not prefix.startswith("/"):
                 raise ConfigError(f"{source}: `gateway.routes` key {prefix!r} must start with /")
-            try:
-                check_url(url, f"gateway.routes.{prefix}")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+            urls[f"gateway.routes.{prefix}"] = url
+    for key, url in urls.items():
+        try:
+            check_url(url, key)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from lakehouse.config import RetryConfig
+from lakehouse.config import DEADLINE, MAX_CONCURRENCY, MAX_QUEUE, RetryConfig
 from lakehouse.errors import (
     ChatdError,
     DeadlineExceeded,
@@ -51,7 +51,7 @@ class CallInfo:
 @dataclass
 class Policy:
     retry: RetryConfig = field(default_factory=RetryConfig)
-    deadline: float = 600.0
+    deadline: float = DEADLINE
     fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
     limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -73,7 +73,7 @@ class Dispatcher:
         self.metrics = metrics
         self._backoff = Backoff(self.policy.retry.backoff_secs, self.policy.retry.max_backoff_secs)
         self.limiters = {
-            name: Limiter(name, *self.policy.limits.get(name, (256, 512)))
+            name: Limiter(name, *self.policy.limits.get(name, (MAX_CONCURRENCY, MAX_QUEUE)))
             for name in registry.names()
         }
 

@@ -1,6 +1,8 @@
 """Provider keys: from the environment first, then a ``.env``-style file.
 
-And the redactor that keeps every resolved key out of what chatd says.
+And the two redactions that keep keys out of what chatd says: ``Redactor``
+(every resolved key, on the way out of chatd) and ``redact_key`` (one
+provider's own key, in what its upstream sent back).
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 REDACTED = "[redacted]"
+
+Text = TypeVar("Text", str, bytes)
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
@@ -55,6 +60,17 @@ def resolve_key(
     except (OSError, UnicodeDecodeError):
         return None
     return value or None
+
+
+def redact_key(text: Text, key: str | None) -> Text:
+    """``text`` with ``key`` replaced: upstreams sometimes quote the key
+    back in their error text. On bytes, redact before any cut, so no part of
+    a quoted key survives it."""
+    if not key:
+        return text
+    if isinstance(text, bytes):
+        return text.replace(key.encode(), REDACTED.encode())
+    return text.replace(key, REDACTED)
 
 
 class Redactor:

@@ -7,9 +7,10 @@ an import that raises, no ``PLUGIN``, bad options) becomes one
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -59,6 +60,19 @@ def import_plugin_file(path: Path) -> ModuleType:
     return module
 
 
+@contextlib.contextmanager
+def one_line(where: str, failed: str) -> Iterator[None]:
+    """Whatever a plugin's code raises inside, as one ConfigError line:
+    ``<where>: <message>`` for a ConfigError, ``<where><failed>: <type>:
+    <message>`` for anything else."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"{where}{failed}: {type(exc).__name__}: {exc}") from None
+
+
 def load_plugin(provider: str, table: ProviderConfig, dirs: list[Path]) -> Plugin:
     plugin_name = table.plugin or provider
     where = f"provider `{provider}`"
@@ -66,14 +80,8 @@ def load_plugin(provider: str, table: ProviderConfig, dirs: list[Path]) -> Plugi
     if path is None:
         searched = ", ".join(str(d) for d in dirs)
         raise ConfigError(f"{where}: plugin `{plugin_name}` not found (searched {searched})")
-    try:
+    with one_line(f"{where}: plugin `{plugin_name}`", " failed to load"):
         module = import_plugin_file(path)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: plugin `{plugin_name}`: {exc}") from None
-    except Exception as exc:
-        raise ConfigError(
-            f"{where}: plugin `{plugin_name}` failed to load: {type(exc).__name__}: {exc}"
-        ) from None
     plugin = getattr(module, "PLUGIN", None)
     if not isinstance(plugin, Plugin):
         raise ConfigError(f"{where}: {path} defines no `PLUGIN = Plugin(...)`")

@@ -27,6 +27,7 @@ from lakehouse.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from lakehouse.keys import redact_key
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import (
     decode_json,
@@ -39,6 +40,7 @@ from lakehouse.upstreams.http import HTTPClient, UpstreamStream
 from lakehouse.upstreams.ollama import (
     OLLAMA_QUOTA_PHRASES,
     OllamaChatBody,
+    OllamaClient,
     OllamaGenerateBody,
     OllamaReply,
     OllamaReplyMessage,
@@ -56,8 +58,8 @@ from lakehouse.upstreams.openai_chat_errors import (
     OPENROUTER_ERROR_KINDS,
     QUOTA_PHRASES,
     ZEN_ERROR_KINDS,
-    redact_key,
 )
+from lakehouse.upstreams.provider import HTTPProvider
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 __all__ = [
@@ -74,8 +76,10 @@ __all__ = [
     "ConfigError",
     "Flavour",
     "HTTPClient",
+    "HTTPProvider",
     "Message",
     "OllamaChatBody",
+    "OllamaClient",
     "OllamaGenerateBody",
     "OllamaReply",
     "OllamaReplyMessage",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, ProviderNotFound
 from lakehouse.keys import Redactor, resolve_key
-from lakehouse.loader import base_url, decode_options, load_plugin, plugin_dirs
+from lakehouse.loader import base_url, decode_options, load_plugin, one_line, plugin_dirs
 from lakehouse.plugin_api import Provider, ProviderContext
 
 
@@ -132,14 +132,8 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None) -> 
             options=options,
             tuned=chatd.server.tuned,
         )
-        try:
+        with one_line(f"provider `{name}`", ": plugin failed to build"):
             provider = plugin.build(ctx)
-        except ConfigError as exc:
-            raise ConfigError(f"provider `{name}`: {exc}") from None
-        except Exception as exc:
-            raise ConfigError(
-                f"provider `{name}`: plugin failed to build: {type(exc).__name__}: {exc}"
-            ) from None
         if not isinstance(provider, Provider):
             raise ConfigError(f"provider `{name}`: plugin built something that is not a Provider")
         provider.name = name

@@ -14,17 +14,12 @@ import msgspec
 from lakehouse.plugin_api import (
     ChatRequest,
     ChatResponse,
-    HTTPClient,
     OllamaChatBody,
+    OllamaClient,
     Plugin,
     PluginOptions,
     ProviderContext,
     StreamDelta,
-    decode_json,
-    ollama_error,
-    ollama_reply_decoder,
-    ollama_response,
-    ollama_stream,
     runtime_options,
     think_value,
 )
@@ -39,20 +34,12 @@ class OllamaOptions(PluginOptions):
     num_ctx: int | None = None
 
 
-class OllamaProvider:
+class OllamaProvider(OllamaClient):
+    probe_path = "/api/version"
+
     def __init__(self, ctx: ProviderContext) -> None:
-        self.name = ctx.name
+        super().__init__(ctx)
         self._options: OllamaOptions = ctx.options
-        self._http = HTTPClient(ctx)
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def probe(self) -> bool:
-        return await self._http.probe("/api/version", 5)
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(
@@ -68,17 +55,12 @@ class OllamaProvider:
         )
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        reply = await self._http.post_json("/api/chat", self.body(request, model))
-        if reply.status != 200:
-            raise ollama_error(reply, self.name)
-        data = decode_json(ollama_reply_decoder, reply, self.name)
-        return ollama_response(data, provider=self.name, model=model)
+        return await self.call("/api/chat", self.body(request, model), model)
 
     def stream(
         self, request: ChatRequest, model: str
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
-        body = self.body(request, model, stream=True)
-        return ollama_stream(self._http, "/api/chat", body, model=model)
+        return self.call_stream("/api/chat", self.body(request, model, stream=True), model)
 
 
 PLUGIN = Plugin(

@@ -36,20 +36,14 @@ from lakehouse.plugin_api import (
     BadRequest,
     ChatRequest,
     ChatResponse,
-    ConfigError,
-    HTTPClient,
     Message,
     OllamaChatBody,
+    OllamaClient,
     OllamaGenerateBody,
     Plugin,
     PluginOptions,
     ProviderContext,
     StreamDelta,
-    decode_json,
-    ollama_error,
-    ollama_reply_decoder,
-    ollama_response,
-    ollama_stream,
     runtime_options,
     think_value,
 )
@@ -108,23 +102,12 @@ def flatten(messages: list[Message]) -> tuple[str | None, str]:
 _encode = msgspec.json.Encoder().encode
 
 
-class OllamaCloudProvider:
+class OllamaCloudProvider(OllamaClient):
     def __init__(self, ctx: ProviderContext) -> None:
-        if not ctx.key:
-            raise ConfigError("this provider needs a key")
-        self.name = ctx.name
+        super().__init__(ctx, bearer=True)
         self._options: OllamaCloudOptions = ctx.options or OllamaCloudOptions()
-        self._key = ctx.key
-        self._http = HTTPClient(ctx, {"Authorization": f"Bearer {ctx.key}"})
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def probe(self) -> bool:
-        return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
+        self.probe_path = self._options.probe_path
+        self.probe_timeout = self._options.probe_timeout_secs
 
     def request_for(
         self, request: ChatRequest, name: str, *, stream: bool = False
@@ -157,11 +140,7 @@ class OllamaCloudProvider:
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
         name = cloud_model(model)
         path, body = self.request_for(request, name)
-        reply = await self._http.post_json(path, body)
-        if reply.status != 200:
-            raise ollama_error(reply, self.name, self._key)
-        data = decode_json(ollama_reply_decoder, reply, self.name)
-        return ollama_response(data, provider=self.name, model=name, key=self._key)
+        return await self.call(path, body, name)
 
     async def stream(
         self, request: ChatRequest, model: str
@@ -170,8 +149,7 @@ class OllamaCloudProvider:
         # like any other failure, not when the stream is created.
         name = cloud_model(model)
         path, body = self.request_for(request, name, stream=True)
-        upstream = ollama_stream(self._http, path, body, model=name, key=self._key)
-        async with aclosing(upstream) as items:
+        async with aclosing(self.call_stream(path, body, name)) as items:
             async for item in items:
                 yield item
 

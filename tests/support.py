@@ -17,7 +17,8 @@ from aioresponses import aioresponses
 from lakehouse import config as configuration
 from lakehouse.callers.web import create_app
 from lakehouse.server import bound_socket, serve
-from lakehouse.upstreams.http import HTTPClient
+from lakehouse.upstreams import lean
+from lakehouse.upstreams.http import session_send
 
 ROOT = Path(__file__).resolve().parent.parent
 # Which stack the tests run chatd on: "tuned" (chatd.server.tuned = true,
@@ -160,7 +161,7 @@ class mock_upstream(aioresponses):
     """
 
     def start(self) -> None:
-        self._send_patcher = patch.object(HTTPClient, "_send", HTTPClient._send_stock)
+        self._send_patcher = patch.object(lean, "send", session_send)
         self._send_patcher.start()
         super().start()
 

@@ -1,6 +1,7 @@
-"""Plain-ASGI plumbing shared by the chat endpoints: reading a capped body,
-sending a JSON answer, the caller's deadline header, and the native error
-response (the one place an exception becomes a status and a body).
+"""Plain-ASGI plumbing of the chat endpoints: reading a capped body, the
+caller's deadline header, and the native error response (the one place an
+exception becomes a status and a body). What the gateway shares with them
+is in ``lakehouse.plain_asgi``.
 """
 
 from __future__ import annotations
@@ -8,27 +9,17 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
 from lakehouse.errors import BadRequest, ChatdError, PayloadTooLarge
+from lakehouse.plain_asgi import ClientGone, Headers, Receive
 from lakehouse.wire import ErrorBody, ErrorDetail, encoder
 
 log = logging.getLogger("chatd")
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-
-JSON = b"application/json"
 _AT_PATH = re.compile(r" - at `(\$[^`]*)`")
-
-
-class ClientGone(Exception):
-    """The caller hung up before its request body arrived."""
 
 
 def known_error(exc: BaseException, redact: Callable[[str], str] = str) -> ChatdError:
@@ -98,21 +89,6 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", JSON),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or ()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def parse_deadline(value: bytes | None) -> float | None:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from lakehouse.callers.http_io import Headers, error_headers, known_error
+from lakehouse.callers.http_io import error_headers, known_error
 from lakehouse.errors import ChatdError
+from lakehouse.plain_asgi import Headers
 
 
 class OpenAIErrorDetail(msgspec.Struct):

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from lakehouse.callers.http_io import Headers, Receive, Send, known_error
+from lakehouse.callers.http_io import known_error
 from lakehouse.callers.openai_errors import error_body, error_status
 from lakehouse.callers.openai_replies import (
     ChatCompletionChunk,
@@ -30,6 +30,7 @@ from lakehouse.callers.openai_replies import (
     usage,
 )
 from lakehouse.errors import ChatdError
+from lakehouse.plain_asgi import Headers, Receive, Send
 from lakehouse.wire import ChatResponse, ErrorBody, ErrorDetail, StreamDelta, StreamDone, encoder
 
 # Status, headers and body of an error answered before the stream started.

@@ -31,13 +31,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lakehouse import request_id
 from lakehouse.callers import openai_replies, openai_requests, openapi
 from lakehouse.callers.http_io import (
-    ClientGone,
-    Headers,
     bad_request_from,
     error_response,
     parse_deadline,
     read_body,
-    send_json,
     server_timing,
 )
 from lakehouse.callers.openai_errors import openai_error_response
@@ -45,6 +42,7 @@ from lakehouse.callers.streaming import ChunkWriter, Framing, LineWriter, Refuse
 from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo
 from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
+from lakehouse.plain_asgi import ClientGone, Headers, send_json
 from lakehouse.runtime import ConfigSource, Runtime
 from lakehouse.wire import ChatRequest, ProvidersListing, chat_request_decoder, encoder
 

@@ -28,18 +28,9 @@ from lakehouse.config import (
     parse_overrides,
 )
 from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
-from lakehouse.gateway.proxy import (
-    ASGIApp,
-    Caller,
-    Receive,
-    Scope,
-    Send,
-    forward,
-    header,
-    send_error,
-    send_json,
-)
+from lakehouse.gateway.proxy import Caller, forward, header, send_error
 from lakehouse.logs import setup_logging
+from lakehouse.plain_asgi import ASGIApp, Receive, Scope, Send, send_json
 
 APP_PATH = "lakehouse.gateway.app:app_from_env()"
 # Headers aiohttp would add on its own; the upstream sees the caller's only.
@@ -142,7 +133,7 @@ class Gateway:
         token = request_id.current.set(rid)
         try:
             if scope["path"] == "/health":
-                await send_json(send, 200, b'{"status":"ok"}', rid)
+                await send_json(send, 200, b'{"status":"ok"}', [(b"x-request-id", rid.encode())])
                 return
             raw_path = scope.get("raw_path") or scope["path"].encode()
             try:

@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 from yarl import URL
 
 from lakehouse import request_id
 from lakehouse.errors import ChatdError, UpstreamTimeout, UpstreamUnreachable
+from lakehouse.plain_asgi import ClientGone, Headers, Message, Receive, Scope, Send, send_json
 from lakehouse.tasks import wait_closed
 from lakehouse.wire import ErrorBody, ErrorDetail, encoder
-
-Message = MutableMapping[str, Any]
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
 
 log = logging.getLogger("chatd.gateway")
 
@@ -52,10 +45,6 @@ OWN_REQUEST_HEADERS = frozenset(
 OWN_RESPONSE_HEADERS = frozenset({b"date", b"x-request-id"})
 # The most of an unwanted request body read (and dropped) before answering.
 DRAIN_LIMIT = 64 * 1024 * 1024
-
-
-class ClientGone(Exception):
-    """The caller hung up while its request body was still arriving."""
 
 
 class Caller:
@@ -244,16 +233,6 @@ def caller_headers(raw: tuple[tuple[bytes, bytes], ...], rid: str) -> Headers:
     return out
 
 
-async def send_json(send: Send, status: int, body: bytes, rid: str) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", rid.encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def send_error(send: Send, exc: ChatdError, rid: str) -> None:
     body = encoder.encode(ErrorBody(ErrorDetail(code=exc.code, message=exc.message)))
-    await send_json(send, exc.status, body, rid)
+    await send_json(send, exc.status, body, [(b"x-request-id", rid.encode())])

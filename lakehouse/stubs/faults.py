@@ -120,8 +120,3 @@ class FaultQueue:
             if self._next:
                 return self._next.popleft()
             return self._always
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._next)

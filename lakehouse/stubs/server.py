@@ -9,7 +9,6 @@ the reply. All replies use the flavour's own error shapes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import struct
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from lakehouse.auth import is_loopback_host
 from lakehouse.stubs.catalog import Catalog
 from lakehouse.stubs.faults import Fault, FaultQueue
 from lakehouse.stubs.flavours import Flavour, find_flavour
@@ -42,15 +42,6 @@ WIRE_FAULTS = frozenset({"truncate", "stall"})
 # How long stop() lets in-flight handlers finish; stubs have nothing to save.
 SHUTDOWN_TIMEOUT = 0.1
 MAX_BODY = 64 * 1024 * 1024
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _CountingServer(web.Server):
@@ -153,7 +144,7 @@ class StubUpstream:
         """Listen on ``host:port`` (0: any free port); returns the base URL."""
         if self._runner is not None:
             raise RuntimeError("stub already started")
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             raise ValueError(f"stubs listen on loopback only, not {host!r}")
         server = _CountingServer(self._handle, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT)
@@ -220,10 +211,6 @@ class StubUpstream:
     @property
     def down(self) -> bool:
         return self._down
-
-    @down.setter
-    def down(self, down: bool) -> None:
-        self._down = down
 
     def set_down(self, down: bool) -> None:
         """While down every path answers 503 in the flavour's error shape

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 from lakehouse.stubs.server import StubUpstream
 
@@ -23,18 +23,10 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class StubThread:
-    def __init__(
-        self,
-        flavour: str,
-        *,
-        key: str | None = None,
-        models: Iterable[str] | None = None,
-        require_user_agent: str | None = None,
-        thinking: Iterable[str] | None = None,
-    ) -> None:
+    def __init__(self, flavour: str, **options: Any) -> None:
+        """``options``: as ``StubUpstream`` takes them."""
         # Built here so a bad flavour or option fails in the caller's thread.
-        self.stub = StubUpstream(flavour, key=key, models=models,
-                                 require_user_agent=require_user_agent, thinking=thinking)
+        self.stub = StubUpstream(flavour, **options)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 

@@ -104,13 +104,20 @@ def decode_json(decoder: msgspec.json.Decoder[T], reply: UpstreamReply, provider
             provider=provider,
             upstream_status=reply.status,
         )
+    what = f"answered {reply.status} with an unusable body"
+    return decode_or_refuse(decoder, reply.body, provider, reply.status, what)
+
+
+def decode_or_refuse(
+    decoder: msgspec.json.Decoder[T], data: bytes, provider: str, status: int, what: str
+) -> T:
+    """``data`` decoded, or UpstreamBadResponse saying "<provider> <what>:
+    <why>" (``what``: "sent an unusable stream line")."""
     try:
-        return decoder.decode(reply.body)
+        return decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise UpstreamBadResponse(
-            f"{provider} answered {reply.status} with an unusable body: {exc}",
-            provider=provider,
-            upstream_status=reply.status,
+            f"{provider} {what}: {exc}", provider=provider, upstream_status=status
         ) from None
 
 

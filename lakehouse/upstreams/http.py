@@ -45,6 +45,23 @@ def _lean_usable(provider: str, version: str | None = None) -> bool:
     return not problems
 
 
+async def session_send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: URL,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    connect: aiohttp.ClientTimeout,
+    read_timeout: float | None,
+) -> aiohttp.ClientResponse:
+    """``lean.send`` through aiohttp's public ``ClientSession.request``: the
+    stock path."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect.connect, sock_read=read_timeout)
+    return await session.request(
+        method, url, headers=headers, data=body, allow_redirects=False, timeout=timeout
+    )
+
+
 class HTTPClient:
     """One pooled session to one upstream, opened and closed with the app.
 
@@ -116,34 +133,15 @@ class HTTPClient:
         """Send one request with the client's headers plus ``extra`` and read
         the reply's status and headers; ``read_timeout`` bounds each wait
         for bytes."""
-        if self._lean:
-            return await lean.send(
-                self.session,
-                method,
-                self._url(path),
-                self._headers_for(extra),
-                body,
-                self._connect,
-                read_timeout,
-            )
-        return await self._send_stock(method, path, extra, body, read_timeout)
-
-    async def _send_stock(
-        self,
-        method: str,
-        path: str,
-        extra: Mapping[str, str] | None,
-        body: bytes | None,
-        read_timeout: float | None,
-    ) -> aiohttp.ClientResponse:
-        """``_send`` through aiohttp's public ``ClientSession.request``."""
-        return await self.session.request(
+        send = lean.send if self._lean else session_send
+        return await send(
+            self.session,
             method,
             self._url(path),
-            headers=self._headers_for(extra),
-            data=body,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=read_timeout),
+            self._headers_for(extra),
+            body,
+            self._connect,
+            read_timeout,
         )
 
     async def request(

@@ -12,11 +12,18 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import ChatdError, UpstreamBadResponse, UpstreamError
-from lakehouse.keys import REDACTED
+from lakehouse.keys import redact_key
 from lakehouse.upstreams.contract import UpstreamReply
-from lakehouse.upstreams.failures import error_for_status, parse_retry_after, short_text
+from lakehouse.upstreams.failures import (
+    decode_json,
+    decode_or_refuse,
+    error_for_status,
+    parse_retry_after,
+    short_text,
+)
 from lakehouse.upstreams.framing import iter_ndjson
 from lakehouse.upstreams.http import HTTPClient
+from lakehouse.upstreams.provider import HTTPProvider
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 # Ollama Cloud's plan quotas answer 429 with "... session usage limit ...",
@@ -113,10 +120,7 @@ def think_value(request: ChatRequest) -> bool | str:
 
 def ollama_error(reply: UpstreamReply, provider: str, key: str | None = None) -> ChatdError:
     """Map a non-2xx reply (``{"error": "text"}``) to the error family."""
-    body = reply.body
-    if key:
-        # Before any cut, so no part of a quoted key survives it.
-        body = body.replace(key.encode(), REDACTED.encode())
+    body = redact_key(reply.body, key)
     try:
         message = str(_error_decoder.decode(body).error or "")
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -136,8 +140,7 @@ def ollama_response(
 ) -> ChatResponse:
     """The ChatResponse for a decoded 200 reply of either endpoint."""
     if data.error:
-        text = data.error.replace(key, REDACTED) if key else data.error
-        raise UpstreamError(f"{provider}: {text}", provider=provider)
+        raise UpstreamError(f"{provider}: {redact_key(data.error, key)}", provider=provider)
     content: str | None = data.response
     thinking = data.thinking
     if data.message is not None:
@@ -184,17 +187,16 @@ async def ollama_stream(
         final: OllamaReply | None = None
         async with aclosing(iter_ndjson(upstream, provider=provider)) as lines:
             async for line in lines:
-                try:
-                    data = ollama_reply_decoder.decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise UpstreamBadResponse(
-                        f"{provider} sent an unusable stream line: {exc}",
-                        provider=provider,
-                        upstream_status=upstream.status,
-                    ) from None
+                data = decode_or_refuse(
+                    ollama_reply_decoder,
+                    line,
+                    provider,
+                    upstream.status,
+                    "sent an unusable stream line",
+                )
                 if data.error:
                     # Mid-stream failures come in-band: the status is long sent.
-                    text = data.error.replace(key, REDACTED) if key else data.error
+                    text = redact_key(data.error, key)
                     raise UpstreamError(f"{provider}: {text}", provider=provider)
                 text, thought = _pieces(data)
                 if text or thought:
@@ -220,3 +222,21 @@ async def ollama_stream(
             reasoning="".join(thinking) or None,
         )
         await upstream.drain()
+
+
+class OllamaClient(HTTPProvider):
+    """The base of a provider that speaks Ollama's native API: the plugin
+    builds the path and body, ``call`` and ``call_stream`` send them and read
+    the reply, whole or as it arrives."""
+
+    async def call(self, path: str, body: bytes, model: str) -> ChatResponse:
+        reply = await self._http.post_json(path, body)
+        if reply.status != 200:
+            raise ollama_error(reply, self.name, self._key)
+        data = decode_json(ollama_reply_decoder, reply, self.name)
+        return ollama_response(data, provider=self.name, model=model, key=self._key)
+
+    def call_stream(
+        self, path: str, body: bytes, model: str
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+        return ollama_stream(self._http, path, body, model=model, key=self._key)

@@ -23,7 +23,6 @@ from lakehouse.errors import ChatdError, ConfigError, UpstreamBadResponse
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
-from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat_errors import (
     OPENAI_ERROR_KINDS,
     QUOTA_PHRASES,
@@ -32,6 +31,7 @@ from lakehouse.upstreams.openai_chat_errors import (
     in_band_error,
 )
 from lakehouse.upstreams.openai_chat_stream import ChunkFold, Usage
+from lakehouse.upstreams.provider import HTTPProvider
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 CapField = Literal["max_tokens", "max_completion_tokens"]
@@ -133,30 +133,19 @@ def response_format(fmt: Literal["json"] | dict[str, Any] | None) -> _ResponseFo
     return _ResponseFormat("json_schema", _JSONSchemaFormat(name="response", schema=fmt))
 
 
-class OpenAICompatProvider:
+class OpenAICompatProvider(HTTPProvider):
     """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``."""
 
     def __init__(self, ctx: ProviderContext, flavour: Flavour) -> None:
-        if not ctx.key:
-            raise ConfigError("this provider needs a key")
-        self.name = ctx.name
+        super().__init__(ctx, bearer=True)
         self.flavour = flavour
         options = ctx.options if ctx.options is not None else OpenAICompatOptions()
         if not isinstance(options, OpenAICompatOptions):
             raise ConfigError("options must be an OpenAICompatOptions")
         self._options = options
         self._cap: CapField = options.cap_field or flavour.cap_field
-        self._key = ctx.key
-        self._http = HTTPClient(ctx, {"Authorization": f"Bearer {ctx.key}"})
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def probe(self) -> bool:
-        return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
+        self.probe_path = options.probe_path
+        self.probe_timeout = options.probe_timeout_secs
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         cap = request.max_tokens

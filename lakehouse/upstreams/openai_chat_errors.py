@@ -19,7 +19,7 @@ from lakehouse.errors import (
     UpstreamRateLimited,
     UpstreamRejected,
 )
-from lakehouse.keys import REDACTED
+from lakehouse.keys import redact_key
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import error_for_status, parse_retry_after, short_text
 
@@ -111,8 +111,7 @@ def _error_info(error: Any, key: str | None, *, zen_envelope: bool = False) -> _
 
 def _parse_error_body(body: bytes, key: str | None) -> _ErrorInfo:
     """The message and class names of a non-2xx body, whatever its shape."""
-    if key:
-        body = body.replace(key.encode(), REDACTED.encode())
+    body = redact_key(body, key)
     try:
         envelope = _error_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -166,11 +165,6 @@ def classify_error(
     return _KIND_CLASSES[kind](
         text, provider=provider, upstream_status=status, retry_after=retry_after
     )
-
-
-def redact_key(text: str, key: str | None) -> str:
-    """Upstreams sometimes quote the key back in their error text."""
-    return text.replace(key, REDACTED) if key else text
 
 
 def in_band_error(error: Any, status: int, provider: str, key: str | None) -> UpstreamError:

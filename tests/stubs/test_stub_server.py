@@ -125,7 +125,7 @@ async def test_down_answers_503_everywhere(
         for method, url in (("GET", stub.base_url + path), ("POST", stub.base_url + chat)):
             async with http.request(method, url, json={}) as resp:
                 assert (resp.status, await resp.json()) == (503, body)
-        stub.down = False
+        stub.set_down(False)
         async with http.get(stub.base_url + path) as resp:
             assert resp.status == 200
 

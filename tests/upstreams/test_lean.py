@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from lakehouse.upstreams import lean
-from lakehouse.upstreams.http import _lean_usable
+from lakehouse.upstreams.http import _lean_usable, session_send
 
 pytestmark = pytest.mark.anyio
 
@@ -103,14 +103,7 @@ async def both(
     """The same request through the lean path and through the session."""
     out = []
     lean_resp = await lean.send(session, method, URL(url), HEADERS, body, CONNECT, 5)
-    stock_resp = await session.request(
-        method,
-        URL(url),
-        headers=HEADERS,
-        data=body,
-        allow_redirects=False,
-        timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=5),
-    )
+    stock_resp = await session_send(session, method, URL(url), HEADERS, body, CONNECT, 5)
     for resp in (lean_resp, stock_resp):
         body_read = await resp.read()
         resp.release()
