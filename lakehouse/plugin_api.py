@@ -5,6 +5,10 @@ The registry finds the file named by a ``[chatd.providers.<name>]`` table,
 checks ``PLUGIN``, decodes the table's ``options`` into the plugin's options
 Struct, and calls ``build`` with a ``ProviderContext``. Any mistake stops
 start-up with one line naming the provider.
+
+``__all__`` is what a plugin needs to configure one of the shared clients
+(see ``plugins/``); a plugin for a new wire protocol belongs with a new
+client in ``lakehouse/upstreams/``, exported here.
 """
 
 from __future__ import annotations
@@ -13,42 +17,12 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from lakehouse.errors import (
-    BadRequest,
-    ChatdError,
-    ConfigError,
-    UpstreamAuth,
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamQuota,
-    UpstreamRateLimited,
-    UpstreamRedirect,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
-from lakehouse.keys import redact_key
-from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
-from lakehouse.upstreams.failures import (
-    decode_json,
-    error_for_status,
-    parse_retry_after,
-    short_text,
-)
-from lakehouse.upstreams.framing import SSE_DONE, iter_ndjson, iter_sse
-from lakehouse.upstreams.http import HTTPClient, UpstreamStream
+from lakehouse.errors import BadRequest, ConfigError
+from lakehouse.upstreams.contract import PluginOptions, ProviderContext
 from lakehouse.upstreams.ollama import (
-    OLLAMA_QUOTA_PHRASES,
     OllamaChatBody,
     OllamaClient,
     OllamaGenerateBody,
-    OllamaReply,
-    OllamaReplyMessage,
-    OllamaRuntimeOptions,
-    ollama_error,
-    ollama_reply_decoder,
-    ollama_response,
-    ollama_stream,
     runtime_options,
     think_value,
 )
@@ -62,59 +36,36 @@ from lakehouse.upstreams.openai_chat_errors import (
 from lakehouse.upstreams.provider import HTTPProvider
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
-__all__ = [
-    "OLLAMA_QUOTA_PHRASES",
-    "OPENAI_ERROR_KINDS",
-    "OPENROUTER_ERROR_KINDS",
-    "QUOTA_PHRASES",
-    "SSE_DONE",
-    "ZEN_ERROR_KINDS",
-    "BadRequest",
-    "ChatRequest",
-    "ChatResponse",
-    "ChatdError",
-    "ConfigError",
-    "Flavour",
-    "HTTPClient",
-    "HTTPProvider",
-    "Message",
-    "OllamaChatBody",
-    "OllamaClient",
-    "OllamaGenerateBody",
-    "OllamaReply",
-    "OllamaReplyMessage",
-    "OllamaRuntimeOptions",
-    "OpenAICompatOptions",
-    "OpenAICompatProvider",
+__all__ = [  # noqa: RUF022 (grouped by what a plugin does with each, not sorted)
+    # What a plugin file is and what it builds.
     "Plugin",
     "PluginOptions",
     "Provider",
     "ProviderContext",
+    # chatd's own request and answer, as a provider receives and returns them.
+    "ChatRequest",
+    "ChatResponse",
+    "Message",
     "StreamDelta",
-    "UpstreamAuth",
-    "UpstreamBadResponse",
-    "UpstreamError",
-    "UpstreamQuota",
-    "UpstreamRateLimited",
-    "UpstreamRedirect",
-    "UpstreamRejected",
-    "UpstreamReply",
-    "UpstreamStream",
-    "UpstreamTimeout",
-    "UpstreamUnreachable",
-    "decode_json",
-    "error_for_status",
-    "iter_ndjson",
-    "iter_sse",
-    "ollama_error",
-    "ollama_reply_decoder",
-    "ollama_response",
-    "ollama_stream",
-    "parse_retry_after",
-    "redact_key",
+    # What a plugin raises itself: a request it cannot serve, a bad option.
+    "BadRequest",
+    "ConfigError",
+    # The shared clients a plugin configures. Any provider over HTTP:
+    "HTTPProvider",
+    # Ollama's native API (a subclass builds the path and the body):
+    "OllamaClient",
+    "OllamaChatBody",
+    "OllamaGenerateBody",
     "runtime_options",
-    "short_text",
     "think_value",
+    # OpenAI Chat Completions (a Flavour says what differs per upstream):
+    "OpenAICompatProvider",
+    "OpenAICompatOptions",
+    "Flavour",
+    "OPENAI_ERROR_KINDS",
+    "OPENROUTER_ERROR_KINDS",
+    "ZEN_ERROR_KINDS",
+    "QUOTA_PHRASES",
 ]
 
 
