@@ -1,6 +1,9 @@
 """Resilience through the real server, against stubs that fail on command:
 fallback chains, Retry-After, backpressure, cooldown, auth, deadlines and
-config reload."""
+config reload.
+
+Long (~360 lines): each behaviour needs the same three-stub chain, built
+once here."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Provider.stream of every built-in plugin against its protocol stub on
 127.0.0.1: what is sent, what comes back, each fault, and that abandoned
-streams never leave a connection behind."""
+streams never leave a connection behind.
+
+Long (~370 lines): every plugin's stream against every stub fault, sharing
+one world fixture; the cases are tables, not code."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Streams through the real server: native NDJSON and OpenAI SSE against
 every provider's stub, each failure mode, fallbacks, keep-alives, callers
-that hang up, and real clients (httpx, aiohttp, curl over h2c)."""
+that hang up, and real clients (httpx, aiohttp, curl over h2c).
+
+Long (~390 lines): each case is short, but both surfaces meet every
+provider and failure mode; the fixtures they share keep them in one file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The native API through a real server on 127.0.0.1, against the Ollama stub."""
+"""The native API through a real server on 127.0.0.1, against the Ollama stub.
+
+Long (~380 lines): every route and error of web.py through one fixture;
+split it along with web.py itself."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """The /v1 gateway on real sockets: in front of a real chatd, and of a tiny
-aiohttp upstream for what chatd cannot show (streams, headers, timeouts)."""
+aiohttp upstream for what chatd cannot show (streams, headers, timeouts).
+
+Long (~470 lines): covers gateway/app and gateway/proxy together (a relay
+is only observable through the app), with upstream fixtures every case
+shares."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
-"""lakehouse/openai_compat.py against aioresponses: the request it sends,
-the replies it understands, and how each failure maps onto the family."""
+"""lakehouse/upstreams/openai_chat.py against aioresponses: the request it
+sends, the replies it understands, and how each failure maps onto the family.
+
+Long (~500 lines): one client serves three upstreams, and its error tables
+(openai_chat_errors) are tested through it, case by case, as the provider
+meets them; split the error cases out if they grow."""
 
 from __future__ import annotations
 
