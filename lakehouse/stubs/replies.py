@@ -48,7 +48,7 @@ def thinking_text(user_text: str) -> str:
     return f"The user wrote {n} words. A short friendly echo of them will do."
 
 
-def _sample(schema: Any, text: str) -> Any:
+def schema_sample(schema: Any, text: str) -> Any:
     """A value that fits a (simple) JSON schema, carrying the reply text."""
     if not isinstance(schema, dict):
         return {"reply": text}
@@ -57,9 +57,9 @@ def _sample(schema: Any, text: str) -> Any:
         props = schema.get("properties")
         if not isinstance(props, dict) or not props:
             return {"reply": text}
-        return {name: _sample(sub, text) for name, sub in props.items()}
+        return {name: schema_sample(sub, text) for name, sub in props.items()}
     if kind == "array":
-        return [_sample(schema.get("items"), text)]
+        return [schema_sample(schema.get("items"), text)]
     if kind in ("integer", "number"):
         return 1
     if kind == "boolean":
@@ -71,7 +71,7 @@ def _sample(schema: Any, text: str) -> Any:
 
 def json_content(text: str, schema: Any = None) -> str:
     """JSON mode: the content is a JSON document encoded as a string."""
-    return json.dumps(_sample(schema, text) if schema is not None else {"reply": text})
+    return json.dumps(schema_sample(schema, text) if schema is not None else {"reply": text})
 
 
 @dataclass(frozen=True)
