@@ -46,13 +46,13 @@ class ImagePart(msgspec.Struct, tag="image_url", tag_field="type", forbid_unknow
 Part = TextPart | ImagePart
 
 
-class FunctionCall(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class FunctionCall(msgspec.Struct, forbid_unknown_fields=True):
     name: ToolName
     # A JSON object; a string only when a model's arguments were not a JSON
     # object (kept as it wrote them, so nothing is lost on the way back).
     arguments: dict[str, Any] | str = {}
-    # Ollama numbers the calls of one answer; accepted, never needed.
-    index: int | None = None
+    # Ollama numbers the calls of one answer; accepted, never needed or sent.
+    index: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class ToolCall(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -222,6 +222,17 @@ class StreamDelta(msgspec.Struct, omit_defaults=True):
     content: str = ""
     reasoning: str = ""
     tool_calls: list[ToolCallChunk] | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+class StreamLine(msgspec.Struct, omit_defaults=True):
+    """A line of the native stream before the last: text as it comes, and
+    tool calls whole (as Ollama streams them), each once it is complete.
+    (Providers yield StreamDeltas; the native API writes these.)"""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] | None = None
     logprobs: list[TokenLogprob] | None = None
 
 

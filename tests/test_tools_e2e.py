@@ -469,3 +469,37 @@ async def test_sdk_bad_tool_and_orphan_result_name_the_field(sdk: openai.AsyncOp
             messages=[*ASK, {"role": "tool", "tool_call_id": "nope", "content": "x"}],
         )
     assert bad.value.param == "messages[1].tool_call_id"
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_logprobs_pass_through(
+    sdk: openai.AsyncOpenAI, world: World, name: str, stream: bool
+) -> None:
+    asked: dict[str, Any] = {
+        "model": MODELS[name],
+        "messages": ASK,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
+    if stream:
+        async with sdk.chat.completions.stream(**asked) as events:
+            final = await events.get_final_completion()
+    else:
+        final = await sdk.chat.completions.create(**asked)
+    body = sent(world, name)
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
+    choice = final.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    text = "".join(t.token for t in choice.logprobs.content)
+    assert text == choice.message.content
+    assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
+
+
+async def test_native_logprobs(http: httpx.AsyncClient) -> None:
+    for name in ("ollama", "openrouter"):
+        reply = await http.post(
+            "/chat", json={"model": MODELS[name], "messages": ASK, "logprobs": True}
+        )
+        body = reply.json()
+        assert "".join(t["token"] for t in body["logprobs"]) == body["content"]

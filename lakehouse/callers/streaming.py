@@ -19,8 +19,6 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import msgspec
-
 from lakehouse.callers.http_io import Headers, Receive, Send, known_error
 from lakehouse.callers.openai_errors import error_body, error_status
 from lakehouse.callers.openai_replies import (
@@ -42,7 +40,7 @@ from lakehouse.wire import (
     ErrorDetail,
     StreamDelta,
     StreamDone,
-    TokenLogprob,
+    StreamLine,
     ToolCall,
     ToolCallChunk,
     encoder,
@@ -75,16 +73,6 @@ class Framing(Protocol):
     def status(self, exc: ChatdError) -> int: ...
 
 
-class NativeDelta(msgspec.Struct, omit_defaults=True):
-    """A line of the native stream before the last: text as it comes, and
-    tool calls whole (as Ollama streams them), each once it is complete."""
-
-    content: str = ""
-    reasoning: str = ""
-    tool_calls: list[ToolCall] | None = None
-    logprobs: list[TokenLogprob] | None = None
-
-
 class LineWriter:
     """The native stream: one JSON object per line."""
 
@@ -106,14 +94,14 @@ class LineWriter:
             self._fold.add(chunk)
         if not (item.content or item.reasoning or whole or item.logprobs):
             return b""
-        line = NativeDelta(item.content, item.reasoning, whole or None, item.logprobs)
+        line = StreamLine(item.content, item.reasoning, whole or None, item.logprobs)
         return encoder.encode(line) + b"\n"
 
     def end(self, final: ChatResponse) -> bytes:
         lines = b""
         rest = (final.tool_calls or [])[self._sent :]
         if rest:
-            lines = encoder.encode(NativeDelta(tool_calls=rest)) + b"\n"
+            lines = encoder.encode(StreamLine(tool_calls=rest)) + b"\n"
         done = StreamDone(**{f: getattr(final, f) for f in final.__struct_fields__}, done=True)
         return lines + encoder.encode(done) + b"\n"
 

@@ -23,6 +23,7 @@ from lakehouse.stubs.replies import (
     json_content,
     reply_text,
     thinking_text,
+    token_logprobs,
 )
 from lakehouse.stubs.reply import (
     NDJSON,
@@ -324,12 +325,22 @@ class OllamaAPI:
         if fault is not None and fault.kind == "midstream_error" and not stream:
             # Before the first byte Ollama still answers with a proper status.
             raise reject(fault.status or 500, fault.message or MIDSTREAM_ERROR)
+        top = data.get("top_logprobs") or 0
+        logprobs = bool(data.get("logprobs"))
         if not stream:
             body = self._final(model, gen, generate_api, whole=True)
             if calls:
                 body["message"]["tool_calls"] = calls
+            if logprobs:
+                body["logprobs"] = token_logprobs(gen.content, top)
             return json_reply(200, {**body, **tail, **metrics}, OLLAMA_JSON)
-        lines = [ndjson_line(c) for c in self._deltas(model, gen, generate_api)]
+        deltas = self._deltas(model, gen, generate_api)
+        if logprobs:
+            for chunk in deltas:
+                piece = chunk.get("response") or chunk.get("message", {}).get("content")
+                if piece:
+                    chunk["logprobs"] = token_logprobs([piece], top)
+        lines = [ndjson_line(c) for c in deltas]
         if calls:
             # Ollama parses calls out of the output and sends them whole.
             message = {"role": "assistant", "content": "", "tool_calls": calls}

@@ -21,6 +21,7 @@ from lakehouse.stubs.replies import (
     part_text,
     reply_text,
     thinking_text,
+    token_logprobs,
 )
 from lakehouse.stubs.reply import (
     JSON,
@@ -215,6 +216,7 @@ class OpenAIAPI:
         thinks = self.catalog.thinks(model) and not self.flavour.reasoning_off(data)
         if calls:
             content, thinks = "", False
+        top = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
         gen = generate(content, thinking=thinking_text(user_text) if thinks else None,
                        budget=budget)
         usage = _usage(count_prompt(texts), gen)
@@ -225,10 +227,10 @@ class OpenAIAPI:
         headers = {self.flavour.generation_header: ident} if self.flavour.generation_header else {}
         kind = fault.kind if fault is not None else None
         if not stream:
-            return self._whole(head, gen, usage, hidden, fault, headers, calls)
+            return self._whole(head, gen, usage, hidden, fault, headers, calls, top)
         opts = data.get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        frames = self._stream(head, gen, usage, hidden, include_usage, kind, calls)
+        frames = self._stream(head, gen, usage, hidden, include_usage, kind, calls, top)
         if fault is not None and kind == "midstream_error":
             # Cut before the finishing chunk, then report the failure in-band.
             body_frames = len(self.flavour.stream_preamble) + 1 + (
@@ -238,6 +240,13 @@ class OpenAIAPI:
         return Reply(200, SSE, frames, stream=True,
                      headers={"Cache-Control": "no-cache", **headers})
 
+    @staticmethod
+    def _logprobs(pieces: list[str], top: int | None) -> dict[str, Any]:
+        """The choice's ``logprobs``; ``top`` None: not asked for."""
+        if top is None:
+            return {}
+        return {"logprobs": {"content": token_logprobs(pieces, top), "refusal": None}}
+
     def _message(self, gen: Generation, hidden: bool) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": gen.content_text}
         if gen.thinking and not hidden:
@@ -246,10 +255,10 @@ class OpenAIAPI:
 
     def _whole(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
                hidden: bool, fault: Fault | None, headers: Mapping[str, str],
-               calls: list[dict[str, Any]]) -> Reply:
+               calls: list[dict[str, Any]], top: int | None) -> Reply:
         kind = fault.kind if fault is not None else None
         choice: dict[str, Any] = {"index": 0, "message": self._message(gen, hidden),
-                                  "finish_reason": gen.finish}
+                                  "finish_reason": gen.finish, **self._logprobs(gen.content, top)}
         if calls:
             # content is null when the model only called tools.
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
@@ -276,7 +285,7 @@ class OpenAIAPI:
 
     def _stream(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
                 hidden: bool, include_usage: bool, kind: str | None,
-                calls: list[dict[str, Any]]) -> tuple[bytes, ...]:
+                calls: list[dict[str, Any]], top: int | None) -> tuple[bytes, ...]:
         frames = list(self.flavour.stream_preamble)
         if kind == "empty_choices":
             return (*frames, self._chunk(head, []), SSE_DONE)
@@ -288,7 +297,8 @@ class OpenAIAPI:
         if not hidden:
             field = self.flavour.reasoning_field
             frames += [self._chunk(head, [delta({field: t})]) for t in gen.thinking]
-        frames += [self._chunk(head, [delta({"content": t})]) for t in gen.content]
+        frames += [self._chunk(head, [{**delta({"content": t}), **self._logprobs([t], top)}])
+                   for t in gen.content]
         frames += [self._chunk(head, [delta({"tool_calls": [d]})])
                    for d in _tool_call_deltas(calls)]
         last = delta({}, "tool_calls" if calls else gen.finish)

@@ -112,3 +112,19 @@ def generate(content: str, *, thinking: str | None, budget: int | None) -> Gener
     if left < len(answer):
         return Generation(think, answer[:left], "length")
     return Generation(think, answer, "stop")
+
+
+def token_logprobs(pieces: list[str], top: int = 0) -> list[dict[str, Any]]:
+    """Log probabilities of generated tokens, in the shape both dialects
+    use: each token with its bytes and ``top`` alternatives."""
+    out = []
+    for n, piece in enumerate(pieces):
+        logprob = -0.25 * (n % 4 + 1)
+        alternatives = [
+            {"token": piece, "logprob": logprob, "bytes": list(piece.encode())},
+            *({"token": f"alt{k}", "logprob": logprob - k, "bytes": list(f"alt{k}".encode())}
+              for k in range(1, top)),
+        ][:top]
+        out.append({"token": piece, "logprob": logprob, "bytes": list(piece.encode()),
+                    "top_logprobs": alternatives})
+    return out

@@ -118,16 +118,22 @@ class ChunkFold:
             return StreamDelta(logprobs=logprobs) if logprobs else None
         text = delta.content or ""
         thought = delta.reasoning or delta.reasoning_content or ""
-        chunks = [self._chunk(n, call) for n, call in enumerate(delta.tool_calls or ())]
+        chunks = [self._chunk(call) for call in delta.tool_calls or ()]
         if not (text or thought or chunks or logprobs):
             return None
         self._content.append(text)
         self._reasoning.append(thought)
         return StreamDelta(text, thought, chunks or None, logprobs)
 
-    def _chunk(self, position: int, call: _DeltaToolCall) -> ToolCallChunk:
+    def _chunk(self, call: _DeltaToolCall) -> ToolCallChunk:
         function = call.function or _DeltaFunction()
-        index = call.index if call.index is not None else position
+        index = call.index
+        if index is None:
+            # No index (some upstreams send whole calls so): an id or a
+            # name starts the next call, anything else continues the last.
+            known = self._calls.indices()
+            last = max(known, default=-1)
+            index = last + 1 if call.id or function.name or last < 0 else last
         return self._calls.add(
             ToolCallChunk(index, call.id, function.name, function.arguments or "")
         )
