@@ -156,7 +156,8 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
     def __post_init__(self) -> None:
-        check_tools(self)
+        if self.tools or self.tool_choice is not None or self.top_logprobs:
+            check_tools(self)
         check_messages(self.messages)
 
     def has_images(self) -> bool:
@@ -296,6 +297,8 @@ def check_messages(messages: list[Message]) -> None:
     ids: set[str] = set()
     names: set[str] = set()
     for i, m in enumerate(messages):
+        if _plain(m):
+            continue
         at = f"messages[{i}]"
         if m.tool_calls and m.role != "assistant":
             raise _bad(f"{at}.tool_calls", "is only for assistant messages")
@@ -311,6 +314,19 @@ def check_messages(messages: list[Message]) -> None:
             if call.id:
                 ids.add(call.id)
             names.add(call.function.name)
+
+
+def _plain(m: Message) -> bool:
+    """Text only, nothing to check: the common case, kept cheap."""
+    return (
+        m.content.__class__ is str
+        and m.content != ""
+        and m.role != "tool"
+        and m.images is None
+        and m.tool_calls is None
+        and m.tool_call_id is None
+        and m.tool_name is None
+    )
 
 
 def _check_result(m: Message, at: str, ids: set[str], names: set[str]) -> None:
