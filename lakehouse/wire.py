@@ -8,7 +8,9 @@ conventions for tool calls and images).
 Inbound types are strict (unknown fields and wrong types are refused with
 the path of the bad field); outbound types omit optional fields left unset.
 The checks that span fields or messages (an orphan tool result, a named
-``tool_choice`` without its tool) raise BadRequest naming the field.
+``tool_choice`` without its tool) raise BadRequest naming the field; they
+run in ``ChatRequest.__post_init__``, so they live here with the Structs
+(which puts the module a little over 350 lines).
 """
 
 from __future__ import annotations

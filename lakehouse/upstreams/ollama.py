@@ -208,8 +208,8 @@ def ollama_response(
     *,
     provider: str,
     model: str,
+    request: ChatRequest,
     key: str | None = None,
-    request: ChatRequest | None = None,
 ) -> ChatResponse:
     """The ChatResponse for a decoded 200 reply of either endpoint."""
     if data.error:
@@ -220,7 +220,7 @@ def ollama_response(
     calls: list[ToolCall] | None = None
     if data.message is not None:
         content, thinking = data.message.content, data.message.thinking
-        if data.message.tool_calls and request is not None:
+        if data.message.tool_calls:
             calls = tool_calls(data.message.tool_calls, request)
     if content is None or not data.done:
         raise UpstreamBadResponse(
@@ -257,8 +257,8 @@ async def ollama_stream(
     body: bytes,
     *,
     model: str,
+    request: ChatRequest,
     key: str | None = None,
-    request: ChatRequest | None = None,
 ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
     """Stream ``body`` (with ``stream: true``) from ``path``: a StreamDelta per
     line with text, tool calls (which Ollama sends whole: one chunk each) or
@@ -321,8 +321,8 @@ async def ollama_stream(
         await upstream.drain()
 
 
-def _new_calls(data: OllamaReply, request: ChatRequest | None, made: int) -> list[ToolCall]:
-    if data.message is None or not data.message.tool_calls or request is None:
+def _new_calls(data: OllamaReply, request: ChatRequest, made: int) -> list[ToolCall]:
+    if data.message is None or not data.message.tool_calls:
         return []
     if request.parallel_tool_calls is False and made:
         return []
