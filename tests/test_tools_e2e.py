@@ -393,6 +393,7 @@ async def test_sdk_assembles_streamed_tool_calls(sdk: openai.AsyncOpenAI, name: 
     choice = final.choices[0]
     assert choice.finish_reason == "tool_calls"
     calls = choice.message.tool_calls or []
+    assert len({c.id for c in calls}) == 2 and all(c.id and c.type == "function" for c in calls)
     assert [json.loads(c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
         {"city": "parallel Paris"},
         {"zone": "parallel Paris"},
