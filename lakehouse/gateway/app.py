@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from lakehouse.config import (
     parse_overrides,
 )
 from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
+from lakehouse.gateway import legacy
 from lakehouse.gateway.proxy import (
     ASGIApp,
     Caller,
@@ -83,9 +85,11 @@ def routes_from(config: Config) -> list[Route]:
     """The configured routes, longest prefix first; none is an error."""
     if config.gateway is None:
         raise ConfigError("no `[gateway]` table: nothing to proxy")
-    if not config.gateway.routes:
+    # The Go gateway's <service>_url keys, else the routes table (never both).
+    table = legacy.legacy_routes(config.legacy) or config.gateway.routes
+    if not table:
         raise ConfigError("`gateway.routes` is empty: nothing to proxy")
-    routes = [Route.build(prefix, url) for prefix, url in config.gateway.routes.items()]
+    routes = [Route.build(prefix, url) for prefix, url in table.items()]
     return sorted(routes, key=lambda route: len(route.match), reverse=True)
 
 
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from lakehouse import server
 
     setup_logging(config.chatd.log_level)
+    legacy.log_renames(config.legacy, logging.getLogger("chatd.gateway"))
     server.environ_for(str(path), json.dumps(overrides) if overrides else None)
     bind = args.bind or config.gateway.bind
     table = ", ".join(f"{route.prefix} → {route.upstream}" for route in routes)
