@@ -227,3 +227,20 @@ def test_typos_and_bad_values_still_fail_naming_the_key(text: str, needle: str) 
     with pytest.raises(ConfigError) as err:
         make_config(text)
     assert needle in str(err.value)
+
+
+def migration_rows() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Migrating from the Go chatd", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_the_readme_says_what_each_legacy_key_becomes() -> None:
+    from lakehouse.legacy_config import CHATD_KEYS
+
+    rows = migration_rows()
+    for key, (provider, field) in CHATD_KEYS.items():
+        row = [row for row in rows if f"`chatd.{key}`" in row.split(" | ")[0]]
+        assert len(row) == 1, key
+        becomes = row[0].split(" | ")[1]
+        assert f"chatd.providers.{provider}." in becomes and field in becomes, row[0]

@@ -211,3 +211,13 @@ def test_the_gateway_starts_on_the_reference_file_and_logs_each_legacy_key() -> 
         f'legacy key `gateway.{service}_url` read as `gateway.routes."{prefix}"`'
         for service, prefix in PREFIXES
     ]
+
+
+def test_the_readme_says_what_each_legacy_key_becomes() -> None:
+    from tests.test_legacy_config import migration_rows
+
+    rows = migration_rows()
+    for service, prefix in PREFIXES:
+        row = [row for row in rows if row.startswith(f"| `gateway.{service}_url` |")]
+        assert len(row) == 1, service
+        assert f'`gateway.routes."{prefix}"`' in row[0]
