@@ -22,7 +22,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from lakehouse.errors import ConfigError
-from lakehouse.legacy_config import Legacy, translate
+from lakehouse.legacy_config import Legacy, is_legacy, translate
 
 SECONDS = 1.0
 MIB = 1024 * 1024
@@ -220,9 +220,13 @@ def parse(
         data = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    # Before the overrides: they speak the current spelling and win.
+    # Overrides in the Go spelling join the file's; the rest come after the
+    # translation, so the current spelling wins over the file's Go keys.
+    later = dict(overrides or {})
+    for dotted in [key for key in later if is_legacy(key)]:
+        _set(data, dotted, later.pop(dotted))
     legacy = translate(data, source)
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in later.items():
         _set(data, dotted, value)
     owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
     _check_entries(owned, source)

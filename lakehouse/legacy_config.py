@@ -66,6 +66,12 @@ class Legacy(msgspec.Struct, kw_only=True):
         return key
 
 
+def is_legacy(dotted: str) -> bool:
+    """Whether a dotted key (``--set``) is one of the Go names."""
+    table, _, key = dotted.partition(".")
+    return (table == "chatd" and key in CHATD_KEYS) or (table == "gateway" and key in GATEWAY_KEYS)
+
+
 def translate(data: dict[str, Any], source: str) -> Legacy:
     """Take the legacy keys off ``data`` (the whole file, as plain dicts)."""
     legacy = Legacy()

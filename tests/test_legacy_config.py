@@ -81,7 +81,7 @@ def test_the_reference_file_passes_check_with_one_line_per_legacy_key() -> None:
     # No keys anywhere (the /etc/lakehouse files do not exist here): only
     # the local Ollama, as the Go chatd would have registered.
     assert "providers: ollama\n" in done.stdout
-    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert [line["msg"] for line in lines] == [
         f"legacy key `{old}` read as `{new}`" for old, new in LEGACY_KEYS
     ]
@@ -196,6 +196,14 @@ def test_an_override_wins_over_a_legacy_key() -> None:
         overrides={"chatd.providers.ollama.base_url": "http://127.0.0.1:9"},
     )
     assert config.chatd.providers["ollama"].base_url == "http://127.0.0.1:9"
+
+
+def test_an_override_may_use_the_go_spelling() -> None:
+    text = '[chatd]\nollama_url = "http://localhost:11434"\n'
+    config = make_config(text, overrides={"chatd.ollama_url": "http://10.0.0.5:11434"})
+    assert config.chatd.providers["ollama"].base_url == "http://10.0.0.5:11434"
+    config = make_config("[gateway]\n", overrides={"gateway.chatd_url": "http://10.0.0.5:3220"})
+    assert config.legacy.gateway_urls == {"chatd_url": "http://10.0.0.5:3220"}
 
 
 def test_only_legacy_keys_register_ollama() -> None:
