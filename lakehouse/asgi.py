@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from lakehouse.callers.web import create_app
 from lakehouse.config import default_config_path, load
 from lakehouse.logs import setup_logging
+from lakehouse.sd_notify import announcing
 from lakehouse.server import tune_connections
 
 
@@ -30,4 +31,4 @@ def app_from_env() -> Callable[..., Awaitable[None]]:
     # keeps each full collection from rescanning them, a pause that lands
     # on some request's latency.
     gc.freeze()
-    return app
+    return announcing(app)

@@ -20,9 +20,9 @@ from typing import Protocol, runtime_checkable
 from lakehouse.errors import BadRequest, ConfigError
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext
 from lakehouse.upstreams.ollama import (
-    OllamaChatBody,
     OllamaClient,
     OllamaGenerateBody,
+    chat_body,
     runtime_options,
     think_value,
 )
@@ -54,7 +54,7 @@ __all__ = [  # noqa: RUF022 (grouped by what a plugin does with each, not sorted
     "HTTPProvider",
     # Ollama's native API (a subclass builds the path and the body):
     "OllamaClient",
-    "OllamaChatBody",
+    "chat_body",
     "OllamaGenerateBody",
     "runtime_options",
     "think_value",

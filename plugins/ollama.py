@@ -14,14 +14,12 @@ import msgspec
 from lakehouse.plugin_api import (
     ChatRequest,
     ChatResponse,
-    OllamaChatBody,
     OllamaClient,
     Plugin,
     PluginOptions,
     ProviderContext,
     StreamDelta,
-    runtime_options,
-    think_value,
+    chat_body,
 )
 
 _encode = msgspec.json.Encoder().encode
@@ -42,25 +40,25 @@ class OllamaProvider(OllamaClient):
         self._options: OllamaOptions = ctx.options
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
+        options = self._options
         return _encode(
-            OllamaChatBody(
-                model=model,
-                messages=request.messages,
+            chat_body(
+                request,
+                model,
                 stream=stream,
-                think=think_value(request),
-                format=request.format,
-                options=runtime_options(request, self._options.num_ctx),
-                keep_alive=self._options.keep_alive,
+                num_ctx=options.num_ctx,
+                keep_alive=options.keep_alive,
             )
         )
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        return await self.call("/api/chat", self.body(request, model), model)
+        return await self.call("/api/chat", self.body(request, model), model, request)
 
     def stream(
         self, request: ChatRequest, model: str
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
-        return self.call_stream("/api/chat", self.body(request, model, stream=True), model)
+        body = self.body(request, model, stream=True)
+        return self.call_stream("/api/chat", body, model, request)
 
 
 PLUGIN = Plugin(
