@@ -2,8 +2,8 @@
 
 They are also chatd's internal model: every caller surface maps its
 requests onto ``ChatRequest`` and every provider maps ``ChatResponse`` and
-``StreamDelta`` out of its upstream's replies (``/work/notes`` keeps the
-conventions for tool calls and images).
+``StreamDelta`` out of its upstream's replies (the README's "Tools and
+images" section states the conventions for tool calls and images).
 
 Inbound types are strict (unknown fields and wrong types are refused with
 the path of the bad field); outbound types omit optional fields left unset.

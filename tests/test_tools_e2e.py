@@ -350,7 +350,7 @@ async def test_penalties_reach_every_upstream(
 
 
 async def test_kimi_refuses_penalties_itself(http: httpx.AsyncClient, world: World) -> None:
-    # Kimi's K2.5+ models take only 0 (protocols.md §3.9): its refusal is
+    # Kimi's K2.5+ models take only 0 (the kimi stub answers as they do): its refusal is
     # relayed, not pre-empted, since other Kimi models may take them.
     reply = await http.post(
         "/chat", json={"model": MODELS["kimi"], "messages": ASK, "presence_penalty": 0.5}

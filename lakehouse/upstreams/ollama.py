@@ -1,6 +1,9 @@
 """Ollama's native API (``/api/chat``, ``/api/generate``), shared by the
 local and the cloud provider: request and reply Structs, and the mapping
 of its ``{"error": "text"}`` bodies onto chatd's error family.
+
+A little over 350 lines: one API's bodies, replies, stream and the client
+base both Ollama plugins configure (``OllamaClient``) read best together.
 """
 
 from __future__ import annotations

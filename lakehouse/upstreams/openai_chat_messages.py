@@ -1,4 +1,5 @@
-"""chatd's conversation in the Chat Completions shape (protocols.md §3.1):
+"""chatd's conversation in the Chat Completions shape
+(https://platform.openai.com/docs/api-reference/chat/create):
 content as text or ordered parts with ``image_url`` parts, assistant
 ``tool_calls`` with arguments as JSON text, ``tool`` results by
 ``tool_call_id``. An upstream of this dialect takes images by URL itself,
