@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -404,12 +404,10 @@ def create_app(
                 send = bounded(send, stall)
             try:
                 if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                    with counted(app.state):
-                        await chat(scope, receive, send)
+                    await counted(chat, app.state, scope, receive, send)
                     return
                 if scope["path"] in COMPLETIONS_PATHS:
-                    with counted(app.state):
-                        await completions(scope, receive, send)
+                    await counted(completions, app.state, scope, receive, send)
                     return
             except PeerGone:
                 return
@@ -418,15 +416,20 @@ def create_app(
     return asgi
 
 
-@contextlib.contextmanager
-def counted(state: Any) -> Iterator[None]:
-    """A chat request in ``chatd_in_flight_requests`` while it is served."""
+async def counted(
+    endpoint: ASGIApp, state: Any, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """A chat request, in ``chatd_in_flight_requests`` while it is served."""
     runtime: Runtime | None = getattr(state, "runtime", None)
     if runtime is None:
-        yield
+        await endpoint(scope, receive, send)
         return
-    with runtime.metrics.in_flight.track_inprogress():
-        yield
+    gauge = runtime.metrics.in_flight
+    gauge.inc()
+    try:
+        await endpoint(scope, receive, send)
+    finally:
+        gauge.dec()
 
 
 class PeerGone(Exception):

@@ -252,6 +252,10 @@ def app_from_env() -> ASGIApp:
     path = default_config_path()
     config = load(path, overrides)
     setup_logging(config.chatd.log_level)
+    if config.chatd.server.tuned:
+        from lakehouse import server
+
+        server.tune_connections()  # spawned workers import Hypercorn afresh
     return sd_notify.announcing(create_gateway(config, source=lambda: load(path, overrides)))
 
 
