@@ -50,14 +50,15 @@ async def stub() -> AsyncIterator[StubUpstream]:
         await stub.stop()
 
 
-def config_for(stub: StubUpstream) -> Config:
-    return make_config(
-        overrides={
-            **provider_table("ollama", stub.base_url),
-            "chatd.probe_interval_secs": 0,
-            "chatd.server.keep_alive_secs": KEEP_ALIVE,
-        }
-    )
+def config_for(stub: StubUpstream, **server: Any) -> Config:
+    """chatd in front of ``stub``; ``server``: [chatd.server] keys to set."""
+    overrides = {
+        **provider_table("ollama", stub.base_url),
+        "chatd.probe_interval_secs": 0,
+        "chatd.server.keep_alive_secs": KEEP_ALIVE,
+    }
+    overrides.update({f"chatd.server.{key}": value for key, value in server.items()})
+    return make_config(overrides=overrides)
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
@@ -92,14 +93,7 @@ async def test_idle_connection_closes_after_keep_alive(stub: StubUpstream) -> No
 
 
 async def test_each_request_restarts_the_idle_clock(stub: StubUpstream) -> None:
-    config = make_config(
-        overrides={
-            **provider_table("ollama", stub.base_url),
-            "chatd.probe_interval_secs": 0,
-            "chatd.server.keep_alive_secs": LONG_KEEP_ALIVE,
-        }
-    )
-    async with running_chatd(config) as base:
+    async with running_chatd(config_for(stub, keep_alive_secs=LONG_KEEP_ALIVE)) as base:
         reader, writer = await connect(base)
         # Requests 1 s apart keep the connection open past the span: 3 s of
         # slack per gap.
@@ -121,14 +115,7 @@ async def test_a_request_longer_than_keep_alive_is_not_cut(stub: StubUpstream) -
 
 
 async def test_shutdown_closes_idle_connections_at_once(stub: StubUpstream) -> None:
-    config = make_config(
-        overrides={
-            **provider_table("ollama", stub.base_url),
-            "chatd.probe_interval_secs": 0,
-            "chatd.server.keep_alive_secs": 60,
-        }
-    )
-    async with running_chatd(config) as base:
+    async with running_chatd(config_for(stub, keep_alive_secs=60)) as base:
         reader, writer = await connect(base)
         assert b" 200 " in await exchange(reader, writer)
         stopping = time.monotonic()
@@ -305,14 +292,7 @@ def watchers() -> int:
 
 @pytest.mark.parametrize("tuned", [True, False])
 async def test_the_switch_picks_the_connections(stub: StubUpstream, tuned: bool) -> None:
-    config = make_config(
-        overrides={
-            **provider_table("ollama", stub.base_url),
-            "chatd.probe_interval_secs": 0,
-            "chatd.server.tuned": tuned,
-        }
-    )
-    async with running_chatd(config) as base:
+    async with running_chatd(config_for(stub, tuned=tuned)) as base:
         reader, writer = await connect(base)
         answer = await exchange(reader, writer)
         assert b" 200 " in answer
