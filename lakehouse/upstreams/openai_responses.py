@@ -5,7 +5,8 @@ relies on are in docs/protocols/openai-responses.md.
 How chatd's request maps:
 - system messages become ``instructions`` (joined in order), the rest
   ``input`` messages with their role;
-- ``max_tokens`` becomes ``max_output_tokens`` (reasoning counts against it);
+- ``max_tokens`` becomes ``max_output_tokens`` (reasoning counts against
+  it), raised to Responses' minimum of 16 when smaller;
 - ``format`` becomes ``text.format`` (``json_object`` or a named
   ``json_schema``);
 - ``think`` becomes ``reasoning.effort`` (``max`` is sent as ``high``) with
@@ -35,6 +36,8 @@ from lakehouse.upstreams.openai_responses_reply import parse_response
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
 
+# OpenAI refuses a smaller max_output_tokens (400); a smaller cap is raised.
+MIN_OUTPUT_TOKENS = 16
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 
 
@@ -71,7 +74,8 @@ class _Body(msgspec.Struct, omit_defaults=True):
     model: str
     input: list[_Input]
     stream: bool
-    store: bool = False
+    # No default, so always sent: chatd keeps no state upstream.
+    store: bool
     instructions: str | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
@@ -91,6 +95,10 @@ def text_format(fmt: Literal["json"] | dict[str, Any] | None) -> _Text | None:
     assert isinstance(fmt, dict)
     # Responses requires a name; callers give only the schema.
     return _Text(_Format("json_schema", name="response", schema=fmt))
+
+
+def output_cap(max_tokens: int | None) -> int | None:
+    return None if max_tokens is None else max(max_tokens, MIN_OUTPUT_TOKENS)
 
 
 def reasoning(think: bool | str | None) -> _Reasoning | None:
@@ -152,8 +160,9 @@ class OpenAIResponsesProvider:
                 model=model,
                 input=items,
                 stream=stream,
+                store=False,
                 instructions="\n\n".join(instructions) or None,
-                max_output_tokens=request.max_tokens,
+                max_output_tokens=output_cap(request.max_tokens),
                 temperature=request.temperature if sampling else None,
                 top_p=request.top_p if sampling else None,
                 text=text_format(request.format),

@@ -1,0 +1,192 @@
+"""The Anthropic Messages dialect (docs/protocols/anthropic-messages.md):
+``POST {base}/messages`` as Anthropic, OpenCode Zen and Kimi's Anthropic-
+compatible endpoint answer it, whole or as named SSE events."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from lakehouse.stubs.catalog import Catalog
+from lakehouse.stubs.faults import Fault
+from lakehouse.stubs.flavours import Flavour
+from lakehouse.stubs.openai import decode_body
+from lakehouse.stubs.received import Received, Route
+from lakehouse.stubs.replies import (
+    Generation,
+    count_prompt,
+    generate,
+    json_content,
+    part_text,
+    reply_text,
+    thinking_text,
+)
+from lakehouse.stubs.reply import JSON, SSE, Failure, Rejected, Reply, encode, json_reply, reject
+
+OVERLOADED = "Overloaded"
+INVALID = "invalid_request_error"
+MIN_THINK_BUDGET = 1024
+
+def named_event(name: str, obj: Mapping[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + encode(obj) + b"\n\n"
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or its text blocks (tool_result blocks too)."""
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                parts.append(part_text(block.get("content")))
+        return " ".join([part_text(content), *parts]).strip()
+    return part_text(content)
+
+
+class MessagesAPI:
+    def __init__(self, flavour: Flavour, catalog: Catalog) -> None:
+        self.flavour = flavour
+        self.catalog = catalog
+        self._ids = itertools.count(1)
+
+    def routes(self) -> list[Route]:
+        return [Route("POST", f"{self.flavour.base_path}/messages", self.messages,
+                      chat=True, auth="x-api-key", error=self.error)]
+
+    def error(self, failure: Failure) -> Reply:
+        body = self.flavour.messages_error(
+            failure.status, failure.message, failure.error_type, failure.metadata)
+        return json_reply(failure.status, body, JSON, failure.headers)
+
+    def messages(self, call: Received, fault: Fault | None) -> Reply:
+        try:
+            return self._answer(call, fault)
+        except Rejected as exc:
+            return self.error(exc.failure)
+
+    def _check(self, data: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]], int]:
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            raise reject(400, "model: Field required", INVALID)
+        if self.catalog.find(model) is None:
+            raise Rejected(self.flavour.not_found(model))
+        cap = data.get("max_tokens")
+        if cap is None:
+            raise reject(400, "max_tokens: Field required", INVALID)
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise reject(400, "max_tokens: Input should be a valid positive integer", INVALID)
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise reject(400, "messages: at least one message is required", INVALID)
+        for i, m in enumerate(messages):
+            role = m.get("role") if isinstance(m, dict) else None
+            if role not in ("user", "assistant"):
+                raise reject(400, f"messages.{i}.role: Input should be 'user' or 'assistant'",
+                             INVALID)
+        return model, messages, cap
+
+    def _thinking_budget(self, data: Mapping[str, Any], cap: int) -> int | None:
+        thinking = data.get("thinking")
+        if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+            return None
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < MIN_THINK_BUDGET:
+            raise reject(400, "thinking.enabled.budget_tokens: Input should be greater than "
+                         "or equal to 1024", INVALID)
+        if budget >= cap:
+            raise reject(400, "`max_tokens` must be greater than `thinking.budget_tokens`",
+                         INVALID)
+        if data.get("temperature") not in (None, 1, 1.0):
+            raise reject(400, "`temperature` may only be set to 1 when thinking is enabled",
+                         INVALID)
+        return budget
+
+    def _answer(self, call: Received, fault: Fault | None) -> Reply:
+        data = decode_body(call.body, INVALID)
+        model, messages, cap = self._check(data)
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise reject(400, "stream: Input should be a valid boolean", INVALID)
+        budget = self._thinking_budget(data, cap)
+        system = part_text(data.get("system"))
+        users = [m for m in messages if m.get("role") == "user"]
+        user_text = _text(users[-1].get("content")) if users else ""
+        text = reply_text(user_text)
+        if "JSON" in system:
+            text = json_content(text)
+        # Thinking spends at most its budget; the rest of the cap is the answer's.
+        gen = generate(text, thinking=thinking_text(user_text) if budget else None, budget=cap)
+        prompt = count_prompt([system, *(_text(m.get("content")) for m in messages)])
+        ident = f"msg_stub{next(self._ids):06d}"
+        kind = fault.kind if fault is not None else None
+        if not stream:
+            if kind == "midstream_error":
+                assert fault is not None
+                raise Rejected(Failure(fault.status or 529, fault.message or OVERLOADED,
+                                       fault.error_type))
+            return json_reply(200, self._whole(ident, model, gen, prompt, kind))
+        frames = self._stream(ident, model, gen, prompt)
+        if fault is not None and kind == "midstream_error":
+            keep = min(fault.after, len(frames) - 2)
+            error = self.flavour.messages_error(
+                fault.status or 529, fault.message or OVERLOADED, fault.error_type, None)
+            frames = (*frames[:keep], named_event("error", error))
+        return Reply(200, SSE, frames, stream=True, headers={"Cache-Control": "no-cache"})
+
+    @staticmethod
+    def _stop(gen: Generation) -> str:
+        return "max_tokens" if gen.finish == "length" else "end_turn"
+
+    def _whole(self, ident: str, model: str, gen: Generation, prompt: int,
+               kind: str | None) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if gen.thinking:
+            content.append({"type": "thinking", "thinking": gen.thinking_text,
+                            "signature": "stub-signature"})
+        if gen.content:
+            content.append({"type": "text", "text": gen.content_text})
+        return {
+            "id": ident, "type": "message", "role": "assistant", "model": model,
+            "content": [] if kind == "empty_choices" else content,
+            "stop_reason": self._stop(gen), "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": gen.count,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        }
+
+    def _stream(self, ident: str, model: str, gen: Generation,
+                prompt: int) -> tuple[bytes, ...]:
+        start: dict[str, Any] = {
+            "id": ident, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": 1,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+        frames = [named_event("message_start", {"type": "message_start", "message": start}),
+                  named_event("ping", {"type": "ping"})]
+        index = 0
+        for kind, pieces, field, delta_type in (
+            ("thinking", gen.thinking, "thinking", "thinking_delta"),
+            ("text", gen.content, "text", "text_delta"),
+        ):
+            if not pieces:
+                continue
+            block: dict[str, Any] = {"type": kind, field: ""}
+            if kind == "thinking":
+                block["signature"] = ""
+            frames.append(named_event("content_block_start", {
+                "type": "content_block_start", "index": index, "content_block": block}))
+            frames += [named_event("content_block_delta", {
+                "type": "content_block_delta", "index": index,
+                "delta": {"type": delta_type, field: piece}}) for piece in pieces]
+            if kind == "thinking":
+                frames.append(named_event("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "signature_delta", "signature": "stub-signature"}}))
+            frames.append(named_event("content_block_stop",
+                                      {"type": "content_block_stop", "index": index}))
+            index += 1
+        frames.append(named_event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": self._stop(gen), "stop_sequence": None},
+            "usage": {"output_tokens": gen.count}}))
+        frames.append(named_event("message_stop", {"type": "message_stop"}))
+        return tuple(frames)
