@@ -93,14 +93,14 @@ def cloud_model(model: str) -> str:
 
 def flatten(messages: list[Message]) -> tuple[str | None, str]:
     """``(system, prompt)`` for /api/generate, as the module docstring says."""
-    system = [m.content for m in messages if m.role == "system"]
+    system = [m.text() for m in messages if m.role == "system"]
     rest = [m for m in messages if m.role != "system"]
     if not rest:
         raise BadRequest("Ollama Cloud's generate endpoint needs a non-system message")
     if len(rest) == 1 and rest[0].role == "user":
-        prompt = rest[0].content
+        prompt = rest[0].text()
     else:
-        turns = [f"{_ROLE_LABELS[m.role]}: {m.content}" for m in rest]
+        turns = [f"{_ROLE_LABELS[m.role]}: {m.text()}" for m in rest]
         prompt = "\n\n".join([*turns, "Assistant:"])
     return ("\n\n".join(system) or None), prompt
 
