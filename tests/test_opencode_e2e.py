@@ -17,7 +17,7 @@ import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
 from lakehouse.stubs.replies import reply_text
-from lakehouse.upstreams.anthropic_messages import JSON_INSTRUCTION
+from lakehouse.upstreams.anthropic_messages_request import JSON_INSTRUCTION
 from tests.support import make_config, running_chatd
 
 pytestmark = pytest.mark.anyio
@@ -149,7 +149,7 @@ async def test_responses_body(world: World) -> None:
     assert sent.json == {
         "model": "gpt-5.4",
         "instructions": "be brief",
-        "input": [{"role": "user", "content": SAID}],
+        "input": [{"type": "message", "role": "user", "content": SAID}],
         "max_output_tokens": 40,
         "stream": False,
         "store": False,
@@ -320,3 +320,173 @@ async def test_kimi_anthropic_endpoint(world: World) -> None:
     resp = await world.chat("kimi_claude/kimi-for-coding")
     assert resp.json()["error"]["code"] == "upstream_error"
     assert "overloaded_error" in resp.json()["error"]["message"]
+
+
+# -- tools and images -------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+ASK = [{"role": "user", "content": SAID}]
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+PHOTO = "https://example.test/cat.jpg"
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])
+async def test_tool_call_and_result_round_trip(world: World, model: str) -> None:
+    resp = await world.chat(f"opencode/{model}", messages=ASK, tools=[WEATHER])
+    assert resp.status_code == 200, resp.text
+    first = resp.json()
+    assert first["done_reason"] == "tool_calls" and first["content"] == ""
+    (call,) = first["tool_calls"]
+    assert call["id"] and call["function"] == {
+        "name": "get_weather",
+        "arguments": {"city": SAID},
+    }
+    assert first["completion_tokens"] > 0
+    history = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny and warm"},
+    ]
+    resp = await world.chat(f"opencode/{model}", messages=history, tools=[WEATHER])
+    assert resp.status_code == 200, resp.text
+    second = resp.json()
+    assert second["content"] == reply_text("sunny and warm")
+    assert second["done_reason"] == "stop" and "tool_calls" not in second
+    offer, answer = world.zen.chats
+    if model.startswith("claude"):
+        assert offer.json["tools"] == [{
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "input_schema": WEATHER["function"]["parameters"],
+        }]
+        assert answer.json["messages"][1:] == [
+            {"role": "assistant", "content": [{
+                "type": "tool_use", "id": call["id"], "name": "get_weather",
+                "input": {"city": SAID}}]},
+            {"role": "user", "content": [{
+                "type": "tool_result", "tool_use_id": call["id"],
+                "content": "sunny and warm"}]},
+        ]
+    else:
+        assert offer.json["tools"] == [{
+            "type": "function",
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": WEATHER["function"]["parameters"],
+            # Responses defaults strict to true: sent as the caller set it.
+            "strict": False,
+        }]
+        assert answer.json["input"][1:] == [
+            {"type": "function_call", "call_id": call["id"], "name": "get_weather",
+             "arguments": json.dumps({"city": SAID}, separators=(",", ":"))},
+            {"type": "function_call_output", "call_id": call["id"],
+             "output": "sunny and warm"},
+        ]
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])
+async def test_streamed_tool_call(world: World, model: str) -> None:
+    status, lines = await world.lines(f"opencode/{model}", messages=ASK, tools=[WEATHER])
+    assert status == 200
+    *deltas, last = lines
+    chunks = [c for d in deltas for c in d.get("tool_calls", ())]
+    assert len(chunks) > 2, "the arguments arrive in fragments, relayed as they come"
+    assert chunks[0]["index"] == 0 and chunks[0]["name"] == "get_weather" and chunks[0]["id"]
+    assert json.loads("".join(c.get("arguments", "") for c in chunks)) == {"city": SAID}
+    assert last["done_reason"] == "tool_calls"
+    assert last["tool_calls"] == [{
+        "id": chunks[0]["id"], "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": SAID}},
+    }]
+
+
+async def test_results_named_by_tool_name_pair_with_calls_without_ids(world: World) -> None:
+    history = [
+        *ASK,
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "tool_name": "get_weather", "content": "snow"},
+    ]
+    for model in ("claude-opus-4-7", "gpt-5.4"):
+        resp = await world.chat(f"opencode/{model}", messages=history, tools=[WEATHER])
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["content"] == reply_text("snow")
+    claude, gpt = world.zen.chats
+    assert claude.json["messages"][1]["content"][0]["id"] == "call_1_0"
+    assert claude.json["messages"][2]["content"][0]["tool_use_id"] == "call_1_0"
+    assert gpt.json["input"][1]["call_id"] == gpt.json["input"][2]["call_id"] == "call_1_0"
+
+
+CHOICES = [
+    # (tool_choice, parallel_tool_calls, Messages' tool_choice, Responses' tool_choice)
+    ("required", None, {"type": "any"}, "required"),
+    ("none", None, {"type": "none"}, "none"),
+    (
+        {"type": "function", "function": {"name": "get_weather"}},
+        False,
+        {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        {"type": "function", "name": "get_weather"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("choice", "parallel", "messages", "responses"), CHOICES)
+async def test_tool_choice(
+    world: World, choice: Any, parallel: bool | None, messages: Any, responses: Any
+) -> None:
+    extra: dict[str, Any] = {"tools": [WEATHER], "tool_choice": choice, "messages": ASK}
+    if parallel is not None:
+        extra["parallel_tool_calls"] = parallel
+    for model in ("claude-opus-4-7", "gpt-5.4"):
+        resp = await world.chat(f"opencode/{model}", **extra)
+        assert resp.status_code == 200, resp.text
+        assert (resp.json()["done_reason"] == "tool_calls") == (choice != "none")
+    claude, gpt = world.zen.chats
+    assert claude.json["tool_choice"] == messages
+    assert gpt.json["tool_choice"] == responses
+    assert gpt.json.get("parallel_tool_calls") == parallel
+
+
+async def test_images_reach_both_in_their_own_shape(world: World) -> None:
+    seeing = [{
+        "role": "user",
+        "content": [{"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": PNG}}],
+        "images": [PHOTO],
+    }]
+    for model in ("claude-opus-4-7", "gpt-5.4"):
+        resp = await world.chat(f"opencode/{model}", messages=seeing)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["content"] == reply_text("what is this")
+    claude, gpt = world.zen.chats
+    assert claude.json["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": PNG.split(",", 1)[1]}},
+        {"type": "image", "source": {"type": "url", "url": PHOTO}},
+    ]}]
+    assert gpt.json["input"] == [{"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "what is this"},
+        {"type": "input_image", "image_url": PNG, "detail": "auto"},
+        {"type": "input_image", "image_url": PHOTO, "detail": "auto"},
+    ]}]
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])
+async def test_logprobs_are_refused_before_the_upstream(world: World, model: str) -> None:
+    resp = await world.chat(f"opencode/{model}", logprobs=True)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["path"] == "$.logprobs"
+    assert world.zen.received == []

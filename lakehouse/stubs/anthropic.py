@@ -23,13 +23,21 @@ from lakehouse.stubs.replies import (
     thinking_text,
 )
 from lakehouse.stubs.reply import JSON, SSE, Failure, Rejected, Reply, encode, json_reply, reject
+from lakehouse.stubs.tool_use import Call, choose
 
 OVERLOADED = "Overloaded"
 INVALID = "invalid_request_error"
 MIN_THINK_BUDGET = 1024
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 def named_event(name: str, obj: Mapping[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + encode(obj) + b"\n\n"
+
+
+def _answers_tools(message: Mapping[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
 def _text(content: Any) -> str:
@@ -78,12 +86,78 @@ class MessagesAPI:
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
             raise reject(400, "messages: at least one message is required", INVALID)
+        offered: set[str] = set()
         for i, m in enumerate(messages):
             role = m.get("role") if isinstance(m, dict) else None
             if role not in ("user", "assistant"):
                 raise reject(400, f"messages.{i}.role: Input should be 'user' or 'assistant'",
                              INVALID)
+            offered = self._check_blocks(i, m.get("content"), offered)
         return model, messages, cap
+
+    def _check_blocks(self, i: int, content: Any, offered: set[str]) -> set[str]:
+        """Blocks are well formed and tool results answer the turn before;
+        the tool_use ids this turn offers."""
+        if isinstance(content, str):
+            return set()
+        if not isinstance(content, list):
+            raise reject(400, f"messages.{i}.content: Input should be a string or a list",
+                         INVALID)
+        ids: set[str] = set()
+        for j, block in enumerate(content):
+            kind = block.get("type") if isinstance(block, dict) else None
+            at = f"messages.{i}.content.{j}"
+            if kind == "tool_use":
+                if not block.get("id") or not isinstance(block.get("input"), dict):
+                    raise reject(400, f"{at}.tool_use: id and input are required", INVALID)
+                ids.add(block["id"])
+            elif kind == "tool_result" and block.get("tool_use_id") not in offered:
+                raise reject(400, f"{at}: unexpected `tool_use_id` found in `tool_result` "
+                             "blocks; each must answer a `tool_use` of the previous turn",
+                             INVALID)
+            elif kind == "image":
+                self._check_image(at, block.get("source"))
+            elif kind not in ("text", "tool_result", "thinking"):
+                raise reject(400, f"{at}.type: unknown content block type {kind!r}", INVALID)
+        return ids
+
+    @staticmethod
+    def _check_image(at: str, source: Any) -> None:
+        kind = source.get("type") if isinstance(source, dict) else None
+        if kind == "base64" and isinstance(source, dict):
+            if source.get("media_type") not in IMAGE_TYPES or not source.get("data"):
+                raise reject(400, f"{at}.source: media_type must be one of {IMAGE_TYPES} "
+                             "and data is required", INVALID)
+        elif kind == "url" and isinstance(source, dict):
+            if not str(source.get("url", "")).startswith(("http://", "https://")):
+                raise reject(400, f"{at}.source.url: must be an http(s) URL", INVALID)
+        else:
+            raise reject(400, f"{at}.source.type: Input should be 'base64' or 'url'", INVALID)
+
+    def _tools(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        tools = data.get("tools") or []
+        if not isinstance(tools, list):
+            raise reject(400, "tools: Input should be a valid list", INVALID)
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or not tool.get("name") \
+                    or not isinstance(tool.get("input_schema"), dict):
+                raise reject(400, f"tools.{i}: name and input_schema are required", INVALID)
+        return [{"name": t["name"], "schema": t["input_schema"]} for t in tools]
+
+    def _call(self, data: Mapping[str, Any], messages: list[dict[str, Any]],
+              user_text: str) -> Call | None:
+        tools = self._tools(data)
+        choice = data.get("tool_choice") or {"type": "auto"}
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        if kind not in ("auto", "any", "tool", "none"):
+            raise reject(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or "
+                         "'none'", INVALID)
+        if kind == "none" or _answers_tools(messages[-1]):
+            return None
+        named = choice.get("name") if kind == "tool" else None
+        if named is not None and named not in {t["name"] for t in tools}:
+            raise reject(400, f"tool_choice.name: no tool named {named!r}", INVALID)
+        return choose(tools, named, user_text)
 
     def _thinking_budget(self, data: Mapping[str, Any], cap: int) -> int | None:
         thinking = data.get("thinking")
@@ -119,6 +193,9 @@ class MessagesAPI:
         prompt = count_prompt([system, *(_text(m.get("content")) for m in messages)])
         ident = f"msg_stub{next(self._ids):06d}"
         kind = fault.kind if fault is not None else None
+        tool = self._call(data, messages, user_text)
+        if tool is not None:
+            return self._called(ident, model, tool, prompt, stream)
         if not stream:
             if kind == "midstream_error":
                 assert fault is not None
@@ -132,6 +209,40 @@ class MessagesAPI:
                 fault.status or 529, fault.message or OVERLOADED, fault.error_type, None)
             frames = (*frames[:keep], named_event("error", error))
         return Reply(200, SSE, frames, stream=True, headers={"Cache-Control": "no-cache"})
+
+    def _called(self, ident: str, model: str, call: Call, prompt: int,
+                stream: bool) -> Reply:
+        """The model calls a tool instead of answering."""
+        use = {"type": "tool_use", "id": f"toolu_{ident}", "name": call.name}
+        usage = {"input_tokens": prompt, "output_tokens": call.count,
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if not stream:
+            return json_reply(200, {
+                "id": ident, "type": "message", "role": "assistant", "model": model,
+                "content": [{**use, "input": call.arguments}], "stop_reason": "tool_use",
+                "stop_sequence": None, "usage": usage})
+        start: dict[str, Any] = {
+            "id": ident, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 1}}
+        frames = [named_event("message_start", {"type": "message_start", "message": start}),
+                  named_event("content_block_start", {"type": "content_block_start",
+                                                      "index": 0,
+                                                      "content_block": {**use, "input": {}}})]
+        frames += [named_event("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": piece}})
+            for piece in call.pieces]
+        frames += [
+            named_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            named_event("message_delta", {"type": "message_delta",
+                                          "delta": {"stop_reason": "tool_use",
+                                                    "stop_sequence": None},
+                                          "usage": {"output_tokens": call.count}}),
+            named_event("message_stop", {"type": "message_stop"}),
+        ]
+        return Reply(200, SSE, tuple(frames), stream=True,
+                     headers={"Cache-Control": "no-cache"})
 
     @staticmethod
     def _stop(gen: Generation) -> str:

@@ -25,6 +25,7 @@ from lakehouse.stubs.replies import (
     thinking_text,
 )
 from lakehouse.stubs.reply import SSE, Failure, Rejected, Reply, encode, json_reply, reject
+from lakehouse.stubs.tool_use import Call, choose
 
 INVALID = "invalid_request_error"
 # OpenAI refuses a smaller max_output_tokens.
@@ -41,23 +42,73 @@ def _input_texts(data: Mapping[str, Any]) -> tuple[list[str], str]:
     if not isinstance(items, list) or not items:
         raise reject(400, "Missing required parameter: 'input'.", INVALID)
     texts, user = [], ""
-    for item in items:
+    calls: set[str] = set()
+    for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise reject(400, "Invalid 'input': expected an array of items.", INVALID)
         kind = item.get("type", "message")
         if kind == "message":
             if item.get("role") not in ("user", "assistant", "system", "developer"):
-                raise reject(400, "Invalid value for 'input[].role'.", INVALID)
+                raise reject(400, f"Invalid value for 'input[{i}].role'.", INVALID)
+            _check_images(i, item.get("content"))
             text = part_text(_parts(item.get("content")))
             if item.get("role") == "user":
                 user = text
+        elif kind == "function_call":
+            if not item.get("call_id") or not item.get("name") \
+                    or not isinstance(item.get("arguments"), str):
+                raise reject(400, f"Missing required parameter: 'input[{i}].call_id'.", INVALID)
+            calls.add(item["call_id"])
+            text = item["arguments"]
         elif kind == "function_call_output":
+            if item.get("call_id") not in calls:
+                raise reject(400, "No tool call found for function call output with call_id "
+                             f"{item.get('call_id')}.", INVALID)
             text = str(item.get("output", ""))
             user = text
         else:
-            text = str(item.get("arguments", ""))
+            raise reject(400, f"Invalid value for 'input[{i}].type'.", INVALID)
         texts.append(text)
     return texts, user
+
+
+def _check_images(i: int, content: Any) -> None:
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and part.get("type") == "input_image":
+            url = str(part.get("image_url", ""))
+            if not url.startswith(("http://", "https://", "data:image/")):
+                raise reject(400, f"Invalid 'input[{i}].content[].image_url': expected a URL "
+                             "or a base64-encoded data URL.", INVALID)
+
+
+def _tools(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    tools = data.get("tools") or []
+    out = []
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not tool.get("name"):
+            raise reject(400, f"Missing required parameter: 'tools[{i}].name'.", INVALID)
+        schema = tool.get("parameters") or {}
+        # Responses enforces strict schemas unless told otherwise.
+        if tool.get("strict", True) and schema.get("additionalProperties") is not False:
+            raise reject(400, f"Invalid schema for function '{tool['name']}': "
+                         "'additionalProperties' is required to be supplied and to be false.",
+                         INVALID)
+        out.append({"name": tool["name"], "schema": schema})
+    return out
+
+
+def _call(data: Mapping[str, Any], user: str) -> Call | None:
+    tools = _tools(data)
+    choice = data.get("tool_choice", "auto")
+    items = data.get("input")
+    last = items[-1] if isinstance(items, list) and items else {}
+    if choice == "none" or (isinstance(last, dict)
+                            and last.get("type") == "function_call_output"):
+        return None
+    named = choice.get("name") if isinstance(choice, dict) else None
+    if named is not None and named not in {t["name"] for t in tools}:
+        raise reject(400, f"Tool choice '{named}' not found in 'tools' parameter.", INVALID)
+    return choose(tools, named, user)
 
 
 def _parts(content: Any) -> Any:
@@ -132,6 +183,9 @@ class ResponsesAPI:
                        thinking=thinking_text(user) if thinks else None, budget=cap)
         ident = f"resp_stub{next(self._ids):06d}"
         final = self._response(ident, model, gen, count_prompt(texts), shown)
+        tool = _call(data, user)
+        if tool is not None:
+            return self._called(final, ident, tool, stream)
         kind = fault.kind if fault is not None else None
         if kind == "empty_choices":
             final["output"] = []
@@ -171,6 +225,31 @@ class ResponsesAPI:
                       "output_tokens_details": {"reasoning_tokens": len(gen.thinking)},
                       "total_tokens": prompt + gen.count},
         }
+
+    def _called(self, final: dict[str, Any], ident: str, call: Call, stream: bool) -> Reply:
+        """The model calls a tool instead of answering."""
+        item = {"id": f"fc_{ident}", "type": "function_call", "status": "completed",
+                "call_id": f"call_{ident}", "name": call.name, "arguments": call.text}
+        usage = {**final["usage"], "output_tokens": call.count,
+                 "output_tokens_details": {"reasoning_tokens": 0}}
+        done = {**final, "status": "completed", "output": [item], "usage": usage,
+                "incomplete_details": None}
+        if not stream:
+            return json_reply(200, done)
+        seq = itertools.count()
+        pending = {**done, "status": "in_progress", "output": [], "usage": None}
+        frames = [self._event("response.created", next(seq), response=pending),
+                  self._event("response.output_item.added", next(seq), output_index=0,
+                              item={**item, "arguments": "", "status": "in_progress"})]
+        frames += [self._event("response.function_call_arguments.delta", next(seq),
+                               item_id=item["id"], output_index=0, delta=piece)
+                   for piece in call.pieces]
+        frames += [self._event("response.function_call_arguments.done", next(seq),
+                               item_id=item["id"], output_index=0, arguments=call.text),
+                   self._event("response.output_item.done", next(seq), output_index=0,
+                               item=item),
+                   self._event("response.completed", next(seq), response=done)]
+        return Reply(200, SSE, tuple(frames), stream=True, headers={"Cache-Control": "no-cache"})
 
     @staticmethod
     def _event(kind: str, seq: int, **fields: Any) -> bytes:

@@ -2,7 +2,8 @@
 chatd's answer (docs/protocols/anthropic-messages.md, "Response").
 
 Text blocks make the content; thinking blocks the reasoning, never the
-content; ``redacted_thinking`` has no readable text and is dropped.
+content; ``tool_use`` blocks the tool calls (``input`` is the arguments
+object); ``redacted_thinking`` has no readable text and is dropped.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
+from lakehouse.tool_calls import mint_call_id
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.openai_chat_errors import ErrorKind, in_band_error
-from lakehouse.wire import ChatResponse
+from lakehouse.wire import ChatResponse, FunctionCall, ToolCall
 
 # Anthropic's own error types (docs/protocols/anthropic-messages.md, "Errors")
 # that the status alone would misread: its envelope is Zen's, and a 401 in
@@ -72,7 +74,10 @@ def prompt_tokens(usage: Usage) -> int:
     )
 
 
-def done_reason(stop_reason: str | None) -> str:
+def done_reason(stop_reason: str | None, *, calls: bool = False) -> str:
+    # A reply with tool calls ends in "tool_calls", whatever else it says.
+    if calls:
+        return "tool_calls"
     if stop_reason is None:
         return "stop"
     return _DONE_REASONS.get(stop_reason, stop_reason)
@@ -111,13 +116,23 @@ def parse_message(reply: UpstreamReply, model: str, provider: str, key: str | No
         )
     text = "".join(b.text or "" for b in data.content if b.type == "text")
     thought = "".join(b.thinking or "" for b in data.content if b.type == "thinking")
+    calls = [tool_call(b) for b in data.content if b.type == "tool_use"]
     usage = data.usage or Usage()
     return ChatResponse(
         model=data.model or model,
         provider=provider,
         content=text,
-        done_reason=done_reason(data.stop_reason),
+        done_reason=done_reason(data.stop_reason, calls=bool(calls)),
         prompt_tokens=prompt_tokens(usage),
         completion_tokens=usage.output_tokens or 0,
         reasoning=thought or None,
+        tool_calls=calls or None,
+    )
+
+
+def tool_call(block: Block) -> ToolCall:
+    arguments = block.input if isinstance(block.input, dict) else {}
+    return ToolCall(
+        id=block.id or mint_call_id(),
+        function=FunctionCall(name=block.name or "", arguments=arguments),
     )

@@ -16,13 +16,14 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
+from lakehouse.tool_calls import CallFold
 from lakehouse.upstreams.anthropic_messages_reply import (
     Usage,
     done_reason,
     prompt_tokens,
 )
 from lakehouse.upstreams.openai_chat_errors import in_band_error
-from lakehouse.wire import ChatResponse, StreamDelta
+from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 
 class _Block(msgspec.Struct):
@@ -72,6 +73,9 @@ class MessagesFold:
         self._reasoning: list[str] = []
         self._usage = Usage()
         self._stop: str | None = None
+        self._calls = CallFold()
+        # Block index → the position of its tool call in the answer.
+        self._call_at: dict[int, int] = {}
         self._started = False
         self.done = False
 
@@ -101,11 +105,29 @@ class MessagesFold:
                 self._usage = self._usage.merged(event.usage)
         elif kind == "message_stop":
             self.done = True
+        elif kind == "content_block_start" and event.content_block is not None:
+            block = event.content_block
+            if block.type == "tool_use" and event.index is not None:
+                at = self._call_at[event.index] = len(self._call_at)
+                return self._call(ToolCallChunk(at, id=block.id, name=block.name))
         elif kind == "content_block_delta" and event.delta is not None:
-            return self._delta(event.delta)
+            return self._delta(event.index, event.delta)
         return None
 
-    def _delta(self, delta: _Delta) -> StreamDelta | None:
+    def _call(self, chunk: ToolCallChunk) -> StreamDelta:
+        self._calls.add(chunk)
+        return StreamDelta(tool_calls=[chunk])
+
+    def _delta(self, index: int | None, delta: _Delta) -> StreamDelta | None:
+        if delta.type == "input_json_delta" and delta.partial_json:
+            at = self._call_at.get(index) if index is not None else None
+            if at is None:
+                raise UpstreamBadResponse(
+                    f"{self.provider} streamed tool input for a block that is not a tool_use",
+                    provider=self.provider,
+                    upstream_status=self.status,
+                )
+            return self._call(ToolCallChunk(at, arguments=delta.partial_json))
         if delta.type == "text_delta" and delta.text:
             self._content.append(delta.text)
             return StreamDelta(content=delta.text)
@@ -133,8 +155,9 @@ class MessagesFold:
             model=self._upstream_model or self.model,
             provider=self.provider,
             content="".join(self._content),
-            done_reason=done_reason(self._stop),
+            done_reason=done_reason(self._stop, calls=bool(self._calls)),
             prompt_tokens=prompt_tokens(self._usage),
             completion_tokens=self._usage.output_tokens or 0,
             reasoning="".join(self._reasoning) or None,
+            tool_calls=self._calls.calls() or None,
         )

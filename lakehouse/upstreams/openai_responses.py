@@ -1,19 +1,8 @@
 """The OpenAI Responses client (``POST {base_url}/responses``), for any
 upstream that speaks it, such as OpenCode Zen's GPT-5 models. The facts it
-relies on are in docs/protocols/openai-responses.md.
-
-How chatd's request maps:
-- system messages become ``instructions`` (joined in order), the rest
-  ``input`` messages with their role;
-- ``max_tokens`` becomes ``max_output_tokens`` (reasoning counts against
-  it), raised to Responses' minimum of 16 when smaller;
-- ``format`` becomes ``text.format`` (``json_object`` or a named
-  ``json_schema``);
-- ``think`` becomes ``reasoning.effort`` (``max`` is sent as ``high``) with
-  ``summary: auto``, so the reasoning comes back as text; without ``think``
-  the model's default effort applies;
-- ``stop`` and ``seed`` have no Responses counterpart and are dropped;
-- ``store: false``: chatd keeps no conversation state upstream.
+relies on are in docs/protocols/openai-responses.md; how chatd's request
+maps is in ``openai_responses_request``, how the reply maps back in
+``openai_responses_reply`` and ``openai_responses_stream``.
 
 Plugins reach this module through ``lakehouse.plugin_api``.
 """
@@ -22,23 +11,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import msgspec
 
-from lakehouse.errors import BadRequest, ChatdError, ConfigError
+from lakehouse.errors import ChatdError, ConfigError
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.framing import iter_sse
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, ProbePath
 from lakehouse.upstreams.openai_chat_errors import classify_error
 from lakehouse.upstreams.openai_responses_reply import parse_response
+from lakehouse.upstreams.openai_responses_request import body as responses_body
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
-
-# OpenAI refuses a smaller max_output_tokens (400); a smaller cap is raised.
-MIN_OUTPUT_TOKENS = 16
-_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 
 
 class ResponsesOptions(PluginOptions):
@@ -50,61 +36,7 @@ class ResponsesOptions(PluginOptions):
     probe_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
 
-class _Input(msgspec.Struct):
-    role: Literal["user", "assistant"]
-    content: str
-
-
-class _Format(msgspec.Struct, omit_defaults=True):
-    type: Literal["json_object", "json_schema"]
-    name: str | None = None
-    schema: dict[str, Any] | None = None
-
-
-class _Text(msgspec.Struct):
-    format: _Format
-
-
-class _Reasoning(msgspec.Struct):
-    effort: str
-    summary: str = "auto"
-
-
-class _Body(msgspec.Struct, omit_defaults=True):
-    model: str
-    input: list[_Input]
-    stream: bool
-    # No default, so always sent: chatd keeps no state upstream.
-    store: bool
-    instructions: str | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    text: _Text | None = None
-    reasoning: _Reasoning | None = None
-
-
 _encode = msgspec.json.Encoder().encode
-
-
-def text_format(fmt: Literal["json"] | dict[str, Any] | None) -> _Text | None:
-    if fmt is None:
-        return None
-    if fmt == "json":
-        return _Text(_Format("json_object"))
-    assert isinstance(fmt, dict)
-    # Responses requires a name; callers give only the schema.
-    return _Text(_Format("json_schema", name="response", schema=fmt))
-
-
-def output_cap(max_tokens: int | None) -> int | None:
-    return None if max_tokens is None else max(max_tokens, MIN_OUTPUT_TOKENS)
-
-
-def reasoning(think: bool | str | None) -> _Reasoning | None:
-    if think is None or think is False:
-        return None
-    return _Reasoning(_EFFORTS["medium" if think is True else str(think)])
 
 
 class OpenAIResponsesProvider:
@@ -138,35 +70,13 @@ class OpenAIResponsesProvider:
         return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
-        instructions: list[str] = []
-        items: list[_Input] = []
-        for message in request.messages:
-            if message.role == "system":
-                instructions.append(message.content)
-            elif message.role == "assistant":
-                items.append(_Input("assistant", message.content))
-            else:
-                # A tool result without the tool-call model is the user's text.
-                items.append(_Input("user", message.content))
-        if not items:
-            raise BadRequest(
-                f"{self.name}: the Responses API needs a user or assistant message, "
-                "not only system ones",
-                provider=self.name,
-            )
-        sampling = not self._options.drop_sampling
         return _encode(
-            _Body(
-                model=model,
-                input=items,
+            responses_body(
+                request,
+                model,
                 stream=stream,
-                store=False,
-                instructions="\n\n".join(instructions) or None,
-                max_output_tokens=output_cap(request.max_tokens),
-                temperature=request.temperature if sampling else None,
-                top_p=request.top_p if sampling else None,
-                text=text_format(request.format),
-                reasoning=reasoning(request.think),
+                sampling=not self._options.drop_sampling,
+                provider=self.name,
             )
         )
 

@@ -3,7 +3,8 @@ chatd's answer (docs/protocols/openai-responses.md, "Response object").
 
 ``message`` items' ``output_text`` parts make the content; ``reasoning``
 items (their summaries, or their reasoning text) the reasoning, never the
-content. ``status`` decides the ending: ``incomplete`` is ``length`` (or
+content; ``function_call`` items the tool calls (``call_id`` is the id a
+result names). ``status`` decides the ending: ``incomplete`` is ``length`` (or
 ``content_filter``), ``failed`` is an upstream error.
 """
 
@@ -14,10 +15,11 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse, UpstreamError
+from lakehouse.tool_calls import mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.openai_chat_errors import in_band_error
-from lakehouse.wire import ChatResponse
+from lakehouse.wire import ChatResponse, FunctionCall, ToolCall
 
 
 class Part(msgspec.Struct):
@@ -72,6 +74,15 @@ def item_reasoning(item: Item) -> str:
     return "".join(parts)
 
 
+def tool_call(item: Item) -> ToolCall:
+    return ToolCall(
+        id=item.call_id or item.id or mint_call_id(),
+        function=FunctionCall(
+            name=item.name or "", arguments=parse_arguments(item.arguments or "")
+        ),
+    )
+
+
 def ending(response: Response, provider: str, status: int, key: str | None) -> str:
     """The done_reason of a finished response; raises for a failed one."""
     if response.status == "failed" or response.error is not None:
@@ -99,6 +110,7 @@ def to_answer(
     key: str | None,
     content: str | None = None,
     reasoning: str | None = None,
+    calls: list[ToolCall] | None = None,
 ) -> ChatResponse:
     """chatd's answer; ``content``/``reasoning`` when a stream already
     gathered them from its deltas."""
@@ -108,15 +120,18 @@ def to_answer(
         content = "".join(item_text(i) for i in output)
     if reasoning is None:
         reasoning = "".join(item_reasoning(i) for i in output)
+    if calls is None:
+        calls = [tool_call(i) for i in output if i.type == "function_call"]
     usage = response.usage or Usage()
     return ChatResponse(
         model=response.model or model,
         provider=provider,
         content=content,
-        done_reason=done,
+        done_reason="tool_calls" if calls else done,
         prompt_tokens=usage.input_tokens or 0,
         completion_tokens=usage.output_tokens or 0,
         reasoning=reasoning or None,
+        tool_calls=calls or None,
     )
 
 

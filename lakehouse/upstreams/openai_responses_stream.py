@@ -17,9 +17,10 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
+from lakehouse.tool_calls import CallFold
 from lakehouse.upstreams.openai_chat_errors import in_band_error
-from lakehouse.upstreams.openai_responses_reply import Response, to_answer
-from lakehouse.wire import ChatResponse, StreamDelta
+from lakehouse.upstreams.openai_responses_reply import Item, Response, to_answer
+from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _REASONING = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
@@ -29,6 +30,8 @@ class _Event(msgspec.Struct):
     type: str = ""
     delta: str | None = None
     response: Response | None = None
+    item: Item | None = None
+    output_index: int | None = None
     # The ``error`` event's own fields.
     code: Any = None
     message: str | None = None
@@ -50,6 +53,9 @@ class ResponsesFold:
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._final: Response | None = None
+        self._calls = CallFold()
+        # Output index of a function_call item → its position in the answer.
+        self._call_at: dict[int, int] = {}
 
     @property
     def done(self) -> bool:
@@ -80,8 +86,19 @@ class ResponsesFold:
             if kind == "response.failed" and event.response.status is None:
                 event.response.status = "failed"
             return None
+        if kind == "response.output_item.added" and event.item is not None:
+            return self._added(event.item, event.output_index)
         if not event.delta:
             return None
+        if kind == "response.function_call_arguments.delta":
+            at = self._call_at.get(event.output_index) if event.output_index is not None else None
+            if at is None:
+                raise UpstreamBadResponse(
+                    f"{self.provider} streamed arguments for an item that is not a function_call",
+                    provider=self.provider,
+                    upstream_status=self.status,
+                )
+            return self._call(ToolCallChunk(at, arguments=event.delta))
         if kind == "response.output_text.delta":
             self._content.append(event.delta)
             return StreamDelta(content=event.delta)
@@ -89,6 +106,20 @@ class ResponsesFold:
             self._reasoning.append(event.delta)
             return StreamDelta(reasoning=event.delta)
         return None
+
+    def _added(self, item: Item, index: int | None) -> StreamDelta | None:
+        if item.type != "function_call":
+            return None
+        at = len(self._call_at)
+        self._call_at[len(self._call_at) if index is None else index] = at
+        chunk = ToolCallChunk(
+            at, id=item.call_id or item.id, name=item.name, arguments=item.arguments or ""
+        )
+        return self._call(chunk)
+
+    def _call(self, chunk: ToolCallChunk) -> StreamDelta:
+        self._calls.add(chunk)
+        return StreamDelta(tool_calls=[chunk])
 
     def result(self) -> ChatResponse:
         """The whole reply, once a terminal event has arrived."""
@@ -106,4 +137,5 @@ class ResponsesFold:
             key=self._key,
             content="".join(self._content),
             reasoning="".join(self._reasoning),
+            calls=self._calls.calls() if self._calls else None,
         )
