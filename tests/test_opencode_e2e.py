@@ -18,7 +18,7 @@ import pytest
 from lakehouse.stubs import Fault, StubUpstream
 from lakehouse.stubs.replies import reply_text
 from lakehouse.upstreams.anthropic_messages_request import JSON_INSTRUCTION
-from tests.support import make_config, running_chatd
+from tests.support import ROOT, make_config, running_chatd
 
 pytestmark = pytest.mark.anyio
 
@@ -490,3 +490,24 @@ async def test_logprobs_are_refused_before_the_upstream(world: World, model: str
     assert resp.status_code == 400
     assert resp.json()["error"]["path"] == "$.logprobs"
     assert world.zen.received == []
+
+
+async def test_the_shipped_frontier_free_tier_reaches_claude_on_messages() -> None:
+    # conf/lakehouse.toml as shipped, its opencode table pointed at the stub.
+    text = (ROOT / "conf" / "lakehouse.toml").read_text()
+    async with StubUpstream("opencode", key=ZEN_KEY) as zen:
+        overrides = {
+            "chatd.probe_interval_secs": 0,
+            "chatd.providers.opencode.base_url": zen.base_url,
+            "chatd.providers.opencode.key_file": "",
+        }
+        config = make_config(text, overrides=overrides)
+        async with (
+            running_chatd(config, {"OPENCODE_API_KEY": ZEN_KEY}) as base,
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+        ):
+            resp = await client.post("/chat", json={"model": "frontier_free", "messages": HELLO})
+        assert resp.status_code == 200, resp.text
+        assert (resp.json()["tier"], resp.json()["provider"]) == ("frontier_free", "opencode")
+        (sent,) = zen.chats
+        assert (sent.path, sent.json["model"]) == ("/zen/v1/messages", "claude-opus-4-7")
