@@ -23,10 +23,10 @@ from lakehouse.wire import ChatResponse, FunctionCall, ToolCall
 # Anthropic's own error types (docs/protocols/anthropic-messages.md, "Errors")
 # that the status alone would misread: its envelope is Zen's, and a 401 in
 # that envelope with an unknown class is not taken as a dead key. Statuses
-# decide the rest (overloaded_error is a 529, a 5xx).
+# decide the rest (permission_error is a 403, overloaded_error a 529), so
+# a 403 whose text says a quota is spent (Kimi) can still read as quota.
 ANTHROPIC_ERROR_KINDS: Mapping[str, ErrorKind] = {
     "authentication_error": "auth",
-    "permission_error": "auth",
     "billing_error": "quota",
     "rate_limit_error": "rate_limited",
 }
