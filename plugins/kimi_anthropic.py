@@ -26,7 +26,13 @@ from lakehouse.plugin_api import (
 )
 
 FLAVOUR = Flavour(
-    error_kinds={**OPENAI_ERROR_KINDS, **ANTHROPIC_ERROR_KINDS},
+    # Kimi keeps its own type names inside Anthropic's envelope, where a 401
+    # of an unknown type would not be read as a bad key.
+    error_kinds={
+        **OPENAI_ERROR_KINDS,
+        **ANTHROPIC_ERROR_KINDS,
+        "invalid_authentication_error": "auth",
+    },
     # Kimi's billing-cycle limit says "Access terminated" (403).
     quota_phrases=(*QUOTA_PHRASES, "access terminated"),
 )

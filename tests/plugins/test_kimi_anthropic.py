@@ -69,6 +69,11 @@ async def test_request_reaches_messages(auth: str, header: str, value: str) -> N
             errors.UpstreamAuth,
         ),
         (
+            401,
+            {"type": "error", "error": {"type": "invalid_authentication_error", "message": "x"}},
+            errors.UpstreamAuth,
+        ),
+        (
             529,
             {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
             errors.UpstreamError,
