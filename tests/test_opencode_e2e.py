@@ -17,6 +17,7 @@ import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
 from lakehouse.stubs.replies import reply_text
+from lakehouse.stubs.tool_use import results_answer
 from lakehouse.upstreams.anthropic_messages_request import JSON_INSTRUCTION
 from tests.support import ROOT, make_config, running_chatd
 
@@ -299,8 +300,10 @@ async def test_a_stream_cut_short_is_a_bad_response(world: World, model: str) ->
 
 
 async def test_opencode_go_by_configuration(world: World) -> None:
-    for model, path in (("glm-5", "/zen/go/v1/chat/completions"),
-                        ("minimax-m2.5", "/zen/go/v1/messages")):
+    for model, path in (
+        ("glm-5", "/zen/go/v1/chat/completions"),
+        ("minimax-m2.5", "/zen/go/v1/messages"),
+    ):
         resp = await world.chat(f"opencode_go/{model}", max_tokens=50)
         assert resp.status_code == 200, resp.text
         assert resp.json()["provider"] == "opencode_go"
@@ -362,67 +365,100 @@ async def test_tool_call_and_result_round_trip(world: World, model: str) -> None
     resp = await world.chat(f"opencode/{model}", messages=history, tools=[WEATHER])
     assert resp.status_code == 200, resp.text
     second = resp.json()
-    assert second["content"] == reply_text("sunny and warm")
+    assert second["content"] == results_answer(["sunny and warm"])
     assert second["done_reason"] == "stop" and "tool_calls" not in second
     offer, answer = world.zen.chats
     if model.startswith("claude"):
-        assert offer.json["tools"] == [{
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "input_schema": WEATHER["function"]["parameters"],
-        }]
+        assert offer.json["tools"] == [
+            {
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "input_schema": WEATHER["function"]["parameters"],
+            }
+        ]
         assert answer.json["messages"][1:] == [
-            {"role": "assistant", "content": [{
-                "type": "tool_use", "id": call["id"], "name": "get_weather",
-                "input": {"city": SAID}}]},
-            {"role": "user", "content": [{
-                "type": "tool_result", "tool_use_id": call["id"],
-                "content": "sunny and warm"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": "get_weather",
+                        "input": {"city": SAID},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny and warm"}
+                ],
+            },
         ]
     else:
-        assert offer.json["tools"] == [{
-            "type": "function",
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "parameters": WEATHER["function"]["parameters"],
-            # Responses defaults strict to true: sent as the caller set it.
-            "strict": False,
-        }]
+        assert offer.json["tools"] == [
+            {
+                "type": "function",
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "parameters": WEATHER["function"]["parameters"],
+                # Responses defaults strict to true: sent as the caller set it.
+                "strict": False,
+            }
+        ]
         assert answer.json["input"][1:] == [
-            {"type": "function_call", "call_id": call["id"], "name": "get_weather",
-             "arguments": json.dumps({"city": SAID}, separators=(",", ":"))},
-            {"type": "function_call_output", "call_id": call["id"],
-             "output": "sunny and warm"},
+            {
+                "type": "function_call",
+                "call_id": call["id"],
+                "name": "get_weather",
+                "arguments": json.dumps({"city": SAID}, separators=(",", ":")),
+            },
+            {"type": "function_call_output", "call_id": call["id"], "output": "sunny and warm"},
         ]
 
 
 @pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])
-async def test_streamed_tool_call(world: World, model: str) -> None:
-    status, lines = await world.lines(f"opencode/{model}", messages=ASK, tools=[WEATHER])
+async def test_streamed_parallel_tool_calls(world: World, model: str) -> None:
+    # The stub calls every tool when the user says "parallel".
+    clock = {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"type": "string"}},
+                "additionalProperties": False,
+            },
+        },
+    }
+    ask = [{"role": "user", "content": "parallel please"}]
+    status, lines = await world.lines(f"opencode/{model}", messages=ask, tools=[WEATHER, clock])
     assert status == 200
-    *deltas, last = lines
-    chunks = [c for d in deltas for c in d.get("tool_calls", ())]
-    assert len(chunks) > 2, "the arguments arrive in fragments, relayed as they come"
-    assert chunks[0]["index"] == 0 and chunks[0]["name"] == "get_weather" and chunks[0]["id"]
-    assert json.loads("".join(c.get("arguments", "") for c in chunks)) == {"city": SAID}
+    last = lines[-1]
     assert last["done_reason"] == "tool_calls"
-    assert last["tool_calls"] == [{
-        "id": chunks[0]["id"], "type": "function",
-        "function": {"name": "get_weather", "arguments": {"city": SAID}},
-    }]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in last["tool_calls"]] == [
+        ("get_weather", {"city": "parallel please"}),
+        ("get_time", {"zone": "parallel please"}),
+    ]
+    assert len({c["id"] for c in last["tool_calls"]}) == 2
+    # Every delta line before the last carried part of the calls, not content.
+    assert all("content" not in line for line in lines[:-1])
 
 
 async def test_results_named_by_tool_name_pair_with_calls_without_ids(world: World) -> None:
     history = [
         *ASK,
-        {"role": "assistant", "content": "",
-         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
+        },
         {"role": "tool", "tool_name": "get_weather", "content": "snow"},
     ]
     for model in ("claude-opus-4-7", "gpt-5.4"):
         resp = await world.chat(f"opencode/{model}", messages=history, tools=[WEATHER])
         assert resp.status_code == 200, resp.text
-        assert resp.json()["content"] == reply_text("snow")
+        assert resp.json()["content"] == results_answer(["snow"])
     claude, gpt = world.zen.chats
     assert claude.json["messages"][1]["content"][0]["id"] == "call_1_0"
     assert claude.json["messages"][2]["content"][0]["tool_use_id"] == "call_1_0"
@@ -460,28 +496,49 @@ async def test_tool_choice(
 
 
 async def test_images_reach_both_in_their_own_shape(world: World) -> None:
-    seeing = [{
-        "role": "user",
-        "content": [{"type": "text", "text": "what is this"},
-                    {"type": "image_url", "image_url": {"url": PNG}}],
-        "images": [PHOTO],
-    }]
+    seeing = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": PNG}},
+            ],
+            "images": [PHOTO],
+        }
+    ]
     for model in ("claude-opus-4-7", "gpt-5.4"):
         resp = await world.chat(f"opencode/{model}", messages=seeing)
         assert resp.status_code == 200, resp.text
         assert resp.json()["content"] == reply_text("what is this")
     claude, gpt = world.zen.chats
-    assert claude.json["messages"] == [{"role": "user", "content": [
-        {"type": "text", "text": "what is this"},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                     "data": PNG.split(",", 1)[1]}},
-        {"type": "image", "source": {"type": "url", "url": PHOTO}},
-    ]}]
-    assert gpt.json["input"] == [{"type": "message", "role": "user", "content": [
-        {"type": "input_text", "text": "what is this"},
-        {"type": "input_image", "image_url": PNG, "detail": "auto"},
-        {"type": "input_image", "image_url": PHOTO, "detail": "auto"},
-    ]}]
+    assert claude.json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this"},
+                {
+                    "type": "image",
+                    "source": {
+                        "type": "base64",
+                        "media_type": "image/png",
+                        "data": PNG.split(",", 1)[1],
+                    },
+                },
+                {"type": "image", "source": {"type": "url", "url": PHOTO}},
+            ],
+        }
+    ]
+    assert gpt.json["input"] == [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "what is this"},
+                {"type": "input_image", "image_url": PNG, "detail": "auto"},
+                {"type": "input_image", "image_url": PHOTO, "detail": "auto"},
+            ],
+        }
+    ]
 
 
 @pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 
 from lakehouse import errors
 from lakehouse.stubs import Fault, StubUpstream
 from lakehouse.stubs.replies import reply_text
-from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
+from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta, Tool
 from tests.support import build_provider
 
 pytestmark = pytest.mark.anyio
@@ -74,6 +76,40 @@ async def test_deltas_add_up_and_the_connection_is_reused(world: World) -> None:
         assert final.content == reply_text(USER)
     assert world.stub.open_connections == 1
     assert len(world.stub.chats) == 3
+
+
+TOOL = msgspec.convert(
+    {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {
+                "type": "object",
+                "properties": {"q": {"type": "string"}},
+                "additionalProperties": False,
+            },
+        },
+    },
+    Tool,
+)
+
+
+async def test_tool_call_fragments_are_relayed_as_they_come(world: World) -> None:
+    request = ChatRequest(model=world.model, messages=[Message("user", USER)], tools=[TOOL])
+    items = [item async for item in world.provider.stream(request, world.model)]
+    *deltas, final = items
+    chunks = [c for d in deltas if isinstance(d, StreamDelta) for c in d.tool_calls or ()]
+    # The stub sends the arguments in three fragments; each is passed on.
+    assert len(chunks) == 4
+    assert (chunks[0].index, chunks[0].name) == (0, "f") and chunks[0].id
+    assert all(c.index == 0 and c.id is None for c in chunks[1:])
+    assert json.loads("".join(c.arguments for c in chunks)) == {"q": USER}
+    assert isinstance(final, ChatResponse) and final.done_reason == "tool_calls"
+    assert final.tool_calls is not None
+    assert (final.tool_calls[0].id, final.tool_calls[0].function.arguments) == (
+        chunks[0].id,
+        {"q": USER},
+    )
 
 
 PRE_STREAM = [

@@ -23,21 +23,25 @@ from lakehouse.stubs.replies import (
     thinking_text,
 )
 from lakehouse.stubs.reply import JSON, SSE, Failure, Rejected, Reply, encode, json_reply, reject
-from lakehouse.stubs.tool_use import Call, choose
+from lakehouse.stubs.tool_use import Call, choose, results_answer
 
 OVERLOADED = "Overloaded"
 INVALID = "invalid_request_error"
 MIN_THINK_BUDGET = 1024
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
+
 def named_event(name: str, obj: Mapping[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + encode(obj) + b"\n\n"
 
 
-def _answers_tools(message: Mapping[str, Any]) -> bool:
+def _results(message: Mapping[str, Any]) -> list[str]:
+    """The tool results a user turn carries, in order."""
     content = message.get("content")
-    return isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    if message.get("role") != "user" or not isinstance(content, list):
+        return []
+    return [part_text(b.get("content")) for b in content
+            if isinstance(b, dict) and b.get("type") == "tool_result"]
 
 
 def _text(content: Any) -> str:
@@ -144,20 +148,21 @@ class MessagesAPI:
                 raise reject(400, f"tools.{i}: name and input_schema are required", INVALID)
         return [{"name": t["name"], "schema": t["input_schema"]} for t in tools]
 
-    def _call(self, data: Mapping[str, Any], messages: list[dict[str, Any]],
-              user_text: str) -> Call | None:
+    def _calls(self, data: Mapping[str, Any], messages: list[dict[str, Any]],
+               user_text: str) -> list[Call]:
         tools = self._tools(data)
         choice = data.get("tool_choice") or {"type": "auto"}
         kind = choice.get("type") if isinstance(choice, dict) else None
         if kind not in ("auto", "any", "tool", "none"):
             raise reject(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or "
                          "'none'", INVALID)
-        if kind == "none" or _answers_tools(messages[-1]):
-            return None
+        if kind == "none" or messages[-1].get("role") != "user" or _results(messages[-1]):
+            return []
         named = choice.get("name") if kind == "tool" else None
         if named is not None and named not in {t["name"] for t in tools}:
             raise reject(400, f"tool_choice.name: no tool named {named!r}", INVALID)
-        return choose(tools, named, user_text)
+        parallel = choice.get("disable_parallel_tool_use") is not True
+        return choose(tools, named, user_text, parallel=parallel)
 
     def _thinking_budget(self, data: Mapping[str, Any], cap: int) -> int | None:
         thinking = data.get("thinking")
@@ -185,7 +190,8 @@ class MessagesAPI:
         system = part_text(data.get("system"))
         users = [m for m in messages if m.get("role") == "user"]
         user_text = _text(users[-1].get("content")) if users else ""
-        text = reply_text(user_text)
+        results = _results(messages[-1])
+        text = results_answer(results) if results else reply_text(user_text)
         if "JSON" in system:
             text = json_content(text)
         # Thinking spends at most its budget; the rest of the cap is the answer's.
@@ -193,9 +199,9 @@ class MessagesAPI:
         prompt = count_prompt([system, *(_text(m.get("content")) for m in messages)])
         ident = f"msg_stub{next(self._ids):06d}"
         kind = fault.kind if fault is not None else None
-        tool = self._call(data, messages, user_text)
-        if tool is not None:
-            return self._called(ident, model, tool, prompt, stream)
+        calls = self._calls(data, messages, user_text)
+        if calls:
+            return self._called(ident, model, calls, prompt, stream)
         if not stream:
             if kind == "midstream_error":
                 assert fault is not None
@@ -210,35 +216,39 @@ class MessagesAPI:
             frames = (*frames[:keep], named_event("error", error))
         return Reply(200, SSE, frames, stream=True, headers={"Cache-Control": "no-cache"})
 
-    def _called(self, ident: str, model: str, call: Call, prompt: int,
+    def _called(self, ident: str, model: str, calls: list[Call], prompt: int,
                 stream: bool) -> Reply:
-        """The model calls a tool instead of answering."""
-        use = {"type": "tool_use", "id": f"toolu_{ident}", "name": call.name}
-        usage = {"input_tokens": prompt, "output_tokens": call.count,
+        """The model calls tools instead of answering."""
+        uses = [{"type": "tool_use", "id": f"toolu_{ident}_{i}", "name": call.name}
+                for i, call in enumerate(calls)]
+        usage = {"input_tokens": prompt, "output_tokens": sum(c.count for c in calls),
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         if not stream:
             return json_reply(200, {
                 "id": ident, "type": "message", "role": "assistant", "model": model,
-                "content": [{**use, "input": call.arguments}], "stop_reason": "tool_use",
-                "stop_sequence": None, "usage": usage})
+                "content": [{**use, "input": call.arguments}
+                            for use, call in zip(uses, calls, strict=True)],
+                "stop_reason": "tool_use", "stop_sequence": None, "usage": usage})
         start: dict[str, Any] = {
             "id": ident, "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {**usage, "output_tokens": 1}}
-        frames = [named_event("message_start", {"type": "message_start", "message": start}),
-                  named_event("content_block_start", {"type": "content_block_start",
-                                                      "index": 0,
-                                                      "content_block": {**use, "input": {}}})]
-        frames += [named_event("content_block_delta", {
-            "type": "content_block_delta", "index": 0,
-            "delta": {"type": "input_json_delta", "partial_json": piece}})
-            for piece in call.pieces]
+        frames = [named_event("message_start", {"type": "message_start", "message": start})]
+        for index, (use, call) in enumerate(zip(uses, calls, strict=True)):
+            frames.append(named_event("content_block_start", {
+                "type": "content_block_start", "index": index,
+                "content_block": {**use, "input": {}}}))
+            frames += [named_event("content_block_delta", {
+                "type": "content_block_delta", "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": piece}})
+                for piece in call.pieces]
+            frames.append(named_event("content_block_stop",
+                                      {"type": "content_block_stop", "index": index}))
         frames += [
-            named_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
             named_event("message_delta", {"type": "message_delta",
                                           "delta": {"stop_reason": "tool_use",
                                                     "stop_sequence": None},
-                                          "usage": {"output_tokens": call.count}}),
+                                          "usage": {"output_tokens": usage["output_tokens"]}}),
             named_event("message_stop", {"type": "message_stop"}),
         ]
         return Reply(200, SSE, tuple(frames), stream=True,

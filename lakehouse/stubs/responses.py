@@ -25,13 +25,34 @@ from lakehouse.stubs.replies import (
     thinking_text,
 )
 from lakehouse.stubs.reply import SSE, Failure, Rejected, Reply, encode, json_reply, reject
-from lakehouse.stubs.tool_use import Call, choose
+from lakehouse.stubs.tool_use import Call, choose, results_answer
 
 INVALID = "invalid_request_error"
 # OpenAI refuses a smaller max_output_tokens.
 MIN_OUTPUT_TOKENS = 16
 # GPT-5 models are reasoning models: they refuse sampling parameters.
 NO_SAMPLING = ("gpt-5",)
+
+
+def _results(data: Mapping[str, Any]) -> list[str]:
+    """The outputs of the function calls that end the input, in order."""
+    items = data.get("input")
+    out: list[str] = []
+    listed: list[Any] = items if isinstance(items, list) else []
+    for item in reversed(listed):
+        if not isinstance(item, dict) or item.get("type") != "function_call_output":
+            break
+        out.append(str(item.get("output", "")))
+    return out[::-1]
+
+
+def _ends_with_user(data: Mapping[str, Any]) -> bool:
+    items = data.get("input")
+    if isinstance(items, str):
+        return True
+    last = items[-1] if isinstance(items, list) and items else {}
+    return isinstance(last, dict) and last.get("type", "message") == "message" \
+        and last.get("role") == "user"
 
 
 def _input_texts(data: Mapping[str, Any]) -> tuple[list[str], str]:
@@ -65,7 +86,6 @@ def _input_texts(data: Mapping[str, Any]) -> tuple[list[str], str]:
                 raise reject(400, "No tool call found for function call output with call_id "
                              f"{item.get('call_id')}.", INVALID)
             text = str(item.get("output", ""))
-            user = text
         else:
             raise reject(400, f"Invalid value for 'input[{i}].type'.", INVALID)
         texts.append(text)
@@ -97,18 +117,16 @@ def _tools(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _call(data: Mapping[str, Any], user: str) -> Call | None:
+def _calls(data: Mapping[str, Any], user: str) -> list[Call]:
     tools = _tools(data)
     choice = data.get("tool_choice", "auto")
-    items = data.get("input")
-    last = items[-1] if isinstance(items, list) and items else {}
-    if choice == "none" or (isinstance(last, dict)
-                            and last.get("type") == "function_call_output"):
-        return None
+    if choice == "none" or not _ends_with_user(data):
+        return []
     named = choice.get("name") if isinstance(choice, dict) else None
     if named is not None and named not in {t["name"] for t in tools}:
         raise reject(400, f"Tool choice '{named}' not found in 'tools' parameter.", INVALID)
-    return choose(tools, named, user)
+    parallel = data.get("parallel_tool_calls") is not False
+    return choose(tools, named, user, parallel=parallel)
 
 
 def _parts(content: Any) -> Any:
@@ -153,7 +171,8 @@ class ResponsesAPI:
         return model, cap
 
     def _text(self, data: Mapping[str, Any], user: str) -> str:
-        text = reply_text(user)
+        results = _results(data)
+        text = results_answer(results) if results else reply_text(user)
         spec = data.get("text")
         fmt = spec.get("format") if isinstance(spec, dict) else None
         kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -183,9 +202,9 @@ class ResponsesAPI:
                        thinking=thinking_text(user) if thinks else None, budget=cap)
         ident = f"resp_stub{next(self._ids):06d}"
         final = self._response(ident, model, gen, count_prompt(texts), shown)
-        tool = _call(data, user)
-        if tool is not None:
-            return self._called(final, ident, tool, stream)
+        calls = _calls(data, user)
+        if calls:
+            return self._called(final, ident, calls, stream)
         kind = fault.kind if fault is not None else None
         if kind == "empty_choices":
             final["output"] = []
@@ -226,29 +245,34 @@ class ResponsesAPI:
                       "total_tokens": prompt + gen.count},
         }
 
-    def _called(self, final: dict[str, Any], ident: str, call: Call, stream: bool) -> Reply:
-        """The model calls a tool instead of answering."""
-        item = {"id": f"fc_{ident}", "type": "function_call", "status": "completed",
-                "call_id": f"call_{ident}", "name": call.name, "arguments": call.text}
-        usage = {**final["usage"], "output_tokens": call.count,
+    def _called(self, final: dict[str, Any], ident: str, calls: list[Call],
+                stream: bool) -> Reply:
+        """The model calls tools instead of answering."""
+        items = [{"id": f"fc_{ident}_{i}", "type": "function_call", "status": "completed",
+                  "call_id": f"call_{ident}_{i}", "name": call.name, "arguments": call.text}
+                 for i, call in enumerate(calls)]
+        usage = {**final["usage"], "output_tokens": sum(c.count for c in calls),
                  "output_tokens_details": {"reasoning_tokens": 0}}
-        done = {**final, "status": "completed", "output": [item], "usage": usage,
+        done = {**final, "status": "completed", "output": items, "usage": usage,
                 "incomplete_details": None}
         if not stream:
             return json_reply(200, done)
         seq = itertools.count()
         pending = {**done, "status": "in_progress", "output": [], "usage": None}
-        frames = [self._event("response.created", next(seq), response=pending),
-                  self._event("response.output_item.added", next(seq), output_index=0,
-                              item={**item, "arguments": "", "status": "in_progress"})]
-        frames += [self._event("response.function_call_arguments.delta", next(seq),
-                               item_id=item["id"], output_index=0, delta=piece)
-                   for piece in call.pieces]
-        frames += [self._event("response.function_call_arguments.done", next(seq),
-                               item_id=item["id"], output_index=0, arguments=call.text),
-                   self._event("response.output_item.done", next(seq), output_index=0,
-                               item=item),
-                   self._event("response.completed", next(seq), response=done)]
+        frames = [self._event("response.created", next(seq), response=pending)]
+        for index, (item, call) in enumerate(zip(items, calls, strict=True)):
+            frames.append(self._event("response.output_item.added", next(seq),
+                                      output_index=index,
+                                      item={**item, "arguments": "", "status": "in_progress"}))
+            frames += [self._event("response.function_call_arguments.delta", next(seq),
+                                   item_id=item["id"], output_index=index, delta=piece)
+                       for piece in call.pieces]
+            frames += [self._event("response.function_call_arguments.done", next(seq),
+                                   item_id=item["id"], output_index=index,
+                                   arguments=call.text),
+                       self._event("response.output_item.done", next(seq),
+                                   output_index=index, item=item)]
+        frames.append(self._event("response.completed", next(seq), response=done))
         return Reply(200, SSE, tuple(frames), stream=True, headers={"Cache-Control": "no-cache"})
 
     @staticmethod
