@@ -85,8 +85,6 @@ def build(ctx: ProviderContext) -> RoutedProvider:
         http,
         {"chat_completions": chat, "messages": messages, "responses": responses},
         rules,
-        probe_path=options.probe_path,
-        probe_timeout=options.probe_timeout_secs,
         gateway="OpenCode Zen",
     )
 

@@ -163,7 +163,9 @@ class OpenAICompatProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
+        return await self._http.probe(
+            self._options.probe_path, self._options.probe_timeout_secs, self._auth
+        )
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         cap = request.max_tokens

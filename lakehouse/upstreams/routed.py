@@ -34,6 +34,8 @@ class EndpointRule(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class EndpointClient(Protocol):
+    async def probe(self) -> bool: ...
+
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse: ...
 
     def stream(
@@ -62,8 +64,6 @@ class RoutedProvider:
         clients: Mapping[Endpoint, EndpointClient],
         rules: Sequence[EndpointRule],
         *,
-        probe_path: str = "",
-        probe_timeout: float = 5.0,
         gateway: str = "the upstream",
     ) -> None:
         wanted: set[str] = {r.endpoint for r in rules} | {"chat_completions"}
@@ -74,7 +74,6 @@ class RoutedProvider:
         self.rules = tuple(rules)
         self._http = http
         self._clients = clients
-        self._probe = (probe_path, probe_timeout)
         self._gateway = gateway
 
     async def start(self) -> None:
@@ -84,7 +83,8 @@ class RoutedProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        return await self._http.probe(*self._probe)
+        # The Chat Completions client's probe, with its key and options.
+        return await self._clients["chat_completions"].probe()
 
     def client(self, model: str) -> EndpointClient:
         rule = pick_rule(self.rules, model)

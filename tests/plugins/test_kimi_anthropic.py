@@ -90,3 +90,16 @@ async def test_errors(status: int, body: object, error: type[errors.ChatdError])
     finally:
         await p.close()
     assert type(info.value) is error
+
+
+async def test_probe_carries_the_key() -> None:
+    p = build_provider("kimi_anthropic", BASE, key=KEY, probe_path="/models")
+    await p.start()
+    try:
+        with mock_upstream() as mock:
+            mock.get(BASE + "/models", payload={"data": []})
+            assert await p.probe() is True
+            (sent,) = [c for cs in mock.requests.values() for c in cs]
+    finally:
+        await p.close()
+    assert sent.kwargs["headers"]["x-api-key"] == KEY

@@ -210,3 +210,16 @@ def test_a_bad_rule_stops_start_up_naming_it(routes: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_registry(make_config(text), {"K": KEY})
     assert "chatd.providers.opencode" in str(info.value) and needle in str(info.value)
+
+
+async def test_probe_carries_the_key_on_the_shared_session() -> None:
+    p = build_provider("opencode", BASE, key=KEY, probe_path="/models")
+    await p.start()
+    try:
+        with mock_upstream() as mock:
+            mock.get(BASE + "/models", payload={"object": "list", "data": []})
+            assert await p.probe() is True
+            (sent,) = [c for cs in mock.requests.values() for c in cs]
+    finally:
+        await p.close()
+    assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
