@@ -2,8 +2,9 @@
 
 Flavours: ``ollama``, ``ollama_cloud``, ``openrouter``, ``opencode`` (also
 Anthropic Messages on ``/messages`` and OpenAI Responses on ``/responses``),
-``opencode_go``, ``kimi`` (also Anthropic Messages). See docs/protocols/ and
-/work/shared/protocols.md. They never make outbound calls.
+``opencode_go``, ``kimi`` (also Anthropic Messages); docs/protocols/ holds
+the facts the Messages and Responses dialects follow. They never make
+outbound calls.
 """
 
 from lakehouse.stubs.faults import Fault, FaultKind
