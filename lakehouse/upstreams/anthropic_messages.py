@@ -21,7 +21,7 @@ from lakehouse.upstreams.anthropic_messages_reply import parse_message
 from lakehouse.upstreams.anthropic_messages_request import body as messages_body
 from lakehouse.upstreams.anthropic_messages_stream import MessagesFold
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
-from lakehouse.upstreams.framing import iter_sse
+from lakehouse.upstreams.framing import SSE_DONE, iter_sse
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, ProbePath
 from lakehouse.upstreams.openai_chat_errors import classify_error
@@ -134,6 +134,9 @@ class AnthropicMessagesProvider:
             fold = MessagesFold(self.name, model, self._key, status=upstream.status)
             async with aclosing(iter_sse(upstream, provider=self.name)) as events:
                 async for data in events:
+                    # Not this protocol's ending; a relay may add it anyway.
+                    if data == SSE_DONE:
+                        break
                     delta = fold.add(data)
                     if delta is not None:
                         yield delta

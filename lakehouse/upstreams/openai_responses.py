@@ -17,7 +17,7 @@ import msgspec
 
 from lakehouse.errors import ChatdError, ConfigError
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
-from lakehouse.upstreams.framing import iter_sse
+from lakehouse.upstreams.framing import SSE_DONE, iter_sse
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, ProbePath
 from lakehouse.upstreams.openai_chat_errors import classify_error
@@ -118,6 +118,9 @@ class OpenAIResponsesProvider:
             fold = ResponsesFold(self.name, model, self._key, status=upstream.status)
             async with aclosing(iter_sse(upstream, provider=self.name)) as events:
                 async for data in events:
+                    # Not this protocol's ending; a relay may add it anyway.
+                    if data == SSE_DONE:
+                        break
                     delta = fold.add(data)
                     if delta is not None:
                         yield delta

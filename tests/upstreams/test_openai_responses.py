@@ -250,3 +250,15 @@ def test_stream_without_a_terminal_event() -> None:
     _, fold = fold_all({"type": "response.output_text.delta", "delta": "H"})
     with pytest.raises(errors.UpstreamBadResponse, match=r"without response\.completed"):
         fold.result()
+
+
+async def test_a_done_sentinel_before_the_terminal_event_is_a_cut_stream(
+    provider: OpenAIResponsesProvider,
+) -> None:
+    sse = b'data: {"type":"response.output_text.delta","delta":"H"}\n\ndata: [DONE]\n\n'
+    with mock_upstream() as mock:
+        mock.post(URL, body=sse, content_type="text/event-stream")
+        stream = provider.stream(ChatRequest(model="m", messages=HI), "m")
+        assert await anext(stream) == StreamDelta(content="H")
+        with pytest.raises(errors.UpstreamBadResponse, match=r"without response\.completed"):
+            await anext(stream)
