@@ -73,9 +73,9 @@ def image_ref(text: str) -> ImageRef:
         if match is None:
             raise ValueError("a data URL must be data:image/<type>;base64,<data>")
         media, data = match.groups()
-        if not data or _BASE64.match(data) is None:
+        if not data or _BASE64.match(data) is None or len("".join(data.split())) % 4:
             raise ValueError("the data URL's data is not base64")
         return ImageRef(data=data, media_type=media.lower())
-    if _BASE64.match(text) is None:
+    if _BASE64.match(text) is None or len("".join(text.split())) % 4:
         raise ValueError("an image must be an http(s) URL, a data URL or base64")
     return ImageRef(data=text, media_type=sniff(text))

@@ -52,12 +52,21 @@ class CallFold:
     def __bool__(self) -> bool:
         return bool(self._args)
 
-    def add(self, chunk: ToolCallChunk) -> None:
+    def indices(self) -> set[int]:
+        return set(self._args)
+
+    def add(self, chunk: ToolCallChunk) -> ToolCallChunk:
+        """Take one chunk; it is handed back with an id minted when it is
+        the first of its call and has none, so relayed chunks and the
+        final calls agree."""
+        if chunk.index not in self._args and not chunk.id:
+            chunk = msgspec.structs.replace(chunk, id=mint_call_id())
         if chunk.id:
             self._ids[chunk.index] = chunk.id
         if chunk.name:
             self._names[chunk.index] = self._names.get(chunk.index, "") + chunk.name
         self._args.setdefault(chunk.index, []).append(chunk.arguments)
+        return chunk
 
     def calls(self) -> list[ToolCall]:
         """The calls in index order; a call that came with no id gets one."""

@@ -8,7 +8,9 @@ conventions for tool calls and images).
 Inbound types are strict (unknown fields and wrong types are refused with
 the path of the bad field); outbound types omit optional fields left unset.
 The checks that span fields or messages (an orphan tool result, a named
-``tool_choice`` without its tool) raise BadRequest naming the field.
+``tool_choice`` without its tool) raise BadRequest naming the field; they
+run in ``ChatRequest.__post_init__``, so they live here with the Structs
+(which puts the module a little over 350 lines).
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ class ImagePart(msgspec.Struct, tag="image_url", tag_field="type", forbid_unknow
 Part = TextPart | ImagePart
 
 
-class FunctionCall(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class FunctionCall(msgspec.Struct, forbid_unknown_fields=True):
     name: ToolName
     # A JSON object; a string only when a model's arguments were not a JSON
     # object (kept as it wrote them, so nothing is lost on the way back).
     arguments: dict[str, Any] | str = {}
-    # Ollama numbers the calls of one answer; accepted, never needed.
-    index: int | None = None
+    # Ollama numbers the calls of one answer; accepted, never needed or sent.
+    index: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class ToolCall(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -156,7 +158,8 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
     def __post_init__(self) -> None:
-        check_tools(self)
+        if self.tools or self.tool_choice is not None or self.top_logprobs:
+            check_tools(self)
         check_messages(self.messages)
 
     def has_images(self) -> bool:
@@ -225,6 +228,17 @@ class StreamDelta(msgspec.Struct, omit_defaults=True):
     logprobs: list[TokenLogprob] | None = None
 
 
+class StreamLine(msgspec.Struct, omit_defaults=True):
+    """A line of the native stream before the last: text as it comes, and
+    tool calls whole (as Ollama streams them), each once it is complete.
+    (Providers yield StreamDeltas; the native API writes these.)"""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
 class StreamDone(ChatResponse, kw_only=True):
     """The last line of a streamed native answer: the whole ChatResponse."""
 
@@ -285,6 +299,8 @@ def check_messages(messages: list[Message]) -> None:
     ids: set[str] = set()
     names: set[str] = set()
     for i, m in enumerate(messages):
+        if _plain(m):
+            continue
         at = f"messages[{i}]"
         if m.tool_calls and m.role != "assistant":
             raise _bad(f"{at}.tool_calls", "is only for assistant messages")
@@ -300,6 +316,19 @@ def check_messages(messages: list[Message]) -> None:
             if call.id:
                 ids.add(call.id)
             names.add(call.function.name)
+
+
+def _plain(m: Message) -> bool:
+    """Text only, nothing to check: the common case, kept cheap."""
+    return (
+        m.content.__class__ is str
+        and m.content != ""
+        and m.role != "tool"
+        and m.images is None
+        and m.tool_calls is None
+        and m.tool_call_id is None
+        and m.tool_name is None
+    )
 
 
 def _check_result(m: Message, at: str, ids: set[str], names: set[str]) -> None:
