@@ -541,11 +541,22 @@ async def test_images_reach_both_in_their_own_shape(world: World) -> None:
     ]
 
 
-@pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])
-async def test_logprobs_are_refused_before_the_upstream(world: World, model: str) -> None:
-    resp = await world.chat(f"opencode/{model}", logprobs=True)
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        ("claude-opus-4-7", "logprobs", True),
+        ("claude-opus-4-7", "presence_penalty", 0.5),
+        ("gpt-5.4", "logprobs", True),
+        ("gpt-5.4", "stop", ["END"]),
+        ("gpt-5.4", "frequency_penalty", 1.0),
+    ],
+)
+async def test_what_a_protocol_cannot_carry_is_refused_before_the_upstream(
+    world: World, model: str, field: str, value: Any
+) -> None:
+    resp = await world.chat(f"opencode/{model}", **{field: value})
     assert resp.status_code == 400
-    assert resp.json()["error"]["path"] == "$.logprobs"
+    assert resp.json()["error"]["path"] == f"$.{field}"
     assert world.zen.received == []
 
 

@@ -10,8 +10,9 @@
 - tools are ``{name, description, input_schema}``; ``tool_choice`` "auto",
   "required" (Anthropic's "any"), "none" or one named tool, and
   ``parallel_tool_calls: false`` as ``disable_parallel_tool_use``;
-- ``stop`` becomes ``stop_sequences``; ``seed`` and the penalties have no
-  counterpart and are dropped; ``logprobs`` is refused (400);
+- ``stop`` becomes ``stop_sequences``; ``seed`` has no counterpart and is
+  dropped (it is best effort everywhere); ``logprobs`` and non-zero
+  penalties are refused (400 naming the field);
 - there is no JSON mode: ``format`` becomes an instruction appended to
   ``system`` (a deviation, named in the README);
 - ``think`` becomes ``thinking: {type: enabled, budget_tokens}``, whose
@@ -32,6 +33,7 @@ from lakehouse.errors import BadRequest
 from lakehouse.images import ImageRef
 from lakehouse.tool_calls import parse_arguments
 from lakehouse.upstreams.call_ids import pair_calls
+from lakehouse.upstreams.unsupported import refuse_unsupported
 from lakehouse.wire import ChatRequest, ImagePart, Message, NamedToolChoice, TextPart
 
 # Thinking budgets per level; Anthropic's minimum is 1024.
@@ -219,8 +221,7 @@ def tools(request: ChatRequest) -> list[_Tool] | None:
 def body(
     request: ChatRequest, model: str, *, stream: bool, default_max_tokens: int, provider: str
 ) -> Body:
-    if request.logprobs:
-        raise BadRequest(f"`logprobs` is not supported by {provider}", path="$.logprobs")
+    refuse_unsupported(request, provider, "Anthropic Messages")
     system, conversation = turns(request.messages)
     if not conversation:
         raise BadRequest(

@@ -16,8 +16,9 @@
 - tools are flat ``{type: function, name, description, parameters,
   strict}``; ``strict`` is sent as false unless the caller set it, since
   Responses defaults it to true and then refuses most schemas;
-- ``stop``, ``seed`` and the penalties have no Responses counterpart and
-  are dropped; ``logprobs`` is refused (400);
+- ``seed`` has no Responses counterpart and is dropped (it is best effort
+  everywhere); ``stop``, ``logprobs`` and non-zero penalties are refused
+  (400 naming the field);
 - ``store: false``: chatd keeps no conversation state upstream.
 """
 
@@ -30,6 +31,7 @@ import msgspec
 from lakehouse.errors import BadRequest
 from lakehouse.tool_calls import arguments_text
 from lakehouse.upstreams.call_ids import pair_calls
+from lakehouse.upstreams.unsupported import refuse_unsupported
 from lakehouse.wire import ChatRequest, ImagePart, Message, NamedToolChoice, TextPart
 
 # OpenAI refuses a smaller max_output_tokens (400); a smaller cap is raised.
@@ -198,8 +200,7 @@ def tool_choice(request: ChatRequest) -> str | _NamedChoice | None:
 
 
 def body(request: ChatRequest, model: str, *, stream: bool, sampling: bool, provider: str) -> Body:
-    if request.logprobs:
-        raise BadRequest(f"`logprobs` is not supported by {provider}", path="$.logprobs")
+    refuse_unsupported(request, provider, "OpenAI Responses", stop=False)
     instructions, inputs = items(request.messages)
     if not inputs:
         raise BadRequest(

@@ -76,7 +76,7 @@ def message(*content: dict[str, Any], stop: str = "end_turn") -> dict[str, Any]:
 
 
 def test_system_is_top_level_and_max_tokens_always_sent() -> None:
-    sent = body(make(default_max_tokens=321), stop=["X"], seed=5, presence_penalty=1.0)
+    sent = body(make(default_max_tokens=321), stop=["X"], seed=5, presence_penalty=0.0)
     assert sent == {
         "model": "m",
         "system": "be brief",
@@ -85,6 +85,17 @@ def test_system_is_top_level_and_max_tokens_always_sent() -> None:
         "stream": False,
         "stop_sequences": ["X"],
     }
+
+
+@pytest.mark.parametrize(
+    "field", [{"logprobs": True}, {"presence_penalty": 0.5}, {"frequency_penalty": -1.0}]
+)
+def test_what_messages_cannot_carry_is_refused_by_name(field: dict[str, Any]) -> None:
+    with pytest.raises(errors.BadRequest) as info:
+        body(make(), **field)
+    (name,) = field
+    assert info.value.path == f"$.{name}"
+    assert "Anthropic Messages" in info.value.message
 
 
 def test_only_system_messages_is_a_clear_400() -> None:

@@ -77,9 +77,7 @@ REASONING = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "
 
 
 def test_body() -> None:
-    sent = body(
-        make(), max_tokens=3, stop=["X"], seed=1, temperature=0.4, format={"type": "object"}
-    )
+    sent = body(make(), max_tokens=3, seed=1, temperature=0.4, format={"type": "object"})
     assert sent == {
         "model": "m",
         "instructions": "be brief",
@@ -105,10 +103,13 @@ def test_think_is_reasoning_effort(think: Any, effort: str) -> None:
     assert "reasoning" not in body(make(), think=False)
 
 
-def test_logprobs_refused() -> None:
+@pytest.mark.parametrize("field", [{"logprobs": True}, {"stop": ["X"]}, {"presence_penalty": 1.0}])
+def test_what_responses_cannot_carry_is_refused_by_name(field: dict[str, Any]) -> None:
     with pytest.raises(errors.BadRequest) as info:
-        body(make(), logprobs=True)
-    assert info.value.path == "$.logprobs"
+        body(make(), **field)
+    (name,) = field
+    assert info.value.path == f"$.{name}"
+    assert "OpenAI Responses" in info.value.message
 
 
 # -- whole replies ----------------------------------------------------------------
