@@ -579,3 +579,39 @@ async def test_the_shipped_frontier_free_tier_reaches_claude_on_messages() -> No
         assert (resp.json()["tier"], resp.json()["provider"]) == ("frontier_free", "opencode")
         (sent,) = zen.chats
         assert (sent.path, sent.json["model"]) == ("/zen/v1/messages", "claude-opus-4-7")
+
+
+@pytest.mark.parametrize("model", ["opencode/claude-opus-4-7", "opencode/gpt-5.4"])
+async def test_sdk_tool_calls_whole_and_streamed(world: World, model: str) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=world.base + "/v1", api_key="x", max_retries=0
+    ) as client:
+        answer = await client.chat.completions.create(
+            model=model,
+            messages=ASK,
+            tools=[WEATHER],
+        )
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls or []
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": SAID}
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=ASK,
+            tools=[WEATHER],
+            stream=True,
+        )
+        fragments, finish = [], None
+        async for chunk in stream:
+            for c in chunk.choices:
+                fragments += [
+                    t.function.arguments or ""
+                    for t in c.delta.tool_calls or ()
+                    if t.function is not None
+                ]
+                finish = c.finish_reason or finish
+        # Relayed as the upstream sent them: the first with the name, then pieces.
+        assert len(fragments) > 2
+        assert json.loads("".join(fragments)) == {"city": SAID}
+        assert finish == "tool_calls"
