@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from lakehouse.errors import BadRequest, ConfigError
+from lakehouse.upstreams.anthropic_messages import AnthropicMessagesProvider, MessagesOptions
+from lakehouse.upstreams.anthropic_messages_reply import ANTHROPIC_ERROR_KINDS
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext
+from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.ollama import (
     OllamaClient,
     OllamaGenerateBody,
@@ -33,7 +36,9 @@ from lakehouse.upstreams.openai_chat_errors import (
     QUOTA_PHRASES,
     ZEN_ERROR_KINDS,
 )
-from lakehouse.upstreams.provider import HTTPProvider
+from lakehouse.upstreams.openai_responses import OpenAIResponsesProvider, ResponsesOptions
+from lakehouse.upstreams.provider import HTTPProvider, bearer
+from lakehouse.upstreams.routed import EndpointRule, RoutedProvider
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 __all__ = [  # noqa: RUF022 (grouped by what a plugin does with each, not sorted)
@@ -50,8 +55,11 @@ __all__ = [  # noqa: RUF022 (grouped by what a plugin does with each, not sorted
     # What a plugin raises itself: a request it cannot serve, a bad option.
     "BadRequest",
     "ConfigError",
-    # The shared clients a plugin configures. Any provider over HTTP:
+    # The shared clients a plugin configures. Any provider over HTTP, and
+    # the session several clients of one upstream may share:
     "HTTPProvider",
+    "bearer",
+    "HTTPClient",
     # Ollama's native API (a subclass builds the path and the body):
     "OllamaClient",
     "chat_body",
@@ -66,6 +74,15 @@ __all__ = [  # noqa: RUF022 (grouped by what a plugin does with each, not sorted
     "OPENROUTER_ERROR_KINDS",
     "ZEN_ERROR_KINDS",
     "QUOTA_PHRASES",
+    # Anthropic Messages and OpenAI Responses (configured with a Flavour too):
+    "AnthropicMessagesProvider",
+    "MessagesOptions",
+    "ANTHROPIC_ERROR_KINDS",
+    "OpenAIResponsesProvider",
+    "ResponsesOptions",
+    # One upstream, several endpoints: the first matching rule picks one.
+    "RoutedProvider",
+    "EndpointRule",
 ]
 
 

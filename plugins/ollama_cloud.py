@@ -45,6 +45,7 @@ from lakehouse.plugin_api import (
     PluginOptions,
     ProviderContext,
     StreamDelta,
+    bearer,
     chat_body,
     runtime_options,
     think_value,
@@ -106,7 +107,7 @@ _encode = msgspec.json.Encoder().encode
 
 class OllamaCloudProvider(OllamaClient):
     def __init__(self, ctx: ProviderContext) -> None:
-        super().__init__(ctx, bearer=True)
+        super().__init__(ctx, auth=bearer)
         self._options: OllamaCloudOptions = ctx.options or OllamaCloudOptions()
         self.probe_path = self._options.probe_path
         self.probe_timeout = self._options.probe_timeout_secs

@@ -24,6 +24,7 @@ from lakehouse.tool_calls import mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
+from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat_errors import (
     OPENAI_ERROR_KINDS,
     QUOTA_PHRASES,
@@ -33,7 +34,7 @@ from lakehouse.upstreams.openai_chat_errors import (
 )
 from lakehouse.upstreams.openai_chat_messages import OpenAIMessage, openai_messages
 from lakehouse.upstreams.openai_chat_stream import ChoiceLogprobs, ChunkFold, Usage, whole_chunks
-from lakehouse.upstreams.provider import HTTPProvider
+from lakehouse.upstreams.provider import HTTPProvider, bearer
 from lakehouse.wire import (
     ChatRequest,
     ChatResponse,
@@ -163,10 +164,14 @@ def response_format(fmt: Literal["json"] | dict[str, Any] | None) -> _ResponseFo
 
 
 class OpenAICompatProvider(HTTPProvider):
-    """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``."""
+    """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``.
+    ``http``: a session shared with the provider that owns it (which then
+    starts and closes it); else its own."""
 
-    def __init__(self, ctx: ProviderContext, flavour: Flavour) -> None:
-        super().__init__(ctx, bearer=True)
+    def __init__(
+        self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
+    ) -> None:
+        super().__init__(ctx, auth=bearer, http=http)
         self.flavour = flavour
         options = ctx.options if ctx.options is not None else OpenAICompatOptions()
         if not isinstance(options, OpenAICompatOptions):
@@ -203,7 +208,9 @@ class OpenAICompatProvider(HTTPProvider):
         )
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        reply = await self._http.post_json("/chat/completions", self.body(request, model))
+        reply = await self._http.post_json(
+            "/chat/completions", self.body(request, model), self._auth
+        )
         if not 200 <= reply.status < 300:
             raise self._classify(reply)
         return self.parse(reply, model)
@@ -222,7 +229,7 @@ class OpenAICompatProvider(HTTPProvider):
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         body = self.body(request, model, stream=True)
         async with self._http.stream_post(
-            "/chat/completions", body, error=self._classify
+            "/chat/completions", body, self._auth, error=self._classify
         ) as upstream:
             if upstream.content_type == "application/json":
                 # An upstream (or proxy) that ignored "stream" answers whole.

@@ -1,18 +1,29 @@
 """What every provider over the shared HTTP client has in common: its name,
-its pooled client, opening and closing it, and its health probe."""
+its key, its pooled client, opening and closing it, and its health probe."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 from lakehouse.errors import ConfigError
 from lakehouse.upstreams.contract import ProviderContext
 from lakehouse.upstreams.http import HTTPClient
 
+Auth = Callable[[str], Mapping[str, str]]
+
+
+def bearer(key: str) -> Mapping[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
 
 class HTTPProvider:
     """The base of a provider plugin: subclasses add ``chat`` and ``stream``.
 
-    With ``bearer`` the context's key is required (a ConfigError names the
-    provider at start-up otherwise) and sent as ``Authorization: Bearer``.
+    ``auth`` makes the context's key required (a ConfigError names the
+    provider at start-up otherwise) and gives the headers that carry it.
+    ``http``: a session shared with the provider that owns it, which starts
+    and closes it; it carries no key of ours, so the auth headers go with
+    each request (``self._auth``); an own session carries them itself.
     ``probe`` GETs ``probe_path`` within ``probe_timeout`` seconds; an empty
     path means nothing free to ask, so the provider counts as healthy.
     """
@@ -20,13 +31,18 @@ class HTTPProvider:
     probe_path = ""
     probe_timeout = 5.0
 
-    def __init__(self, ctx: ProviderContext, *, bearer: bool = False) -> None:
-        if bearer and not ctx.key:
-            raise ConfigError("this provider needs a key")
+    def __init__(
+        self, ctx: ProviderContext, *, auth: Auth | None = None, http: HTTPClient | None = None
+    ) -> None:
+        headers: Mapping[str, str] | None = None
+        if auth is not None:
+            if not ctx.key:
+                raise ConfigError("this provider needs a key")
+            headers = auth(ctx.key)
         self.name = ctx.name
         self._key = ctx.key
-        headers = {"Authorization": f"Bearer {ctx.key}"} if bearer else None
-        self._http = HTTPClient(ctx, headers)
+        self._auth = headers if http is not None else None
+        self._http = http or HTTPClient(ctx, headers)
 
     async def start(self) -> None:
         await self._http.start()
@@ -35,4 +51,4 @@ class HTTPProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        return await self._http.probe(self.probe_path, self.probe_timeout)
+        return await self._http.probe(self.probe_path, self.probe_timeout, self._auth)
