@@ -14,7 +14,6 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from lakehouse.errors import ConfigError
 from lakehouse.upstreams.anthropic_messages_reply import parse_message
 from lakehouse.upstreams.anthropic_messages_request import body as messages_body
 from lakehouse.upstreams.anthropic_messages_stream import MessagesFold
@@ -22,6 +21,7 @@ from lakehouse.upstreams.contract import PluginOptions, ProviderContext, Upstrea
 from lakehouse.upstreams.event_stream import EventStreamProvider
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import Flavour, ProbePath
+from lakehouse.upstreams.provider import options_as
 from lakehouse.wire import ChatRequest, ChatResponse
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -61,14 +61,9 @@ class AnthropicMessagesProvider(EventStreamProvider):
     def __init__(
         self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
     ) -> None:
-        options = ctx.options if ctx.options is not None else MessagesOptions()
-        if not isinstance(options, MessagesOptions):
-            raise ConfigError("options must be a MessagesOptions")
-        super().__init__(ctx, auth=lambda key: auth_headers(options, key), http=http)
-        self.flavour = flavour
-        self._options = options
-        self.probe_path = options.probe_path
-        self.probe_timeout = options.probe_timeout_secs
+        self._options = options = options_as(ctx, MessagesOptions)
+        auth = lambda key: auth_headers(options, key)  # noqa: E731
+        super().__init__(ctx, flavour, options, auth=auth, http=http)
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(

@@ -23,6 +23,7 @@ from lakehouse.upstreams.anthropic_messages_reply import (
     prompt_tokens,
 )
 from lakehouse.upstreams.openai_chat_errors import in_band_error
+from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 
@@ -58,19 +59,14 @@ class _Event(msgspec.Struct):
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
-class MessagesFold:
+class MessagesFold(StreamFold):
     """What one streamed Message has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        self.provider = provider
-        self.model = model
-        self.status = status
-        self._key = key
+        super().__init__(provider, model, key, status=status)
         self._upstream_model: str | None = None
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
         self._usage = Usage()
         self._stop: str | None = None
         self._calls = CallFold()
@@ -81,14 +77,7 @@ class MessagesFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            event = _event_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        event = self.decode(_event_decoder, payload)
         kind = event.type
         if kind == "error" or event.error is not None:
             raise in_band_error(event.error, self.status, self.provider, self._key)

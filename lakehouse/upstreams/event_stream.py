@@ -10,12 +10,11 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Protocol
 
-from lakehouse.errors import ChatdError
-from lakehouse.upstreams.contract import UpstreamReply
+from lakehouse.upstreams.contract import ProviderContext, UpstreamReply
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
-from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour
-from lakehouse.upstreams.openai_chat_errors import classify_error
-from lakehouse.upstreams.provider import HTTPProvider
+from lakehouse.upstreams.http import HTTPClient
+from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, FlavouredProvider
+from lakehouse.upstreams.provider import Auth
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
 
 
@@ -30,9 +29,32 @@ class Fold(Protocol):
     def result(self) -> ChatResponse: ...
 
 
-class EventStreamProvider(HTTPProvider):
+class ProbeOptions(Protocol):
+    @property
+    def probe_path(self) -> str: ...
+
+    @property
+    def probe_timeout_secs(self) -> float: ...
+
+
+class EventStreamProvider(FlavouredProvider):
+    """``path``: where requests go; ``flavour``: how its errors read."""
+
     path: str
-    flavour: Flavour
+
+    def __init__(
+        self,
+        ctx: ProviderContext,
+        flavour: Flavour,
+        options: ProbeOptions,
+        *,
+        auth: Auth,
+        http: HTTPClient | None,
+    ) -> None:
+        super().__init__(ctx, auth=auth, http=http)
+        self.flavour = flavour
+        self.probe_path = options.probe_path
+        self.probe_timeout = options.probe_timeout_secs
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         raise NotImplementedError
@@ -42,15 +64,6 @@ class EventStreamProvider(HTTPProvider):
 
     def fold(self, model: str, status: int) -> Fold:
         raise NotImplementedError
-
-    def classify(self, reply: UpstreamReply) -> ChatdError:
-        return classify_error(
-            reply,
-            error_kinds=self.flavour.error_kinds,
-            quota_phrases=self.flavour.quota_phrases,
-            provider=self.name,
-            key=self._key,
-        )
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
         reply = await self._http.post_json(self.path, self.body(request, model), self._auth)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from lakehouse.errors import ChatdError, ConfigError, UpstreamBadResponse
+from lakehouse.errors import ChatdError, UpstreamBadResponse
 from lakehouse.tool_calls import mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import decode_json
@@ -34,7 +34,7 @@ from lakehouse.upstreams.openai_chat_errors import (
 )
 from lakehouse.upstreams.openai_chat_messages import OpenAIMessage, openai_messages
 from lakehouse.upstreams.openai_chat_stream import ChoiceLogprobs, ChunkFold, Usage, whole_chunks
-from lakehouse.upstreams.provider import HTTPProvider, bearer
+from lakehouse.upstreams.provider import HTTPProvider, bearer, options_as
 from lakehouse.wire import (
     ChatRequest,
     ChatResponse,
@@ -163,7 +163,22 @@ def response_format(fmt: Literal["json"] | dict[str, Any] | None) -> _ResponseFo
     return _ResponseFormat("json_schema", _JSONSchemaFormat(name="response", schema=fmt))
 
 
-class OpenAICompatProvider(HTTPProvider):
+class FlavouredProvider(HTTPProvider):
+    """A provider whose error bodies read as its ``flavour`` says."""
+
+    flavour: Flavour
+
+    def classify(self, reply: UpstreamReply) -> ChatdError:
+        return classify_error(
+            reply,
+            error_kinds=self.flavour.error_kinds,
+            quota_phrases=self.flavour.quota_phrases,
+            provider=self.name,
+            key=self._key,
+        )
+
+
+class OpenAICompatProvider(FlavouredProvider):
     """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``.
     ``http``: a session shared with the provider that owns it (which then
     starts and closes it); else its own."""
@@ -173,10 +188,7 @@ class OpenAICompatProvider(HTTPProvider):
     ) -> None:
         super().__init__(ctx, auth=bearer, http=http)
         self.flavour = flavour
-        options = ctx.options if ctx.options is not None else OpenAICompatOptions()
-        if not isinstance(options, OpenAICompatOptions):
-            raise ConfigError("options must be an OpenAICompatOptions")
-        self._options = options
+        self._options = options = options_as(ctx, OpenAICompatOptions)
         self._cap: CapField = options.cap_field or flavour.cap_field
         self.probe_path = options.probe_path
         self.probe_timeout = options.probe_timeout_secs
@@ -212,24 +224,15 @@ class OpenAICompatProvider(HTTPProvider):
             "/chat/completions", self.body(request, model), self._auth
         )
         if not 200 <= reply.status < 300:
-            raise self._classify(reply)
+            raise self.classify(reply)
         return self.parse(reply, model)
-
-    def _classify(self, reply: UpstreamReply) -> ChatdError:
-        return classify_error(
-            reply,
-            error_kinds=self.flavour.error_kinds,
-            quota_phrases=self.flavour.quota_phrases,
-            provider=self.name,
-            key=self._key,
-        )
 
     async def stream(
         self, request: ChatRequest, model: str
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         body = self.body(request, model, stream=True)
         async with self._http.stream_post(
-            "/chat/completions", body, self._auth, error=self._classify
+            "/chat/completions", body, self._auth, error=self.classify
         ) as upstream:
             if upstream.content_type == "application/json":
                 # An upstream (or proxy) that ignored "stream" answers whole.

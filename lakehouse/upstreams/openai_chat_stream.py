@@ -16,8 +16,8 @@ import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
 from lakehouse.tool_calls import CallFold, arguments_text
-from lakehouse.upstreams.failures import decode_or_refuse
 from lakehouse.upstreams.openai_chat_errors import in_band_error
+from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, TokenLogprob, ToolCallChunk
 
 
@@ -67,19 +67,14 @@ class _Chunk(msgspec.Struct):
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
-class ChunkFold:
+class ChunkFold(StreamFold):
     """What one streamed completion has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        self.provider = provider
-        self.model = model
-        self.status = status
-        self._key = key
+        super().__init__(provider, model, key, status=status)
         self._upstream_model: str | None = None
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
         self._usage: Usage | None = None
         self._finish: str | None = None
         self._choices = False
@@ -88,9 +83,7 @@ class ChunkFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        chunk = decode_or_refuse(
-            _chunk_decoder, payload, self.provider, self.status, "sent an unusable stream event"
-        )
+        chunk = self.decode(_chunk_decoder, payload)
         if chunk.error is not None:
             raise in_band_error(chunk.error, self.status, self.provider, self._key)
         if chunk.model and self._upstream_model is None:

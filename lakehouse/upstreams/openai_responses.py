@@ -13,7 +13,6 @@ from typing import Annotated
 
 import msgspec
 
-from lakehouse.errors import ConfigError
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.event_stream import EventStreamProvider
 from lakehouse.upstreams.http import HTTPClient
@@ -21,7 +20,7 @@ from lakehouse.upstreams.openai_chat import Flavour, ProbePath
 from lakehouse.upstreams.openai_responses_reply import parse_response
 from lakehouse.upstreams.openai_responses_request import body as responses_body
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
-from lakehouse.upstreams.provider import bearer
+from lakehouse.upstreams.provider import bearer, options_as
 from lakehouse.wire import ChatRequest, ChatResponse
 
 
@@ -46,14 +45,8 @@ class OpenAIResponsesProvider(EventStreamProvider):
     def __init__(
         self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
     ) -> None:
-        options = ctx.options if ctx.options is not None else ResponsesOptions()
-        if not isinstance(options, ResponsesOptions):
-            raise ConfigError("options must be a ResponsesOptions")
-        super().__init__(ctx, auth=bearer, http=http)
-        self.flavour = flavour
-        self._options = options
-        self.probe_path = options.probe_path
-        self.probe_timeout = options.probe_timeout_secs
+        self._options = options = options_as(ctx, ResponsesOptions)
+        super().__init__(ctx, flavour, options, auth=bearer, http=http)
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(

@@ -20,6 +20,7 @@ from lakehouse.errors import UpstreamBadResponse
 from lakehouse.tool_calls import CallFold
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.upstreams.openai_responses_reply import Item, Response, to_answer
+from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -40,18 +41,13 @@ class _Event(msgspec.Struct):
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
-class ResponsesFold:
+class ResponsesFold(StreamFold):
     """What one streamed response has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        self.provider = provider
-        self.model = model
-        self.status = status
-        self._key = key
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
+        super().__init__(provider, model, key, status=status)
         self._final: Response | None = None
         self._calls = CallFold()
         # Output index of a function_call item → its position in the answer.
@@ -63,14 +59,7 @@ class ResponsesFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            event = _event_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        event = self.decode(_event_decoder, payload)
         kind = event.type
         if kind == "error":
             error = {"code": event.code, "message": event.message or ""}

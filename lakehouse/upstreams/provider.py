@@ -4,12 +4,23 @@ its key, its pooled client, opening and closing it, and its health probe."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from lakehouse.errors import ConfigError
-from lakehouse.upstreams.contract import ProviderContext
+from lakehouse.upstreams.contract import PluginOptions, ProviderContext
 from lakehouse.upstreams.http import HTTPClient
 
 Auth = Callable[[str], Mapping[str, str]]
+Options = TypeVar("Options", bound=PluginOptions)
+
+
+def options_as(ctx: ProviderContext, kind: type[Options]) -> Options:
+    """The context's options (``kind``'s defaults when it has none); a
+    ConfigError when they are some other client's."""
+    options = ctx.options if ctx.options is not None else kind()
+    if not isinstance(options, kind):
+        raise ConfigError(f"options must be {kind.__name__}")
+    return options
 
 
 def bearer(key: str) -> Mapping[str, str]:
