@@ -23,6 +23,20 @@ def mint_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
+# Endings that say the answer was cut short or withheld: they stand even
+# when the model had started calling tools, since a call cut off by
+# max_tokens is not one to run (OpenAI answers "length" then too).
+_CUT_SHORT = frozenset({"length", "content_filter"})
+
+
+def answer_reason(upstream: str | None, *, calls: bool) -> str:
+    """The ``done_reason`` of an answer: "tool_calls" when the model called
+    tools and was not cut short (Ollama and Anthropic say "stop" or
+    "end_turn" then), else the upstream's reason ("stop" when it gave none)."""
+    reason = upstream or "stop"
+    return "tool_calls" if calls and reason not in _CUT_SHORT else reason
+
+
 def parse_arguments(text: str) -> dict[str, Any] | str:
     """The arguments as an object; the text itself when it is not a JSON
     object (a model may write broken JSON, or be cut off by max_tokens)."""

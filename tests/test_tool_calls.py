@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from lakehouse.tool_calls import CallFold, arguments_text, parse_arguments
+from lakehouse.tool_calls import CallFold, answer_reason, arguments_text, parse_arguments
 from lakehouse.wire import FunctionCall, ToolCallChunk
 
 
@@ -30,3 +30,12 @@ def test_fold_assembles_fragments_per_index_and_mints_missing_ids() -> None:
     ]
     # The same ids each time: relayed chunks and the final answer agree.
     assert [c.id for c in fold.calls()] == ["c1", minted.id]
+
+
+def test_answer_reason_says_tool_calls_unless_cut_short() -> None:
+    assert answer_reason("stop", calls=True) == "tool_calls"
+    assert answer_reason(None, calls=True) == "tool_calls"
+    assert answer_reason(None, calls=False) == "stop"
+    # A call cut off by max_tokens is not one to run: the caller is told.
+    assert answer_reason("length", calls=True) == "length"
+    assert answer_reason("content_filter", calls=True) == "content_filter"

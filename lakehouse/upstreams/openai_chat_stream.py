@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import CallFold, arguments_text
+from lakehouse.tool_calls import CallFold, answer_reason, arguments_text
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.wire import ChatResponse, StreamDelta, TokenLogprob, ToolCallChunk
 
@@ -159,7 +159,7 @@ class ChunkFold:
             model=self._upstream_model or self.model,
             provider=self.provider,
             content="".join(self._content),
-            done_reason="tool_calls" if calls else self._finish or "stop",
+            done_reason=answer_reason(self._finish, calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning="".join(self._reasoning) or None,

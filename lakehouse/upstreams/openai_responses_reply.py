@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse, UpstreamError
-from lakehouse.tool_calls import mint_call_id, parse_arguments
+from lakehouse.tool_calls import answer_reason, mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.openai_chat_errors import in_band_error
@@ -96,8 +96,6 @@ def ending(response: Response, provider: str, status: int, key: str | None) -> s
             provider=provider,
             upstream_status=status,
         )
-    if any(item.type == "function_call" for item in response.output or ()):
-        return "tool_calls"
     return "stop"
 
 
@@ -127,7 +125,7 @@ def to_answer(
         model=response.model or model,
         provider=provider,
         content=content,
-        done_reason="tool_calls" if calls else done,
+        done_reason=answer_reason(done, calls=bool(calls)),
         prompt_tokens=usage.input_tokens or 0,
         completion_tokens=usage.output_tokens or 0,
         reasoning=reasoning or None,

@@ -342,3 +342,28 @@ def test_stream_garbage_event() -> None:
     fold = MessagesFold("claude", "m", KEY)
     with pytest.raises(errors.UpstreamBadResponse, match="unusable"):
         fold.add(b"{not json")
+
+
+def test_a_tool_call_cut_off_by_max_tokens_ends_in_length() -> None:
+    # Anthropic stops mid tool_use when max_tokens runs out: the input is
+    # partial JSON, so the answer must not read as a call to run.
+    _, fold = fold_all(
+        START,
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+        },
+        block_delta(0, type="input_json_delta", partial_json='{"ci'),
+        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {}},
+        {"type": "message_stop"},
+    )
+    assert fold.result().done_reason == "length"
+
+
+async def test_a_whole_reply_cut_off_in_a_tool_call_ends_in_length(
+    provider: AnthropicMessagesProvider,
+) -> None:
+    use = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    out = await call(provider, payload=message(use, stop="max_tokens"))
+    assert out.done_reason == "length"

@@ -245,3 +245,16 @@ def test_tool_call_fragments_are_passed_on_and_folded() -> None:
         (whole.tool_calls[0].id, "g", {}),
     ]
     assert whole.tool_calls[0].index == 1 and whole.tool_calls[0].id
+
+
+def test_a_tool_call_cut_off_by_max_tokens_stays_length() -> None:
+    # OpenAI ends a call cut off by max_tokens with "length"; the caller
+    # must not be told to run it.
+    head = {
+        "index": 0,
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"a'},
+    }
+    _, final = fold_all(delta(tool_calls=[head]), delta("length"))
+    assert final.done_reason == "length"

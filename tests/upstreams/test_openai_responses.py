@@ -263,3 +263,18 @@ async def test_a_done_sentinel_before_the_terminal_event_is_a_cut_stream(
         assert await anext(stream) == StreamDelta(content="H")
         with pytest.raises(errors.UpstreamBadResponse, match=r"without response\.completed"):
             await anext(stream)
+
+
+def test_stream_incomplete_in_a_function_call_is_length() -> None:
+    item = {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": ""}
+    final = response(
+        {**item, "arguments": '{"ci'},
+        status="incomplete",
+        incomplete_details={"reason": "max_output_tokens"},
+    )
+    _, fold = fold_all(
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"ci'},
+        {"type": "response.incomplete", "response": final},
+    )
+    assert fold.result().done_reason == "length"
