@@ -30,7 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 from lakehouse.errors import BadRequest
-from lakehouse.images import ImageRef
+from lakehouse.images import ImageRef, sniff
 from lakehouse.tool_calls import parse_arguments
 from lakehouse.upstreams.call_ids import pair_calls
 from lakehouse.upstreams.unsupported import refuse_unsupported
@@ -39,6 +39,7 @@ from lakehouse.wire import ChatRequest, ImagePart, Message, NamedToolChoice, Tex
 # Thinking budgets per level; Anthropic's minimum is 1024.
 THINK_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "max": 32000}
 MIN_THINK_BUDGET = 1024
+_ALIASES = {"image/jpg": "image/jpeg"}
 JSON_INSTRUCTION = "Respond with one JSON object and nothing else: no prose, no code fence."
 
 
@@ -128,9 +129,11 @@ def thinking(think: bool | str | None, max_tokens: int) -> _Thinking | None:
 def image_block(image: ImageRef) -> ImageBlock:
     if image.url is not None:
         return ImageBlock(_Source("url", url=image.url))
-    return ImageBlock(
-        _Source("base64", media_type=image.media_type or "image/png", data=image.data)
-    )
+    # Anthropic checks media_type against the bytes and refuses a mismatch
+    # (and the common "image/jpg"), where OpenAI reads past a wrong label:
+    # the bytes say what the image is.
+    media = sniff(image.data) or _ALIASES.get(image.media_type, image.media_type)
+    return ImageBlock(_Source("base64", media_type=media or "image/png", data=image.data))
 
 
 def _user_content(message: Message) -> str | list[Block]:

@@ -24,7 +24,7 @@ from lakehouse.plugin_api import (
 )
 from lakehouse.upstreams.anthropic_messages_request import thinking
 from lakehouse.upstreams.anthropic_messages_stream import MessagesFold
-from lakehouse.wire import StreamDelta, ToolCallChunk
+from lakehouse.wire import ImagePart, ImageURL, StreamDelta, ToolCallChunk
 from tests.support import mock_upstream
 
 pytestmark = pytest.mark.anyio
@@ -367,3 +367,18 @@ async def test_a_whole_reply_cut_off_in_a_tool_call_ends_in_length(
     use = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
     out = await call(provider, payload=message(use, stop="max_tokens"))
     assert out.done_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("url", "media"),
+    [
+        ("data:image/jpeg;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB", "image/png"),
+        ("data:image/jpg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD=", "image/jpeg"),
+        ("data:image/jpg;base64,AAAAAAAA", "image/jpeg"),
+        ("data:image/webp;base64,AAAAAAAA", "image/webp"),
+    ],
+)
+def test_image_media_type_is_what_the_bytes_say(url: str, media: str) -> None:
+    seeing = Message("user", [ImagePart(ImageURL(url))])
+    (turn,) = body(make(), messages=[seeing])["messages"]
+    assert turn["content"][0]["source"]["media_type"] == media
