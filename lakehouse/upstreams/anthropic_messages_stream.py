@@ -115,8 +115,9 @@ class MessagesFold:
         return None
 
     def _call(self, chunk: ToolCallChunk) -> StreamDelta:
-        self._calls.add(chunk)
-        return StreamDelta(tool_calls=[chunk])
+        # The chunk as the fold hands it back: with the id it minted for a
+        # call that came without one, so the relayed call and the final agree.
+        return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
     def _delta(self, index: int | None, delta: _Delta) -> StreamDelta | None:
         if delta.type == "input_json_delta" and delta.partial_json:

@@ -118,8 +118,9 @@ class ResponsesFold:
         return self._call(chunk)
 
     def _call(self, chunk: ToolCallChunk) -> StreamDelta:
-        self._calls.add(chunk)
-        return StreamDelta(tool_calls=[chunk])
+        # The chunk as the fold hands it back: with the id it minted for a
+        # call that came without one, so the relayed call and the final agree.
+        return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
     def result(self) -> ChatResponse:
         """The whole reply, once a terminal event has arrived."""

@@ -382,3 +382,20 @@ def test_image_media_type_is_what_the_bytes_say(url: str, media: str) -> None:
     seeing = Message("user", [ImagePart(ImageURL(url))])
     (turn,) = body(make(), messages=[seeing])["messages"]
     assert turn["content"][0]["source"]["media_type"] == media
+
+
+def test_a_tool_use_without_an_id_is_relayed_with_the_id_of_the_final_answer() -> None:
+    deltas, fold = fold_all(
+        START,
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "name": "f", "input": {}},
+        },
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}},
+        {"type": "message_stop"},
+    )
+    first = deltas[0].tool_calls
+    final = fold.result().tool_calls
+    assert first is not None and final is not None
+    assert first[0].id and first[0].id == final[0].id

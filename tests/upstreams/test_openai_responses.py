@@ -278,3 +278,16 @@ def test_stream_incomplete_in_a_function_call_is_length() -> None:
         {"type": "response.incomplete", "response": final},
     )
     assert fold.result().done_reason == "length"
+
+
+def test_a_call_without_ids_is_relayed_with_the_id_of_the_final_answer() -> None:
+    item = {"type": "function_call", "name": "f", "arguments": ""}
+    deltas, fold = fold_all(
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": "{}"},
+        {"type": "response.completed", "response": response({**item, "arguments": "{}"})},
+    )
+    first = deltas[0].tool_calls
+    final = fold.result().tool_calls
+    assert first is not None and final is not None
+    assert first[0].id and first[0].id == final[0].id
