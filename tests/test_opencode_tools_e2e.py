@@ -317,3 +317,15 @@ async def test_a_mislabelled_image_reaches_claude_as_what_its_bytes_are(
     assert done.choices[0].message.content == reply_text("what is this")
     (sent,) = world.zen.chats
     assert sent.json["messages"][0]["content"][1]["source"]["media_type"] == media
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])
+async def test_an_image_in_a_system_message_is_refused_naming_it(world: World, model: str) -> None:
+    seeing = [
+        {"role": "system", "content": [{"type": "image_url", "image_url": {"url": PNG}}]},
+        {"role": "user", "content": "what is in the system image?"},
+    ]
+    resp = await world.chat(f"opencode/{model}", messages=seeing)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["path"] == "$.messages[0].content"
+    assert world.zen.chats == []

@@ -24,7 +24,7 @@ from lakehouse.plugin_api import (
 )
 from lakehouse.upstreams.anthropic_messages_request import thinking
 from lakehouse.upstreams.anthropic_messages_stream import MessagesFold
-from lakehouse.wire import ImagePart, ImageURL, StreamDelta, ToolCallChunk
+from lakehouse.wire import ImagePart, ImageURL, StreamDelta, TextPart, ToolCallChunk
 from tests.support import mock_upstream
 
 pytestmark = pytest.mark.anyio
@@ -399,3 +399,17 @@ def test_a_tool_use_without_an_id_is_relayed_with_the_id_of_the_final_answer() -
     final = fold.result().tool_calls
     assert first is not None and final is not None
     assert first[0].id and first[0].id == final[0].id
+
+
+@pytest.mark.parametrize("role", ["system", "assistant"])
+def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
+    # Messages' system is text and an assistant turn holds no image: the
+    # image would be lost on the way, so it is refused naming where it is.
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(png))])
+    with pytest.raises(errors.BadRequest) as info:
+        body(make(), messages=[seeing, Message("user", "hi")])
+    assert info.value.path == "$.messages[0].content"
+    with pytest.raises(errors.BadRequest) as bare:
+        body(make(), messages=[Message(role, "look", images=[png]), Message("user", "hi")])
+    assert bare.value.path == "$.messages[0].images"

@@ -22,7 +22,7 @@ from lakehouse.plugin_api import (
     ResponsesOptions,
 )
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
-from lakehouse.wire import StreamDelta, ToolCallChunk
+from lakehouse.wire import ImagePart, ImageURL, StreamDelta, TextPart, ToolCallChunk
 from tests.support import mock_upstream
 
 pytestmark = pytest.mark.anyio
@@ -291,3 +291,14 @@ def test_a_call_without_ids_is_relayed_with_the_id_of_the_final_answer() -> None
     final = fold.result().tool_calls
     assert first is not None and final is not None
     assert first[0].id and first[0].id == final[0].id
+
+
+@pytest.mark.parametrize("role", ["system", "assistant"])
+def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
+    # instructions are text, and an assistant item holds output text only.
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(png))])
+    with pytest.raises(errors.BadRequest) as info:
+        body(make(), messages=[seeing, Message("user", "hi")])
+    assert info.value.path == "$.messages[0].content"
+    assert "OpenAI Responses" in info.value.message
