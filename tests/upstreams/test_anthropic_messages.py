@@ -413,3 +413,28 @@ def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
     with pytest.raises(errors.BadRequest) as bare:
         body(make(), messages=[Message(role, "look", images=[png]), Message("user", "hi")])
     assert bare.value.path == "$.messages[0].images"
+
+
+@pytest.mark.parametrize(
+    ("think", "budget", "cap"),
+    [
+        (True, 4096, 8192),
+        ("high", 16384, 20480),
+        ("low", 1024, 5120),
+        # Within Opus 4's 32000-token output limit; the answer keeps 4096.
+        ("max", 27904, 32000),
+    ],
+)
+def test_thinking_without_max_tokens_keeps_the_answers_room(
+    think: Any, budget: int, cap: int
+) -> None:
+    # max_tokens counts thinking too: cutting the budget to fit the default
+    # 4096 left the answer one token (budget 4095 of 4096).
+    sent = body(make(default_max_tokens=4096), think=think)
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": budget}
+    assert sent["max_tokens"] == cap
+
+
+def test_a_callers_max_tokens_is_kept_with_thinking() -> None:
+    sent = body(make(), think=True, max_tokens=5000)
+    assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (5000, 4096)
