@@ -168,7 +168,7 @@ def test_without_notify_socket_the_app_is_not_wrapped() -> None:
             os.environ["NOTIFY_SOCKET"] = saved
 
 
-def test_with_workers_the_first_ready_worker_says_ready(tmp_path: Path) -> None:
+def test_with_workers_each_says_ready_and_none_says_stopping(tmp_path: Path) -> None:
     port = free_port()
     with notify_socket(tmp_path, abstract=False) as (sock, value):
         proc = start(
@@ -187,13 +187,20 @@ def test_with_workers_the_first_ready_worker_says_ready(tmp_path: Path) -> None:
         try:
             assert states(sock) == {"READY": "1"}
             assert accepts(port)
+            # Each worker speaks for itself (NotifyAccess=all in the unit).
+            assert states(sock) == {"READY": "1"}
+            # `systemctl reload`: Hypercorn restarts every worker. A worker
+            # that stops then is not the service stopping: STOPPING=1 would
+            # make systemd kill the service after TimeoutStopSec.
+            proc.send_signal(signal.SIGHUP)
+            assert [states(sock), states(sock)] == [{"READY": "1"}, {"READY": "1"}]
+            assert proc.poll() is None
             terminate(proc)
-            # Each worker speaks for itself (NotifyAccess=all in the unit):
-            # the second one may still be saying READY.
-            seen = [states(sock)]
-            while seen[-1] != {"STOPPING": "1"}:
-                assert seen[-1] == {"READY": "1"}, seen
-                seen.append(states(sock))
         finally:
             err = stop(proc)
+        # Nor does a worker say it when systemd stops the service itself.
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            left = states(sock)
+            pytest.fail(f"a worker sent {left} on SIGTERM")
     assert proc.returncode == 0, err
