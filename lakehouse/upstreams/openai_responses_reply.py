@@ -1,7 +1,9 @@
 """A whole OpenAI Responses object: its view Structs and their mapping onto
 chatd's answer (docs/protocols/openai-responses.md, "Response object").
 
-``message`` items' ``output_text`` parts make the content; ``reasoning``
+``message`` items' ``output_text`` parts make the content, and so do their
+``refusal`` parts (a model declining, as under a JSON schema), which end the
+answer in ``content_filter`` as Anthropic's ``refusal`` does; ``reasoning``
 items (their summaries, or their reasoning text) the reasoning, never the
 content; ``function_call`` items the tool calls (``call_id`` is the id a
 result names). ``status`` decides the ending: ``incomplete`` is ``length`` (or
@@ -25,6 +27,7 @@ from lakehouse.wire import ChatResponse, FunctionCall, ToolCall
 class Part(msgspec.Struct):
     type: str = ""
     text: str | None = None
+    refusal: str | None = None
 
 
 class Item(msgspec.Struct):
@@ -61,7 +64,21 @@ _response_decoder = msgspec.json.Decoder(Response)
 def item_text(item: Item) -> str:
     if item.type != "message" or not item.content:
         return ""
-    return "".join(p.text or "" for p in item.content if p.type == "output_text")
+    return "".join(
+        (p.text or "") if p.type == "output_text" else (p.refusal or "")
+        for p in item.content
+        if p.type in ("output_text", "refusal")
+    )
+
+
+def refused(response: Response) -> bool:
+    """Whether a message of the response declines (a ``refusal`` part)."""
+    return any(
+        p.type == "refusal"
+        for item in response.output or ()
+        if item.type == "message"
+        for p in item.content or ()
+    )
 
 
 def item_reasoning(item: Item) -> str:
@@ -113,6 +130,8 @@ def to_answer(
     """chatd's answer; ``content``/``reasoning`` when a stream already
     gathered them from its deltas."""
     done = ending(response, provider, status, key)
+    if done == "stop" and refused(response):
+        done = "content_filter"
     output = response.output or []
     if content is None:
         content = "".join(item_text(i) for i in output)

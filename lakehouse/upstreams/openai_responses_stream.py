@@ -4,7 +4,8 @@ semantic SSE events into deltas and the final reply.
 The stream has no ``[DONE]``: it ends with ``response.completed``,
 ``response.incomplete`` or ``response.failed``, each carrying the whole
 response object (status, usage); an ``error`` event reports a failure
-after the 200. Text arrives in ``response.output_text.delta``, reasoning in
+after the 200. Text arrives in ``response.output_text.delta`` (or
+``response.refusal.delta`` when the model declines), reasoning in
 ``response.reasoning_summary_text.delta`` (or ``response.reasoning_text.delta``).
 Other events (created, in_progress, output_item.*, content_part.*, *.done)
 say nothing new and are skipped (docs/protocols/openai-responses.md).
@@ -23,6 +24,8 @@ from lakehouse.upstreams.openai_responses_reply import Item, Response, to_answer
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# A refusal is the answer's text too (its ending says content_filter).
+_TEXT = frozenset({"response.output_text.delta", "response.refusal.delta"})
 _REASONING = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
 
 
@@ -99,7 +102,7 @@ class ResponsesFold:
                     upstream_status=self.status,
                 )
             return self._call(ToolCallChunk(at, arguments=event.delta))
-        if kind == "response.output_text.delta":
+        if kind in _TEXT:
             self._content.append(event.delta)
             return StreamDelta(content=event.delta)
         if kind in _REASONING:

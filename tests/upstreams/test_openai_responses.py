@@ -302,3 +302,32 @@ def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
         body(make(), messages=[seeing, Message("user", "hi")])
     assert info.value.path == "$.messages[0].content"
     assert "OpenAI Responses" in info.value.message
+
+
+REFUSAL = {
+    "type": "message",
+    "role": "assistant",
+    "content": [{"type": "refusal", "refusal": "I can't help with that."}],
+}
+
+
+async def test_a_refusal_is_the_answer_and_ends_in_content_filter(
+    provider: OpenAIResponsesProvider,
+) -> None:
+    # Under a JSON schema a declining model answers with a refusal part, not
+    # output_text: an empty "stop" answer would hide it.
+    out = await call(provider, payload=response(REFUSAL))
+    assert (out.content, out.done_reason) == ("I can't help with that.", "content_filter")
+
+
+def test_a_streamed_refusal_is_relayed_and_ends_in_content_filter() -> None:
+    deltas, fold = fold_all(
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "message"}},
+        {"type": "response.refusal.delta", "output_index": 0, "delta": "I can't "},
+        {"type": "response.refusal.delta", "output_index": 0, "delta": "help with that."},
+        {"type": "response.refusal.done", "refusal": "I can't help with that."},
+        {"type": "response.completed", "response": response(REFUSAL)},
+    )
+    assert deltas == [StreamDelta(content="I can't "), StreamDelta(content="help with that.")]
+    out = fold.result()
+    assert (out.content, out.done_reason) == ("I can't help with that.", "content_filter")
