@@ -60,6 +60,9 @@ class ServerConfig(Strict):
     # Hypercorn's default (1,000) sends GOAWAY to busy h2 clients.
     keep_alive_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     h2_max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # The listen queue; Hypercorn's 100 overflows when a pool of 200
+    # clients connects at once (the kernel caps it at net.core.somaxconn).
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     # An HTTP/2 response send blocked this long means the peer is gone
     # (works around a Hypercorn 0.18 h2 hang; see web.bounded); 0: off.
     send_stall_secs: Annotated[float, msgspec.Meta(ge=0)] = 10 * SECONDS

@@ -230,3 +230,11 @@ def prepare_multiprocess_dir(path: str) -> None:
     for name in os.listdir(path):
         if name.endswith(".db"):
             os.remove(os.path.join(path, name))
+
+
+def forget_worker(pid: int) -> None:
+    """Drop a finished worker's live gauges from the merged view (its
+    counters stay: they are part of the totals). Its supervisor calls this,
+    since a worker killed outright cannot."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
