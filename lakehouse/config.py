@@ -39,6 +39,9 @@ class ProviderConfig(Strict):
     plugin: str | None = None
     # As the provider documents it; the plugin's default when omitted.
     base_url: str | None = None
+    # Several hosts of one provider instead of base_url: a list (hosts
+    # named by position, "0", "1", ...) or a table of name = URL.
+    base_urls: list[str] | dict[str, str] | None = None
     key_env: str = ""
     key_file: str = ""
     # Sent on every upstream call (attribution, an operator-chosen User-Agent).
@@ -293,11 +296,13 @@ def check_url(url: str, key: str) -> str:
 def _check(config: Config, source: str) -> None:
     chatd = config.chatd
     for name, provider in chatd.providers.items():
-        if provider.base_url is not None:
-            try:
+        try:
+            if provider.base_url is not None:
                 check_url(provider.base_url, f"chatd.providers.{name}.base_url")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+            if provider.base_urls is not None:
+                _check_hosts(name, provider)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     for name, chain in chatd.fallbacks.items():
         if name in chain:
             raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
@@ -309,3 +314,28 @@ def _check(config: Config, source: str) -> None:
                 check_url(url, f"gateway.routes.{prefix}")
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_HOSTS = 64
+
+
+def host_urls(provider: ProviderConfig) -> dict[str, str]:
+    """A pool's hosts, name → URL (names are positions for a list)."""
+    urls = provider.base_urls or {}
+    return dict(urls) if isinstance(urls, dict) else {str(i): u for i, u in enumerate(urls)}
+
+
+def _check_hosts(name: str, provider: ProviderConfig) -> None:
+    key = f"chatd.providers.{name}.base_urls"
+    if provider.base_url is not None:
+        raise ConfigError(f"`{key}` and `chatd.providers.{name}.base_url` are both set")
+    hosts = host_urls(provider)
+    if not 1 <= len(hosts) <= MAX_HOSTS:
+        raise ConfigError(f"`{key}` needs 1 to {MAX_HOSTS} hosts")
+    for host, url in hosts.items():
+        if not _HOST_NAME.fullmatch(host):
+            raise ConfigError(
+                f"`{key}`: host name {host!r} must be 1-32 letters, digits, `_`, `.` or `-`"
+            )
+        check_url(url, f"{key}.{host}")

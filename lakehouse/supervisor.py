@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from lakehouse.metrics import forget_worker
+from lakehouse.worker_limits import WORKER_COUNT, WORKER_INDEX
 
 log = logging.getLogger("chatd.supervisor")
 
@@ -40,8 +41,6 @@ log = logging.getLogger("chatd.supervisor")
 LISTEN_FD = "CHATD_LISTEN_FD"
 READY_FD = "CHATD_READY_FD"
 LIFELINE_FD = "CHATD_LIFELINE_FD"
-WORKER_INDEX = "CHATD_WORKER_INDEX"
-WORKER_COUNT = "CHATD_WORKERS"
 APP_ENV = "CHATD_APP"
 
 # A worker that never became ready is restarted after this, doubled each

@@ -9,10 +9,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,74 +21,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lakehouse import server
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import ROOT, make_config
-from tests.test_cli import GOOD, clean_env, free_port
+from tests.pool_support import Pool, fresh_get, fresh_post, served, start_workers, until
+from tests.support import make_config
+from tests.test_cli import GOOD
 
 STREAM = {**GOOD, "stream": True}
 
 
-@dataclass
-class Pool:
-    proc: subprocess.Popen[bytes]
-    base: str
-    log: Path
-    metrics: Path
-
-    def workers(self) -> set[int]:
-        return children(self.proc.pid)
-
-
-def children(pid: int) -> set[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return set()
-    return {int(p) for p in text.split()}
-
-
-def start_pool(tmp_path: Path, upstream: str, *extra: str) -> Pool:
-    port = free_port()
-    metrics = tmp_path / "metrics"
-    config = tmp_path / "c.toml"
-    config.write_text(
+def start_pool(tmp_path: Path, upstream: str) -> Pool:
+    return start_workers(
+        tmp_path,
         "[chatd]\nprobe_interval_secs = 0\n"
-        f'[chatd.server]\nmetrics_dir = "{metrics}"\ngraceful_timeout_secs = 30\n'
-        f'[chatd.providers.ollama]\nbase_url = "{upstream}"\n'
+        "[chatd.server]\ngraceful_timeout_secs = 30\n"
+        f'[chatd.providers.ollama]\nbase_url = "{upstream}"\n',
     )
-    log = tmp_path / "chatd.log"
-    with log.open("wb") as out:
-        # A file, not a pipe: a full pipe would stall the workers' logging.
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
-                *("--workers", "2", "--bind", f"127.0.0.1:{port}", *extra),
-            ],
-            cwd=ROOT,
-            env=clean_env(),
-            stdout=out,
-            stderr=out,
-        )
-    pool = Pool(proc, f"http://127.0.0.1:{port}", log, metrics)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        if served(pool.log) >= 2:
-            return pool
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the workers did not start: " + log.read_text())
-
-
-async def until(condition: Callable[[], bool], timeout: float = 60) -> None:
-    """Poll a condition the test cannot await (another process's state)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - state in other processes
-            await asyncio.sleep(0.05)
-
-
-def served(log: Path) -> int:
-    """Workers that reported serving, from the supervisor's log."""
-    return log.read_text().count('"msg":"worker serving"')
 
 
 @pytest.fixture
@@ -101,34 +45,12 @@ async def upstream() -> AsyncIterator[StubUpstream]:
     await stub.stop()
 
 
-@pytest.fixture
-def stop_pool() -> Iterator[list[Pool]]:
-    pools: list[Pool] = []
-    yield pools
-    for pool in pools:
-        if pool.proc.poll() is None:
-            pool.proc.kill()
-            pool.proc.wait(10)
-        for pid in pool.workers():
-            os.kill(pid, signal.SIGKILL)
-
-
 def requests_total(text: str) -> float:
     total = 0.0
     for family in text_string_to_metric_families(text):
         if family.name == "chatd_requests":
             total += sum(s.value for s in family.samples if s.name == "chatd_requests_total")
     return total
-
-
-async def fresh_get(base: str, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        return await client.get(path)
-
-
-async def fresh_post(base: str, body: dict[str, object]) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        return await client.post("/chat", json=body)
 
 
 # -- the relied-on Hypercorn behaviour ------------------------------------
@@ -188,11 +110,11 @@ def listen_queue(port: int) -> int:
 
 @pytest.mark.anyio
 async def test_a_killed_worker_costs_only_its_own_requests(
-    tmp_path: Path, upstream: StubUpstream, stop_pool: list[Pool]
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
 ) -> None:
     upstream.fail_always(Fault(kind="delay", seconds=0.2))
     pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    stop_pool.append(pool)
+    pools.append(pool)
     first = pool.workers()
     assert len(first) == 2
     assert listen_queue(int(pool.base.rsplit(":", 1)[1])) == 1024
@@ -253,10 +175,10 @@ async def test_a_killed_worker_costs_only_its_own_requests(
 
 @pytest.mark.anyio
 async def test_sigterm_drains_every_worker(
-    tmp_path: Path, upstream: StubUpstream, stop_pool: list[Pool]
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
 ) -> None:
     pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    stop_pool.append(pool)
+    pools.append(pool)
 
     async def stream(client: httpx.AsyncClient, begun: asyncio.Event) -> list[dict[str, object]]:
         async with client.stream("POST", "/chat", json=STREAM) as resp:
@@ -289,10 +211,10 @@ async def test_sigterm_drains_every_worker(
 
 @pytest.mark.anyio
 async def test_sighup_rolls_workers_with_the_port_accepting(
-    tmp_path: Path, upstream: StubUpstream, stop_pool: list[Pool]
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
 ) -> None:
     pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    stop_pool.append(pool)
+    pools.append(pool)
     first = pool.workers()
     upstream.fail_always(Fault(kind="stall", seconds=8, after=1))
 
