@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 from lakehouse import config as configuration
 from lakehouse import worker_limits
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import log_renames
 from lakehouse.loader import load_plugin, plugin_dirs
 from lakehouse.logs import setup_logging
 from lakehouse.registry import build_registry
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["chatd.bind"] = args.bind
         config = configuration.load(path, overrides)
         setup_logging(config.chatd.log_level)
+        log_renames(config.legacy, logging.getLogger("chatd.config"))
         if args.dev:
             stub_url = start_dev_stub(config, overrides)
             if stub_url:

@@ -22,6 +22,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import Legacy, is_legacy, translate
 
 SECONDS = 1.0
 MIB = 1024 * 1024
@@ -147,6 +148,8 @@ class Config(msgspec.Struct, kw_only=True):
     gateway: GatewayConfig | None = None
     # Where the config came from: relative plugin_dirs are taken from here.
     source_dir: str = "."
+    # The Go services' flat keys the file used (see lakehouse.legacy_config).
+    legacy: Legacy = msgspec.field(default_factory=Legacy)
 
     @property
     def tiers(self) -> dict[str, str]:
@@ -223,7 +226,13 @@ def parse(
         data = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
+    # Overrides in the Go spelling join the file's; the rest come after the
+    # translation, so the current spelling wins over the file's Go keys.
+    later = dict(overrides or {})
+    for dotted in [key for key in later if is_legacy(key)]:
+        _set(data, dotted, later.pop(dotted))
+    legacy = translate(data, source)
+    for dotted, value in later.items():
         _set(data, dotted, value)
     owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
     _check_entries(owned, source)
@@ -232,6 +241,7 @@ def parse(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {describe(exc)}") from None
     config.source_dir = str(Path(source).resolve().parent)
+    config.legacy = legacy
     _check(config, source)
     return config
 
@@ -298,7 +308,8 @@ def _check(config: Config, source: str) -> None:
     for name, provider in chatd.providers.items():
         try:
             if provider.base_url is not None:
-                check_url(provider.base_url, f"chatd.providers.{name}.base_url")
+                key = config.legacy.spelled(f"chatd.providers.{name}.base_url")
+                check_url(provider.base_url, key)
             if provider.base_urls is not None:
                 _check_hosts(name, provider)
         except ConfigError as exc:
@@ -306,6 +317,11 @@ def _check(config: Config, source: str) -> None:
     for name, chain in chatd.fallbacks.items():
         if name in chain:
             raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
+    for key, url in config.legacy.gateway_urls.items():
+        try:
+            check_url(url, f"gateway.{key}")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     if config.gateway is not None:
         for prefix, url in config.gateway.routes.items():
             if not prefix.startswith("/"):

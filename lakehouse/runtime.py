@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lakehouse import sd_notify
 from lakehouse.auth import Gate
 from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
@@ -177,7 +178,12 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     def _on_sighup(self) -> None:
-        self._spawn(self.reload())
+        self._spawn(self._reload_for_signal())
+
+    async def _reload_for_signal(self) -> None:
+        # systemd (ExecReload sends the SIGHUP) hears when the reload is done.
+        async with sd_notify.reloading():
+            await self.reload()
 
     async def reload(self) -> str | None:
         """Swap in a generation built from the config source; on a refused

@@ -116,6 +116,7 @@ def run(
     h = hypercorn_config(config, bind=bind, workers=workers, app_path=app_path)
     if h.workers == 1:
         h.workers = 0  # Hypercorn's "serve in this process"
+        listen_first(h)
         return int(hypercorn_run(h) or 0)
     # Workers are spawned afresh and inherit this: each writes its metrics
     # to files there, and a scrape of any worker merges them.
@@ -192,6 +193,27 @@ def load_app(app_path: str) -> Callable[..., Awaitable[None]]:
     factory = getattr(importlib.import_module(module), attr.removesuffix("()"))
     app: Callable[..., Awaitable[None]] = factory()
     return app
+
+
+def listen_first(h: HypercornConfig) -> None:
+    """Bind and listen now, and hand Hypercorn the descriptors: it would only
+    listen once the app has started, so systemd's READY=1, sent at the end
+    of that start-up (lakehouse.sd_notify), would come before the port
+    accepts. (One worker, served in this process; a pool's supervisor
+    holds its socket from ``listening_socket``.)"""
+    sockets = h.create_sockets()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(h.backlog)
+
+    def handed_over(socks: list[socket.socket]) -> list[str]:
+        # detach(): Hypercorn's socket object owns the descriptor from here.
+        return [f"fd://{sock.detach()}" for sock in socks]
+
+    if h.ssl_enabled:
+        h.bind = handed_over(sockets.secure_sockets)
+        h.insecure_bind = handed_over(sockets.insecure_sockets)
+    else:
+        h.bind = handed_over(sockets.insecure_sockets)
 
 
 async def serve(

@@ -17,7 +17,12 @@ What the pool promises:
   (each on its own; none is cut because another finished first);
 - SIGHUP: workers are rolled one at a time: a new one is started, and
   only once it accepts is the old one told to drain. Connections arriving
-  meanwhile wait in the shared socket's queue, never refused.
+  meanwhile wait in the shared socket's queue, never refused. New workers
+  read the config file afresh, so this is also the pool's config reload.
+
+Under systemd (``Type=notify``) this process speaks for the pool: READY=1
+once every first worker serves, RELOADING=1 … READY=1 around a roll,
+STOPPING=1 at SIGTERM. Workers are started without ``$NOTIFY_SOCKET``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from lakehouse import sd_notify
 from lakehouse.metrics import forget_worker
 from lakehouse.worker_limits import WORKER_COUNT, WORKER_INDEX
 
@@ -82,6 +88,7 @@ class _Roll:
 
     pending: list[Worker] = field(default_factory=list)
     current: Worker | None = None  # the replacement being started
+    active: bool = False
 
 
 class Supervisor:
@@ -100,6 +107,7 @@ class Supervisor:
         self._pause = FIRST_PAUSE
         self._respawn_at: dict[int, float] = {}
         self._served = False
+        self._announced = False
 
     # -- the loop -------------------------------------------------------
 
@@ -157,7 +165,7 @@ class Supervisor:
         ready_r, ready_w = os.pipe()
         fd = self.sock.fileno()
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
             LISTEN_FD: str(fd),
             READY_FD: str(ready_w),
             LIFELINE_FD: str(self._lifeline_r),
@@ -185,6 +193,9 @@ class Supervisor:
             self._served = True
             self._pause = FIRST_PAUSE
             log.info("worker serving", extra={"pid": worker.pid, "worker": worker.index})
+            if not self._announced and sum(w.ready for w in self.workers) == self.plan.count:
+                self._announced = True
+                sd_notify.notify("READY=1")
         self._forget_fd(worker)
 
     def _forget_fd(self, worker: Worker) -> None:
@@ -204,7 +215,7 @@ class Supervisor:
                 continue
             if worker is self._roll.current:
                 log.error("reload abandoned: the new worker did not start", extra={"code": code})
-                self._roll = _Roll()
+                self._end_roll()
                 continue
             log.error("worker died; replacing it", extra={"pid": worker.pid, "code": code})
             if not worker.ready and not self._served:
@@ -231,7 +242,12 @@ class Supervisor:
         if self._stopping:
             return
         log.info("rolling workers (SIGHUP)")
-        self._roll = _Roll(pending=[w for w in self.workers if not w.retiring])
+        sd_notify.notify(f"RELOADING=1\nMONOTONIC_USEC={sd_notify.monotonic_usec()}")
+        self._roll = _Roll(pending=[w for w in self.workers if not w.retiring], active=True)
+
+    def _end_roll(self) -> None:
+        self._roll = _Roll()
+        sd_notify.notify("READY=1")
 
     def _advance_roll(self) -> None:
         roll = self._roll
@@ -243,7 +259,7 @@ class Supervisor:
                 if time.monotonic() - current.started > self.plan.start_timeout:
                     log.error("reload abandoned: the new worker did not start in time")
                     self._retire(current)
-                    self._roll = _Roll()
+                    self._end_roll()
                 return
             if current.replaces is not None:
                 self._retire(current.replaces)
@@ -252,6 +268,9 @@ class Supervisor:
             old = roll.pending.pop(0)
             if old in self.workers and not old.retiring:
                 roll.current = self._spawn(old.index, replaces=old)
+        if roll.active and roll.current is None:
+            log.info("workers rolled")
+            self._end_roll()
 
     def _retire(self, worker: Worker) -> None:
         worker.retiring = True
@@ -264,6 +283,7 @@ class Supervisor:
         if self._stopping:
             return
         self._stopping = True
+        sd_notify.notify("STOPPING=1")
         self._respawn_at.clear()
         self._roll = _Roll()
         self._stop_deadline = time.monotonic() + self.plan.graceful_timeout + KILL_MARGIN
