@@ -252,3 +252,26 @@ async def test_sighup_rolls_workers_with_the_port_accepting(
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     assert len(latencies) > 50
     assert p99 < 0.1, (p99, latencies[-5:])
+
+
+@pytest.mark.anyio
+async def test_workers_leave_when_the_supervisor_is_killed(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
+    pools.append(pool)
+    workers = pool.workers()
+    pool.proc.kill()
+    pool.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+        return "\nState:\tZ" in status  # exited, not yet reaped by its new parent
+
+    # Their lifeline pipe reads EOF: they drain (nothing in flight) and exit.
+    await until(lambda: all(gone(pid) for pid in workers), timeout=30)
+    with pytest.raises(httpx.ConnectError):
+        await fresh_get(pool.base, "/health")
