@@ -218,6 +218,11 @@ class Supervisor:
                 self._end_roll()
                 continue
             log.error("worker died; replacing it", extra={"pid": worker.pid, "code": code})
+            current = self._roll.current
+            if current is not None and current.replaces is worker:
+                continue  # its replacement is already starting
+            if worker in self._roll.pending:
+                self._roll.pending.remove(worker)  # the new one reads the new config
             if not worker.ready and not self._served:
                 # Nothing ever served: a broken start, not a crash to ride out.
                 log.error("worker failed to start; stopping")

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from lakehouse import supervisor
 from lakehouse.config import default_config_path, load
+from lakehouse.errors import ConfigError
 from lakehouse.server import serve_inherited
 
 
@@ -21,7 +23,12 @@ def main() -> None:
         os.close(ready_fd)
 
     overrides = json.loads(env.get("CHATD_OVERRIDES") or "{}")
-    config = load(default_config_path(), overrides)
+    try:
+        config = load(default_config_path(), overrides)
+    except ConfigError as exc:
+        # A reload that broke the file: one line, and the roll is abandoned.
+        print(f"chatd worker: config error: {exc}", file=sys.stderr)
+        sys.exit(2)
     serve_inherited(
         config,
         int(env[supervisor.LISTEN_FD]),

@@ -275,3 +275,20 @@ async def test_workers_leave_when_the_supervisor_is_killed(
     await until(lambda: all(gone(pid) for pid in workers), timeout=30)
     with pytest.raises(httpx.ConnectError):
         await fresh_get(pool.base, "/health")
+
+
+@pytest.mark.anyio
+async def test_a_roll_onto_a_broken_config_is_abandoned(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
+    pools.append(pool)
+    first = pool.workers()
+    config = tmp_path / "c.toml"
+    config.write_text(config.read_text() + "[chatd]\ntimeout_sec = 1\n")
+    pool.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "reload abandoned" in pool.log.read_text())
+    assert "chatd worker: config error:" in pool.log.read_text()
+    # The old workers never stopped serving.
+    assert pool.workers() == first
+    assert (await fresh_post(pool.base, GOOD)).status_code == 200

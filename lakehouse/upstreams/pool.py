@@ -18,6 +18,7 @@ URLs, so they are safe as metric labels.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,6 +27,8 @@ from lakehouse.errors import ChatdError, UpstreamConnectFailed
 from lakehouse.health import Health
 from lakehouse.plugin_api import Provider
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
+
+log = logging.getLogger("chatd.pool")
 
 T = TypeVar("T")
 Item = StreamDelta | ChatResponse
@@ -194,7 +197,12 @@ class HostPool:
         async def one(host: Host) -> None:
             try:
                 ok = await host.provider.probe()
-            except Exception:
+            except Exception as exc:
+                # The exception's text may quote the host's URL: its type only.
+                log.warning(
+                    "host probe failed",
+                    extra={"provider": self.name, "host": host.name, "error": type(exc).__name__},
+                )
                 ok = False
             self.health.set_probe(host.name, ok)
 
