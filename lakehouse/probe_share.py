@@ -23,6 +23,12 @@ VERDICTS_NAME = "probes.json"
 Verdicts = dict[str, dict[str, Any]]
 
 
+def reset(folder: str) -> None:
+    """Forget a previous run's verdicts (the pool's start-up calls this)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, VERDICTS_NAME))
+
+
 class ProbeShare:
     def __init__(self, folder: str) -> None:
         self._folder = folder

@@ -29,6 +29,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
 from hypercorn.run import run as hypercorn_run
 
+from lakehouse import probe_share
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
@@ -123,6 +124,7 @@ def run(
     server = config.chatd.server
     path = server.metrics_dir or os.path.join(tempfile.gettempdir(), f"chatd-metrics-{os.getpid()}")
     prepare_multiprocess_dir(path)
+    probe_share.reset(path)
     os.environ[MULTIPROC_ENV] = path
     sock = listening_socket(h.bind[0], server.backlog)
     plan = WorkerPlan(

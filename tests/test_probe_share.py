@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from lakehouse import probe_share
 from lakehouse.probe_share import ProbeShare
 from tests.pool_support import PeakStub, Pool, start_workers, until
 
@@ -23,6 +24,8 @@ def test_one_leads_and_the_others_read_its_verdicts(tmp_path: Path) -> None:
     first.close()  # as when the prober's process ends
     assert second.lead()
     second.close()
+    probe_share.reset(str(tmp_path))  # a new pool starts with no verdicts
+    assert second.read() is None
 
 
 class ProbeTimes(PeakStub):
