@@ -282,7 +282,7 @@ class Runtime:
                 "bodies",
                 extra={
                     "request_id": rid,
-                    "messages": [redact(m.content) for m in request.messages],
+                    "messages": [redact(m.text()) for m in request.messages],
                     "content": redact(response.content) if response else None,
                 },
             )
