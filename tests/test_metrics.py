@@ -334,7 +334,8 @@ async def test_two_workers_every_family_is_the_whole_instance(
 
         assert sent["ollama", 200] == 30
         assert codes["slow", "overloaded"] >= 8  # 12 at once, 2 slots
-        # Wait for the prober's verdict and every worker's published share.
+        # Wait for the prober's verdict and every worker's published share
+        # (another worker's live state is up to a second old).
         async with asyncio.timeout(30):
             while True:
                 now = await scrape()
@@ -342,6 +343,9 @@ async def test_two_workers_every_family_is_the_whole_instance(
                     value(now, "chatd_provider_available", provider="flaky") == 0
                     and value(now, "chatd_provider_rejections_total", provider="slow")
                     == codes["slow", "overloaded"]
+                    and not any(
+                        v for k, v in now.items() if k[0] == "chatd_provider_calls_in_flight"
+                    )
                 ):
                     break
                 await asyncio.sleep(0.2)
