@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from lakehouse.errors import ConfigError
+from lakehouse.errors import ConfigError, UpstreamConnectFailed, UpstreamError
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import make_config, running_chatd
+from lakehouse.upstreams.pool import HostPool
+from tests.support import chat_request, make_config, running_chatd
 from tests.test_metrics import samples, value
 
 pytestmark = pytest.mark.anyio
@@ -161,3 +162,72 @@ def test_bad_pools_stop_start_up() -> None:
         make_config(overrides={"chatd.providers.ollama.base_urls": {"a b": "http://y:1"}})
     with pytest.raises(ConfigError, match="1 to 64 hosts"):
         make_config(overrides={"chatd.providers.ollama.base_urls": []})
+
+
+class Fake:
+    """A provider that answers when told to (or fails, or cannot connect)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+        self.calls = 0
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def chat(self, request: Any, model: str) -> Any:
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        if self.gate is not None:
+            await self.gate.wait()
+        return self.name
+
+    async def stream(self, request: Any, model: str) -> Any:
+        yield await self.chat(request, model)
+
+    async def probe(self) -> bool:
+        return True
+
+
+def fake_pool(**kw: Any) -> tuple[HostPool, dict[str, Fake]]:
+    fakes = {n: Fake(n) for n in HOSTS}
+    return HostPool("p", list(fakes.items()), **kw), fakes
+
+
+async def test_ties_go_round_robin_and_busy_hosts_wait() -> None:
+    pool, fakes = fake_pool()
+    assert [await pool.chat(chat_request(), "m") for _ in range(6)] == list("abcabc")
+    fakes["a"].gate = asyncio.Event()
+    held = asyncio.create_task(pool.chat(chat_request(), "m"))  # a: one in flight
+    await asyncio.sleep(0)
+    assert [await pool.chat(chat_request(), "m") for _ in range(4)] == list("bcbc")
+    fakes["a"].gate.set()
+    assert await held == "a"
+
+
+async def test_a_failing_host_is_skipped_once_its_breaker_opens() -> None:
+    pool, fakes = fake_pool(failure_threshold=2, cooldown=600)
+    fakes["b"].fail = UpstreamError("b is broken", provider="p")
+    answers = []
+    for _ in range(9):
+        try:
+            answers.append(await pool.chat(chat_request(), "m"))
+        except UpstreamError:
+            answers.append("error")
+    assert answers.count("error") == 2 and fakes["b"].calls == 2
+    assert pool.states()["b"].available is False and pool.states()["b"].failures == 2
+    assert not pool.states()["a"].failures
+
+
+async def test_a_host_that_cannot_connect_passes_the_call_on() -> None:
+    pool, fakes = fake_pool()
+    for fake in fakes.values():
+        fake.fail = UpstreamConnectFailed("refused", provider="p")
+    with pytest.raises(UpstreamConnectFailed):
+        await pool.chat(chat_request(), "m")
+    assert [f.calls for f in fakes.values()] == [1, 1, 1]
+    fakes["c"].fail = None
+    assert await pool.chat(chat_request(), "m") == "c"
