@@ -12,20 +12,14 @@ shutdown. Hypercorn keeps SIGTERM to itself and stops accepting at once, but
 starts that shutdown only after in-flight requests have finished (or
 ``graceful_timeout_secs`` has passed), so STOPPING=1 comes then, not at the
 signal. ``reloading`` brackets a configuration reload with RELOADING=1 and
-READY=1. With several workers each one sends its own READY=1 (the units set
-``NotifyAccess=all``): READY=1 comes with the first worker that is ready.
-Workers never send STOPPING=1: one also stops when SIGHUP (``systemctl
-reload``) makes Hypercorn restart them all, and systemd, told STOPPING=1 by a
-running service, takes it as the service stopping on its own
-(``service_enter_stop_by_notify``) and kills it when TimeoutStopSec runs
-out. A stop systemd starts itself needs no telling.
+READY=1. With several workers the supervisor (the main process) speaks
+for the pool instead (``lakehouse.supervisor``) and workers send nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import socket
 import time
@@ -89,8 +83,6 @@ def announcing(app: ASGIApp) -> ASGIApp:
     itself when no notify socket is set, so tests and hand runs pay nothing."""
     if address() is None:
         return app
-    # Hypercorn's workers are spawned children; the in-process server is not.
-    speaks_for_service = multiprocessing.parent_process() is None
 
     async def wrapped(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -99,7 +91,7 @@ def announcing(app: ASGIApp) -> ASGIApp:
 
         async def lifespan_receive() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown" and speaks_for_service:
+            if message["type"] == "lifespan.shutdown":
                 notify("STOPPING=1")
             return message
 
@@ -111,3 +103,4 @@ def announcing(app: ASGIApp) -> ASGIApp:
         await app(scope, lifespan_receive, lifespan_send)
 
     return wrapped
+

@@ -168,7 +168,7 @@ def test_without_notify_socket_the_app_is_not_wrapped() -> None:
             os.environ["NOTIFY_SOCKET"] = saved
 
 
-def test_with_workers_each_says_ready_and_none_says_stopping(tmp_path: Path) -> None:
+def test_with_workers_the_supervisor_speaks_for_the_pool(tmp_path: Path) -> None:
     port = free_port()
     with notify_socket(tmp_path, abstract=False) as (sock, value):
         proc = start(
@@ -185,22 +185,19 @@ def test_with_workers_each_says_ready_and_none_says_stopping(tmp_path: Path) -> 
             value,
         )
         try:
+            # Once, when both workers serve; the workers themselves say nothing.
             assert states(sock) == {"READY": "1"}
             assert accepts(port)
-            # Each worker speaks for itself (NotifyAccess=all in the unit).
-            assert states(sock) == {"READY": "1"}
-            # `systemctl reload`: Hypercorn restarts every worker. A worker
-            # that stops then is not the service stopping: STOPPING=1 would
-            # make systemd kill the service after TimeoutStopSec.
             proc.send_signal(signal.SIGHUP)
-            assert [states(sock), states(sock)] == [{"READY": "1"}, {"READY": "1"}]
-            assert proc.poll() is None
+            assert states(sock)["RELOADING"] == "1"
+            # READY=1 again once both workers have been replaced.
+            assert states(sock) == {"READY": "1"}
             terminate(proc)
+            assert states(sock) == {"STOPPING": "1"}
+            sock.settimeout(1)
+            with pytest.raises(TimeoutError):
+                sock.recv(4096)
         finally:
             err = stop(proc)
-        # Nor does a worker say it when systemd stops the service itself.
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            left = states(sock)
-            pytest.fail(f"a worker sent {left} on SIGTERM")
     assert proc.returncode == 0, err
+    assert err.count('"msg":"worker serving"') == 4
