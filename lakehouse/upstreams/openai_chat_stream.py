@@ -16,6 +16,7 @@ import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
 from lakehouse.tool_calls import CallFold, answer_reason, arguments_text
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.wire import ChatResponse, StreamDelta, TokenLogprob, ToolCallChunk
 
@@ -87,14 +88,7 @@ class ChunkFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            chunk = _chunk_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        chunk = decode_event(_chunk_decoder, payload, self.provider, self.status)
         if chunk.error is not None:
             raise in_band_error(chunk.error, self.status, self.provider, self._key)
         if chunk.model and self._upstream_model is None:

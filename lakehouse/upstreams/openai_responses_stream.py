@@ -19,6 +19,7 @@ import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
 from lakehouse.tool_calls import CallFold
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.upstreams.openai_responses_reply import Item, Response, to_answer
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
@@ -66,14 +67,7 @@ class ResponsesFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            event = _event_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        event = decode_event(_event_decoder, payload, self.provider, self.status)
         kind = event.type
         if kind == "error":
             error = {"code": event.code, "message": event.message or ""}
