@@ -34,6 +34,8 @@ from procs import (
     start_chatd,
     start_stub,
     stop,
+    tree_pids,
+    tree_rss_kb,
     write_config,
 )
 from report import render
@@ -80,6 +82,7 @@ def build_rows(
     floor_url: str | None = None,
     tuned_url: str | None = None,
     stock_url: str | None = None,
+    pool_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -103,6 +106,11 @@ def build_rows(
             Row(f"chat-h1/c{conc}", "chatd /chat HTTP/1.1", "wrk",
                 f"{chatd_url}/chat", conc, body, "fast", True)
         )  # fmt: skip
+        if pool_url and conc != 64:
+            rows.append(
+                Row(f"chat-h1-w2/c{conc}", "chatd /chat HTTP/1.1, 2 workers, same CPU", "wrk",
+                    f"{pool_url}/chat", conc, body, "fast", True, proxy="pool")
+            )  # fmt: skip
         if stock_url and conc != 64:
             rows.append(
                 Row(f"stock-h1/c{conc}", "chatd /chat HTTP/1.1, stock stack", "wrk",
@@ -190,6 +198,24 @@ def main(argv: list[str]) -> int:
             stock_url = f"http://127.0.0.1:{stock_port}"
             for _ in range(20):
                 http("POST", f"{stock_url}/chat", chat_body())
+            # The same chatd with 2 workers, on the same CPU (see bench/README.md).
+            pool_port = free_port()
+            pool_config = tmp / "chatd-pool.toml"
+            write_config(pool_config, pool_port, fast_port, slow_port)
+            pool = start_chatd(
+                chatd_cpu, pool_config, pool_port, out_dir / "chatd-pool.log", workers=2
+            )
+            procs.append(pool)
+            pool_url = f"http://127.0.0.1:{pool_port}"
+            pool_idle_mb = 0.0
+            for _ in range(100):  # both workers serving: the tree has 3 processes
+                if len(tree_pids(pool.pid)) == 3:
+                    break
+                time.sleep(0.1)
+            for _ in range(40):
+                http("POST", f"{pool_url}/chat", chat_body())
+            time.sleep(0.5)
+            pool_idle_mb = tree_rss_kb(pool.pid) / 1024
             floor_urls: dict[str, str] = {}
             floor_pids: dict[str, int] = {}
             for name, extra in (("floor", []), ("tuned", ["--tuned"])):
@@ -212,7 +238,7 @@ def main(argv: list[str]) -> int:
                     time.sleep(0.1)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
-                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], stock_url,
+                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], stock_url, pool_url,
             )  # fmt: skip
             skipped += [
                 f"{row.label} (c={row.conc}; {row.tool} not installed, --no-install)"
@@ -235,7 +261,9 @@ def main(argv: list[str]) -> int:
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
-            proxy_pids = {"chatd": chatd.pid, "chatd-stock": stock.pid, **floor_pids}
+            proxy_pids = {
+                "chatd": chatd.pid, "chatd-stock": stock.pid, "pool": pool.pid, **floor_pids
+            }
             stub_alone = "not measured (wrk not installed)"
             if "wrk" not in missing:
                 solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
@@ -261,15 +289,29 @@ def main(argv: list[str]) -> int:
                     )
                     time.sleep(0.5)
             peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
+            pool_peak_mb = tree_rss_kb(pool.pid, "VmHWM") / 1024
+            pool_rows = [r for r in rows if r.proxy == "pool" and r.samples]
+            pool_sampled_mb = max(
+                (x.peak_rss_mb or 0 for r in pool_rows for x in r.samples), default=0
+            )
             if chatd.poll() is not None:
                 raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
         finally:
             chatd_proc = next((p for p in procs if p.args and "lakehouse.cli" in p.args), None)
             shutdown = stop(chatd_proc) if chatd_proc is not None else "not started"
+            memory = (
+                f"- 2 workers, whole process tree (supervisor + 2 workers): idle RSS "
+                f"{pool_idle_mb:.1f} MB; peak RSS sampled during its rows "
+                f"{pool_sampled_mb:.1f} MB (sum of each process's VmHWM, an upper "
+                f"bound: {pool_peak_mb:.1f} MB)"
+                if "pool_peak_mb" in locals()
+                else "- 2 workers: not measured"
+            )
             for proc in procs:
                 stop(proc)
 
     report = render(args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone)
+    report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)
     print(report)
     out = args.out or (
         Path(tempfile.mkstemp(prefix="chatd-bench-", suffix=".md")[1])
@@ -284,6 +326,8 @@ def main(argv: list[str]) -> int:
                 {
                     "idle_rss_mb": idle_mb,
                     "peak_rss_mb": peak_mb,
+                    "pool_idle_rss_mb": pool_idle_mb,
+                    "pool_peak_rss_mb": pool_peak_mb,
                     "skipped": skipped,
                     "rows": [
                         {"key": r.key, "label": r.label, "conc": r.conc,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import CLK_TCK, WRK_SCRIPT, cpu_ticks, pinned, rss_kb
+from procs import CLK_TCK, WRK_SCRIPT, cpu_ticks, pinned, tree_rss_kb, tree_ticks
 
 # --------------------------------------------------------------------------- load
 
@@ -121,14 +121,14 @@ def percentile(sorted_values: list[int], pct: float) -> float:
 
 @contextlib.contextmanager
 def rss_sampler(pid: int | None, every: float = 0.05) -> Iterator[list[int]]:
-    """Samples a process's VmRSS while the block runs; yields [max kB]."""
+    """Samples a process tree's VmRSS while the block runs; yields [max kB]."""
     peak = [0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             with contextlib.suppress(OSError):
-                peak[0] = max(peak[0], rss_kb(pid))
+                peak[0] = max(peak[0], tree_rss_kb(pid))
             done.wait(every)
 
     thread = threading.Thread(target=sample, daemon=True) if pid else None
@@ -148,14 +148,14 @@ def run_row(
 ) -> Sample:  # fmt: skip
     chatd_pid = proxy_pids[row.proxy]
     stub_pid = stub_pids[row.stub]
-    chatd0 = cpu_ticks(chatd_pid)
+    chatd0 = tree_ticks(chatd_pid)
     stub0 = cpu_ticks(stub_pid)
     with rss_sampler(chatd_pid if row.via_chatd else None) as peak:
         if row.tool == "wrk":
             rps, p50, p99, requests, errors = run_wrk(row, duration, load_cpu)
         else:
             rps, p50, p99, requests, errors = run_h2load(row, duration, load_cpu, tmp)
-    chatd_ms = (cpu_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
+    chatd_ms = (tree_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
     stub_ms = (cpu_ticks(stub_pid) - stub0) * 1000 / CLK_TCK
     served = max(requests, 1)
     return Sample(

@@ -55,6 +55,33 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int:
     return 0
 
 
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (a pool's supervisor and its workers)."""
+    out = [pid]
+    for each in out:
+        with contextlib.suppress(OSError), open(f"/proc/{each}/task/{each}/children") as f:
+            out.extend(int(child) for child in f.read().split())
+    return out
+
+
+def tree_ticks(pid: int) -> int:
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_ticks(each)
+    return total
+
+
+def tree_rss_kb(pid: int, key: str = "VmRSS") -> int:
+    """Summed over the process tree; for VmHWM an upper bound of the tree's
+    peak (each process's own peak, not necessarily at the same moment)."""
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += rss_kb(each, key)
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,11 +148,11 @@ def write_config(path: Path, port: int, stub_port: int, slow_port: int | None) -
 
 
 def start_chatd(
-    cpu: str | None, config: Path, port: int, log: Path, *extra: str
+    cpu: str | None, config: Path, port: int, log: Path, *extra: str, workers: int = 1
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "lakehouse.cli", "--config", str(config),
-        "--bind", f"127.0.0.1:{port}", *extra,
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(
         pinned(cpu, argv), cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT

@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
 from lakehouse import config as configuration
+from lakehouse import worker_limits
 from lakehouse.errors import ConfigError
 from lakehouse.legacy_config import log_renames
 from lakehouse.loader import load_plugin, plugin_dirs
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 config = configuration.load(path, overrides)
         registry = build_registry(config)
+        worker_limits.check(config, args.workers or config.chatd.server.workers)
         if args.check:
             print(f"config ok: {path}; providers: {', '.join(registry.names()) or 'none'}")
             return 0

@@ -22,7 +22,10 @@ for every request: ~8% of a proxied request's CPU here.
 connection for its whole life: ``restart`` and ``stop`` only move an
 "idle since" mark, and the watcher, waking once per ``keep_alive_timeout``,
 closes the connection once it has been idle that long, or at once when the
-server shuts down.
+server shuts down. One exception to "at once": a connection that has not
+yet sent its first request (accepted just before a worker began to drain,
+its request maybe still in flight) gets ``FIRST_REQUEST_GRACE`` to send
+it, so a rolling restart does not drop brand-new connections unanswered.
 
 Coalesced writes. The stock TCPServer writes each piece of a response as
 it is made (the head at ``http.response.start``, the body, an empty end)
@@ -61,6 +64,10 @@ GATHER_LIMIT = 64 * 1024
 
 log = logging.getLogger("chatd.server")
 
+# Seconds a connection with no request yet may still send one once the
+# server is shutting down (a request in transit on a just-accepted socket).
+FIRST_REQUEST_GRACE = 1.0
+
 
 def _report(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
@@ -75,14 +82,19 @@ class IdleWatch:
         self._server = server
         self._idle_since: float | None = None
         self._task: asyncio.Task[None] | None = None
+        # No request seen yet, and since when the connection is open.
+        self._fresh = True
+        self._opened = 0.0
 
     async def restart(self, task_group: TaskGroup, action: Callable[[], Awaitable[None]]) -> None:
-        if self._server.context.terminated.is_set():
+        if self._server.context.terminated.is_set() and not self._fresh:
             # Shutting down: close now, as Hypercorn's own watcher would.
             task_group._task_group.create_task(action())  # type: ignore[arg-type]
             return
         self._idle_since = asyncio.get_running_loop().time()
         if self._task is None:
+            if self._fresh:
+                self._opened = self._idle_since
             # Outside the connection's task group, which must be able to end
             # (a client gone mid-request) while the watcher waits; the
             # server's _close() always follows and stops it.
@@ -91,6 +103,7 @@ class IdleWatch:
 
     async def stop(self) -> None:
         self._idle_since = None
+        self._fresh = False
         task = self._task
         if task is not None and self._server.writer.is_closing():
             self._task = None
@@ -103,6 +116,17 @@ class IdleWatch:
         terminated = server.context.terminated
         while True:
             since = self._idle_since
+            if terminated.is_set():
+                if since is None:
+                    # Shutting down mid-request: ``restart`` closes the
+                    # connection when the request is done.
+                    self._task = None
+                    return
+                grace = self._opened + FIRST_REQUEST_GRACE - loop.time()
+                if not self._fresh or grace <= 0:
+                    break
+                await asyncio.sleep(grace)
+                continue
             wait = timeout if since is None else since + timeout - loop.time()
             if wait <= 0:
                 break
@@ -110,12 +134,6 @@ class IdleWatch:
                 await asyncio.wait_for(terminated.wait(), wait)
             except TimeoutError:
                 continue
-            if self._idle_since is None:
-                # Shutting down mid-request: ``restart`` closes the
-                # connection when the request is done.
-                self._task = None
-                return
-            break
         self._task = None
         await asyncio.shield(server._initiate_server_close())
 

@@ -82,5 +82,14 @@ class Health:
         if state is not None:
             state.probe_ok = ok
 
+    def state(self, name: str) -> str:
+        """``closed``, ``open``, ``half_open`` or ``down`` (probe failed)."""
+        state = self._states[name]
+        if not state.probe_ok:
+            return "down"
+        if state.open_until == 0.0:
+            return "closed"
+        return "open" if self._clock() < state.open_until else "half_open"
+
     def snapshot(self) -> dict[str, bool]:
         return {name: self.available(name) for name in sorted(self._states)}

@@ -68,6 +68,7 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
         assert any(label.endswith("stock stack") for label in labels), labels
     if "h2load" not in missing:
         assert any(label.startswith("chatd /chat h2c") for label in labels), labels
+        assert any(label.endswith("2 workers, same CPU") for label in labels), labels
     for cells in rows:
         assert number(cells[2]) > 0, cells  # req/s
         assert cells[-1] == "0", cells  # errors
@@ -77,3 +78,6 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
     samples = [s for row in data["rows"] for s in row["samples"]]
     assert samples or len(missing) == 2
     assert all(s["requests"] > 0 and s["errors"] == 0 for s in samples), samples
+    # Three processes (supervisor + 2 workers) weigh more than one.
+    assert data["pool_idle_rss_mb"] > data["idle_rss_mb"] > 0
+    assert "whole process tree" in out.read_text()

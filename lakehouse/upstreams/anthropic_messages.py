@@ -18,10 +18,9 @@ from lakehouse.upstreams.anthropic_messages_reply import parse_message
 from lakehouse.upstreams.anthropic_messages_request import body as messages_body
 from lakehouse.upstreams.anthropic_messages_stream import MessagesFold
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
-from lakehouse.upstreams.event_stream import EventStreamProvider
+from lakehouse.upstreams.event_stream import EventStreamProvider, keyed_options
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import Flavour, ProbePath
-from lakehouse.upstreams.provider import options_as
 from lakehouse.wire import ChatRequest, ChatResponse
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -61,9 +60,15 @@ class AnthropicMessagesProvider(EventStreamProvider):
     def __init__(
         self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
     ) -> None:
-        self._options = options = options_as(ctx, MessagesOptions)
-        auth = lambda key: auth_headers(options, key)  # noqa: E731
-        super().__init__(ctx, flavour, options, auth=auth, http=http)
+        options, key = keyed_options(ctx, MessagesOptions)
+        super().__init__(
+            ctx,
+            flavour,
+            auth_headers(options, key),
+            probe=(options.probe_path, options.probe_timeout_secs),
+            http=http,
+        )
+        self._options = options
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(

@@ -22,8 +22,8 @@ from lakehouse.upstreams.anthropic_messages_reply import (
     done_reason,
     prompt_tokens,
 )
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
-from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 
@@ -59,14 +59,19 @@ class _Event(msgspec.Struct):
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
-class MessagesFold(StreamFold):
+class MessagesFold:
     """What one streamed Message has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        super().__init__(provider, model, key, status=status)
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self._key = key
         self._upstream_model: str | None = None
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
         self._usage = Usage()
         self._stop: str | None = None
         self._calls = CallFold()
@@ -77,7 +82,7 @@ class MessagesFold(StreamFold):
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        event = self.decode(_event_decoder, payload)
+        event = decode_event(_event_decoder, payload, self.provider, self.status)
         kind = event.type
         if kind == "error" or event.error is not None:
             raise in_band_error(event.error, self.status, self.provider, self._key)
@@ -104,8 +109,9 @@ class MessagesFold(StreamFold):
         return None
 
     def _call(self, chunk: ToolCallChunk) -> StreamDelta:
-        self._calls.add(chunk)
-        return StreamDelta(tool_calls=[chunk])
+        # The chunk as the fold hands it back: with the id it minted for a
+        # call that came without one, so the relayed call and the final agree.
+        return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
     def _delta(self, index: int | None, delta: _Delta) -> StreamDelta | None:
         if delta.type == "input_json_delta" and delta.partial_json:

@@ -1,69 +1,82 @@
 """What the Anthropic Messages and OpenAI Responses clients share: one
-``POST`` path, errors classified by a Flavour, a whole reply parsed, and
-a stream of typed SSE events folded into deltas until the fold says the
-answer is complete. Each client adds its request body, its reply parser
-and its fold."""
+``POST {base_url}<path>`` that answers whole (JSON) or, with ``stream:
+true``, as SSE events that a dialect's fold reads into deltas and the final
+reply. A dialect supplies its path, auth headers, body, whole-reply parser
+and fold; the posting, relaying and error classification are here, once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from lakehouse.upstreams.contract import ProviderContext, UpstreamReply
+from lakehouse.errors import ConfigError
+from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, FlavouredProvider
-from lakehouse.upstreams.provider import Auth
+from lakehouse.upstreams.provider import options_as
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
+
+Options = TypeVar("Options", bound=PluginOptions)
 
 
 class Fold(Protocol):
-    """A stream's events folded into deltas and the final answer."""
+    """A dialect's reading of one stream."""
 
     @property
-    def done(self) -> bool: ...
+    def done(self) -> bool:
+        """Whether the stream's terminal event has come."""
+        ...
 
     def add(self, payload: bytes) -> StreamDelta | None: ...
 
     def result(self) -> ChatResponse: ...
 
 
-class ProbeOptions(Protocol):
-    @property
-    def probe_path(self) -> str: ...
-
-    @property
-    def probe_timeout_secs(self) -> float: ...
+def keyed_options(ctx: ProviderContext, kind: type[Options]) -> tuple[Options, str]:
+    """The provider's options (defaults when none) and its key, for a
+    dialect that needs one; ConfigError otherwise."""
+    if not ctx.key:
+        raise ConfigError("this provider needs a key")
+    return options_as(ctx, kind), ctx.key
 
 
 class EventStreamProvider(FlavouredProvider):
-    """``path``: where requests go; ``flavour``: how its errors read."""
+    """One upstream of an SSE dialect. ``http``: a session shared with the
+    provider that owns it (which then starts and closes it); else its own."""
 
-    path: str
+    path = ""
 
     def __init__(
         self,
         ctx: ProviderContext,
         flavour: Flavour,
-        options: ProbeOptions,
+        auth: Mapping[str, str],
         *,
-        auth: Auth,
-        http: HTTPClient | None,
+        probe: tuple[str, float],
+        http: HTTPClient | None = None,
     ) -> None:
-        super().__init__(ctx, auth=auth, http=http)
+        # The auth headers go in an own session, or with each request on a
+        # shared one (HTTPProvider).
+        super().__init__(ctx, auth=lambda key: auth, http=http)
         self.flavour = flavour
-        self.probe_path = options.probe_path
-        self.probe_timeout = options.probe_timeout_secs
+        self.probe_path, self.probe_timeout = probe
+
+    # -- what a dialect supplies ----------------------------------------------
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         raise NotImplementedError
 
     def parse(self, reply: UpstreamReply, model: str) -> ChatResponse:
+        """The answer of a whole (non-streamed) 2xx reply."""
         raise NotImplementedError
 
     def fold(self, model: str, status: int) -> Fold:
         raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
         reply = await self._http.post_json(self.path, self.body(request, model), self._auth)
@@ -79,7 +92,8 @@ class EventStreamProvider(FlavouredProvider):
             self.path, body, self._auth, error=self.classify
         ) as upstream:
             if upstream.content_type == "application/json":
-                # An upstream (or proxy) that ignored "stream" answers whole.
+                # An upstream (or proxy) that ignored "stream" answers whole;
+                # its tool calls go out with the final reply.
                 data = await upstream.read(MAX_WHOLE_BODY)
                 whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
                 if whole.content or whole.reasoning:

@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import CallFold, arguments_text
+from lakehouse.tool_calls import CallFold, answer_reason, arguments_text
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
-from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, TokenLogprob, ToolCallChunk
 
 
@@ -67,14 +67,19 @@ class _Chunk(msgspec.Struct):
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
-class ChunkFold(StreamFold):
+class ChunkFold:
     """What one streamed completion has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        super().__init__(provider, model, key, status=status)
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self._key = key
         self._upstream_model: str | None = None
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
         self._usage: Usage | None = None
         self._finish: str | None = None
         self._choices = False
@@ -83,7 +88,7 @@ class ChunkFold(StreamFold):
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        chunk = self.decode(_chunk_decoder, payload)
+        chunk = decode_event(_chunk_decoder, payload, self.provider, self.status)
         if chunk.error is not None:
             raise in_band_error(chunk.error, self.status, self.provider, self._key)
         if chunk.model and self._upstream_model is None:
@@ -148,7 +153,7 @@ class ChunkFold(StreamFold):
             model=self._upstream_model or self.model,
             provider=self.provider,
             content="".join(self._content),
-            done_reason="tool_calls" if calls else self._finish or "stop",
+            done_reason=answer_reason(self._finish, calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning="".join(self._reasoning) or None,

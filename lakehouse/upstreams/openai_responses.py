@@ -14,13 +14,12 @@ from typing import Annotated
 import msgspec
 
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
-from lakehouse.upstreams.event_stream import EventStreamProvider
+from lakehouse.upstreams.event_stream import EventStreamProvider, keyed_options
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import Flavour, ProbePath
 from lakehouse.upstreams.openai_responses_reply import parse_response
 from lakehouse.upstreams.openai_responses_request import body as responses_body
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
-from lakehouse.upstreams.provider import bearer, options_as
 from lakehouse.wire import ChatRequest, ChatResponse
 
 
@@ -45,8 +44,15 @@ class OpenAIResponsesProvider(EventStreamProvider):
     def __init__(
         self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
     ) -> None:
-        self._options = options = options_as(ctx, ResponsesOptions)
-        super().__init__(ctx, flavour, options, auth=bearer, http=http)
+        options, key = keyed_options(ctx, ResponsesOptions)
+        super().__init__(
+            ctx,
+            flavour,
+            {"Authorization": f"Bearer {key}"},
+            probe=(options.probe_path, options.probe_timeout_secs),
+            http=http,
+        )
+        self._options = options
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(

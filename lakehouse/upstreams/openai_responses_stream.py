@@ -4,7 +4,8 @@ semantic SSE events into deltas and the final reply.
 The stream has no ``[DONE]``: it ends with ``response.completed``,
 ``response.incomplete`` or ``response.failed``, each carrying the whole
 response object (status, usage); an ``error`` event reports a failure
-after the 200. Text arrives in ``response.output_text.delta``, reasoning in
+after the 200. Text arrives in ``response.output_text.delta`` (or
+``response.refusal.delta`` when the model declines), reasoning in
 ``response.reasoning_summary_text.delta`` (or ``response.reasoning_text.delta``).
 Other events (created, in_progress, output_item.*, content_part.*, *.done)
 say nothing new and are skipped (docs/protocols/openai-responses.md).
@@ -18,12 +19,14 @@ import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
 from lakehouse.tool_calls import CallFold
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.upstreams.openai_responses_reply import Item, Response, to_answer
-from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# A refusal is the answer's text too (its ending says content_filter).
+_TEXT = frozenset({"response.output_text.delta", "response.refusal.delta"})
 _REASONING = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
 
 
@@ -41,13 +44,18 @@ class _Event(msgspec.Struct):
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
-class ResponsesFold(StreamFold):
+class ResponsesFold:
     """What one streamed response has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        super().__init__(provider, model, key, status=status)
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self._key = key
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
         self._final: Response | None = None
         self._calls = CallFold()
         # Output index of a function_call item → its position in the answer.
@@ -59,7 +67,7 @@ class ResponsesFold(StreamFold):
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        event = self.decode(_event_decoder, payload)
+        event = decode_event(_event_decoder, payload, self.provider, self.status)
         kind = event.type
         if kind == "error":
             error = {"code": event.code, "message": event.message or ""}
@@ -88,7 +96,7 @@ class ResponsesFold(StreamFold):
                     upstream_status=self.status,
                 )
             return self._call(ToolCallChunk(at, arguments=event.delta))
-        if kind == "response.output_text.delta":
+        if kind in _TEXT:
             self._content.append(event.delta)
             return StreamDelta(content=event.delta)
         if kind in _REASONING:
@@ -107,8 +115,9 @@ class ResponsesFold(StreamFold):
         return self._call(chunk)
 
     def _call(self, chunk: ToolCallChunk) -> StreamDelta:
-        self._calls.add(chunk)
-        return StreamDelta(tool_calls=[chunk])
+        # The chunk as the fold hands it back: with the id it minted for a
+        # call that came without one, so the relayed call and the final agree.
+        return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
     def result(self) -> ChatResponse:
         """The whole reply, once a terminal event has arrived."""

@@ -19,7 +19,7 @@ def options_as(ctx: ProviderContext, kind: type[Options]) -> Options:
     ConfigError when they are some other client's."""
     options = ctx.options if ctx.options is not None else kind()
     if not isinstance(options, kind):
-        raise ConfigError(f"options must be {kind.__name__}")
+        raise ConfigError(f"options must be a {kind.__name__}")
     return options
 
 
