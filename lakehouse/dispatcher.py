@@ -45,6 +45,8 @@ class CallInfo:
     provider: str = ""
     tier: str = ""
     upstream_s: float = 0.0
+    # Time spent waiting by choice: retry backoff, Retry-After, queueing.
+    wait_s: float = 0.0
     attempts: int = 0
 
 
@@ -169,6 +171,7 @@ class Dispatcher:
                     ) from None
                 except ChatdError as exc:
                     self.health.record(name, ok=not exc.provider_fault)
+                    self._failed(name, exc)
                     raise
             # Reading on to the end lets the connection go back to the pool.
             with contextlib.suppress(ChatdError, TimeoutError):
@@ -231,7 +234,9 @@ class Dispatcher:
         for attempt in range(retry.attempts + 1):
             if not self.health.admit(name):
                 raise ProviderUnavailable(f"provider `{name}` is unavailable", provider=name)
-            await limiter.acquire()
+            queued_at = time.perf_counter()
+            if await limiter.acquire():
+                self._waited(info, "queue", time.perf_counter() - queued_at)
             info.attempts += 1
             started = time.perf_counter()
             try:
@@ -239,6 +244,7 @@ class Dispatcher:
             except ChatdError as exc:
                 error = exc
                 limiter.release()
+                self._failed(name, exc)
             except BaseException:
                 # Cancelled (the deadline, a caller gone) or a bug: says
                 # nothing of the provider, but frees a half-open trial.
@@ -255,12 +261,26 @@ class Dispatcher:
             self.health.record(name, ok=not error.provider_fault)
             if not error.retryable or attempt == retry.attempts:
                 raise error
-            wait = error.retry_after
+            wait, reason = error.retry_after, "retry_after"
             if wait is None:
-                wait = self._backoff.delay(attempt)
+                wait, reason = self._backoff.delay(attempt), "retry_backoff"
             elif wait > retry.max_retry_after_secs:
                 raise error  # too long to wait here: the next fallback, if any
             if self.metrics is not None:
                 self.metrics.retry(name, error.code)
-            await asyncio.sleep(wait)
+            slept_from = time.perf_counter()
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                # Counted even when the deadline or a caller cuts it short.
+                self._waited(info, reason, time.perf_counter() - slept_from)
         raise AssertionError("the loop returns or raises")
+
+    def _waited(self, info: CallInfo, reason: str, seconds: float) -> None:
+        info.wait_s += seconds
+        if self.metrics is not None:
+            self.metrics.wait(reason, seconds)
+
+    def _failed(self, provider: str, error: ChatdError) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_error(provider, error.code)

@@ -76,6 +76,8 @@ class AccessEntry(msgspec.Struct, omit_defaults=True):
     status: int
     upstream_ms: float
     overhead_ms: float
+    # Retry backoff, Retry-After and queueing; left out when nothing waited.
+    wait_ms: float = 0.0
     model: str | None = None
     provider: str | None = None
     tier: str | None = None

@@ -221,7 +221,8 @@ class Runtime:
     ) -> None:
         """Count and log one answered request (after its response was sent)."""
         total = time.perf_counter() - started
-        overhead = max(0.0, total - info.upstream_s)
+        # chatd's own time: not the upstream's, nor waits chatd chose.
+        overhead = max(0.0, total - info.upstream_s - info.wait_s)
         prompt = response.prompt_tokens if response is not None else 0
         completion = response.completion_tokens if response is not None else 0
         code = error.code if error is not None else None
@@ -234,7 +235,6 @@ class Runtime:
             overhead_s=overhead,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            error_code=code if error is not None and error.provider else None,
         )
         if self.access.enabled:
             self.access.write(
@@ -248,6 +248,7 @@ class Runtime:
                     status=status,
                     upstream_ms=round(info.upstream_s * 1000, 3),
                     overhead_ms=round(overhead * 1000, 3),
+                    wait_ms=round(info.wait_s * 1000, 3),
                     model=request.model[:200] if request is not None else None,
                     provider=info.provider or None,
                     tier=info.tier or None,

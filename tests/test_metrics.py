@@ -100,8 +100,9 @@ async def test_metrics_after_known_traffic(served: tuple[str, StubUpstream]) -> 
         value(scraped, "chatd_requests_total", route="chat", provider="", tier="", status="404")
         == 1
     )
+    # Two failed calls (the first try and its retry), one failed request.
     assert (
-        value(scraped, "chatd_upstream_errors_total", provider="ollama", code="upstream_error") == 1
+        value(scraped, "chatd_upstream_errors_total", provider="ollama", code="upstream_error") == 2
     )
     assert value(scraped, "chatd_retries_total", provider="ollama", code="upstream_error") == 1
     assert value(scraped, "chatd_provider_available", provider="ollama") == 1
@@ -282,3 +283,109 @@ def test_two_workers_merge_their_metrics(tmp_path: Path) -> None:
         server.proc.terminate()
         server.proc.wait(30)
         upstream.stop()
+
+
+async def wait_for(check: Any, what: str) -> None:
+    for _ in range(500):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_in_flight_gauge_follows_requests_being_served(
+    served: tuple[str, StubUpstream],
+) -> None:
+    base, stub = served
+    stub.fail_next(Fault(kind="delay", seconds=3), times=2)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+
+        async def in_flight() -> float:
+            return value(samples((await client.get("/metrics")).text), "chatd_in_flight_requests")
+
+        held = [
+            asyncio.create_task(client.post("/chat", json=GOOD)),
+            asyncio.create_task(client.post("/v1/chat/completions", json={**GOOD, "stream": True})),
+        ]
+
+        async def both_upstream() -> bool:
+            return len(stub.chats) >= 2
+
+        await wait_for(both_upstream, "both requests to reach the upstream")
+        assert await in_flight() == 2
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+
+        async def drained() -> bool:
+            return await in_flight() == 0
+
+        await wait_for(drained, "the gauge to come back to 0")
+
+
+async def test_waits_are_their_own_histogram_not_overhead(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
+    )
+    throttled = Fault(kind="status", status=429, message="slow down", retry_after="2")
+    access = logging.getLogger("chatd.access")
+    access.setLevel(logging.INFO)
+    try:
+        async with (
+            running_chatd(config) as base,
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+        ):
+            stub.fail_next(throttled)
+            plain = await client.post("/chat", json=GOOD)
+            stub.fail_next(throttled)
+            streamed = await client.post("/chat", json={**GOOD, "stream": True})
+            scraped = samples((await client.get("/metrics")).text)
+    finally:
+        access.setLevel(logging.NOTSET)
+        await stub.stop()
+    assert (plain.status_code, streamed.status_code) == (200, 200)
+    assert value(scraped, "chatd_wait_seconds_count", reason="retry_after") == 2
+    assert value(scraped, "chatd_wait_seconds_sum", reason="retry_after") >= 3.9
+    # The 4 s of Retry-After are waits, not chatd's own time.
+    assert value(scraped, "chatd_overhead_seconds_count", route="chat") == 2
+    assert value(scraped, "chatd_overhead_seconds_sum", route="chat") < 1.5
+    timing = dict(part.strip().split(";dur=") for part in plain.headers["server-timing"].split(","))
+    assert float(timing["wait"]) >= 1900 and float(timing["chatd"]) < 1000
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if '"chatd.access"' in line]
+    assert [line["status"] for line in lines] == [200, 200]
+    for line in lines:
+        assert line["wait_ms"] >= 1900 and line["overhead_ms"] < 1000
+
+
+async def test_queueing_for_a_slot_is_a_wait() -> None:
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        overrides={
+            **provider_table("ollama", url, max_concurrency=1),
+            "chatd.probe_interval_secs": 0,
+        }
+    )
+    stub.fail_next(Fault(kind="delay", seconds=1.5))
+    try:
+        async with (
+            running_chatd(config) as base,
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+        ):
+            first = asyncio.create_task(client.post("/chat", json=GOOD))
+
+            async def upstream_busy() -> bool:
+                return len(stub.chats) >= 1
+
+            await wait_for(upstream_busy, "the first call to reach the upstream")
+            second = await client.post("/chat", json=GOOD)
+            assert ((await first).status_code, second.status_code) == (200, 200)
+            scraped = samples((await client.get("/metrics")).text)
+    finally:
+        await stub.stop()
+    assert value(scraped, "chatd_wait_seconds_count", reason="queue") == 1
+    assert value(scraped, "chatd_wait_seconds_sum", reason="queue") > 0.5
+    assert value(scraped, "chatd_overhead_seconds_sum", route="chat") < 1.0

@@ -127,7 +127,11 @@ def parse_deadline(value: bytes | None) -> float | None:
     return seconds
 
 
-def server_timing(upstream_s: float, total_s: float) -> bytes:
-    """Where the time went, for callers: the upstream call and chatd's own share."""
-    overhead = max(0.0, total_s - upstream_s)
-    return f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}".encode()
+def server_timing(upstream_s: float, total_s: float, wait_s: float = 0.0) -> bytes:
+    """Where the time went, for callers: the upstream calls, chatd's own
+    share, and (when there were any) waits for retries or a slot."""
+    overhead = max(0.0, total_s - upstream_s - wait_s)
+    timing = f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}"
+    if wait_s:
+        timing += f", wait;dur={wait_s * 1000:.3f}"
+    return timing.encode()

@@ -232,7 +232,7 @@ async def answer(
     """A chat route's whole answer, with its request ID and Server-Timing."""
     rid = request_id.current.get() or ""
     headers.append((b"x-request-id", rid.encode()))
-    timing = server_timing(info.upstream_s, time.perf_counter() - started)
+    timing = server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
     headers.append((b"server-timing", timing))
     await send_json(send, status, payload, headers)
 
@@ -405,10 +405,12 @@ def create_app(
                 send = bounded(send, stall)
             try:
                 if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                    await chat(scope, receive, send)
+                    with app.state.runtime.metrics.in_flight.track_inprogress():
+                        await chat(scope, receive, send)
                     return
                 if scope["path"] in COMPLETIONS_PATHS:
-                    await completions(scope, receive, send)
+                    with app.state.runtime.metrics.in_flight.track_inprogress():
+                        await completions(scope, receive, send)
                     return
             except PeerGone:
                 return
