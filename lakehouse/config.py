@@ -220,14 +220,29 @@ def parse(
     for dotted, value in (overrides or {}).items():
         _set(data, dotted, value)
     owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
-    _check_entries(owned, source)
     try:
-        config = msgspec.convert(owned, Config, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {describe(exc)}") from None
+        _check_entries(owned)
+        try:
+            config = msgspec.convert(owned, Config, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(describe(exc)) from None
+        _check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{_origin(str(exc), source, overrides)}: {exc}") from None
     config.source_dir = str(Path(source).resolve().parent)
-    _check(config, source)
     return config
+
+
+def _origin(message: str, source: str, overrides: Mapping[str, Any] | None) -> str:
+    """Where the key a message names came from: ``--set KEY`` when an
+    override set it (or a table around it), else the file."""
+    keys = re.findall(r"`([^`]*)`", message)
+    if keys:
+        key = keys[-1] if message.startswith(("Expected", "Invalid")) else keys[0]
+        for dotted in overrides or {}:
+            if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+                return f"--set {dotted}"
+    return source
 
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -261,7 +276,7 @@ _KEYED: tuple[tuple[tuple[str, ...], Any], ...] = (
 )
 
 
-def _check_entries(owned: dict[str, Any], source: str) -> None:
+def _check_entries(owned: dict[str, Any]) -> None:
     for path, kind in _KEYED:
         node: Any = owned
         for name in path:
@@ -273,7 +288,7 @@ def _check_entries(owned: dict[str, Any], source: str) -> None:
                 msgspec.convert(value, kind, strict=True)
             except msgspec.ValidationError as exc:
                 where = ".".join((*path, _toml_key(key)))
-                raise ConfigError(f"{source}: {describe(exc, where)}") from None
+                raise ConfigError(describe(exc, where)) from None
 
 
 def _toml_key(key: str) -> str:
@@ -287,22 +302,16 @@ def check_url(url: str, key: str) -> str:
     return url.rstrip("/")
 
 
-def _check(config: Config, source: str) -> None:
+def _check(config: Config) -> None:
     chatd = config.chatd
     for name, provider in chatd.providers.items():
         if provider.base_url is not None:
-            try:
-                check_url(provider.base_url, f"chatd.providers.{name}.base_url")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+            check_url(provider.base_url, f"chatd.providers.{name}.base_url")
     for name, chain in chatd.fallbacks.items():
         if name in chain:
-            raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
+            raise ConfigError(f"`chatd.fallbacks.{name}` lists itself")
     if config.gateway is not None:
         for prefix, url in config.gateway.routes.items():
             if not prefix.startswith("/"):
-                raise ConfigError(f"{source}: `gateway.routes` key {prefix!r} must start with /")
-            try:
-                check_url(url, f"gateway.routes.{prefix}")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+                raise ConfigError(f"`gateway.routes` key {prefix!r} must start with /")
+            check_url(url, f"gateway.routes.{prefix}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from lakehouse import request_id
+from lakehouse import request_id, startup
 from lakehouse.config import (
     Config,
     add_cli_options,
@@ -189,6 +190,9 @@ def app_from_env() -> ASGIApp:
     overrides = json.loads(os.environ.get("CHATD_OVERRIDES") or "{}")
     config = load(default_config_path(), overrides)
     setup_logging(config.chatd.log_level)
+    from lakehouse.server import tune_connections
+
+    tune_connections()  # spawned workers import Hypercorn afresh, as chatd's do
     return create_gateway(config)
 
 
@@ -198,6 +202,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="The lakehouse /v1 edge: proxies the [gateway] routes to their upstreams.",
     )
     add_cli_options(parser, "gateway")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check everything a start checks (config, routes, bind address, TLS), then exit",
+    )
     return parser.parse_args(argv)
 
 
@@ -206,20 +215,39 @@ def main(argv: list[str] | None = None) -> int:
     path = (args.config or default_config_path()).resolve()
     try:
         overrides = parse_overrides(args.set)
+        flags = {key: f"--set {key}" for key in overrides}
+        if args.bind:
+            flags["gateway.bind"] = "--bind"
+        origins = startup.Origins(path, flags)
         config = load(path, overrides)
+        setup_logging(config.chatd.log_level)
         try:
             routes = routes_from(config)
+            assert config.gateway is not None
+            bind = args.bind or config.gateway.bind
+            startup.check_bind(bind, "gateway.bind")
+            warnings = startup.check_tls(config.chatd.server)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise origins.blame(exc) from None
     except ConfigError as exc:
         print(f"chatd gateway: config error: {exc}", file=sys.stderr)
         return 2
-    assert config.gateway is not None
+    for warning in warnings:
+        logging.getLogger("chatd.gateway").warning(warning)
+    table = ", ".join(f"{route.prefix} → {route.upstream}" for route in routes)
+    if args.check:
+        print(f"config ok: {path}; routes: {table}")
+        return 0
     from lakehouse import server
 
-    setup_logging(config.chatd.log_level)
     server.environ_for(str(path), json.dumps(overrides) if overrides else None)
-    bind = args.bind or config.gateway.bind
-    table = ", ".join(f"{route.prefix} → {route.upstream}" for route in routes)
-    print(f"chatd gateway serving on http://{bind}: {table}", file=sys.stderr, flush=True)
-    return server.run(config, bind=bind, workers=args.workers, app_path=APP_PATH)
+    try:
+        startup.check_listen(bind)
+        where = startup.address(config, bind)
+        print(f"chatd gateway serving on {where}: {table}", file=sys.stderr, flush=True)
+        return server.run(config, bind=bind, workers=args.workers, app_path=APP_PATH)
+    except OSError as exc:
+        if exc.errno not in startup.LISTEN_ERRNOS:
+            raise
+        print(f"chatd gateway: {startup.listen_failure(bind, exc)}", file=sys.stderr)
+        return 2
