@@ -207,6 +207,7 @@ class Runtime:
         await self.current.close()
         self.metrics.close()
         self.access.flush()
+        log.info("chatd stopped: in-flight requests done, upstream sessions closed")
 
     def observe(
         self,
@@ -256,6 +257,7 @@ class Runtime:
                     completion_tokens=completion,
                     attempts=info.attempts if info.attempts > 1 else 0,
                     error=code,
+                    message=self.registry.redact(str(error))[:500] if error else None,
                 )
             )
         if (
@@ -279,15 +281,15 @@ class Runtime:
         async def one(name: str) -> None:
             provider = generation.registry.get(name)
             assert provider is not None
+            reason = "probe answered that it is not ready"
             try:
                 ok = await provider.probe()
             except Exception as exc:
-                log.warning(
-                    "probe failed",
-                    extra={"provider": name, "error": generation.registry.redact(str(exc))},
-                )
+                # Every interval while down: health logs the change once.
+                reason = "probe failed: " + generation.registry.redact(str(exc))
+                log.debug("probe failed", extra={"provider": name, "error": reason})
                 ok = False
-            generation.health.set_probe(name, ok)
+            generation.health.set_probe(name, ok, reason)
 
         await asyncio.gather(*(one(name) for name in generation.registry.names()))
 

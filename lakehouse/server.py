@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import socket
 import tempfile
@@ -85,7 +86,9 @@ def hypercorn_config(
     h.graceful_timeout = server.graceful_timeout_secs
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
     h.accesslog = None
-    h.errorlog = "-"
+    # Hypercorn's own lines ("Running on", errors) go through chatd's JSON
+    # formatter: a Logger is used as it is (and pickles by name to workers).
+    h.errorlog = logging.getLogger("chatd.server")
     h.loglevel = config.chatd.log_level.upper()
     h.include_server_header = False
     if server.certfile and server.keyfile:

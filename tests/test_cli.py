@@ -355,3 +355,32 @@ def test_with_a_certificate_the_banner_says_https_and_h2(tmp_path: Path) -> None
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_log_line_is_json_through_shutdown(tmp_path: Path, workers: str) -> None:
+    import json
+    import select
+
+    server = start(["--workers", workers, "--set", "chatd.probe_interval_secs=0"])
+    assert server.proc.stderr is not None
+    # Every worker ready (only one answered /ready) before the SIGTERM.
+    fd = server.proc.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + 30
+    while seen.count(b'"chatd ready"') < int(workers):
+        assert time.monotonic() < deadline, seen
+        if select.select([fd], [], [], 1)[0]:
+            seen += os.read(fd, 65536)
+    server.proc.terminate()
+    assert server.proc.wait(30) == 0
+    rest = server.proc.stderr.read()
+    banner, *lines = (seen + rest).decode().strip().splitlines()
+    assert banner.startswith("chatd serving on http://")
+    logged = [json.loads(line) for line in lines]
+    running = [line for line in logged if line["msg"].startswith("Running on")]
+    assert running and running[0]["logger"] == "chatd.server"
+    stopped = [line for line in logged if line["msg"].startswith("chatd stopped")]
+    # Hypercorn 0.18's parent terminates the other workers as soon as the
+    # first one exits, so with N workers only the first says it stopped.
+    assert len(stopped) == 1

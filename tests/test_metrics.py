@@ -389,3 +389,68 @@ async def test_queueing_for_a_slot_is_a_wait() -> None:
     assert value(scraped, "chatd_wait_seconds_count", reason="queue") == 1
     assert value(scraped, "chatd_wait_seconds_sum", reason="queue") > 0.5
     assert value(scraped, "chatd_overhead_seconds_sum", route="chat") < 1.0
+
+
+async def test_a_down_provider_is_logged_once_and_probe_failures_only_at_debug() -> None:
+    from tests.test_health import Records
+
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0.05}
+    )
+    records = Records()
+    logger = logging.getLogger("chatd")
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    try:
+        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+
+            async def probes() -> int:
+                return len([r for r in stub.received if r.path == "/api/version"])
+
+            async def listed() -> bool:
+                return bool((await client.get("/chat/providers")).json()["providers"]["ollama"])
+
+            stub.set_down(True)
+            seen = await probes()
+
+            async def many_probes_failed() -> bool:
+                return await probes() >= seen + 5 and not await listed()
+
+            await wait_for(many_probes_failed, "five failed probes")
+            stub.set_down(False)
+            await wait_for(listed, "the provider to come back")
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(logging.NOTSET)
+        await stub.stop()
+    [down] = records.said("provider down")
+    assert down.reason.startswith("probe ")  # type: ignore[attr-defined]
+    [up] = records.said("provider up")
+    assert up.reason == "probe succeeded"  # type: ignore[attr-defined]
+    failed = records.said("probe failed")
+    assert all(r.levelno == logging.DEBUG for r in failed)
+
+
+async def test_access_line_of_a_failed_request_carries_the_upstreams_message(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
+    )
+    access = logging.getLogger("chatd.access")
+    access.setLevel(logging.INFO)
+    stub.fail_next(Fault(kind="status", status=500, message="model runner has crashed"), times=2)
+    try:
+        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+            assert (await client.post("/chat", json=GOOD)).status_code == 502
+    finally:
+        access.setLevel(logging.NOTSET)
+        await stub.stop()
+    err = capfd.readouterr().err
+    [line] = [json.loads(line) for line in err.splitlines() if '"chatd.access"' in line]
+    assert (line["status"], line["error"]) == (502, "upstream_error")
+    assert "model runner has crashed" in line["message"]

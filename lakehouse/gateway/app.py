@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -32,6 +33,7 @@ from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
 from lakehouse.gateway.proxy import (
     ASGIApp,
     Caller,
+    Message,
     Receive,
     Scope,
     Send,
@@ -40,7 +42,7 @@ from lakehouse.gateway.proxy import (
     send_error,
     send_json,
 )
-from lakehouse.logs import setup_logging
+from lakehouse.logs import AccessLog, GatewayAccessEntry, setup_logging
 
 APP_PATH = "lakehouse.gateway.app:app_from_env()"
 # Headers aiohttp would add on its own; the upstream sees the caller's only.
@@ -99,6 +101,7 @@ class Gateway:
         assert config.gateway is not None
         self._timeout = config.gateway.timeout_secs
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._access = AccessLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -116,6 +119,8 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._close()
+                self._access.flush()
+                logging.getLogger("chatd.gateway").info("gateway stopped")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -141,33 +146,72 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = request_id.accept_or_mint(header(scope["headers"], b"x-request-id"))
         token = request_id.current.set(rid)
-        try:
-            if scope["path"] == "/health":
-                await send_json(send, 200, b'{"status":"ok"}', rid)
-                return
-            raw_path = scope.get("raw_path") or scope["path"].encode()
+        if not self._access.enabled:
             try:
-                route = self._route(scope["path"], raw_path)
-            except ChatdError as exc:
-                await Caller(receive).drain()
-                await send_error(send, exc, rid)
-                return
-            session = self._sessions.get(route.origin)
-            if session is None:
-                raise RuntimeError("gateway called before its lifespan started")
-            url = route.target(raw_path, scope["query_string"])
-            await forward(
-                session,
-                url,
-                scope,
-                receive,
-                send,
-                rid=rid,
-                route=route.prefix,
-                timeout=self._timeout,
-            )
+                await self._serve(scope, receive, send, rid)
+            finally:
+                request_id.current.reset(token)
+            return
+        started = time.perf_counter()
+        status = 499
+        route: list[str] = []
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, send_seen, rid, route)
         finally:
             request_id.current.reset(token)
+            self._access.write(
+                GatewayAccessEntry(
+                    ts=self._access.timestamp(time.time()),
+                    level="info",
+                    logger="chatd.gateway.access",
+                    msg="request",
+                    request_id=rid,
+                    method=scope["method"],
+                    path=scope["path"][:200],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    route=route[0] if route else None,
+                )
+            )
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, rid: str, seen: list[str] | None = None
+    ) -> None:
+        """One request: the gateway's own /health, or a route's upstream;
+        ``seen`` gets the route taken."""
+        if scope["path"] == "/health":
+            await send_json(send, 200, b'{"status":"ok"}', rid)
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        try:
+            route = self._route(scope["path"], raw_path)
+        except ChatdError as exc:
+            await Caller(receive).drain()
+            await send_error(send, exc, rid)
+            return
+        if seen is not None:
+            seen.append(route.prefix)
+        session = self._sessions.get(route.origin)
+        if session is None:
+            raise RuntimeError("gateway called before its lifespan started")
+        url = route.target(raw_path, scope["query_string"])
+        await forward(
+            session,
+            url,
+            scope,
+            receive,
+            send,
+            rid=rid,
+            route=route.prefix,
+            timeout=self._timeout,
+        )
 
     def _route(self, path: str, raw_path: bytes) -> Route:
         # An upstream may resolve "..", and so reach what no route names.

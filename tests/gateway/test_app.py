@@ -471,3 +471,35 @@ async def test_gateway_process_proxies_to_a_running_chatd(
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+async def test_the_gateway_writes_one_access_line_per_request(
+    tiny: tuple[Tiny, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import logging
+
+    _, url = tiny
+    access = logging.getLogger("chatd.access")
+    access.setLevel(logging.INFO)
+    try:
+        async with (
+            running_gateway(gateway_config({"/v1/tiny": url})) as base,
+            h2(base) as client,
+        ):
+            ok = await client.get("/v1/tiny/x", headers={"X-Request-ID": "gw-1"})
+            missing = await client.get("/v1/elsewhere", headers={"X-Request-ID": "gw-2"})
+    finally:
+        access.setLevel(logging.NOTSET)
+    assert (ok.status_code, missing.status_code) == (200, 404)
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if '"chatd.gateway.access"' in line]
+    by_id = {line["request_id"]: line for line in lines}
+    assert {"gw-1", "gw-2"} <= set(by_id), err
+    assert (by_id["gw-1"]["status"], by_id["gw-1"]["route"], by_id["gw-1"]["path"]) == (
+        200,
+        "/v1/tiny",
+        "/v1/tiny/x",
+    )
+    assert by_id["gw-2"]["status"] == 404 and "route" not in by_id["gw-2"]
+    assert by_id["gw-1"]["duration_ms"] > 0 and by_id["gw-1"]["method"] == "GET"
