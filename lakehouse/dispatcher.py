@@ -43,6 +43,8 @@ class CallInfo:
     filled in even when the call fails."""
 
     provider: str = ""
+    # The model routed to: the tier resolved, the routing prefix stripped.
+    model: str = ""
     tier: str = ""
     upstream_s: float = 0.0
     # Time spent waiting by choice: retry backoff, Retry-After, queueing.
@@ -205,6 +207,7 @@ class Dispatcher:
             try:
                 route, tier = self.route(link)
                 info.provider = route.provider.name
+                info.model = route.model
                 info.tier = tier or ""
                 result = await self._call(route.provider, route.model, info, action, hold=hold)
             except ChatdError as exc:

@@ -67,8 +67,7 @@ class LineWriter:
         return encoder.encode(item) + b"\n"
 
     def end(self, final: ChatResponse) -> bytes:
-        done = StreamDone(**{f: getattr(final, f) for f in final.__struct_fields__}, done=True)
-        return encoder.encode(done) + b"\n"
+        return encoder.encode(StreamDone.of(final)) + b"\n"
 
     def error(self, exc: ChatdError, message: str) -> bytes:
         detail = ErrorDetail(code=exc.code, message=message, provider=exc.provider)
@@ -84,16 +83,17 @@ class ChunkWriter:
     content_type = b"text/event-stream"
     keepalive = b": keep-alive\n\n"
 
-    def __init__(self, rid: str, model: str, *, include_usage: bool) -> None:
+    def __init__(self, rid: str, model: str | Callable[[], str], *, include_usage: bool) -> None:
         self._id = f"chatcmpl-{rid}"
-        self._model = model
+        # Read at the first chunk: the dispatcher knows the model by then.
+        self._model = model if callable(model) else lambda: model
         self._created = int(time.time())
         self._include_usage = include_usage
         self._role_sent = False
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         chunk = ChatCompletionChunk(
-            self._id, "chat.completion.chunk", self._created, self._model, choices, usage
+            self._id, "chat.completion.chunk", self._created, self._model(), choices, usage
         )
         return b"data: " + encoder.encode(chunk) + b"\n\n"
 

@@ -204,7 +204,7 @@ class CompletionsEndpoint:
                     receive,
                     send,
                     request,
-                    framing=ChunkWriter(rid, asked.model, include_usage=usage),
+                    framing=ChunkWriter(rid, lambda: info.model, include_usage=usage),
                     refuse=lambda exc: openai_error_response(exc, redact),
                     info=info,
                     deadline=deadline,
@@ -215,7 +215,7 @@ class CompletionsEndpoint:
                 return
             response = await runtime.dispatcher.chat(request, info, deadline=deadline)
             extra: Headers = []
-            status, payload = 200, openai_replies.completion(response, rid)
+            status, payload = 200, openai_replies.completion(response, rid, info.model)
         except ClientGone:
             runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
             return

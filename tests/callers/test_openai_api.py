@@ -167,7 +167,7 @@ def answer(**kw: Any) -> ChatResponse:
 
 
 def test_completion_shape() -> None:
-    body = json.loads(completion(answer(reasoning="think", done_reason="length"), "rid1"))
+    body = json.loads(completion(answer(reasoning="think", done_reason="length"), "rid1", "m"))
     assert body["id"] == "chatcmpl-rid1"
     assert body["object"] == "chat.completion"
     assert isinstance(body["created"], int)
@@ -180,7 +180,7 @@ def test_completion_shape() -> None:
     ]
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert (
-        json.loads(completion(answer(done_reason="load"), "r"))["choices"][0]["finish_reason"]
+        json.loads(completion(answer(done_reason="load"), "r", "m"))["choices"][0]["finish_reason"]
         == "stop"
     )
 

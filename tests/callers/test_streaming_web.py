@@ -104,13 +104,15 @@ async def test_native_stream_through_every_provider(world: World, name: str) -> 
     assert status == 200
     *deltas, final = lines
     assert deltas and all(set(d) <= {"content", "reasoning"} for d in deltas)
-    assert "".join(d.get("content", "") for d in deltas) == final["content"] == reply_text(SAID)
+    # Every line's content joined is the answer once: the last line has none.
+    assert "".join(line.get("content", "") for line in lines) == reply_text(SAID)
+    assert "content" not in final and "reasoning" not in final
     assert final["done"] is True and final["provider"] == name
     assert final["done_reason"] == "stop"
     assert final["prompt_tokens"] > 0 and final["completion_tokens"] > 0
     assert final["latency_ms"] >= 0
     if name in ("openrouter", "kimi"):
-        assert "".join(d.get("reasoning", "") for d in deltas) == final["reasoning"]
+        assert "".join(d.get("reasoning", "") for d in deltas)
     assert world.stubs[name].chats[-1].json["stream"] is True
 
 
