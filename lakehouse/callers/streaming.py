@@ -145,8 +145,12 @@ class Relay:
         refuse: Refuse,
         redact: Callable[[str], str] = str,
         keepalive_secs: float = 0.0,
+        trailer: Callable[[], bytes] | None = None,
     ) -> None:
         self._send = send
+        # Server-Timing, known only at the end: an HTTP trailer when the
+        # connection can carry one (see web.relay_stream).
+        self._trailer = trailer
         self._receive = receive
         self._framing = framing
         self._headers = headers
@@ -226,7 +230,11 @@ class Relay:
             (b"x-accel-buffering", b"no"),
             *self._headers,
         ]
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        if self._trailer is not None:
+            headers.append((b"trailer", b"server-timing"))
+            start["trailers"] = True
+        await self._send(start)
 
     async def _body(self, frame: bytes, *, more: bool = True) -> None:
         async with self._lock:
@@ -237,6 +245,11 @@ class Relay:
             self._ended = not more
             await self._send({"type": "http.response.body", "body": frame, "more_body": more})
             self._last = self._loop.time()
+            if self._ended and self._trailer is not None:
+                timing = (b"server-timing", self._trailer())
+                await self._send(
+                    {"type": "http.response.trailers", "headers": [timing], "more_trailers": False}
+                )
 
     async def _watch(self, task: asyncio.Task[object]) -> None:
         """Until the caller hangs up: then cancel the stream (``task``). In

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -81,10 +81,22 @@ async def relay_stream(
         refuse=refuse,
         redact=runtime.registry.redact,
         keepalive_secs=keepalive_secs,
+        trailer=timing_trailer(scope, info, started),
     )
     outcome = await relay.run(runtime.dispatcher.stream(request, info, deadline=deadline))
     path = scope["path"]
     runtime.observe(path, rid, request, info, outcome.status, started, outcome.final, outcome.error)
+
+
+def timing_trailer(scope: Scope, info: CallInfo, started: float) -> Callable[[], bytes] | None:
+    """A stream's Server-Timing, sent as a trailer when the caller accepts
+    them (``TE: trailers``) and the server can send them (HTTP/2); an
+    HTTP/1.1 stream goes without (Hypercorn sends no chunked trailers)."""
+    if "http.response.trailers" not in scope.get("extensions", {}):
+        return None
+    if not any(name == b"te" and value == b"trailers" for name, value in scope["headers"]):
+        return None
+    return lambda: server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
 
 
 class ChatEndpoint:
