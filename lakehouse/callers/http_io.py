@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from lakehouse.errors import BadRequest, ChatdError, PayloadTooLarge
+from lakehouse.errors import BadRequest, ChatdError, MethodNotAllowed, PayloadTooLarge
 from lakehouse.wire import ErrorBody, ErrorDetail, encoder
 
 log = logging.getLogger("chatd")
@@ -46,6 +46,8 @@ def error_headers(exc: ChatdError) -> Headers:
         headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
     if exc.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="chatd"'))
+    if isinstance(exc, MethodNotAllowed) and exc.allow:
+        headers.append((b"allow", ", ".join(exc.allow).encode()))
     return headers
 
 

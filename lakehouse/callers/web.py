@@ -28,6 +28,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lakehouse import request_id
+from lakehouse.auth import is_loopback
 from lakehouse.callers import openai_replies, openai_requests, openapi
 from lakehouse.callers.http_io import (
     ClientGone,
@@ -43,7 +44,7 @@ from lakehouse.callers.openai_errors import openai_error_response
 from lakehouse.callers.streaming import ChunkWriter, Framing, LineWriter, Refuse, Relay
 from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo
-from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
+from lakehouse.errors import ChatdError, Forbidden, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.runtime import ConfigSource, Runtime
 from lakehouse.wire import ChatRequest, ProvidersListing, chat_request_decoder, encoder
 
@@ -196,9 +197,12 @@ class CompletionsEndpoint:
         response = None
         error: ChatdError | None = None
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} not allowed on {scope['path']}")
+            # Auth first: a caller without a token learns nothing of routes.
             runtime.gate.check(scope["path"], headers.get(b"authorization"))
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(
+                    f"{scope['method']} not allowed on {scope['path']}", allow=("POST",)
+                )
             deadline = parse_deadline(headers.get(b"x-chatd-deadline"))
             limit = runtime.config.chatd.max_request_bytes
             body = await read_body(receive, limit, headers.get(b"content-length"))
@@ -302,6 +306,10 @@ async def ready(request: Request) -> Response:
 
 async def reload(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
+    client = request.client.host if request.client else ""
+    if not runtime.gate.enabled and not is_loopback(f"[{client}]:0"):
+        # Without auth anyone who can reach chatd could reload it.
+        raise Forbidden("POST /admin/reload needs [chatd.auth] on, or a caller on loopback")
     refused = await runtime.reload()
     if refused is not None:
         raise ReloadRefused(refused)
@@ -350,7 +358,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: ChatdError
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"{request.method} not allowed on {request.url.path}")
+        allow = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(
+            f"{request.method} not allowed on {request.url.path}",
+            # Sorted: Starlette keeps a route's methods in a set.
+            allow=tuple(sorted(m.strip() for m in allow.split(",") if m.strip())),
+        )
     elif exc.status_code == 404:
         error = NotFound(f"no route {request.url.path}")
     else:
