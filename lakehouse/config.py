@@ -60,6 +60,10 @@ class ServerConfig(Strict):
     # Hypercorn's default (1,000) sends GOAWAY to busy h2 clients.
     keep_alive_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     h2_max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # The listen backlog (capped by the kernel's net.core.somaxconn).
+    # Hypercorn's 100 drops SYNs when a proxy's cold pool connects in a
+    # burst, and each dropped one waits out a 1 s retransmit.
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     # An HTTP/2 response send blocked this long means the peer is gone
     # (works around a Hypercorn 0.18 h2 hang; see web.bounded); 0: off.
     send_stall_secs: Annotated[float, msgspec.Meta(ge=0)] = 10 * SECONDS

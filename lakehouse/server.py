@@ -23,18 +23,23 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from lakehouse.stream_reset import resetting
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
 
 
 def tune_connections() -> None:
     """Have Hypercorn's connections use lakehouse.connections' idle timer
-    and coalesced writes (see there). Each process that serves calls this,
+    and coalesced writes, and reset HTTP/2 streams left unfinished
+    (lakehouse.stream_reset). Each process that serves calls this,
     once or more; it changes nothing on a Hypercorn other than 0.18, whose
     TCPServer they were written against."""
     server = tcp_server.TCPServer
@@ -50,6 +55,13 @@ def tune_connections() -> None:
         send: Any = corked(server.protocol_send, RawData, Closed)
         send.chatd_corked = True
         server.protocol_send = send  # type: ignore[method-assign]
+    h2 = H2Protocol
+    if all(hasattr(h2, name) for name in ("stream_send", "_flush")) and not getattr(
+        h2.stream_send, "chatd_resetting", False
+    ):
+        reset: Any = resetting(h2.stream_send, StreamClosed, ASGIHTTPState.RESPONSE)
+        reset.chatd_resetting = True
+        h2.stream_send = reset  # type: ignore[method-assign]
 
 
 class ServerConfig(HypercornConfig):
@@ -85,6 +97,7 @@ def hypercorn_config(
     h.keep_alive_max_requests = server.keep_alive_max_requests
     h.graceful_timeout = server.graceful_timeout_secs
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
+    h.backlog = server.backlog
     h.accesslog = None
     # Hypercorn's own lines ("Running on", errors) go through chatd's JSON
     # formatter: a Logger is used as it is (and pickles by name to workers).

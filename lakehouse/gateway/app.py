@@ -9,12 +9,14 @@ proxy path holds no request or response object (see ``lakehouse.proxy``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -48,6 +50,27 @@ APP_PATH = "lakehouse.gateway.app:app_from_env()"
 # Headers aiohttp would add on its own; the upstream sees the caller's only.
 NOT_AUTOMATIC = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 KEEPALIVE_SECS = 30.0
+# Connections opened to one upstream at once. A burst of callers on a cold
+# pool (200 h2 streams at once) would otherwise send as many SYNs at once
+# into the upstream's listen backlog (Hypercorn's default: 100): the ones
+# dropped wait out a 1 s SYN retransmit. Opened a few at a time they are
+# accepted in turn, and pooled for the next burst.
+OPENING = 16
+
+
+class OpeningBound(aiohttp.TCPConnector):
+    """A TCPConnector that opens at most ``opening`` connections at once
+    (the pool itself stays unbounded: a stream holds its connection as long
+    as it runs). ``_create_connection`` is the connector's one path to a
+    new connection (checked against aiohttp 3.14 in tests/gateway)."""
+
+    def __init__(self, *, opening: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._opening = asyncio.Semaphore(opening)
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        async with self._opening:
+            return await super()._create_connection(req, traces, timeout)
 
 
 @dataclass(frozen=True)
@@ -130,7 +153,9 @@ class Gateway:
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=self._timeout)
         for origin in {route.origin for route in self._routes}:
             self._sessions[origin] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECS),
+                connector=OpeningBound(
+                    opening=OPENING, limit=0, keepalive_timeout=KEEPALIVE_SECS
+                ),
                 timeout=timeout,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,

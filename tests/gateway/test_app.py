@@ -503,3 +503,44 @@ async def test_the_gateway_writes_one_access_line_per_request(
     )
     assert by_id["gw-2"]["status"] == 404 and "route" not in by_id["gw-2"]
     assert by_id["gw-1"]["duration_ms"] > 0 and by_id["gw-1"]["method"] == "GET"
+
+
+def test_aiohttp_opens_every_connection_through_create_connection() -> None:
+    # OpeningBound relies on this private hook of aiohttp's connector.
+    import inspect
+
+    import aiohttp
+
+    params = list(inspect.signature(aiohttp.TCPConnector._create_connection).parameters)
+    assert params == ["self", "req", "traces", "timeout"]
+
+
+async def test_the_gateway_opens_a_few_upstream_connections_at_a_time(
+    tiny: tuple[Tiny, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiohttp
+
+    from lakehouse.gateway.app import OPENING
+
+    original = aiohttp.TCPConnector._create_connection
+    opening = peak = opened = 0
+
+    async def counted(self: Any, req: Any, traces: Any, timeout: Any) -> Any:
+        nonlocal opening, peak, opened
+        opening += 1
+        opened += 1
+        peak = max(peak, opening)
+        try:
+            await asyncio.sleep(0.05)  # a connect that takes a while
+            return await original(self, req, traces, timeout)
+        finally:
+            opening -= 1
+
+    monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", counted)
+    _, url = tiny
+    async with running_gateway(gateway_config({"/v1/tiny": url})) as base, h2(base) as client:
+        answers = await asyncio.gather(*(client.get("/v1/tiny/slow") for _ in range(3 * OPENING)))
+    assert [r.status_code for r in answers] == [200] * (3 * OPENING)
+    # Every slow request held its own connection, opened OPENING at a time.
+    assert opened == 3 * OPENING
+    assert peak == OPENING
