@@ -80,6 +80,9 @@ class Dispatcher:
             name: Limiter(name, *self.policy.limits.get(name, (256, 512)))
             for name in registry.names()
         }
+        # Requests inside chat() or stream(), retry waits included: a
+        # reloaded-away generation closes its sessions once this is 0.
+        self.in_flight = 0
 
     def route(self, model: str) -> tuple[Route, str | None]:
         """The route for a model or tier name, and the tier when it was one."""
@@ -105,11 +108,14 @@ class Dispatcher:
     ) -> ChatResponse:
         info = info if info is not None else CallInfo()
         budget = self.budget(deadline if deadline is not None else request.deadline_secs)
+        self.in_flight += 1
         try:
             async with asyncio.timeout(budget):
                 return await self._try_chain(request, info)
         except TimeoutError:
             raise self._late(budget, info) from None
+        finally:
+            self.in_flight -= 1
 
     async def _try_chain(self, request: ChatRequest, info: CallInfo) -> ChatResponse:
         async def chat(provider: Provider, model: str) -> ChatResponse:
@@ -136,6 +142,17 @@ class Dispatcher:
         ChatResponse. Retries and fallbacks happen only before the first
         item; after it, a failure ends the stream with its error. The
         deadline bounds every wait, first item included."""
+        self.in_flight += 1
+        try:
+            async with contextlib.aclosing(self._stream(request, info, deadline)) as items:
+                async for item in items:
+                    yield item
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(
+        self, request: ChatRequest, info: CallInfo | None, deadline: float | None
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         info = info if info is not None else CallInfo()
         budget = self.budget(deadline if deadline is not None else request.deadline_secs)
         ends = asyncio.get_running_loop().time() + budget

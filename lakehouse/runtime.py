@@ -85,7 +85,8 @@ class Generation:
         return cls(config, registry, health, dispatcher, gate)
 
     def busy(self) -> bool:
-        return any(lim.active or lim.waiting for lim in self.dispatcher.limiters.values())
+        # Requests, not just calls: one waiting out a retry holds no slot.
+        return self.dispatcher.in_flight > 0
 
     async def close(self) -> None:
         for provider in self.registry:
@@ -108,6 +109,8 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # Old generations waiting for their requests to finish.
+        self._retiring: list[Generation] = []
         self.access = AccessLog()
         self.mint = Minter()
 
@@ -190,9 +193,11 @@ class Runtime:
 
     async def _retire(self, old: Generation) -> None:
         # Calls started on the old generation finish on its sessions.
+        self._retiring.append(old)
         deadline = time.monotonic() + old.config.chatd.deadline_secs
         while old.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 - a rare, idle wait
             await asyncio.sleep(0.1)
+        self._retiring.remove(old)
         await old.close()
 
     async def close(self) -> None:
@@ -204,6 +209,10 @@ class Runtime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # At shutdown (the server has let requests finish) nothing waits.
+        for old in self._retiring:
+            await old.close()
+        self._retiring.clear()
         await self.current.close()
         self.metrics.close()
         self.access.flush()

@@ -1,4 +1,4 @@
-"""``bin/chatd-smoke [URL]``: the spec's six acceptance checks, against any chatd.
+"""``bin/chatd-smoke [URL]``: six acceptance checks of routing and errors, against any chatd.
 
 Without a URL it starts ``chatd --dev`` on a free port (provider keys
 removed from its environment) and stops it afterwards. Against a running

@@ -3,7 +3,7 @@
 The chat routes (``POST /chat``, ``/v1/chat`` and the OpenAI surface's
 ``/v1/chat/completions``) are plain ASGI callables in front of Starlette:
 body bytes → cached msgspec decoder → dispatcher → msgspec encoder, with no
-Request/Response objects (PERF-NOTES.md measured ~15% throughput for this).
+Request/Response objects (measured ~15% more throughput; see bench/README.md).
 A request with ``"stream": true`` is handed to a ``streaming.Relay``.
 Starlette owns every other route and the lifespan. Errors become responses
 in one place per surface: ``http_io.error_response`` (native) and

@@ -1,7 +1,7 @@
 """Upstream emulators that speak each provider's real wire protocol on 127.0.0.1.
 
 Flavours: ``ollama``, ``ollama_cloud``, ``openrouter``, ``opencode``, ``kimi``
-(see /work/shared/protocols.md). They never make outbound calls.
+(see docs/protocols.md). They never make outbound calls.
 """
 
 from lakehouse.stubs.faults import Fault, FaultKind

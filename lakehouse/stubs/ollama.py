@@ -1,4 +1,4 @@
-"""Ollama's native API (protocols.md §1, §2): /api/chat, /api/generate and friends."""
+"""Ollama's native API (docs/protocols.md §1, §2): /api/chat, /api/generate and friends."""
 
 from __future__ import annotations
 
