@@ -110,7 +110,7 @@ class Metrics:
         )
         self.upstream_seconds = Histogram(
             "chatd_upstream_duration_seconds",
-            "Time spent waiting on the upstream per call.",
+            "Time spent on the upstream per request (all its calls).",
             ["provider"],
             buckets=UPSTREAM_BUCKETS,
             registry=r,
