@@ -4,8 +4,10 @@ through a real server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -278,6 +280,21 @@ def test_two_workers_merge_their_metrics(tmp_path: Path) -> None:
                 assert value(scraped, "chatd_in_flight_requests") == 0
                 assert value(scraped, "chatd_provider_available", provider="ollama") == 1
             pids = {f.name for f in (tmp_path / "m").iterdir()}
+            # A request held upstream is in flight whichever worker serves it
+            # and whichever answers the scrape (livesum over the workers).
+            upstream.stub.fail_next(Fault(kind="delay", seconds=3))
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                held = pool.submit(httpx.post, server.base + "/chat", json=GOOD, timeout=30)
+                deadline = time.monotonic() + 30
+                while len(upstream.stub.chats) < 41:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                for _ in range(5):
+                    scraped = samples(httpx.get(server.base + "/metrics").text)
+                    assert value(scraped, "chatd_in_flight_requests") == 1
+                assert held.result().status_code == 200
+            scraped = samples(client.get("/metrics").text)
+            assert value(scraped, "chatd_in_flight_requests") == 0
         assert len({name.rsplit("_", 1)[-1] for name in pids if name.startswith("counter")}) == 2
     finally:
         server.proc.terminate()
