@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from lakehouse.callers.web import create_app
 from lakehouse.config import default_config_path, load
 from lakehouse.logs import setup_logging
+from lakehouse.sd_notify import announcing
 from lakehouse.server import tune_connections
 
 
@@ -29,4 +30,4 @@ def app_from_env() -> ASGIApp:
     # Objects alive after start-up live for the process; freezing them
     # keeps the collector from rescanning them (p99 ~28 → ~9 ms, measured with bench/run).
     gc.freeze()
-    return app
+    return announcing(app)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from lakehouse import config as configuration
 from lakehouse import startup
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import log_renames
 from lakehouse.loader import load_plugin, plugin_dirs
 from lakehouse.logs import setup_logging
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             flags["chatd.bind"] = "--bind"
         config = configuration.load(path, overrides)
         setup_logging(config.chatd.log_level)
+        log_renames(config.legacy, logging.getLogger("chatd.config"))
         if args.dev:
             stub_url = start_dev_stub(config, overrides)
             if stub_url:

@@ -22,6 +22,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import Legacy, is_legacy, translate
 
 SECONDS = 1.0
 MIB = 1024 * 1024
@@ -145,6 +146,8 @@ class Config(msgspec.Struct, kw_only=True):
     gateway: GatewayConfig | None = None
     # Where the config came from: relative plugin_dirs are taken from here.
     source_dir: str = "."
+    # The Go services' flat keys the file used (see lakehouse.legacy_config).
+    legacy: Legacy = msgspec.field(default_factory=Legacy)
 
     @property
     def tiers(self) -> dict[str, str]:
@@ -221,7 +224,13 @@ def parse(
         data = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
+    # Overrides in the Go spelling join the file's; the rest come after the
+    # translation, so the current spelling wins over the file's Go keys.
+    later = dict(overrides or {})
+    for dotted in [key for key in later if is_legacy(key)]:
+        _set(data, dotted, later.pop(dotted))
+    legacy = translate(data, source)
+    for dotted, value in later.items():
         _set(data, dotted, value)
     owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
     try:
@@ -230,6 +239,7 @@ def parse(
             config = msgspec.convert(owned, Config, strict=True)
         except msgspec.ValidationError as exc:
             raise ConfigError(describe(exc)) from None
+        config.legacy = legacy
         _check(config)
     except ConfigError as exc:
         raise ConfigError(f"{_origin(str(exc), source, overrides)}: {exc}") from None
@@ -310,10 +320,12 @@ def _check(config: Config) -> None:
     chatd = config.chatd
     for name, provider in chatd.providers.items():
         if provider.base_url is not None:
-            check_url(provider.base_url, f"chatd.providers.{name}.base_url")
+            check_url(provider.base_url, config.legacy.spelled(f"chatd.providers.{name}.base_url"))
     for name, chain in chatd.fallbacks.items():
         if name in chain:
             raise ConfigError(f"`chatd.fallbacks.{name}` lists itself")
+    for key, url in config.legacy.gateway_urls.items():
+        check_url(url, f"gateway.{key}")
     if config.gateway is not None:
         for prefix, url in config.gateway.routes.items():
             if not prefix.startswith("/"):

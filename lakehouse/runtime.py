@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lakehouse import sd_notify
 from lakehouse.auth import Gate
 from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
@@ -171,7 +172,12 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     def _on_sighup(self) -> None:
-        self._spawn(self.reload())
+        self._spawn(self._reload_for_signal())
+
+    async def _reload_for_signal(self) -> None:
+        # systemd (ExecReload sends the SIGHUP) hears when the reload is done.
+        async with sd_notify.reloading():
+            await self.reload()
 
     async def reload(self) -> str | None:
         """Swap in a generation built from the config source; on a refused
@@ -279,7 +285,7 @@ class Runtime:
                 "bodies",
                 extra={
                     "request_id": rid,
-                    "messages": [redact(m.content) for m in request.messages],
+                    "messages": [redact(m.text()) for m in request.messages],
                     "content": redact(response.content) if response else None,
                 },
             )

@@ -133,7 +133,28 @@ def run(
         )
         prepare_multiprocess_dir(path)
         os.environ[MULTIPROC_ENV] = path
+    listen_first(h)
     return int(hypercorn_run(h) or 0)
+
+
+def listen_first(h: HypercornConfig) -> None:
+    """Bind and listen now, and hand Hypercorn the descriptors: it would only
+    listen once the app has started, so systemd's READY=1, sent at the end
+    of that start-up (lakehouse.sd_notify), would come before the port
+    accepts. Every worker inherits the same listening sockets."""
+    sockets = h.create_sockets()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(h.backlog)
+
+    def handed_over(socks: list[socket.socket]) -> list[str]:
+        # detach(): Hypercorn's socket object owns the descriptor from here.
+        return [f"fd://{sock.detach()}" for sock in socks]
+
+    if h.ssl_enabled:
+        h.bind = handed_over(sockets.secure_sockets)
+        h.insecure_bind = handed_over(sockets.insecure_sockets)
+    else:
+        h.bind = handed_over(sockets.insecure_sockets)
 
 
 async def serve(

@@ -382,5 +382,5 @@ def test_every_log_line_is_json_through_shutdown(tmp_path: Path, workers: str) -
     assert running and running[0]["logger"] == "chatd.server"
     stopped = [line for line in logged if line["msg"].startswith("chatd stopped")]
     # Hypercorn 0.18's parent terminates the other workers as soon as the
-    # first one exits, so with N workers only the first says it stopped.
-    assert len(stopped) == 1
+    # first one exits: with N workers at least the first says it stopped.
+    assert 1 <= len(stopped) <= int(workers)

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from lakehouse.errors import ChatdError, ConfigError, UpstreamBadResponse
+from lakehouse.tool_calls import mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
@@ -31,8 +32,17 @@ from lakehouse.upstreams.openai_chat_errors import (
     classify_error,
     in_band_error,
 )
-from lakehouse.upstreams.openai_chat_stream import ChunkFold, Usage
-from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
+from lakehouse.upstreams.openai_chat_messages import OpenAIMessage, openai_messages
+from lakehouse.upstreams.openai_chat_stream import ChoiceLogprobs, ChunkFold, Usage, whole_chunks
+from lakehouse.wire import (
+    ChatRequest,
+    ChatResponse,
+    FunctionCall,
+    StreamDelta,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 CapField = Literal["max_tokens", "max_completion_tokens"]
 
@@ -84,7 +94,7 @@ class _StreamOptions(msgspec.Struct):
 
 class _Body(msgspec.Struct, omit_defaults=True):
     model: str
-    messages: list[Message]
+    messages: list[OpenAIMessage]
     # No default, so always sent: the upstream default never decides.
     stream: bool
     max_tokens: int | None = None
@@ -95,12 +105,30 @@ class _Body(msgspec.Struct, omit_defaults=True):
     stop: list[str] | None = None
     response_format: _ResponseFormat | None = None
     stream_options: _StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class _ReplyFunction(msgspec.Struct):
+    name: str = ""
+    arguments: str | None = None
+
+
+class _ReplyToolCall(msgspec.Struct):
+    id: str | None = None
+    function: _ReplyFunction | None = None
 
 
 class _ReplyMessage(msgspec.Struct):
     content: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[_ReplyToolCall] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -108,6 +136,7 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
     usage: Usage | None = None
     error: Any = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class _Completion(msgspec.Struct):
@@ -164,7 +193,7 @@ class OpenAICompatProvider:
         return _encode(
             _Body(
                 model=model,
-                messages=request.messages,
+                messages=openai_messages(request.messages),
                 stream=stream,
                 stream_options=_StreamOptions() if stream else None,
                 max_tokens=cap if self._cap == "max_tokens" else None,
@@ -174,6 +203,13 @@ class OpenAICompatProvider:
                 seed=request.seed,
                 stop=request.stop or None,
                 response_format=response_format(request.format),
+                tools=request.tools,
+                tool_choice=request.tool_choice,
+                parallel_tool_calls=request.parallel_tool_calls,
+                presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty,
+                logprobs=request.logprobs,
+                top_logprobs=request.top_logprobs,
             )
         )
 
@@ -203,8 +239,10 @@ class OpenAICompatProvider:
                 # An upstream (or proxy) that ignored "stream" answers whole.
                 data = await upstream.read(MAX_WHOLE_BODY)
                 whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
-                if whole.content or whole.reasoning:
-                    yield StreamDelta(whole.content, whole.reasoning or "")
+                if whole.content or whole.reasoning or whole.tool_calls:
+                    yield StreamDelta(
+                        whole.content, whole.reasoning or "", whole_chunks(whole), whole.logprobs
+                    )
                 yield whole
                 return
             if upstream.content_type not in ("text/event-stream", ""):
@@ -245,13 +283,27 @@ class OpenAICompatProvider:
             )
         usage = data.usage or choice.usage or Usage()
         message = choice.message
+        calls = _tool_calls(message.tool_calls or [])
         return ChatResponse(
             model=data.model or model,
             provider=self.name,
-            # null when the model only called tools; we never ask for tools.
+            # null when the model only called tools.
             content=message.content or "",
-            done_reason=choice.finish_reason or "stop",
+            done_reason="tool_calls" if calls else choice.finish_reason or "stop",
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning=message.reasoning or message.reasoning_content or None,
+            tool_calls=calls or None,
+            logprobs=choice.logprobs.content if choice.logprobs else None,
         )
+
+
+def _tool_calls(calls: list[_ReplyToolCall]) -> list[ToolCall]:
+    return [
+        ToolCall(
+            id=c.id or mint_call_id(),
+            function=FunctionCall(c.function.name, parse_arguments(c.function.arguments or "")),
+        )
+        for c in calls
+        if c.function is not None
+    ]

@@ -214,3 +214,34 @@ async def test_error_status_is_classified_like_chat(provider: OpenAICompatProvid
         with pytest.raises(errors.UpstreamRateLimited) as caught:
             await anext(provider.stream(REQUEST, "m"))
     assert caught.value.retry_after == 3 and caught.value.upstream_status == 429
+
+
+def test_tool_call_fragments_are_passed_on_and_folded() -> None:
+    fold = ChunkFold("p", "m")
+    head = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    first = fold.add(msgspec.json.encode(delta(tool_calls=[head])))
+    second = fold.add(
+        msgspec.json.encode(delta(tool_calls=[{"index": 0, "function": {"arguments": '{"a":'}}]))
+    )
+    # An upstream that sends a whole call with no index and no id.
+    whole = fold.add(
+        msgspec.json.encode(delta(tool_calls=[{"function": {"name": "g", "arguments": "{}"}}]))
+    )
+    fold.add(
+        msgspec.json.encode(delta(tool_calls=[{"index": 0, "function": {"arguments": " 1}"}}]))
+    )
+    fold.add(msgspec.json.encode(delta("stop")))
+    assert first is not None and first.tool_calls is not None
+    assert (first.tool_calls[0].id, first.tool_calls[0].name) == ("c1", "f")
+    assert second is not None and second.tool_calls is not None
+    assert second.tool_calls[0].arguments == '{"a":'
+    assert whole is not None and whole.tool_calls is not None
+    final = fold.result(done=True)
+    # Ollama-style "stop" after calls still reads as a tool call answer.
+    assert final.done_reason == "tool_calls"
+    assert final.tool_calls is not None
+    assert [(c.id, c.function.name, c.function.arguments) for c in final.tool_calls] == [
+        ("c1", "f", {"a": 1}),
+        (whole.tool_calls[0].id, "g", {}),
+    ]
+    assert whole.tool_calls[0].index == 1 and whole.tool_calls[0].id
