@@ -65,16 +65,18 @@ OPENING = 16
 class OpeningBound(aiohttp.TCPConnector):
     """A TCPConnector that opens at most ``opening`` connections at once
     (the pool itself stays unbounded: a stream holds its connection as long
-    as it runs). ``_create_connection`` is the connector's one path to a
-    new connection (checked against aiohttp 3.14 in tests/gateway)."""
+    as it runs). ``connect`` (aiohttp's documented "get from pool or create
+    new connection") runs under the bound, so a request that waited for its
+    turn takes a connection that came back to the pool meanwhile, if any,
+    rather than opening one more; taking a pooled one does not wait on I/O."""
 
     def __init__(self, *, opening: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._opening = asyncio.Semaphore(opening)
 
-    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
         async with self._opening:
-            return await super()._create_connection(req, traces, timeout)
+            return await super().connect(req, traces, timeout)
 
 log = logging.getLogger("chatd.gateway")
 

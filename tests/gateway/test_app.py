@@ -505,14 +505,15 @@ async def test_the_gateway_writes_one_access_line_per_request(
     assert by_id["gw-1"]["duration_ms"] > 0 and by_id["gw-1"]["method"] == "GET"
 
 
-def test_aiohttp_opens_every_connection_through_create_connection() -> None:
-    # OpeningBound relies on this private hook of aiohttp's connector.
+def test_aiohttp_connectors_connect_as_opening_bound_wraps_it() -> None:
+    # OpeningBound overrides BaseConnector.connect ("get from pool or create
+    # new connection"); the counting test below patches _create_connection.
     import inspect
 
     import aiohttp
 
-    params = list(inspect.signature(aiohttp.TCPConnector._create_connection).parameters)
-    assert params == ["self", "req", "traces", "timeout"]
+    for method in (aiohttp.TCPConnector.connect, aiohttp.TCPConnector._create_connection):
+        assert list(inspect.signature(method).parameters) == ["self", "req", "traces", "timeout"]
 
 
 async def test_the_gateway_opens_a_few_upstream_connections_at_a_time(
