@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
 from lakehouse import config as configuration
-from lakehouse import startup
+from lakehouse import startup, worker_limits
 from lakehouse.errors import ConfigError
 from lakehouse.legacy_config import log_renames
 from lakehouse.loader import load_plugin, plugin_dirs
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         bind = args.bind or config.chatd.bind
         origins = startup.Origins(path, flags)
         registry, warnings = startup.check_chatd(config, bind, origins)
+        try:
+            worker_limits.check(config, args.workers or config.chatd.server.workers)
+        except ConfigError as exc:
+            raise origins.blame(exc) from None
         for warning in warnings:
             log.warning(warning)
         if args.check:

@@ -40,6 +40,9 @@ class ProviderConfig(Strict):
     plugin: str | None = None
     # As the provider documents it; the plugin's default when omitted.
     base_url: str | None = None
+    # Several hosts of one provider instead of base_url: a list (hosts
+    # named by position, "0", "1", ...) or a table of name = URL.
+    base_urls: list[str] | dict[str, str] | None = None
     key_env: str = ""
     key_file: str = ""
     # Sent on every upstream call (attribution, an operator-chosen User-Agent).
@@ -61,9 +64,8 @@ class ServerConfig(Strict):
     # Hypercorn's default (1,000) sends GOAWAY to busy h2 clients.
     keep_alive_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     h2_max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1)] = 256
-    # The listen backlog (capped by the kernel's net.core.somaxconn).
-    # Hypercorn's 100 drops SYNs when a proxy's cold pool connects in a
-    # burst, and each dropped one waits out a 1 s retransmit.
+    # The listen queue; Hypercorn's 100 overflows when a pool of 200
+    # clients connects at once (the kernel caps it at net.core.somaxconn).
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     # An HTTP/2 response send blocked this long means the peer is gone
     # (works around a Hypercorn 0.18 h2 hang; see web.bounded); 0: off.
@@ -321,6 +323,8 @@ def _check(config: Config) -> None:
     for name, provider in chatd.providers.items():
         if provider.base_url is not None:
             check_url(provider.base_url, config.legacy.spelled(f"chatd.providers.{name}.base_url"))
+        if provider.base_urls is not None:
+            _check_hosts(name, provider)
     for name, chain in chatd.fallbacks.items():
         if name in chain:
             raise ConfigError(f"`chatd.fallbacks.{name}` lists itself")
@@ -331,3 +335,28 @@ def _check(config: Config) -> None:
             if not prefix.startswith("/"):
                 raise ConfigError(f"`gateway.routes` key {prefix!r} must start with /")
             check_url(url, f"gateway.routes.{prefix}")
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_HOSTS = 64
+
+
+def host_urls(provider: ProviderConfig) -> dict[str, str]:
+    """A pool's hosts, name → URL (names are positions for a list)."""
+    urls = provider.base_urls or {}
+    return dict(urls) if isinstance(urls, dict) else {str(i): u for i, u in enumerate(urls)}
+
+
+def _check_hosts(name: str, provider: ProviderConfig) -> None:
+    key = f"chatd.providers.{name}.base_urls"
+    if provider.base_url is not None:
+        raise ConfigError(f"`{key}` and `chatd.providers.{name}.base_url` are both set")
+    hosts = host_urls(provider)
+    if not 1 <= len(hosts) <= MAX_HOSTS:
+        raise ConfigError(f"`{key}` needs 1 to {MAX_HOSTS} hosts")
+    for host, url in hosts.items():
+        if not _HOST_NAME.fullmatch(host):
+            raise ConfigError(
+                f"`{key}`: host name {host!r} must be 1-32 letters, digits, `_`, `.` or `-`"
+            )
+        check_url(url, f"{key}.{host}")

@@ -12,8 +12,8 @@ shutdown. Hypercorn keeps SIGTERM to itself and stops accepting at once, but
 starts that shutdown only after in-flight requests have finished (or
 ``graceful_timeout_secs`` has passed), so STOPPING=1 comes then, not at the
 signal. ``reloading`` brackets a configuration reload with RELOADING=1 and
-READY=1. With several workers each one sends its own (the units set
-``NotifyAccess=all``): READY=1 comes with the first worker that is ready.
+READY=1. With several workers the supervisor (the main process) speaks
+for the pool instead (``lakehouse.supervisor``) and workers send nothing.
 """
 
 from __future__ import annotations

@@ -283,8 +283,10 @@ class ErrorBody(msgspec.Struct):
     error: ErrorDetail
 
 
-class ProvidersListing(msgspec.Struct):
+class ProvidersListing(msgspec.Struct, omit_defaults=True):
     providers: dict[str, bool]
+    # Providers with several hosts (base_urls): each host's availability.
+    hosts: dict[str, dict[str, bool]] = {}
 
 
 class Status(msgspec.Struct):

@@ -168,7 +168,7 @@ def test_without_notify_socket_the_app_is_not_wrapped() -> None:
             os.environ["NOTIFY_SOCKET"] = saved
 
 
-def test_with_workers_the_first_ready_worker_says_ready(tmp_path: Path) -> None:
+def test_with_workers_the_supervisor_speaks_for_the_pool(tmp_path: Path) -> None:
     port = free_port()
     with notify_socket(tmp_path, abstract=False) as (sock, value):
         proc = start(
@@ -185,15 +185,19 @@ def test_with_workers_the_first_ready_worker_says_ready(tmp_path: Path) -> None:
             value,
         )
         try:
+            # Once, when both workers serve; the workers themselves say nothing.
             assert states(sock) == {"READY": "1"}
             assert accepts(port)
+            proc.send_signal(signal.SIGHUP)
+            assert states(sock)["RELOADING"] == "1"
+            # READY=1 again once both workers have been replaced.
+            assert states(sock) == {"READY": "1"}
             terminate(proc)
-            # Each worker speaks for itself (NotifyAccess=all in the unit):
-            # the second one may still be saying READY.
-            seen = [states(sock)]
-            while seen[-1] != {"STOPPING": "1"}:
-                assert seen[-1] == {"READY": "1"}, seen
-                seen.append(states(sock))
+            assert states(sock) == {"STOPPING": "1"}
+            sock.settimeout(1)
+            with pytest.raises(TimeoutError):
+                sock.recv(4096)
         finally:
             err = stop(proc)
     assert proc.returncode == 0, err
+    assert err.count('"msg":"worker serving"') == 4

@@ -96,8 +96,8 @@ def test_start_reload_and_stop(path: Path, args: object) -> None:
     parsed = args(rest)  # type: ignore[operator]
     assert parsed.config == Path(CONFIG)
     assert one(unit, "Type") == "notify"
-    # Workers are children of the main process and send READY=1 themselves.
-    assert one(unit, "NotifyAccess") == "all"
+    # The main process speaks for the pool (lakehouse.supervisor).
+    assert one(unit, "NotifyAccess") == "main"
     assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(unit, "KillSignal") == "SIGTERM"
     # Only the main process gets SIGTERM; it stops its workers gracefully

@@ -46,6 +46,7 @@ from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo
 from lakehouse.errors import ChatdError, Forbidden, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.runtime import ConfigSource, Runtime
+from lakehouse.upstreams.pool import hosts_listing
 from lakehouse.wire import ChatRequest, ProvidersListing, chat_request_decoder, encoder
 
 CHAT_PATHS = frozenset({"/chat", "/v1/chat"})
@@ -290,7 +291,8 @@ def json_response(
 
 async def providers(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    return json_response(encoder.encode(ProvidersListing(runtime.health.snapshot())))
+    listing = ProvidersListing(runtime.health.snapshot(), hosts_listing(runtime.registry))
+    return json_response(encoder.encode(listing))
 
 
 async def health(request: Request) -> Response:
@@ -313,7 +315,7 @@ async def reload(request: Request) -> Response:
     refused = await runtime.reload()
     if refused is not None:
         raise ReloadRefused(refused)
-    listing = ProvidersListing(runtime.health.snapshot())
+    listing = ProvidersListing(runtime.health.snapshot(), hosts_listing(runtime.registry))
     return json_response(encoder.encode(listing))
 
 

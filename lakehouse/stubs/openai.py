@@ -42,15 +42,15 @@ CONTEXT_LENGTH = 262_144
 PRICE = 0.000002
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes, error_type: str = "invalid_request_error") -> dict[str, Any]:
     if not body.strip():
-        raise reject(400, "missing request body", "invalid_request_error")
+        raise reject(400, "missing request body", error_type)
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise reject(400, f"invalid JSON body: {exc}", "invalid_request_error") from None
+        raise reject(400, f"invalid JSON body: {exc}", error_type) from None
     if not isinstance(data, dict):
-        raise reject(400, "request body must be a JSON object", "invalid_request_error")
+        raise reject(400, "request body must be a JSON object", error_type)
     return data
 
 
@@ -194,7 +194,7 @@ class OpenAIAPI:
                      "invalid_request_error")
 
     def _answer(self, call: Received, fault: Fault | None) -> Reply:
-        data = _decode(call.body)
+        data = decode_body(call.body)
         model = self._model(data)
         messages = _messages(data)
         stream = data.get("stream", False)

@@ -15,6 +15,7 @@ from lakehouse.errors import (
     ChatdError,
     UpstreamAuth,
     UpstreamBadResponse,
+    UpstreamConnectFailed,
     UpstreamError,
     UpstreamQuota,
     UpstreamRateLimited,
@@ -120,7 +121,7 @@ def transport_error(exc: BaseException, provider: str, waited: str) -> ChatdErro
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{provider} {waited}", provider=provider)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnreachable(
+        return UpstreamConnectFailed(
             f"cannot connect to {provider}: {_reason(exc)}", provider=provider
         )
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -163,9 +163,13 @@ def response_format(fmt: Literal["json"] | dict[str, Any] | None) -> _ResponseFo
 
 
 class OpenAICompatProvider:
-    """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``."""
+    """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``.
+    ``http``: a session shared with the provider that owns it (which then
+    starts and closes it); else its own."""
 
-    def __init__(self, ctx: ProviderContext, flavour: Flavour) -> None:
+    def __init__(
+        self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
+    ) -> None:
         if not ctx.key:
             raise ConfigError("this provider needs a key")
         self.name = ctx.name
@@ -176,7 +180,10 @@ class OpenAICompatProvider:
         self._options = options
         self._cap: CapField = options.cap_field or flavour.cap_field
         self._key = ctx.key
-        self._http = HTTPClient(ctx, {"Authorization": f"Bearer {ctx.key}"})
+        auth = {"Authorization": f"Bearer {ctx.key}"}
+        # A shared session carries no key of ours, so each request adds it.
+        self._auth = auth if http is not None else None
+        self._http = http or HTTPClient(ctx, auth)
 
     async def start(self) -> None:
         await self._http.start()
@@ -185,7 +192,9 @@ class OpenAICompatProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
+        return await self._http.probe(
+            self._options.probe_path, self._options.probe_timeout_secs, self._auth
+        )
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         cap = request.max_tokens
@@ -214,7 +223,9 @@ class OpenAICompatProvider:
         )
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        reply = await self._http.post_json("/chat/completions", self.body(request, model))
+        reply = await self._http.post_json(
+            "/chat/completions", self.body(request, model), self._auth
+        )
         if not 200 <= reply.status < 300:
             raise self._classify(reply)
         return self.parse(reply, model)
@@ -233,7 +244,7 @@ class OpenAICompatProvider:
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         body = self.body(request, model, stream=True)
         async with self._http.stream_post(
-            "/chat/completions", body, error=self._classify
+            "/chat/completions", body, self._auth, error=self._classify
         ) as upstream:
             if upstream.content_type == "application/json":
                 # An upstream (or proxy) that ignored "stream" answers whole.
