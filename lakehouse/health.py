@@ -96,13 +96,16 @@ class Health:
         if state is not None:
             state.trial = False
 
-    def set_probe(self, name: str, ok: bool, reason: str = "") -> None:
-        """The verdict of one probe; ``reason`` says why it failed."""
+    def set_probe(self, name: str, ok: bool, reason: str = "", *, announce: bool = True) -> None:
+        """The verdict of one probe; ``reason`` says why it failed. A verdict
+        taken from the worker that probed (``announce=False``) is not logged
+        again: that worker logged the change."""
         state = self._states.get(name)
         if state is not None:
             was_down = state.down
             state.probe_ok = ok
-            self._changed(name, state, was_down, "probe succeeded" if ok else reason)
+            if announce:
+                self._changed(name, state, was_down, "probe succeeded" if ok else reason)
 
     def _changed(self, name: str, state: _State, was_down: bool, reason: str) -> None:
         if state.down and not was_down:

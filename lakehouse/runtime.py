@@ -329,7 +329,7 @@ class Runtime:
             provider = generation.registry.get(name)
             if provider is None:
                 continue
-            generation.health.set_probe(name, bool(verdict.get("ok")))
+            generation.health.set_probe(name, bool(verdict.get("ok")), announce=False)
             if isinstance(provider, HostPool):
                 provider.set_host_probes(verdict.get("hosts") or {})
 

@@ -118,3 +118,13 @@ def test_going_down_and_coming_back_are_logged_once_with_the_reason(health_log: 
         "probe succeeded",
         "a call succeeded",
     ]
+
+
+def test_a_verdict_taken_from_the_probing_worker_is_not_logged_again(
+    health_log: Records,
+) -> None:
+    health = Health(["a"])
+    health.set_probe("a", False, announce=False)
+    health.set_probe("a", True, announce=False)
+    assert health_log.records == []
+    assert health.state("a") == "closed"

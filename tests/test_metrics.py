@@ -572,3 +572,48 @@ async def test_two_workers_every_family_is_the_whole_instance(
         f.name.rsplit("_", 1)[-1] for f in pool.metrics.iterdir() if f.name.startswith("counter")
     }
     assert len(pids) == 2
+
+
+def test_two_workers_log_a_provider_going_down_and_up_once(tmp_path: Path) -> None:
+    from lakehouse.stubs import StubThread
+
+    upstream = StubThread("ollama")
+    url = upstream.start()
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[chatd]\nprobe_interval_secs = 0.1\n[chatd.server]\nmetrics_dir = "{tmp_path / "m"}"\n'
+        f'[chatd.providers.ollama]\nbase_url = "{url}"\n'
+    )
+    server = start(["--config", str(path), "--workers", "2"])
+
+    def listed(up: bool) -> None:
+        deadline = time.monotonic() + 30
+        # Fresh connections, so both workers answer some of these.
+        while any(
+            httpx.get(server.base + "/chat/providers").json()["providers"]["ollama"] != up
+            for _ in range(6)
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    try:
+        upstream.stub.set_down(True)
+        listed(False)
+        time.sleep(1)  # ten more failed probes: none may log again
+        upstream.stub.set_down(False)
+        listed(True)
+    finally:
+        server.proc.terminate()
+        server.proc.wait(30)
+        upstream.stop()
+    assert server.proc.stderr is not None
+    logged = [
+        json.loads(line)
+        for line in server.proc.stderr.read().decode().splitlines()
+        if line.startswith("{")
+    ]
+    down = [line for line in logged if line["msg"] == "provider down"]
+    up = [line for line in logged if line["msg"] == "provider up"]
+    assert len(down) == 1 and down[0]["reason"].startswith("probe ")
+    assert len(up) == 1 and up[0]["reason"] == "probe succeeded"
+    assert not [line for line in logged if line["msg"] == "probe failed"]
