@@ -43,11 +43,14 @@ class Health:
         failure_threshold: int = 5,
         cooldown: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        pool: str | None = None,
     ) -> None:
         self._states = {name: _State() for name in names}
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self._clock = clock
+        # Set for the hosts of a pooled provider: the names are its hosts.
+        self._pool = pool
 
     def available(self, name: str) -> bool:
         """Whether calls may go to the provider now (the listing's view)."""
@@ -108,10 +111,15 @@ class Health:
                 self._changed(name, state, was_down, "probe succeeded" if ok else reason)
 
     def _changed(self, name: str, state: _State, was_down: bool, reason: str) -> None:
-        if state.down and not was_down:
-            log.warning("provider down", extra={"provider": name, "reason": reason})
-        elif was_down and not state.down:
-            log.info("provider up", extra={"provider": name, "reason": reason})
+        if state.down == was_down:
+            return
+        what, extra = "provider", {"provider": name, "reason": reason}
+        if self._pool is not None:
+            what, extra = "host", {"provider": self._pool, "host": name, "reason": reason}
+        if state.down:
+            log.warning(f"{what} down", extra=extra)
+        else:
+            log.info(f"{what} up", extra=extra)
 
     def state(self, name: str) -> str:
         """``closed``, ``open``, ``half_open`` or ``down`` (probe failed)."""

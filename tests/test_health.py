@@ -128,3 +128,11 @@ def test_a_verdict_taken_from_the_probing_worker_is_not_logged_again(
     health.set_probe("a", True, announce=False)
     assert health_log.records == []
     assert health.state("a") == "closed"
+
+
+def test_the_hosts_of_a_pool_are_logged_as_hosts_of_their_provider(health_log: Records) -> None:
+    health = Health(["gpu1", "gpu2"], pool="ollama")
+    health.set_probe("gpu1", False, "probe failed: refused")
+    [down] = health_log.said("host down")
+    assert (down.provider, down.host) == ("ollama", "gpu1")  # type: ignore[attr-defined]
+    assert health_log.said("provider down") == []
