@@ -5,6 +5,10 @@ generators (wrk for HTTP/1.1 keep-alive, h2load for h2c with prior knowledge)
 share CPU 1. Every row runs once per round and the rows are interleaved round
 by round, so a noisy neighbour hits them all alike; each figure is the median
 over the rounds, with min..max.
+
+A little over 350 lines: ``main`` starts every process the rows need (chatd
+tuned and stock, the 2-worker pool, the floors, the gateway) in one place,
+so that one ``finally`` stops them all.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from burst import Burst, burst_lines, gateway_bursts
 from load import Row, h2_split, run_row, run_wrk
 from procs import (
     BENCH,
@@ -32,6 +37,7 @@ from procs import (
     pinned,
     rss_kb,
     start_chatd,
+    start_gateway,
     start_stub,
     stop,
     tree_pids,
@@ -83,6 +89,7 @@ def build_rows(
     tuned_url: str | None = None,
     stock_url: str | None = None,
     pool_url: str | None = None,
+    gateway_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -125,6 +132,13 @@ def build_rows(
             Row(f"chat-h2/c{conc}", f"chatd /chat h2c ({conns} conn x {streams} streams)",
                 "h2load", f"{chatd_url}/chat", conc, body, "fast", True, conns, streams)
         )  # fmt: skip
+        if gateway_url:
+            rows.append(
+                Row(f"gateway-h2/c{conc}",
+                    f"gateway /v1/chat h2c → chatd ({conns} conn x {streams} streams)",
+                    "h2load", f"{gateway_url}/v1/chat", conc, body, "fast", True, conns,
+                    streams)
+            )  # fmt: skip
         if stock_url and conc != 64:
             rows.append(
                 Row(f"stock-h2/c{conc}", f"chatd /chat h2c ({conns}x{streams}), stock stack",
@@ -170,7 +184,8 @@ def main(argv: list[str]) -> int:
             procs.append(slow)
             port = free_port()
             config = tmp / "chatd.toml"
-            write_config(config, port, fast_port, slow_port)
+            gateway_port = free_port()
+            write_config(config, port, fast_port, slow_port, gateway_port)
             chatd = start_chatd(chatd_cpu, config, port, out_dir / "chatd.log")
             procs.append(chatd)
             chatd_url = f"http://127.0.0.1:{port}"
@@ -236,9 +251,14 @@ def main(argv: list[str]) -> int:
                     except OSError:
                         pass
                     time.sleep(0.1)
+            # The gateway is not pinned: on two cores there is none to give it,
+            # and the scheduler places it where there is room.
+            gateway = start_gateway(None, config, gateway_port, out_dir / "gateway.log")
+            procs.insert(0, gateway)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
                 chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], stock_url, pool_url,
+                f"http://127.0.0.1:{gateway_port}",
             )  # fmt: skip
             skipped += [
                 f"{row.label} (c={row.conc}; {row.tool} not installed, --no-install)"
@@ -288,6 +308,11 @@ def main(argv: list[str]) -> int:
                         flush=True,
                     )
                     time.sleep(0.5)
+            bursts: list[Burst] = []
+            if "h2load" not in missing:
+                bursts = gateway_bursts(
+                    args.runs, chatd_url, config, None, load_cpu, tmp, out_dir / "gateway.log"
+                )
             peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
             pool_peak_mb = tree_rss_kb(pool.pid, "VmHWM") / 1024
             pool_rows = [r for r in rows if r.proxy == "pool" and r.samples]
@@ -297,7 +322,15 @@ def main(argv: list[str]) -> int:
             if chatd.poll() is not None:
                 raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
         finally:
-            chatd_proc = next((p for p in procs if p.args and "lakehouse.cli" in p.args), None)
+            # chatd itself (the gateway and the pool run lakehouse.cli too).
+            chatd_proc = next(
+                (
+                    p
+                    for p in procs
+                    if p.args and "lakehouse.cli" in p.args and "gateway" not in p.args
+                ),
+                None,
+            )
             shutdown = stop(chatd_proc) if chatd_proc is not None else "not started"
             memory = (
                 f"- 2 workers, whole process tree (supervisor + 2 workers): idle RSS "
@@ -310,7 +343,10 @@ def main(argv: list[str]) -> int:
             for proc in procs:
                 stop(proc)
 
-    report = render(args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone)
+    report = render(
+        args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone,
+        burst_lines(bursts),
+    )  # fmt: skip
     report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)
     print(report)
     out = args.out or (
@@ -329,6 +365,7 @@ def main(argv: list[str]) -> int:
                     "pool_idle_rss_mb": pool_idle_mb,
                     "pool_peak_rss_mb": pool_peak_mb,
                     "skipped": skipped,
+                    "gateway_bursts": [b.__dict__ for b in bursts],
                     "rows": [
                         {"key": r.key, "label": r.label, "conc": r.conc,
                          "samples": [s.__dict__ for s in r.samples]}

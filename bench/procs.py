@@ -128,8 +128,13 @@ def http(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def write_config(path: Path, port: int, stub_port: int, slow_port: int | None) -> None:
+def write_config(
+    path: Path, port: int, stub_port: int, slow_port: int | None, gateway_port: int = 0
+) -> None:
     text = (
+        "[gateway]\n"
+        f'bind = "127.0.0.1:{gateway_port}"\n'
+        f'routes = {{ "/v1/chat" = "http://127.0.0.1:{port}" }}\n'
         "[chatd]\n"
         f'bind = "127.0.0.1:{port}"\n'
         # Features on, as in production: an access line per request,
@@ -167,6 +172,29 @@ def start_chatd(
         time.sleep(0.1)
     stop(proc)
     raise SystemExit(f"bench: chatd did not answer /health within 60 s:\n{log.read_text()}")
+
+
+def start_gateway(
+    cpu: str | None, config: Path, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """``bin/chatd gateway`` in front of chatd; a fresh one has a cold pool."""
+    argv = [
+        sys.executable, "-m", "lakehouse.cli", "gateway", "--config", str(config),
+        "--bind", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        pinned(cpu, argv), cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: gateway exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
+                return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise SystemExit(f"bench: the gateway did not answer /health within 60 s:\n{log.read_text()}")
 
 
 def ensure_tools(install: bool) -> list[str]:

@@ -166,6 +166,7 @@ def cpu_model() -> str:
 def render(
     args: argparse.Namespace, rows: list[Row], skipped: list[str], idle_mb: float,
     peak_mb: float, started: dt.datetime, pinned_cpus: bool, shutdown: str, stub_alone: str,
+    extra: list[str] | None = None,
 ) -> str:  # fmt: skip
     lines = [
         "# chatd benchmark results",
@@ -206,6 +207,7 @@ def render(
         added = added_p50(rows, key)
         if added:
             lines.append(f"- added p50 at c=1, {label} - direct: {fmt(added, 3)} ms")
+    lines += extra or []
     lines += ["", "## Budget (native route, HTTP/1.1, one worker)", ""]
     lines += ["| budget | measured | verdict |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in budget(rows, idle_mb, peak_mb)]

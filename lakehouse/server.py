@@ -21,14 +21,19 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse import connections, probe_share
 from lakehouse.config import Config
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from lakehouse.stream_reset import resetting
 from lakehouse.supervisor import Supervisor, WorkerPlan
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
@@ -43,6 +48,7 @@ def tune_connections(version: str | None = None) -> bool:
     breaks the contract those were written against: then every server runs
     Hypercorn's stock connections. ``version`` stands in for the installed
     Hypercorn's."""
+    reset_unfinished_streams()
     problems = connections.install(version)
     if problems:
         log.warning(
@@ -51,6 +57,26 @@ def tune_connections(version: str | None = None) -> bool:
             "; ".join(problems),
         )
     return not problems
+
+
+def reset_unfinished_streams() -> None:
+    """Have Hypercorn reset the HTTP/2 streams an app leaves unfinished
+    (lakehouse.stream_reset). A fix, not a speed-up: both stacks get it."""
+    h2 = H2Protocol
+    if all(hasattr(h2, name) for name in ("stream_send", "_flush")) and not getattr(
+        h2.stream_send, "chatd_resetting", False
+    ):
+        reset: Any = resetting(h2.stream_send, StreamClosed, ASGIHTTPState.RESPONSE)
+        reset.chatd_resetting = True
+        h2.stream_send = reset  # type: ignore[method-assign]
+
+
+def prepare_hypercorn(config: Config) -> bool:
+    """What each serving process does before Hypercorn serves: the stream
+    reset always, the tuned connections when ``chatd.server.tuned`` (and
+    their contract holds); whether the connections run tuned."""
+    reset_unfinished_streams()
+    return config.chatd.server.tuned and tune_connections()
 
 
 class ServerConfig(HypercornConfig):
@@ -80,7 +106,7 @@ def hypercorn_config(
 ) -> HypercornConfig:
     server = config.chatd.server
     # The stock path (chatd.server.tuned = false) is Hypercorn as shipped.
-    h = ServerConfig() if server.tuned and tune_connections() else HypercornConfig()
+    h = ServerConfig() if prepare_hypercorn(config) else HypercornConfig()
     h.bind = [bind or config.chatd.bind]
     h.workers = workers or server.workers
     h.worker_class = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
@@ -90,7 +116,9 @@ def hypercorn_config(
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
     h.backlog = server.backlog
     h.accesslog = None
-    h.errorlog = "-"
+    # Hypercorn's own lines ("Running on", errors) go through chatd's JSON
+    # formatter: a Logger is used as it is (and pickles by name to workers).
+    h.errorlog = logging.getLogger("chatd.server")
     h.loglevel = config.chatd.log_level.upper()
     h.include_server_header = False
     if server.certfile and server.keyfile:

@@ -50,3 +50,10 @@ def test_the_stock_stack_is_hypercorn_as_shipped() -> None:
     # Hypercorn's own Date header, made per response.
     assert [name for name, _ in stock.response_headers("h11")] == [b"date"]
     assert stock.keep_alive_timeout == tuned.keep_alive_timeout
+
+
+def test_the_listen_backlog_takes_a_burst_of_connections() -> None:
+    # Hypercorn's default of 100 drops SYNs of a proxy's cold pool.
+    assert server.hypercorn_config(make_config()).backlog == 1024
+    config = make_config(overrides={"chatd.server.backlog": 2048})
+    assert server.hypercorn_config(config).backlog == 2048

@@ -1,6 +1,4 @@
-"""Each emulated upstream as data: paths, error shapes, quirks, as each
-provider documents them (Ollama: https://github.com/ollama/ollama/blob/main/docs/api.md;
-the others: the docstring of their plugin in ``plugins/``).
+"""Each emulated upstream as data: paths, error shapes, quirks (docs/protocols.md §1-3).
 
 The dialect modules read these fields instead of branching on a flavour's
 name, so a new flavour is one more table entry.

@@ -1,5 +1,4 @@
-"""The OpenAI Chat Completions dialect
-(https://platform.openai.com/docs/api-reference/chat) with each flavour's quirks."""
+"""The OpenAI Chat Completions dialect (docs/protocols.md §3) with each flavour's quirks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The OpenAI-dialect stubs (OpenRouter, OpenCode Zen, Kimi) against their documented APIs.
+"""The OpenAI-dialect stubs (OpenRouter, OpenCode Zen, Kimi) against docs/protocols.md §3.
 
 Long (~360 lines): three flavours of one stub module, mostly parametrised
 tables of documented bodies."""
