@@ -89,6 +89,9 @@ class _Roll:
     pending: list[Worker] = field(default_factory=list)
     current: Worker | None = None  # the replacement being started
     active: bool = False
+    # Another SIGHUP came meanwhile: workers already rolled may have read
+    # the file before it changed, so roll them all again afterwards.
+    again: bool = False
 
 
 class Supervisor:
@@ -246,11 +249,25 @@ class Supervisor:
     def _start_roll(self) -> None:
         if self._stopping:
             return
+        if self._roll.active:
+            # Starting over now would replace the worker being started as
+            # well as the one it replaces: one slot would keep two workers.
+            log.info("reload asked for during a roll; rolling again after it")
+            self._roll.again = True
+            return
         log.info("rolling workers (SIGHUP)")
         sd_notify.notify(f"RELOADING=1\nMONOTONIC_USEC={sd_notify.monotonic_usec()}")
-        self._roll = _Roll(pending=[w for w in self.workers if not w.retiring], active=True)
+        self._roll = _Roll(pending=self._serving(), active=True)
+
+    def _serving(self) -> list[Worker]:
+        return [w for w in self.workers if not w.retiring]
 
     def _end_roll(self) -> None:
+        if self._roll.again:
+            log.info("rolling workers again (SIGHUP during the roll)")
+            self._roll = _Roll(pending=self._serving(), active=True)
+            self._advance_roll()
+            return
         self._roll = _Roll()
         sd_notify.notify("READY=1")
 

@@ -5,6 +5,7 @@ them one at a time with the port accepting throughout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -291,4 +292,44 @@ async def test_a_roll_onto_a_broken_config_is_abandoned(
     assert "chatd worker: config error:" in pool.log.read_text()
     # The old workers never stopped serving.
     assert pool.workers() == first
+    assert (await fresh_post(pool.base, GOOD)).status_code == 200
+
+
+def worker_index(pid: int) -> str:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (index,) = [e for e in environ if e.startswith(b"CHATD_WORKER_INDEX=")]
+    return index.split(b"=", 1)[1].decode()
+
+
+@pytest.mark.anyio
+async def test_a_second_sighup_during_a_roll_leaves_one_worker_per_slot(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    """A reload asked for while a roll is starting its first new worker:
+    every worker ends up on the newest file, and there are still N of them,
+    one per slot (two in one slot would hold two shares of the limits)."""
+    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
+    pools.append(pool)
+    first = pool.workers()
+    pool.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "rolling workers" in pool.log.read_text())
+    # The roll's first new worker is still importing (a second or so).
+    assert served(pool.log) == 2
+    pool.proc.send_signal(signal.SIGHUP)
+
+    def settled() -> bool:
+        text = pool.log.read_text()
+        return (
+            not first & pool.workers()
+            and text.count('"msg":"workers rolled"') >= 1
+            and text.count('"msg":"worker serving"') >= 4
+        )
+
+    await until(settled)
+    # Let anything the roll still owes happen: retirements, a further roll.
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: len(pool.workers()) <= 2, timeout=20)
+    now = pool.workers()
+    assert len(now) == 2, pool.log.read_text()
+    assert sorted(worker_index(pid) for pid in now) == ["0", "1"]
     assert (await fresh_post(pool.base, GOOD)).status_code == 200
