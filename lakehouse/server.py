@@ -176,8 +176,7 @@ async def _serve_until_stopped(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if lifeline is not None:
-        # Readable only at EOF: the supervisor died without telling us.
-        loop.add_reader(lifeline, stop.set)
+        watch_lifeline(lifeline, stop.set)
 
     async def trigger() -> None:
         # Hypercorn awaits the shutdown trigger only once every listener
@@ -187,6 +186,21 @@ async def _serve_until_stopped(
         await stop.wait()
 
     await hypercorn_serve(app, h, shutdown_trigger=trigger)
+
+
+def watch_lifeline(fd: int, stop: Callable[[], None]) -> None:
+    """Call ``stop`` when ``fd`` (the read end of a pipe only the
+    supervisor writes to, and never does) reads EOF: it died without
+    telling us."""
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        # EOF stays readable: left on, this would be called on every turn
+        # of the loop, spinning a core for the whole drain.
+        loop.remove_reader(fd)
+        stop()
+
+    loop.add_reader(fd, gone)
 
 
 def load_app(app_path: str) -> Callable[..., Awaitable[None]]:

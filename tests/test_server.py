@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import os
 
 import pytest
 
@@ -38,3 +40,23 @@ def test_server_settings_come_from_the_config() -> None:
     assert h.keep_alive_timeout == 9
     assert h.keep_alive_max_requests == 7
     assert h.include_server_header is False
+
+
+@pytest.mark.anyio
+async def test_a_lifeline_at_eof_stops_the_worker_once_and_is_let_go() -> None:
+    """EOF on the supervisor's pipe stays readable: a reader left on it
+    would be called on every turn of the loop, spinning a core for the
+    whole drain (up to graceful_timeout_secs) after the supervisor died."""
+    read_end, write_end = os.pipe()
+    stops: list[None] = []
+    loop = asyncio.get_running_loop()
+    try:
+        server.watch_lifeline(read_end, lambda: stops.append(None))
+        os.close(write_end)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        assert stops == [None]
+        assert not loop.remove_reader(read_end)  # no longer watched
+    finally:
+        os.close(read_end)
