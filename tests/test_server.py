@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +63,29 @@ async def test_a_lifeline_at_eof_stops_the_worker_once_and_is_let_go() -> None:
         assert not loop.remove_reader(read_end)  # no longer watched
     finally:
         os.close(read_end)
+
+
+def test_the_default_metrics_folder_is_fresh_and_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers trust what is in the folder (metrics summed, probe verdicts
+    followed): under a shared /tmp, a folder another user made first at a
+    name they could guess must not be the one used."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"chatd-metrics-{os.getpid()}"
+    planted.mkdir(mode=0o777)
+    (planted / "probes.json").write_text('{"ollama": {"ok": false}}')
+    path, owned = server.metrics_folder(None)
+    assert owned and Path(path).parent == tmp_path and Path(path) != planted
+    assert os.listdir(path) == []
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    other, _ = server.metrics_folder(None)
+    assert other != path
+
+
+def test_a_configured_metrics_folder_is_emptied_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"x")
+    assert server.metrics_folder(str(folder)) == (str(folder), False)
+    assert os.listdir(folder) == []

@@ -9,7 +9,9 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from lakehouse import server
 from lakehouse.stubs import Fault, StubUpstream
 from tests.pool_support import Pool, fresh_get, fresh_post, served, start_workers, until
-from tests.support import make_config
-from tests.test_cli import GOOD
+from tests.support import ROOT, make_config
+from tests.test_cli import GOOD, clean_env, free_port
 
 STREAM = {**GOOD, "stream": True}
 
@@ -333,3 +335,39 @@ async def test_a_second_sighup_during_a_roll_leaves_one_worker_per_slot(
     assert len(now) == 2, pool.log.read_text()
     assert sorted(worker_index(pid) for pid in now) == ["0", "1"]
     assert (await fresh_post(pool.base, GOOD)).status_code == 200
+
+
+def test_the_default_metrics_folder_goes_with_the_pool(tmp_path: Path) -> None:
+    """Without ``metrics_dir`` the pool makes its own folder under $TMPDIR
+    and removes it when it stops: runs and restarts leave nothing behind."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    config = tmp_path / "c.toml"
+    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
+    log = tmp_path / "chatd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
+                *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
+            ],
+            cwd=ROOT,
+            env={**clean_env(), "TMPDIR": str(temp)},
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while served(log) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        (folder,) = temp.iterdir()
+        assert folder.name.startswith("chatd-metrics-")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert list(temp.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
