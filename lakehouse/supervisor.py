@@ -12,7 +12,8 @@ that stops are reset, which one shared socket avoids.
 
 What the pool promises:
 - a worker that dies is replaced (same slot), the others keep serving;
-  one that dies before it ever served is retried with a growing pause;
+  one that dies within ``STEADY`` seconds of its start is retried with a
+  growing pause (a crash loop costs little CPU);
 - SIGTERM/SIGINT: every worker drains for up to ``graceful_timeout``
   (each on its own; none is cut because another finished first);
 - SIGHUP: workers are rolled one at a time: a new one is started, and
@@ -49,10 +50,13 @@ READY_FD = "CHATD_READY_FD"
 LIFELINE_FD = "CHATD_LIFELINE_FD"
 APP_ENV = "CHATD_APP"
 
-# A worker that never became ready is restarted after this, doubled each
-# time in a row, up to MAX_PAUSE (a broken config must not spin a core).
+# A worker that dies within STEADY seconds of its start is restarted
+# after this pause, doubled each time in a row, up to MAX_PAUSE: a broken
+# config, or a crash on every start, must not spin a core. One that dies
+# after serving longer is replaced at once, and the pause starts over.
 FIRST_PAUSE = 0.5
 MAX_PAUSE = 30.0
+STEADY = 10.0
 # Past graceful_timeout, how long a draining worker gets before SIGKILL.
 KILL_MARGIN = 5.0
 
@@ -194,7 +198,6 @@ class Supervisor:
         if os.read(fd, 1):
             worker.ready = True
             self._served = True
-            self._pause = FIRST_PAUSE
             log.info("worker serving", extra={"pid": worker.pid, "worker": worker.index})
             if not self._announced and sum(w.ready for w in self.workers) == self.plan.count:
                 self._announced = True
@@ -231,7 +234,8 @@ class Supervisor:
                 log.error("worker failed to start; stopping")
                 self._stop()
                 continue
-            if worker.ready:
+            if worker.ready and time.monotonic() - worker.started >= STEADY:
+                self._pause = FIRST_PAUSE
                 self._spawn(worker.index)
             else:
                 self._respawn_at[worker.index] = time.monotonic() + self._pause

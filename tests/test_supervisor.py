@@ -371,3 +371,34 @@ def test_the_default_metrics_folder_goes_with_the_pool(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def log_lines(log: Path, msg: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("msg") == msg]
+
+
+@pytest.mark.anyio
+async def test_a_worker_dying_soon_after_it_serves_is_replaced_with_a_growing_pause(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    """A worker that serves and then dies at once, again and again (a bad
+    request retried by its client, a crashing extension), must not be
+    restarted in a tight loop: each start costs a second of CPU."""
+    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
+    pools.append(pool)
+    gaps: list[float] = []
+    for round_ in range(4):
+        serving = log_lines(pool.log, "worker serving")
+        victim = int(str(serving[-1]["pid"]))
+        started = len(log_lines(pool.log, "worker started"))
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await until(lambda n=started: len(log_lines(pool.log, "worker started")) > n)
+        gaps.append(time.monotonic() - killed_at)
+        await until(lambda n=3 + round_: served(pool.log) >= n)
+    # 0.5, 1, 2, 4 s (a loaded machine only makes them longer).
+    assert gaps[-1] >= 2.0, gaps
+    assert gaps == sorted(gaps), gaps
+    assert pool.proc.poll() is None
+    assert (await fresh_post(pool.base, GOOD)).status_code == 200
