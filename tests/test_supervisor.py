@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -233,28 +234,85 @@ async def test_sighup_rolls_workers_with_the_port_accepting(
 
     streams = [asyncio.create_task(stream()) for _ in range(6)]
     await until(lambda: len(upstream.chats) >= 6)
-    latencies: list[float] = []
-    pool.proc.send_signal(signal.SIGHUP)
-    # New connections through the whole roll, until both old workers,
-    # draining their streams, are gone.
-    port = int(pool.base.rsplit(":", 1)[1])
-    while first & pool.workers() or served(pool.log) < 4:
-        # Connect, ask, read the answer to its end (the server closes).
-        started = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        answer = await reader.read()
-        latencies.append(time.perf_counter() - started)
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 200 "), answer
-        await asyncio.sleep(0.02)
+    # New connections from a thread (and event loop) of their own, so a
+    # sample is the port's answer, not this test's loop (busy with the
+    # stub and the streams) getting round to it.
+    prober = NewConnections(int(pool.base.rsplit(":", 1)[1]))
+    prober.start()
+    try:
+        # Warm-up, and the machine's own figure to compare with.
+        await until(lambda: len(prober.latencies) >= 50)
+        before = len(prober.latencies)
+        pool.proc.send_signal(signal.SIGHUP)
+        # Through the whole roll, until both old workers, draining their
+        # streams, are gone.
+        await until(lambda: not first & pool.workers() and served(pool.log) >= 4)
+    finally:
+        prober.stop.set()
+        await asyncio.to_thread(prober.join, 30)
+    assert prober.failures == [], prober.failures[:3]
     finished = await asyncio.gather(*streams)
     assert all(last.get("done") is True for last in finished)
     assert len(pool.workers()) == 2 and not first & pool.workers()
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
-    assert len(latencies) > 50
-    assert p99 < 0.1, (p99, latencies[-5:])
+    baseline, rolling = prober.latencies[:before], prober.latencies[before:]
+    # The p99 over hundreds of connections: a few stalls of a loaded
+    # machine's scheduler do not move it; a port that stops accepting
+    # while workers are replaced (seconds per worker) does.
+    assert len(rolling) >= 200, len(rolling)
+    p99 = percentile(rolling, 0.99)
+    assert p99 < 0.1, (p99, sorted(rolling)[-5:], "before the roll:", percentile(baseline, 0.99))
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+class NewConnections(threading.Thread):
+    """New connections to ``port`` at a steady rate, each asking for
+    /health and reading the answer to its end; times each from its own
+    start. Started on a schedule rather than one after another, so a port
+    that stops accepting for a second delays every connection started in
+    that second (one after another, it would delay just one)."""
+
+    EVERY = 0.02
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[bytes | str] = []
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+        due = loop.time()
+        while not self.stop.is_set():
+            task = asyncio.create_task(self._one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            due += self.EVERY
+            await asyncio.sleep(max(0.0, due - loop.time()))
+        await asyncio.gather(*tasks)
+
+    async def _one(self) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(30):
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                answer = await reader.read()
+                writer.close()
+        except (OSError, TimeoutError) as exc:
+            self.failures.append(repr(exc))
+            return
+        self.latencies.append(time.perf_counter() - started)
+        if not answer.startswith(b"HTTP/1.1 200 "):
+            self.failures.append(answer)
 
 
 @pytest.mark.anyio
