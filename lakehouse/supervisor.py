@@ -114,6 +114,8 @@ class Supervisor:
         self._pause = FIRST_PAUSE
         self._respawn_at: dict[int, float] = {}
         self._served = False
+        # Stopped because no worker could start (exit 1), not because asked.
+        self._failed = False
         self._announced = False
 
     # -- the loop -------------------------------------------------------
@@ -130,7 +132,7 @@ class Supervisor:
                 self._spawn(index)
             while self.workers or not self._stopping:
                 self._step()
-            return 0 if self._served else 1
+            return 1 if self._failed else 0
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
@@ -232,6 +234,7 @@ class Supervisor:
             if not worker.ready and not self._served:
                 # Nothing ever served: a broken start, not a crash to ride out.
                 log.error("worker failed to start; stopping")
+                self._failed = True
                 self._stop()
                 continue
             if worker.ready and time.monotonic() - worker.started >= STEADY:

@@ -460,3 +460,58 @@ async def test_a_worker_dying_soon_after_it_serves_is_replaced_with_a_growing_pa
     assert gaps == sorted(gaps), gaps
     assert pool.proc.poll() is None
     assert (await fresh_post(pool.base, GOOD)).status_code == 200
+
+
+def test_sigterm_while_workers_start_is_a_clean_stop(tmp_path: Path) -> None:
+    """systemd may stop a unit that is still starting: the pool drains what
+    started and exits 0, as for any asked-for stop (1 would mark the unit
+    failed and, with Restart=on-failure, could start it again)."""
+    config = tmp_path / "c.toml"
+    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
+    log = tmp_path / "chatd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
+                *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
+            ],
+            cwd=ROOT,
+            env=clean_env(),
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while len(log_lines(log, "worker started")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_pool_whose_workers_cannot_start_exits_1(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    # Every worker dies while starting (what a broken install would do).
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif os.environ.get('CHATD_WORKER_INDEX'):\n    sys.exit(3)\n"
+    )
+    config = tmp_path / "c.toml"
+    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
+            *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
+        ],
+        cwd=ROOT,
+        env={**clean_env(), "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "worker failed to start; stopping" in proc.stderr
