@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from lakehouse import sd_notify
+from lakehouse import probe_share, sd_notify
 from lakehouse.metrics import forget_worker
 from lakehouse.worker_limits import WORKER_COUNT, WORKER_INDEX
 
@@ -117,6 +117,8 @@ class Supervisor:
         # Stopped because no worker could start (exit 1), not because asked.
         self._failed = False
         self._announced = False
+        # Raised at each roll: workers of one generation share a prober.
+        self._generation = 0
 
     # -- the loop -------------------------------------------------------
 
@@ -180,6 +182,7 @@ class Supervisor:
             LIFELINE_FD: str(self._lifeline_r),
             WORKER_INDEX: str(index),
             WORKER_COUNT: str(self.plan.count),
+            probe_share.GENERATION: str(self._generation),
             APP_ENV: self.plan.app_path,
         }
         proc = subprocess.Popen(
@@ -223,7 +226,7 @@ class Supervisor:
                 continue
             if worker is self._roll.current:
                 log.error("reload abandoned: the new worker did not start", extra={"code": code})
-                self._end_roll()
+                self._abandon_roll()
                 continue
             log.error("worker died; replacing it", extra={"pid": worker.pid, "code": code})
             current = self._roll.current
@@ -264,14 +267,21 @@ class Supervisor:
             return
         log.info("rolling workers (SIGHUP)")
         sd_notify.notify(f"RELOADING=1\nMONOTONIC_USEC={sd_notify.monotonic_usec()}")
+        self._generation += 1
         self._roll = _Roll(pending=self._serving(), active=True)
 
     def _serving(self) -> list[Worker]:
         return [w for w in self.workers if not w.retiring]
 
+    def _abandon_roll(self) -> None:
+        # The old workers serve on: the new generation has no members left.
+        self._generation -= 1
+        self._end_roll()
+
     def _end_roll(self) -> None:
         if self._roll.again:
             log.info("rolling workers again (SIGHUP during the roll)")
+            self._generation += 1
             self._roll = _Roll(pending=self._serving(), active=True)
             self._advance_roll()
             return
@@ -288,7 +298,7 @@ class Supervisor:
                 if time.monotonic() - current.started > self.plan.start_timeout:
                     log.error("reload abandoned: the new worker did not start in time")
                     self._retire(current)
-                    self._end_roll()
+                    self._abandon_roll()
                 return
             if current.replaces is not None:
                 self._retire(current.replaces)
