@@ -5,10 +5,13 @@ Why not Hypercorn 0.18's runner: its parent ends the whole server when one
 worker dies, stops every worker as soon as the first exits on SIGTERM, and
 joins all old workers before starting new ones on SIGHUP. Why not gunicorn:
 it has no maintained Hypercorn worker (h2c needs Hypercorn), and its HUP
-stops old workers without waiting for the new ones to serve. systemd
-template units with SO_REUSEPORT (``deploy/``) are the other supported way;
-there each instance owns an accept queue, and connections queued on one
-that stops are reset, which one shared socket avoids.
+stops old workers without waiting for the new ones to serve. Why not
+instances of a systemd template unit (none is shipped): with SO_REUSEPORT
+each owns an accept queue, and connections queued on one that stops are
+reset, which one shared socket avoids; one ``.socket`` unit shared by the
+instances would avoid that, but the pool must work where there is no
+systemd (a container), and nothing there would drop a killed instance's
+live gauges from the merged metrics.
 
 What the pool promises:
 - a worker that dies is replaced (same slot), the others keep serving;
