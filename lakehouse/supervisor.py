@@ -31,6 +31,7 @@ STOPPING=1 at SIGTERM. Workers are started without ``$NOTIFY_SOCKET``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -80,6 +81,8 @@ class Worker:
     ready_fd: int
     started: float
     ready: bool = False
+    # The graceful timeout of the config it read (told when it serves).
+    graceful_timeout: float | None = None
     # Told to drain (SIGTERM sent); no replacement when it exits.
     retiring: bool = False
     replaces: Worker | None = None
@@ -202,9 +205,13 @@ class Supervisor:
 
     def _readied(self, fd: int) -> None:
         worker = next(w for w in self.workers if w.ready_fd == fd)
-        # One byte when serving; EOF (b"") if it died first (_reap sees that).
-        if os.read(fd, 1):
+        # Its graceful timeout when serving; EOF (b"") if it died first
+        # (_reap sees that).
+        said = os.read(fd, 64)
+        if said:
             worker.ready = True
+            with contextlib.suppress(ValueError):
+                worker.graceful_timeout = float(said)
             self._served = True
             log.info("worker serving", extra={"pid": worker.pid, "worker": worker.index})
             if not self._announced and sum(w.ready for w in self.workers) == self.plan.count:
@@ -328,7 +335,11 @@ class Supervisor:
         sd_notify.notify("STOPPING=1")
         self._respawn_at.clear()
         self._roll = _Roll()
-        self._stop_deadline = time.monotonic() + self.plan.graceful_timeout + KILL_MARGIN
+        graceful = max(
+            [self.plan.graceful_timeout]
+            + [w.graceful_timeout for w in self.workers if w.graceful_timeout is not None]
+        )
+        self._stop_deadline = time.monotonic() + graceful + KILL_MARGIN
         # Nothing will accept what queues here from now on: refuse it.
         self.sock.close()
         for worker in self.workers:

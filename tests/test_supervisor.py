@@ -515,3 +515,46 @@ def test_a_pool_whose_workers_cannot_start_exits_1(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1, proc.stderr
     assert "worker failed to start; stopping" in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_a_graceful_timeout_raised_by_a_reload_holds_at_sigterm(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    """The workers drain for the graceful timeout of the config they read;
+    the supervisor must not kill them at the one it started with."""
+    pool = await asyncio.to_thread(
+        start_workers,
+        tmp_path,
+        "[chatd]\nprobe_interval_secs = 0\n[chatd.server]\ngraceful_timeout_secs = 1\n"
+        f'[chatd.providers.ollama]\nbase_url = "{upstream.base_url}"\n',
+    )
+    pools.append(pool)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        config.read_text().replace("graceful_timeout_secs = 1", "graceful_timeout_secs = 60")
+    )
+    pool.proc.send_signal(signal.SIGHUP)
+    await until(lambda: '"msg":"workers rolled"' in pool.log.read_text())
+    # Longer than the first timeout and the supervisor's 5 s margin.
+    upstream.fail_next(Fault(kind="stall", seconds=8, after=1))
+    begun = asyncio.Event()
+
+    async def stream() -> list[dict[str, object]]:
+        async with (
+            httpx.AsyncClient(base_url=pool.base, timeout=60) as client,
+            client.stream("POST", "/chat", json=STREAM) as resp,
+        ):
+            lines = []
+            async for line in resp.aiter_lines():
+                lines.append(json.loads(line))
+                begun.set()
+            return lines
+
+    task = asyncio.create_task(stream())
+    await asyncio.wait_for(begun.wait(), 30)
+    pool.proc.send_signal(signal.SIGTERM)
+    lines = await task
+    assert lines[-1].get("done") is True, lines
+    assert await asyncio.to_thread(pool.proc.wait, 30) == 0
+    assert "outlived the graceful timeout" not in pool.log.read_text()
