@@ -23,6 +23,20 @@ def mint_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
+# Endings that say the answer was cut short or withheld: they stand even
+# when the model had started calling tools, since a call cut off by
+# max_tokens is not one to run (OpenAI answers "length" then too).
+_CUT_SHORT = frozenset({"length", "content_filter"})
+
+
+def answer_reason(upstream: str | None, *, calls: bool) -> str:
+    """The ``done_reason`` of an answer: "tool_calls" when the model called
+    tools and was not cut short (Ollama and Anthropic say "stop" or
+    "end_turn" then), else the upstream's reason ("stop" when it gave none)."""
+    reason = upstream or "stop"
+    return "tool_calls" if calls and reason not in _CUT_SHORT else reason
+
+
 def parse_arguments(text: str) -> dict[str, Any] | str:
     """The arguments as an object; the text itself when it is not a JSON
     object (a model may write broken JSON, or be cut off by max_tokens)."""
@@ -56,16 +70,24 @@ class CallFold:
         return set(self._args)
 
     def add(self, chunk: ToolCallChunk) -> ToolCallChunk:
-        """Take one chunk; it is handed back with an id minted when it is
-        the first of its call and has none, so relayed chunks and the
+        """Take one chunk; it is handed back as it is to be relayed: the
+        first of its call with an id (minted when it has none), later ones
+        without the id and name already given, so relayed chunks and the
         final calls agree."""
-        if chunk.index not in self._args and not chunk.id:
-            chunk = msgspec.structs.replace(chunk, id=mint_call_id())
-        if chunk.id:
-            self._ids[chunk.index] = chunk.id
+        index = chunk.index
+        if index not in self._args:
+            chunk = msgspec.structs.replace(chunk, id=chunk.id or mint_call_id())
+            self._ids[index] = chunk.id or ""
+        else:
+            # Some upstreams (MiniMax through NVIDIA NIM, …) repeat the id
+            # and the whole name on every chunk; a name is never split, and
+            # the SDKs concatenate what they are sent ("get_weatherget_weather").
+            name = None if index in self._names else chunk.name
+            if chunk.id is not None or name != chunk.name:
+                chunk = msgspec.structs.replace(chunk, id=None, name=name)
         if chunk.name:
-            self._names[chunk.index] = self._names.get(chunk.index, "") + chunk.name
-        self._args.setdefault(chunk.index, []).append(chunk.arguments)
+            self._names[index] = chunk.name
+        self._args.setdefault(index, []).append(chunk.arguments)
         return chunk
 
     def calls(self) -> list[ToolCall]:

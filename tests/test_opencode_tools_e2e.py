@@ -283,3 +283,49 @@ async def test_sdk_tool_calls_whole_and_streamed(world: World, model: str) -> No
         assert len(fragments) > 2
         assert json.loads("".join(fragments)) == {"city": SAID}
         assert finish == "tool_calls"
+
+
+JPEG_BYTES = "/9j/4AAQSkZJRgABAQAAAQABAAD"
+
+
+@pytest.mark.parametrize(
+    ("url", "media"),
+    [
+        # A PNG labelled as a JPEG (screenshot tools do this): Anthropic
+        # refuses the mismatch, OpenAI reads past it.
+        ("data:image/jpeg;base64," + PNG.split(",", 1)[1], "image/png"),
+        # "image/jpg" is not a type Anthropic takes.
+        ("data:image/jpg;base64," + JPEG_BYTES + "=", "image/jpeg"),
+    ],
+)
+async def test_a_mislabelled_image_reaches_claude_as_what_its_bytes_are(
+    world: World, url: str, media: str
+) -> None:
+    async with openai.AsyncOpenAI(base_url=world.base + "/v1", api_key="x", max_retries=0) as sdk:
+        done = await sdk.chat.completions.create(
+            model="opencode/claude-opus-4-7",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this"},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }
+            ],
+        )
+    assert done.choices[0].message.content == reply_text("what is this")
+    (sent,) = world.zen.chats
+    assert sent.json["messages"][0]["content"][1]["source"]["media_type"] == media
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-7", "gpt-5.4"])
+async def test_an_image_in_a_system_message_is_refused_naming_it(world: World, model: str) -> None:
+    seeing = [
+        {"role": "system", "content": [{"type": "image_url", "image_url": {"url": PNG}}]},
+        {"role": "user", "content": "what is in the system image?"},
+    ]
+    resp = await world.chat(f"opencode/{model}", messages=seeing)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["path"] == "$.messages[0].content"
+    assert world.zen.chats == []

@@ -188,6 +188,26 @@ async def test_native_second_turn_reaches_ollama_in_its_format(
     ]
 
 
+@pytest.mark.parametrize("name", PROVIDERS)
+async def test_native_arguments_as_json_text_work_on_every_provider(
+    http: httpx.AsyncClient, world: World, name: str
+) -> None:
+    # OpenAI's form of the arguments (JSON text) in a native request: every
+    # provider takes it, Ollama's too (as the object it wants).
+    messages = second_turn("c7")
+    messages[1]["tool_calls"][0]["function"]["arguments"] = '{"city": "Paris"}'
+    reply = await http.post(
+        "/chat", json={"model": MODELS[name], "messages": messages, "tools": [WEATHER]}
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["content"] == "The tools said: sunny, 21 C"
+    arguments = sent(world, name)["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    if name in OLLAMA_STYLE:
+        assert arguments == {"city": "Paris"}
+    else:
+        assert json.loads(arguments) == {"city": "Paris"}
+
+
 @pytest.mark.parametrize("name", OPENAI_STYLE)
 async def test_native_second_turn_reaches_openai_style_in_its_format(
     http: httpx.AsyncClient, world: World, name: str

@@ -4,6 +4,8 @@ compatible endpoint answer it, whole or as named SSE events."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +31,19 @@ OVERLOADED = "Overloaded"
 INVALID = "invalid_request_error"
 MIN_THINK_BUDGET = 1024
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def _bytes_type(data: str) -> str | None:
+    """The image type the first bytes of base64 ``data`` show, if known."""
+    try:
+        head = base64.b64decode(data[:16])
+    except (binascii.Error, ValueError):
+        return None
+    for magic, media in ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                         (b"GIF8", "image/gif")):
+        if head.startswith(magic):
+            return media
+    return "image/webp" if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None
 
 
 def named_event(name: str, obj: Mapping[str, Any]) -> bytes:
@@ -129,9 +144,16 @@ class MessagesAPI:
     def _check_image(at: str, source: Any) -> None:
         kind = source.get("type") if isinstance(source, dict) else None
         if kind == "base64" and isinstance(source, dict):
-            if source.get("media_type") not in IMAGE_TYPES or not source.get("data"):
+            media = source.get("media_type")
+            if media not in IMAGE_TYPES or not source.get("data"):
                 raise reject(400, f"{at}.source: media_type must be one of {IMAGE_TYPES} "
                              "and data is required", INVALID)
+            # Anthropic reads the bytes and refuses a type they contradict.
+            seen = _bytes_type(str(source["data"]))
+            if seen is not None and seen != media:
+                raise reject(400, f"{at}.image.source.base64: The image was specified using "
+                             f"the {media} media type, but the image appears to be a {seen} "
+                             "image", INVALID)
         elif kind == "url" and isinstance(source, dict):
             if not str(source.get("url", "")).startswith(("http://", "https://")):
                 raise reject(400, f"{at}.source.url: must be an http(s) URL", INVALID)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import secrets
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -150,7 +151,8 @@ def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _calls(planned: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Ollama's shape: arguments as an object, numbered by ``index``."""
     return [
-        {"id": f"call_{hashlib.sha256(f'{n}{name}'.encode()).hexdigest()[:8]}",
+        # Ollama mints a random id per call (server/routes.go, toolCallId).
+        {"id": f"call_{secrets.token_hex(4)}",
          "function": {"index": n, "name": name, "arguments": args}}
         for n, (name, args) in enumerate(planned)
     ]

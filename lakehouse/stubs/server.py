@@ -4,6 +4,10 @@ Every request is recorded, then: down -> 503; unknown path -> 404, wrong
 method -> 405; missing/wrong key -> 401; (kimi) client gate -> 403; then a
 chat request takes the next scripted fault, if any, and the dialect builds
 the reply. All replies use the flavour's own error shapes.
+
+Over 350 lines: the socket server, the edge checks every dialect shares
+(auth in either header, client gate, required headers) and the wire-level
+faults are one request path, read top to bottom; the dialects live apart.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import mint_call_id
+from lakehouse.tool_calls import answer_reason, mint_call_id
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.openai_chat_errors import ErrorKind, in_band_error
@@ -75,12 +75,9 @@ def prompt_tokens(usage: Usage) -> int:
 
 
 def done_reason(stop_reason: str | None, *, calls: bool = False) -> str:
-    # A reply with tool calls ends in "tool_calls", whatever else it says.
-    if calls:
-        return "tool_calls"
-    if stop_reason is None:
-        return "stop"
-    return _DONE_REASONS.get(stop_reason, stop_reason)
+    # A reply with tool calls ends in "tool_calls", unless it was cut short.
+    reason = None if stop_reason is None else _DONE_REASONS.get(stop_reason, stop_reason)
+    return answer_reason(reason, calls=calls)
 
 
 class Block(msgspec.Struct):

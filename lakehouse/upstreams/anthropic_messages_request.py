@@ -30,7 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 from lakehouse.errors import BadRequest
-from lakehouse.images import ImageRef
+from lakehouse.images import ImageRef, sniff
 from lakehouse.tool_calls import parse_arguments
 from lakehouse.upstreams.call_ids import pair_calls
 from lakehouse.upstreams.unsupported import refuse_unsupported
@@ -39,6 +39,10 @@ from lakehouse.wire import ChatRequest, ImagePart, Message, NamedToolChoice, Tex
 # Thinking budgets per level; Anthropic's minimum is 1024.
 THINK_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "max": 32000}
 MIN_THINK_BUDGET = 1024
+# The smallest output limit of the Claude 4 models (Opus 4 and 4.1): a
+# max_tokens chatd picks itself stays within it.
+MAX_OUTPUT_TOKENS = 32000
+_ALIASES = {"image/jpg": "image/jpeg"}
 JSON_INSTRUCTION = "Respond with one JSON object and nothing else: no prose, no code fence."
 
 
@@ -115,22 +119,46 @@ def format_instruction(fmt: Literal["json"] | dict[str, Any] | None) -> str | No
     return f"{JSON_INSTRUCTION} It must follow this JSON Schema: {json.dumps(fmt)}"
 
 
+def think_budget(think: bool | str | None) -> int | None:
+    """The thinking budget of a ``think`` level; None when off."""
+    if think is None or think is False:
+        return None
+    return THINK_BUDGETS["medium" if think is True else str(think)]
+
+
 def thinking(think: bool | str | None, max_tokens: int) -> _Thinking | None:
     """The thinking block for ``think``; None when off, or when ``max_tokens``
     leaves no room for the 1024-token minimum budget."""
-    if think is None or think is False:
+    budget = think_budget(think)
+    if budget is None:
         return None
-    budget = THINK_BUDGETS["medium" if think is True else str(think)]
     budget = min(budget, max_tokens - 1)
     return _Thinking(budget) if budget >= MIN_THINK_BUDGET else None
+
+
+def output_cap(request: ChatRequest, default_max_tokens: int) -> tuple[int, _Thinking | None]:
+    """``max_tokens`` and the thinking block. A caller's ``max_tokens``
+    counts thinking too, as on Anthropic. Without one, thinking gets its
+    budget on top of the default answer room (up to the Claude 4 models'
+    smallest output limit), rather than being cut to fit the default and
+    leaving the answer next to nothing (4095 of 4096 tokens thinking)."""
+    budget = think_budget(request.think)
+    if request.max_tokens is not None or budget is None:
+        cap = request.max_tokens or default_max_tokens
+        return cap, thinking(request.think, cap)
+    cap = max(default_max_tokens, min(default_max_tokens + budget, MAX_OUTPUT_TOKENS))
+    budget = min(budget, cap - default_max_tokens)
+    return cap, _Thinking(budget) if budget >= MIN_THINK_BUDGET else None
 
 
 def image_block(image: ImageRef) -> ImageBlock:
     if image.url is not None:
         return ImageBlock(_Source("url", url=image.url))
-    return ImageBlock(
-        _Source("base64", media_type=image.media_type or "image/png", data=image.data)
-    )
+    # Anthropic checks media_type against the bytes and refuses a mismatch
+    # (and the common "image/jpg"), where OpenAI reads past a wrong label:
+    # the bytes say what the image is.
+    media = sniff(image.data) or _ALIASES.get(image.media_type, image.media_type)
+    return ImageBlock(_Source("base64", media_type=media or "image/png", data=image.data))
 
 
 def _user_content(message: Message) -> str | list[Block]:
@@ -231,8 +259,7 @@ def body(
     instruction = format_instruction(request.format)
     if instruction:
         system.append(instruction)
-    cap = request.max_tokens or default_max_tokens
-    think = thinking(request.think, cap)
+    cap, think = output_cap(request, default_max_tokens)
     return Body(
         model=model,
         messages=conversation,

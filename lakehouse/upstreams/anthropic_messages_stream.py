@@ -22,6 +22,7 @@ from lakehouse.upstreams.anthropic_messages_reply import (
     done_reason,
     prompt_tokens,
 )
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
@@ -81,14 +82,7 @@ class MessagesFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            event = _event_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        event = decode_event(_event_decoder, payload, self.provider, self.status)
         kind = event.type
         if kind == "error" or event.error is not None:
             raise in_band_error(event.error, self.status, self.provider, self._key)
@@ -115,8 +109,9 @@ class MessagesFold:
         return None
 
     def _call(self, chunk: ToolCallChunk) -> StreamDelta:
-        self._calls.add(chunk)
-        return StreamDelta(tool_calls=[chunk])
+        # The chunk as the fold hands it back: with the id it minted for a
+        # call that came without one, so the relayed call and the final agree.
+        return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
     def _delta(self, index: int | None, delta: _Delta) -> StreamDelta | None:
         if delta.type == "input_json_delta" and delta.partial_json:

@@ -13,7 +13,7 @@ import msgspec
 
 from lakehouse.errors import ChatdError, UpstreamBadResponse, UpstreamError
 from lakehouse.keys import REDACTED
-from lakehouse.tool_calls import arguments_text, mint_call_id
+from lakehouse.tool_calls import answer_reason, arguments_text, mint_call_id
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import error_for_status, parse_retry_after, short_text
 from lakehouse.upstreams.framing import iter_ndjson
@@ -231,7 +231,7 @@ def ollama_response(
         provider=provider,
         content=content,
         # Ollama says "stop" after a call; callers are told why it stopped.
-        done_reason="tool_calls" if calls else data.done_reason or "stop",
+        done_reason=answer_reason(data.done_reason, calls=bool(calls)),
         prompt_tokens=data.prompt_eval_count,
         completion_tokens=data.eval_count,
         reasoning=thinking or None,
@@ -311,7 +311,7 @@ async def ollama_stream(
             model=final.model or model,
             provider=provider,
             content="".join(content),
-            done_reason="tool_calls" if calls else final.done_reason or "stop",
+            done_reason=answer_reason(final.done_reason, calls=bool(calls)),
             prompt_tokens=final.prompt_eval_count,
             completion_tokens=final.eval_count,
             reasoning="".join(thinking) or None,

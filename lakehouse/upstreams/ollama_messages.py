@@ -16,6 +16,7 @@ import msgspec
 
 from lakehouse.errors import BadRequest
 from lakehouse.images import image_ref
+from lakehouse.tool_calls import parse_arguments
 from lakehouse.wire import ChatRequest, ImagePart, Message, Tool
 
 
@@ -69,7 +70,11 @@ def _images(message: Message, at: str) -> list[str] | None:
 def _calls(message: Message, at: str, names: dict[str, str]) -> list[OllamaToolCall] | None:
     calls = []
     for j, call in enumerate(message.tool_calls or ()):
+        # JSON text (OpenAI's form, which the native API accepts too) is
+        # read; only text that is no JSON object cannot go to Ollama.
         args = call.function.arguments
+        if isinstance(args, str):
+            args = parse_arguments(args)
         if isinstance(args, str):
             raise _refuse(
                 f"{at}.tool_calls[{j}].function.arguments", "must be a JSON object for Ollama"

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from lakehouse.errors import ChatdError, ConfigError, UpstreamBadResponse
-from lakehouse.tool_calls import mint_call_id, parse_arguments
+from lakehouse.tool_calls import answer_reason, mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
@@ -300,7 +300,7 @@ class OpenAICompatProvider:
             provider=self.name,
             # null when the model only called tools.
             content=message.content or "",
-            done_reason="tool_calls" if calls else choice.finish_reason or "stop",
+            done_reason=answer_reason(choice.finish_reason, calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning=message.reasoning or message.reasoning_content or None,

@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import CallFold, arguments_text
+from lakehouse.tool_calls import CallFold, answer_reason, arguments_text
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.wire import ChatResponse, StreamDelta, TokenLogprob, ToolCallChunk
 
@@ -87,14 +88,7 @@ class ChunkFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            chunk = _chunk_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        chunk = decode_event(_chunk_decoder, payload, self.provider, self.status)
         if chunk.error is not None:
             raise in_band_error(chunk.error, self.status, self.provider, self._key)
         if chunk.model and self._upstream_model is None:
@@ -159,7 +153,7 @@ class ChunkFold:
             model=self._upstream_model or self.model,
             provider=self.provider,
             content="".join(self._content),
-            done_reason="tool_calls" if calls else self._finish or "stop",
+            done_reason=answer_reason(self._finish, calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning="".join(self._reasoning) or None,

@@ -9,22 +9,18 @@ Plugins reach this module through ``lakehouse.plugin_api``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Annotated
 
 import msgspec
 
-from lakehouse.errors import ChatdError, ConfigError
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
-from lakehouse.upstreams.framing import SSE_DONE, iter_sse
+from lakehouse.upstreams.event_stream import EventStreamProvider, keyed_options
 from lakehouse.upstreams.http import HTTPClient
-from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, ProbePath
-from lakehouse.upstreams.openai_chat_errors import classify_error
+from lakehouse.upstreams.openai_chat import Flavour, ProbePath
 from lakehouse.upstreams.openai_responses_reply import parse_response
 from lakehouse.upstreams.openai_responses_request import body as responses_body
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
-from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
+from lakehouse.wire import ChatRequest, ChatResponse
 
 
 class ResponsesOptions(PluginOptions):
@@ -39,7 +35,7 @@ class ResponsesOptions(PluginOptions):
 _encode = msgspec.json.Encoder().encode
 
 
-class OpenAIResponsesProvider:
+class OpenAIResponsesProvider(EventStreamProvider):
     """One Responses upstream. ``http``: a session shared with the provider
     that owns it (which then starts and closes it); else its own."""
 
@@ -48,28 +44,15 @@ class OpenAIResponsesProvider:
     def __init__(
         self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
     ) -> None:
-        if not ctx.key:
-            raise ConfigError("this provider needs a key")
-        options = ctx.options if ctx.options is not None else ResponsesOptions()
-        if not isinstance(options, ResponsesOptions):
-            raise ConfigError("options must be a ResponsesOptions")
-        self.name = ctx.name
-        self.flavour = flavour
-        self._options = options
-        self._key = ctx.key
-        self._auth = {"Authorization": f"Bearer {ctx.key}"}
-        self._http = http or HTTPClient(ctx)
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    async def probe(self) -> bool:
-        return await self._http.probe(
-            self._options.probe_path, self._options.probe_timeout_secs, self._auth
+        options, key = keyed_options(ctx, ResponsesOptions)
+        super().__init__(
+            ctx,
+            flavour,
+            {"Authorization": f"Bearer {key}"},
+            probe=(options.probe_path, options.probe_timeout_secs),
+            http=http,
         )
+        self._options = options
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         return _encode(
@@ -82,49 +65,8 @@ class OpenAIResponsesProvider:
             )
         )
 
-    def classify(self, reply: UpstreamReply) -> ChatdError:
-        return classify_error(
-            reply,
-            error_kinds=self.flavour.error_kinds,
-            quota_phrases=self.flavour.quota_phrases,
-            provider=self.name,
-            key=self._key,
-        )
-
-    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        reply = await self._http.post_json(self.path, self.body(request, model), self._auth)
-        if not 200 <= reply.status < 300:
-            raise self.classify(reply)
+    def parse(self, reply: UpstreamReply, model: str) -> ChatResponse:
         return parse_response(reply, model, self.name, self._key)
 
-    async def stream(
-        self, request: ChatRequest, model: str
-    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
-        body = self.body(request, model, stream=True)
-        async with self._http.stream_post(
-            self.path, body, self._auth, error=self.classify
-        ) as upstream:
-            if upstream.content_type == "application/json":
-                # An upstream (or proxy) that ignored "stream" answers whole.
-                data = await upstream.read(MAX_WHOLE_BODY)
-                reply = UpstreamReply(upstream.status, upstream.headers, data)
-                whole = parse_response(reply, model, self.name, self._key)
-                if whole.content or whole.reasoning:
-                    yield StreamDelta(whole.content, whole.reasoning or "")
-                yield whole
-                return
-            if upstream.content_type not in ("text/event-stream", ""):
-                raise upstream.refuse(await upstream.read(300), "an event stream")
-            fold = ResponsesFold(self.name, model, self._key, status=upstream.status)
-            async with aclosing(iter_sse(upstream, provider=self.name)) as events:
-                async for data in events:
-                    # Not this protocol's ending; a relay may add it anyway.
-                    if data == SSE_DONE:
-                        break
-                    delta = fold.add(data)
-                    if delta is not None:
-                        yield delta
-                    if fold.done:
-                        break
-            yield fold.result()
-            await upstream.drain()
+    def fold(self, model: str, status: int) -> ResponsesFold:
+        return ResponsesFold(self.name, model, self._key, status=status)

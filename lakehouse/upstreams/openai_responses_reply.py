@@ -1,7 +1,9 @@
 """A whole OpenAI Responses object: its view Structs and their mapping onto
 chatd's answer (docs/protocols/openai-responses.md, "Response object").
 
-``message`` items' ``output_text`` parts make the content; ``reasoning``
+``message`` items' ``output_text`` parts make the content, and so do their
+``refusal`` parts (a model declining, as under a JSON schema), which end the
+answer in ``content_filter`` as Anthropic's ``refusal`` does; ``reasoning``
 items (their summaries, or their reasoning text) the reasoning, never the
 content; ``function_call`` items the tool calls (``call_id`` is the id a
 result names). ``status`` decides the ending: ``incomplete`` is ``length`` (or
@@ -15,7 +17,7 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse, UpstreamError
-from lakehouse.tool_calls import mint_call_id, parse_arguments
+from lakehouse.tool_calls import answer_reason, mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.openai_chat_errors import in_band_error
@@ -25,6 +27,7 @@ from lakehouse.wire import ChatResponse, FunctionCall, ToolCall
 class Part(msgspec.Struct):
     type: str = ""
     text: str | None = None
+    refusal: str | None = None
 
 
 class Item(msgspec.Struct):
@@ -61,7 +64,21 @@ _response_decoder = msgspec.json.Decoder(Response)
 def item_text(item: Item) -> str:
     if item.type != "message" or not item.content:
         return ""
-    return "".join(p.text or "" for p in item.content if p.type == "output_text")
+    return "".join(
+        (p.text or "") if p.type == "output_text" else (p.refusal or "")
+        for p in item.content
+        if p.type in ("output_text", "refusal")
+    )
+
+
+def refused(response: Response) -> bool:
+    """Whether a message of the response declines (a ``refusal`` part)."""
+    return any(
+        p.type == "refusal"
+        for item in response.output or ()
+        if item.type == "message"
+        for p in item.content or ()
+    )
 
 
 def item_reasoning(item: Item) -> str:
@@ -96,8 +113,6 @@ def ending(response: Response, provider: str, status: int, key: str | None) -> s
             provider=provider,
             upstream_status=status,
         )
-    if any(item.type == "function_call" for item in response.output or ()):
-        return "tool_calls"
     return "stop"
 
 
@@ -115,6 +130,8 @@ def to_answer(
     """chatd's answer; ``content``/``reasoning`` when a stream already
     gathered them from its deltas."""
     done = ending(response, provider, status, key)
+    if done == "stop" and refused(response):
+        done = "content_filter"
     output = response.output or []
     if content is None:
         content = "".join(item_text(i) for i in output)
@@ -127,7 +144,7 @@ def to_answer(
         model=response.model or model,
         provider=provider,
         content=content,
-        done_reason="tool_calls" if calls else done,
+        done_reason=answer_reason(done, calls=bool(calls)),
         prompt_tokens=usage.input_tokens or 0,
         completion_tokens=usage.output_tokens or 0,
         reasoning=reasoning or None,

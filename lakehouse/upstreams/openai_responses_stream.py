@@ -4,7 +4,8 @@ semantic SSE events into deltas and the final reply.
 The stream has no ``[DONE]``: it ends with ``response.completed``,
 ``response.incomplete`` or ``response.failed``, each carrying the whole
 response object (status, usage); an ``error`` event reports a failure
-after the 200. Text arrives in ``response.output_text.delta``, reasoning in
+after the 200. Text arrives in ``response.output_text.delta`` (or
+``response.refusal.delta`` when the model declines), reasoning in
 ``response.reasoning_summary_text.delta`` (or ``response.reasoning_text.delta``).
 Other events (created, in_progress, output_item.*, content_part.*, *.done)
 say nothing new and are skipped (docs/protocols/openai-responses.md).
@@ -18,11 +19,14 @@ import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
 from lakehouse.tool_calls import CallFold
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.upstreams.openai_responses_reply import Item, Response, to_answer
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# A refusal is the answer's text too (its ending says content_filter).
+_TEXT = frozenset({"response.output_text.delta", "response.refusal.delta"})
 _REASONING = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
 
 
@@ -63,14 +67,7 @@ class ResponsesFold:
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            event = _event_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        event = decode_event(_event_decoder, payload, self.provider, self.status)
         kind = event.type
         if kind == "error":
             error = {"code": event.code, "message": event.message or ""}
@@ -99,7 +96,7 @@ class ResponsesFold:
                     upstream_status=self.status,
                 )
             return self._call(ToolCallChunk(at, arguments=event.delta))
-        if kind == "response.output_text.delta":
+        if kind in _TEXT:
             self._content.append(event.delta)
             return StreamDelta(content=event.delta)
         if kind in _REASONING:
@@ -118,8 +115,9 @@ class ResponsesFold:
         return self._call(chunk)
 
     def _call(self, chunk: ToolCallChunk) -> StreamDelta:
-        self._calls.add(chunk)
-        return StreamDelta(tool_calls=[chunk])
+        # The chunk as the fold hands it back: with the id it minted for a
+        # call that came without one, so the relayed call and the final agree.
+        return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
     def result(self) -> ChatResponse:
         """The whole reply, once a terminal event has arrived."""

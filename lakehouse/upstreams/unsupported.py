@@ -1,6 +1,8 @@
 """Request fields a dialect has no counterpart for: refused with a 400
 naming the field, never dropped, as the other providers refuse what they
-cannot do (README, "Tools and images")."""
+cannot do (README, "Tools and images"). Messages and Responses also carry
+images on user turns only (their system prompt is text; an assistant turn
+holds text and calls)."""
 
 from __future__ import annotations
 
@@ -25,4 +27,13 @@ def refuse_unsupported(
                 f"`{field}` is not supported by {provider} ({dialect})",
                 provider=provider,
                 path=f"$.{field}",
+            )
+    for i, message in enumerate(request.messages):
+        if message.role in ("system", "assistant") and message.has_images():
+            field = "images" if message.images else "content"
+            raise BadRequest(
+                f"`messages[{i}].{field}`: images in a {message.role} message are not "
+                f"supported by {provider} ({dialect}); only user messages carry images",
+                provider=provider,
+                path=f"$.messages[{i}].{field}",
             )

@@ -127,6 +127,26 @@ async def test_stream_framing(make_stub: MakeStub, http: aiohttp.ClientSession) 
             },
             "media_type",
         ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image",
+                                "source": {
+                                    "type": "base64",
+                                    "media_type": "image/jpeg",
+                                    "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB",
+                                },
+                            }
+                        ],
+                    }
+                ]
+            },
+            "appears to be a image/png image",
+        ),
     ],
 )
 async def test_refusals_in_anthropics_envelope(

@@ -24,7 +24,7 @@ from lakehouse.plugin_api import (
 )
 from lakehouse.upstreams.anthropic_messages_request import thinking
 from lakehouse.upstreams.anthropic_messages_stream import MessagesFold
-from lakehouse.wire import StreamDelta, ToolCallChunk
+from lakehouse.wire import ImagePart, ImageURL, StreamDelta, TextPart, ToolCallChunk
 from tests.support import mock_upstream
 
 pytestmark = pytest.mark.anyio
@@ -342,3 +342,99 @@ def test_stream_garbage_event() -> None:
     fold = MessagesFold("claude", "m", KEY)
     with pytest.raises(errors.UpstreamBadResponse, match="unusable"):
         fold.add(b"{not json")
+
+
+def test_a_tool_call_cut_off_by_max_tokens_ends_in_length() -> None:
+    # Anthropic stops mid tool_use when max_tokens runs out: the input is
+    # partial JSON, so the answer must not read as a call to run.
+    _, fold = fold_all(
+        START,
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+        },
+        block_delta(0, type="input_json_delta", partial_json='{"ci'),
+        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {}},
+        {"type": "message_stop"},
+    )
+    assert fold.result().done_reason == "length"
+
+
+async def test_a_whole_reply_cut_off_in_a_tool_call_ends_in_length(
+    provider: AnthropicMessagesProvider,
+) -> None:
+    use = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    out = await call(provider, payload=message(use, stop="max_tokens"))
+    assert out.done_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("url", "media"),
+    [
+        ("data:image/jpeg;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB", "image/png"),
+        ("data:image/jpg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD=", "image/jpeg"),
+        ("data:image/jpg;base64,AAAAAAAA", "image/jpeg"),
+        ("data:image/webp;base64,AAAAAAAA", "image/webp"),
+    ],
+)
+def test_image_media_type_is_what_the_bytes_say(url: str, media: str) -> None:
+    seeing = Message("user", [ImagePart(ImageURL(url))])
+    (turn,) = body(make(), messages=[seeing])["messages"]
+    assert turn["content"][0]["source"]["media_type"] == media
+
+
+def test_a_tool_use_without_an_id_is_relayed_with_the_id_of_the_final_answer() -> None:
+    deltas, fold = fold_all(
+        START,
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "name": "f", "input": {}},
+        },
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}},
+        {"type": "message_stop"},
+    )
+    first = deltas[0].tool_calls
+    final = fold.result().tool_calls
+    assert first is not None and final is not None
+    assert first[0].id and first[0].id == final[0].id
+
+
+@pytest.mark.parametrize("role", ["system", "assistant"])
+def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
+    # Messages' system is text and an assistant turn holds no image: the
+    # image would be lost on the way, so it is refused naming where it is.
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(png))])
+    with pytest.raises(errors.BadRequest) as info:
+        body(make(), messages=[seeing, Message("user", "hi")])
+    assert info.value.path == "$.messages[0].content"
+    with pytest.raises(errors.BadRequest) as bare:
+        body(make(), messages=[Message(role, "look", images=[png]), Message("user", "hi")])
+    assert bare.value.path == "$.messages[0].images"
+
+
+@pytest.mark.parametrize(
+    ("think", "budget", "cap"),
+    [
+        (True, 4096, 8192),
+        ("high", 16384, 20480),
+        ("low", 1024, 5120),
+        # Within Opus 4's 32000-token output limit; the answer keeps 4096.
+        ("max", 27904, 32000),
+    ],
+)
+def test_thinking_without_max_tokens_keeps_the_answers_room(
+    think: Any, budget: int, cap: int
+) -> None:
+    # max_tokens counts thinking too: cutting the budget to fit the default
+    # 4096 left the answer one token (budget 4095 of 4096).
+    sent = body(make(default_max_tokens=4096), think=think)
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": budget}
+    assert sent["max_tokens"] == cap
+
+
+def test_a_callers_max_tokens_is_kept_with_thinking() -> None:
+    sent = body(make(), think=True, max_tokens=5000)
+    assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (5000, 4096)

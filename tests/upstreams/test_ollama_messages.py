@@ -60,3 +60,12 @@ def test_tool_choice() -> None:
     with pytest.raises(BadRequest) as required:
         ollama_tools(request(tools=tools, tool_choice="required"))
     assert required.value.path == "$.tool_choice"
+
+
+def test_arguments_given_as_json_text_reach_ollama_as_an_object() -> None:
+    text_args = ToolCall(id="c1", function=FunctionCall("f", '{"a": 1}'))
+    (_, called) = ollama_messages(
+        [Message("user", "x"), Message("assistant", "", tool_calls=[text_args])]
+    )
+    assert called.tool_calls is not None
+    assert called.tool_calls[0].function.arguments == {"a": 1}

@@ -245,3 +245,31 @@ def test_tool_call_fragments_are_passed_on_and_folded() -> None:
         (whole.tool_calls[0].id, "g", {}),
     ]
     assert whole.tool_calls[0].index == 1 and whole.tool_calls[0].id
+
+
+def test_a_tool_call_cut_off_by_max_tokens_stays_length() -> None:
+    # OpenAI ends a call cut off by max_tokens with "length"; the caller
+    # must not be told to run it.
+    head = {
+        "index": 0,
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"a'},
+    }
+    _, final = fold_all(delta(tool_calls=[head]), delta("length"))
+    assert final.done_reason == "length"
+
+
+def test_a_name_and_id_repeated_on_every_chunk_are_relayed_once() -> None:
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "read_file"}}
+    deltas, final = fold_all(
+        delta(tool_calls=[{**call, "function": {"name": "read_file", "arguments": ""}}]),
+        delta(tool_calls=[{**call, "function": {"name": "read_file", "arguments": '{"p":'}}]),
+        delta(tool_calls=[{**call, "function": {"name": "read_file", "arguments": "1}"}}]),
+        delta("tool_calls"),
+    )
+    relayed = [c for d in deltas for c in d.tool_calls or ()]
+    assert [(c.id, c.name) for c in relayed] == [("c1", "read_file"), (None, None), (None, None)]
+    assert [(c.id, c.function.name, c.function.arguments) for c in final.tool_calls] == [
+        ("c1", "read_file", {"p": 1})
+    ]

@@ -22,7 +22,7 @@ from lakehouse.plugin_api import (
     ResponsesOptions,
 )
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
-from lakehouse.wire import StreamDelta, ToolCallChunk
+from lakehouse.wire import ImagePart, ImageURL, StreamDelta, TextPart, ToolCallChunk
 from tests.support import mock_upstream
 
 pytestmark = pytest.mark.anyio
@@ -263,3 +263,71 @@ async def test_a_done_sentinel_before_the_terminal_event_is_a_cut_stream(
         assert await anext(stream) == StreamDelta(content="H")
         with pytest.raises(errors.UpstreamBadResponse, match=r"without response\.completed"):
             await anext(stream)
+
+
+def test_stream_incomplete_in_a_function_call_is_length() -> None:
+    item = {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": ""}
+    final = response(
+        {**item, "arguments": '{"ci'},
+        status="incomplete",
+        incomplete_details={"reason": "max_output_tokens"},
+    )
+    _, fold = fold_all(
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"ci'},
+        {"type": "response.incomplete", "response": final},
+    )
+    assert fold.result().done_reason == "length"
+
+
+def test_a_call_without_ids_is_relayed_with_the_id_of_the_final_answer() -> None:
+    item = {"type": "function_call", "name": "f", "arguments": ""}
+    deltas, fold = fold_all(
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": "{}"},
+        {"type": "response.completed", "response": response({**item, "arguments": "{}"})},
+    )
+    first = deltas[0].tool_calls
+    final = fold.result().tool_calls
+    assert first is not None and final is not None
+    assert first[0].id and first[0].id == final[0].id
+
+
+@pytest.mark.parametrize("role", ["system", "assistant"])
+def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
+    # instructions are text, and an assistant item holds output text only.
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
+    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(png))])
+    with pytest.raises(errors.BadRequest) as info:
+        body(make(), messages=[seeing, Message("user", "hi")])
+    assert info.value.path == "$.messages[0].content"
+    assert "OpenAI Responses" in info.value.message
+
+
+REFUSAL = {
+    "type": "message",
+    "role": "assistant",
+    "content": [{"type": "refusal", "refusal": "I can't help with that."}],
+}
+
+
+async def test_a_refusal_is_the_answer_and_ends_in_content_filter(
+    provider: OpenAIResponsesProvider,
+) -> None:
+    # Under a JSON schema a declining model answers with a refusal part, not
+    # output_text: an empty "stop" answer would hide it.
+    out = await call(provider, payload=response(REFUSAL))
+    assert (out.content, out.done_reason) == ("I can't help with that.", "content_filter")
+
+
+def test_a_streamed_refusal_is_relayed_and_ends_in_content_filter() -> None:
+    deltas, fold = fold_all(
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "message"}},
+        {"type": "response.refusal.delta", "output_index": 0, "delta": "I can't "},
+        {"type": "response.refusal.delta", "output_index": 0, "delta": "help with that."},
+        {"type": "response.refusal.done", "refusal": "I can't help with that."},
+        {"type": "response.completed", "response": response(REFUSAL)},
+    )
+    assert deltas == [StreamDelta(content="I can't "), StreamDelta(content="help with that.")]
+    out = fold.result()
+    assert (out.content, out.done_reason) == ("I can't help with that.", "content_filter")
