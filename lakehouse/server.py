@@ -15,6 +15,7 @@ import email.utils
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -28,12 +29,16 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse import probe_share
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from lakehouse.stream_reset import resetting
 from lakehouse.supervisor import Supervisor, WorkerPlan
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
@@ -41,7 +46,8 @@ APP_PATH = "lakehouse.asgi:app_from_env()"
 
 def tune_connections() -> None:
     """Have Hypercorn's connections use lakehouse.connections' idle timer
-    and coalesced writes (see there). Each process that serves calls this,
+    and coalesced writes, and reset HTTP/2 streams left unfinished
+    (lakehouse.stream_reset). Each process that serves calls this,
     once or more; it changes nothing on a Hypercorn other than 0.18, whose
     TCPServer they were written against."""
     server = tcp_server.TCPServer
@@ -57,6 +63,13 @@ def tune_connections() -> None:
         send: Any = corked(server.protocol_send, RawData, Closed)
         send.chatd_corked = True
         server.protocol_send = send  # type: ignore[method-assign]
+    h2 = H2Protocol
+    if all(hasattr(h2, name) for name in ("stream_send", "_flush")) and not getattr(
+        h2.stream_send, "chatd_resetting", False
+    ):
+        reset: Any = resetting(h2.stream_send, StreamClosed, ASGIHTTPState.RESPONSE)
+        reset.chatd_resetting = True
+        h2.stream_send = reset  # type: ignore[method-assign]
 
 
 class ServerConfig(HypercornConfig):
@@ -94,7 +107,9 @@ def hypercorn_config(
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
     h.backlog = server.backlog
     h.accesslog = None
-    h.errorlog = "-"
+    # Hypercorn's own lines ("Running on", errors) go through chatd's JSON
+    # formatter: a Logger is used as it is (and pickles by name to workers).
+    h.errorlog = logging.getLogger("chatd.server")
     h.loglevel = config.chatd.log_level.upper()
     h.include_server_header = False
     if server.certfile and server.keyfile:

@@ -89,3 +89,10 @@ def test_a_configured_metrics_folder_is_emptied_and_kept(tmp_path: Path) -> None
     (folder / "counter_1.db").write_bytes(b"x")
     assert server.metrics_folder(str(folder)) == (str(folder), False)
     assert os.listdir(folder) == []
+
+
+def test_the_listen_backlog_takes_a_burst_of_connections() -> None:
+    # Hypercorn's default of 100 drops SYNs of a proxy's cold pool.
+    assert server.hypercorn_config(make_config()).backlog == 1024
+    config = make_config(overrides={"chatd.server.backlog": 2048})
+    assert server.hypercorn_config(config).backlog == 2048
