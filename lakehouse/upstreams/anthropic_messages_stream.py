@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import CallFold
 from lakehouse.upstreams.anthropic_messages_reply import (
     Usage,
     done_reason,
@@ -24,6 +23,7 @@ from lakehouse.upstreams.anthropic_messages_reply import (
 )
 from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
+from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 
@@ -59,22 +59,16 @@ class _Event(msgspec.Struct):
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
-class MessagesFold:
+class MessagesFold(StreamFold):
     """What one streamed Message has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        self.provider = provider
-        self.model = model
-        self.status = status
-        self._key = key
+        super().__init__(provider, model, key, status=status)
         self._upstream_model: str | None = None
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
         self._usage = Usage()
         self._stop: str | None = None
-        self._calls = CallFold()
         # Block index → the position of its tool call in the answer.
         self._call_at: dict[int, int] = {}
         self._started = False

@@ -78,12 +78,6 @@ class EventStreamProvider(FlavouredProvider):
 
     # -- shared ---------------------------------------------------------------
 
-    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        reply = await self._http.post_json(self.path, self.body(request, model), self._auth)
-        if not 200 <= reply.status < 300:
-            raise self.classify(reply)
-        return self.parse(reply, model)
-
     async def stream(
         self, request: ChatRequest, model: str
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:

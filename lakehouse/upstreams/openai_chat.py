@@ -164,9 +164,24 @@ def response_format(fmt: Literal["json"] | dict[str, Any] | None) -> _ResponseFo
 
 
 class FlavouredProvider(HTTPProvider):
-    """A provider whose error bodies read as its ``flavour`` says."""
+    """A provider that posts to one ``path`` and whose error bodies read as
+    its ``flavour`` says; subclasses build the body and parse the reply."""
 
     flavour: Flavour
+    path = ""
+
+    def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
+        raise NotImplementedError
+
+    def parse(self, reply: UpstreamReply, model: str) -> ChatResponse:
+        """The answer of a whole (non-streamed) 2xx reply."""
+        raise NotImplementedError
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+        reply = await self._http.post_json(self.path, self.body(request, model), self._auth)
+        if not 200 <= reply.status < 300:
+            raise self.classify(reply)
+        return self.parse(reply, model)
 
     def classify(self, reply: UpstreamReply) -> ChatdError:
         return classify_error(
@@ -182,6 +197,8 @@ class OpenAICompatProvider(FlavouredProvider):
     """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``.
     ``http``: a session shared with the provider that owns it (which then
     starts and closes it); else its own."""
+
+    path = "/chat/completions"
 
     def __init__(
         self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
@@ -219,20 +236,12 @@ class OpenAICompatProvider(FlavouredProvider):
             )
         )
 
-    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        reply = await self._http.post_json(
-            "/chat/completions", self.body(request, model), self._auth
-        )
-        if not 200 <= reply.status < 300:
-            raise self.classify(reply)
-        return self.parse(reply, model)
-
     async def stream(
         self, request: ChatRequest, model: str
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         body = self.body(request, model, stream=True)
         async with self._http.stream_post(
-            "/chat/completions", body, self._auth, error=self.classify
+            self.path, body, self._auth, error=self.classify
         ) as upstream:
             if upstream.content_type == "application/json":
                 # An upstream (or proxy) that ignored "stream" answers whole.

@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import CallFold, answer_reason, arguments_text
+from lakehouse.tool_calls import answer_reason, arguments_text
 from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
+from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, TokenLogprob, ToolCallChunk
 
 
@@ -67,23 +68,17 @@ class _Chunk(msgspec.Struct):
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
-class ChunkFold:
+class ChunkFold(StreamFold):
     """What one streamed completion has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        self.provider = provider
-        self.model = model
-        self.status = status
-        self._key = key
+        super().__init__(provider, model, key, status=status)
         self._upstream_model: str | None = None
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
         self._usage: Usage | None = None
         self._finish: str | None = None
         self._choices = False
-        self._calls = CallFold()
         self._logprobs: list[TokenLogprob] = []
 
     def add(self, payload: bytes) -> StreamDelta | None:

@@ -18,10 +18,10 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import CallFold
 from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.upstreams.openai_responses_reply import Item, Response, to_answer
+from lakehouse.upstreams.stream_fold import StreamFold
 from lakehouse.wire import ChatResponse, StreamDelta, ToolCallChunk
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -44,20 +44,14 @@ class _Event(msgspec.Struct):
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
-class ResponsesFold:
+class ResponsesFold(StreamFold):
     """What one streamed response has said so far."""
 
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:
-        self.provider = provider
-        self.model = model
-        self.status = status
-        self._key = key
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
+        super().__init__(provider, model, key, status=status)
         self._final: Response | None = None
-        self._calls = CallFold()
         # Output index of a function_call item → its position in the answer.
         self._call_at: dict[int, int] = {}
 
