@@ -261,8 +261,20 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
         async def one(i: int) -> None:
             await asyncio.sleep(max(0.0, started + i * stagger - time.monotonic()))
-            _, proto = await loop.create_connection(lambda: H1Stream(tally, request), host, port)
-            await proto.done
+            while True:
+                try:
+                    _, proto = await loop.create_connection(
+                        lambda: H1Stream(tally, request), host, port
+                    )
+                except OSError:
+                    # Refused (a full accept queue): an error, then try again.
+                    tally.errors += 1
+                    if time.monotonic() >= tally.deadline:
+                        return
+                    await asyncio.sleep(0.05)
+                    continue
+                await proto.done
+                return
 
         waits = [asyncio.ensure_future(one(i)) for i in range(args.streams)]
     try:
