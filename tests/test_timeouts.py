@@ -15,9 +15,8 @@ pytestmark = pytest.mark.anyio
 async def test_a_wait_past_the_limit_raises_timeout_error() -> None:
     bound = Bound(limit=0.05)
     never = asyncio.Event()
-    with pytest.raises(TimeoutError):
-        with bound:
-            await never.wait()
+    with pytest.raises(TimeoutError), bound:
+        await never.wait()
     bound.close()
 
 
@@ -41,12 +40,10 @@ async def test_each_wait_gets_the_whole_limit_from_its_own_start() -> None:
 async def test_until_bounds_every_wait_and_refuses_new_ones_after_it() -> None:
     loop = asyncio.get_running_loop()
     bound = Bound(until=loop.time() + 0.05)
-    with pytest.raises(TimeoutError):
-        with bound:
-            await asyncio.Event().wait()
-    with pytest.raises(TimeoutError):
-        with bound:
-            pytest.fail("a wait began after the deadline")  # pragma: no cover
+    with pytest.raises(TimeoutError), bound:
+        await asyncio.Event().wait()
+    with pytest.raises(TimeoutError), bound:
+        pytest.fail("a wait began after the deadline")  # pragma: no cover
     bound.close()
 
 
