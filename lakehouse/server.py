@@ -18,14 +18,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hypercorn import protocol as hypercorn_protocol
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol import events as stream_events
+from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
+from lakehouse.h2_tuning import tuned_h2_protocol
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
@@ -49,6 +53,24 @@ def tune_connections() -> None:
         send: Any = corked(server.protocol_send, RawData, Closed)
         send.chatd_corked = True
         server.protocol_send = send  # type: ignore[method-assign]
+
+
+def tune_h2() -> None:
+    """Have Hypercorn's HTTP/2 connections send as lakehouse.h2_tuning
+    says (direct DATA frames, response headers checked once). Like
+    ``tune_connections``: idempotent, and a no-op on a Hypercorn other than
+    the 0.18 whose ``H2Protocol`` it was written against."""
+    stock = hypercorn_h2.H2Protocol
+    needed = ("stream_send", "_flush", "_send_data", "send_task")
+    if (
+        not importlib.metadata.version("hypercorn").startswith("0.18.")
+        or getattr(hypercorn_protocol, "H2Protocol", None) is not stock
+        or not all(hasattr(stock, name) for name in needed)
+        or not hasattr(hypercorn_h2.StreamBuffer, "pop")
+    ):
+        return
+    # ProtocolWrapper looks the name up in its module for each connection.
+    setattr(hypercorn_protocol, "H2Protocol", tuned_h2_protocol(stock, stream_events))  # noqa: B010
 
 
 class ServerConfig(HypercornConfig):
@@ -75,6 +97,7 @@ def hypercorn_config(
     app_path: str = APP_PATH,
 ) -> HypercornConfig:
     tune_connections()
+    tune_h2()
     server = config.chatd.server
     h = ServerConfig()
     h.bind = [bind or config.chatd.bind]
