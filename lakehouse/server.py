@@ -44,9 +44,11 @@ APP_PATH = "lakehouse.asgi:app_from_env()"
 
 def tune_connections() -> None:
     """Have Hypercorn's connections use lakehouse.connections' idle timer
-    and coalesced writes (see there). Each process that serves calls this,
-    once or more; it changes nothing on a Hypercorn other than 0.18, whose
-    TCPServer they were written against."""
+    and coalesced writes (see there), and its HTTP/2 layer
+    lakehouse.h2_tuning's (``tune_h2``). Each process that serves calls
+    this, once or more; it changes nothing on a Hypercorn other than 0.18,
+    whose TCPServer and H2Protocol they were written against."""
+    tune_h2()
     server = tcp_server.TCPServer
     needed = ("_initiate_server_close", "_idle_timeout", "protocol_send")
     if (
@@ -104,7 +106,6 @@ def hypercorn_config(
     app_path: str = APP_PATH,
 ) -> HypercornConfig:
     tune_connections()
-    tune_h2()
     server = config.chatd.server
     h = ServerConfig()
     h.bind = [bind or config.chatd.bind]
