@@ -89,6 +89,33 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int:
     return 0
 
 
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (a pool's supervisor and its workers)."""
+    out = [pid]
+    for each in out:
+        with contextlib.suppress(OSError), open(f"/proc/{each}/task/{each}/children") as f:
+            out.extend(int(child) for child in f.read().split())
+    return out
+
+
+def tree_ticks(pid: int) -> int:
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_ticks(each)
+    return total
+
+
+def tree_rss_kb(pid: int, key: str = "VmRSS") -> int:
+    """Summed over the process tree; for VmHWM an upper bound of the tree's
+    peak (each process's own peak, not necessarily at the same moment)."""
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += rss_kb(each, key)
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -169,10 +196,12 @@ def write_config(
     path.write_text(text)
 
 
-def start_chatd(cpu: str | None, config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_chatd(
+    cpu: str | None, config: Path, port: int, log: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "lakehouse.cli", "--config", str(config),
-        "--bind", f"127.0.0.1:{port}",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
     ]  # fmt: skip
     proc = subprocess.Popen(
         pinned(cpu, argv), cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
@@ -314,14 +343,14 @@ def percentile(sorted_values: list[int], pct: float) -> float:
 
 @contextlib.contextmanager
 def rss_sampler(pid: int | None, every: float = 0.05) -> Iterator[list[int]]:
-    """Samples a process's VmRSS while the block runs; yields [max kB]."""
+    """Samples a process tree's VmRSS while the block runs; yields [max kB]."""
     peak = [0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             with contextlib.suppress(OSError):
-                peak[0] = max(peak[0], rss_kb(pid))
+                peak[0] = max(peak[0], tree_rss_kb(pid))
             done.wait(every)
 
     thread = threading.Thread(target=sample, daemon=True) if pid else None
@@ -341,14 +370,14 @@ def run_row(
 ) -> Sample:  # fmt: skip
     chatd_pid = proxy_pids[row.proxy]
     stub_pid = stub_pids[row.stub]
-    chatd0 = cpu_ticks(chatd_pid)
+    chatd0 = tree_ticks(chatd_pid)
     stub0 = cpu_ticks(stub_pid)
     with rss_sampler(chatd_pid if row.via_chatd else None) as peak:
         if row.tool == "wrk":
             rps, p50, p99, requests, errors = run_wrk(row, duration, load_cpu)
         else:
             rps, p50, p99, requests, errors = run_h2load(row, duration, load_cpu, tmp)
-    chatd_ms = (cpu_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
+    chatd_ms = (tree_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
     stub_ms = (cpu_ticks(stub_pid) - stub0) * 1000 / CLK_TCK
     served = max(requests, 1)
     return Sample(
@@ -749,6 +778,7 @@ def build_rows(
     openai_ok: bool,
     floor_url: str | None = None,
     tuned_url: str | None = None,
+    pool_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -772,6 +802,11 @@ def build_rows(
             Row(f"chat-h1/c{conc}", "chatd /chat HTTP/1.1", "wrk",
                 f"{chatd_url}/chat", conc, body, "fast", True)
         )  # fmt: skip
+        if pool_url and conc != 64:
+            rows.append(
+                Row(f"chat-h1-w2/c{conc}", "chatd /chat HTTP/1.1, 2 workers, same CPU", "wrk",
+                    f"{pool_url}/chat", conc, body, "fast", True, proxy="pool")
+            )  # fmt: skip
         if openai_ok:
             rows.append(
                 Row(f"openai-h1/c{conc}", "chatd /v1/chat/completions HTTP/1.1", "wrk",
@@ -899,6 +934,22 @@ def main(argv: list[str]) -> int:
                 http("POST", f"{schatd_url}/chat", stream_body())
             time.sleep(0.5)
             stream_idle_mb = rss_kb(schatd.pid) / 1024
+            # The same chatd with 2 workers, on the same CPU (see bench/README.md).
+            pool_port = free_port()
+            pool_config = tmp / "chatd-pool.toml"
+            write_config(pool_config, pool_port, fast_port, slow_port)
+            pool = start_chatd(chatd_cpu, pool_config, pool_port, out_dir / "chatd-pool.log", 2)
+            procs.append(pool)
+            pool_url = f"http://127.0.0.1:{pool_port}"
+            pool_idle_mb = 0.0
+            for _ in range(100):  # both workers serving: the tree has 3 processes
+                if len(tree_pids(pool.pid)) == 3:
+                    break
+                time.sleep(0.1)
+            for _ in range(40):
+                http("POST", f"{pool_url}/chat", chat_body())
+            time.sleep(0.5)
+            pool_idle_mb = tree_rss_kb(pool.pid) / 1024
             floor_urls: dict[str, str] = {}
             floor_pids: dict[str, int] = {}
             for name, extra in (("floor", []), ("tuned", ["--tuned"])):
@@ -921,7 +972,7 @@ def main(argv: list[str]) -> int:
                     time.sleep(0.1)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
-                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"],
+                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], pool_url,
             )  # fmt: skip
             srows = build_stream_rows(args, stub_urls, schatd_url, openai_ok)
             longest = args.chunks * max((ms for _, ms in args.stream_levels), default=0) / 1000
@@ -941,7 +992,7 @@ def main(argv: list[str]) -> int:
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
-            proxy_pids = {"chatd": chatd.pid, **floor_pids}
+            proxy_pids = {"chatd": chatd.pid, "pool": pool.pid, **floor_pids}
             solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
             stub_alone = (
                 f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "
@@ -982,11 +1033,24 @@ def main(argv: list[str]) -> int:
                     time.sleep(0.5)
             peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
             stream_peak_mb = rss_kb(schatd.pid, "VmHWM") / 1024
+            pool_peak_mb = tree_rss_kb(pool.pid, "VmHWM") / 1024
+            pool_rows = [r for r in rows if r.proxy == "pool" and r.samples]
+            pool_sampled_mb = max(
+                (x.peak_rss_mb or 0 for r in pool_rows for x in r.samples), default=0
+            )
             if chatd.poll() is not None:
                 raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
         finally:
             chatd_proc = next((p for p in procs if p.args and "lakehouse.cli" in p.args), None)
             shutdown = stop(chatd_proc) if chatd_proc is not None else "not started"
+            memory = (
+                f"- 2 workers, whole process tree (supervisor + 2 workers): idle RSS "
+                f"{pool_idle_mb:.1f} MB; peak RSS sampled during its rows "
+                f"{pool_sampled_mb:.1f} MB (sum of each process's VmHWM, an upper "
+                f"bound: {pool_peak_mb:.1f} MB)"
+                if "pool_peak_mb" in locals()
+                else "- 2 workers: not measured"
+            )
             for proc in procs:
                 stop(proc)
 
@@ -994,6 +1058,7 @@ def main(argv: list[str]) -> int:
         args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone, srows,
         (stream_idle_mb, stream_peak_mb),
     )  # fmt: skip
+    report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)
     print(report)
     out = args.out or (
         Path(tempfile.mkstemp(prefix="chatd-bench-", suffix=".md")[1])
@@ -1010,6 +1075,8 @@ def main(argv: list[str]) -> int:
                     "peak_rss_mb": peak_mb,
                     "stream_chatd_idle_rss_mb": stream_idle_mb,
                     "stream_chatd_peak_rss_mb": stream_peak_mb,
+                    "pool_idle_rss_mb": pool_idle_mb,
+                    "pool_peak_rss_mb": pool_peak_mb,
                     "skipped": skipped,
                     "rows": [
                         {"key": r.key, "label": r.label, "conc": r.conc,

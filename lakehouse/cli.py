@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
 from lakehouse import config as configuration
+from lakehouse import worker_limits
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import log_renames
 from lakehouse.loader import load_plugin, plugin_dirs
 from lakehouse.logs import setup_logging
 from lakehouse.registry import build_registry
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["chatd.bind"] = args.bind
         config = configuration.load(path, overrides)
         setup_logging(config.chatd.log_level)
+        log_renames(config.legacy, logging.getLogger("chatd.config"))
         if args.dev:
             stub_url = start_dev_stub(config, overrides)
             if stub_url:
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 config = configuration.load(path, overrides)
         registry = build_registry(config)
+        worker_limits.check(config, args.workers or config.chatd.server.workers)
         if args.check:
             print(f"config ok: {path}; providers: {', '.join(registry.names()) or 'none'}")
             return 0

@@ -22,6 +22,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import Legacy, is_legacy, translate
 
 SECONDS = 1.0
 MIB = 1024 * 1024
@@ -39,6 +40,9 @@ class ProviderConfig(Strict):
     plugin: str | None = None
     # As the provider documents it; the plugin's default when omitted.
     base_url: str | None = None
+    # Several hosts of one provider instead of base_url: a list (hosts
+    # named by position, "0", "1", ...) or a table of name = URL.
+    base_urls: list[str] | dict[str, str] | None = None
     key_env: str = ""
     key_file: str = ""
     # Sent on every upstream call (attribution, an operator-chosen User-Agent).
@@ -60,6 +64,9 @@ class ServerConfig(Strict):
     # Hypercorn's default (1,000) sends GOAWAY to busy h2 clients.
     keep_alive_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     h2_max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # The listen queue; Hypercorn's 100 overflows when a pool of 200
+    # clients connects at once (the kernel caps it at net.core.somaxconn).
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     # An HTTP/2 response send blocked this long means the peer is gone
     # (works around a Hypercorn 0.18 h2 hang; see web.BoundedSend); 0: off.
     send_stall_secs: Annotated[float, msgspec.Meta(ge=0)] = 10 * SECONDS
@@ -141,6 +148,8 @@ class Config(msgspec.Struct, kw_only=True):
     gateway: GatewayConfig | None = None
     # Where the config came from: relative plugin_dirs are taken from here.
     source_dir: str = "."
+    # The Go services' flat keys the file used (see lakehouse.legacy_config).
+    legacy: Legacy = msgspec.field(default_factory=Legacy)
 
     @property
     def tiers(self) -> dict[str, str]:
@@ -217,7 +226,13 @@ def parse(
         data = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
+    # Overrides in the Go spelling join the file's; the rest come after the
+    # translation, so the current spelling wins over the file's Go keys.
+    later = dict(overrides or {})
+    for dotted in [key for key in later if is_legacy(key)]:
+        _set(data, dotted, later.pop(dotted))
+    legacy = translate(data, source)
+    for dotted, value in later.items():
         _set(data, dotted, value)
     owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
     _check_entries(owned, source)
@@ -226,6 +241,7 @@ def parse(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {describe(exc)}") from None
     config.source_dir = str(Path(source).resolve().parent)
+    config.legacy = legacy
     _check(config, source)
     return config
 
@@ -290,14 +306,22 @@ def check_url(url: str, key: str) -> str:
 def _check(config: Config, source: str) -> None:
     chatd = config.chatd
     for name, provider in chatd.providers.items():
-        if provider.base_url is not None:
-            try:
-                check_url(provider.base_url, f"chatd.providers.{name}.base_url")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+        try:
+            if provider.base_url is not None:
+                key = config.legacy.spelled(f"chatd.providers.{name}.base_url")
+                check_url(provider.base_url, key)
+            if provider.base_urls is not None:
+                _check_hosts(name, provider)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     for name, chain in chatd.fallbacks.items():
         if name in chain:
             raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
+    for key, url in config.legacy.gateway_urls.items():
+        try:
+            check_url(url, f"gateway.{key}")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     if config.gateway is not None:
         for prefix, url in config.gateway.routes.items():
             if not prefix.startswith("/"):
@@ -306,3 +330,28 @@ def _check(config: Config, source: str) -> None:
                 check_url(url, f"gateway.routes.{prefix}")
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_HOSTS = 64
+
+
+def host_urls(provider: ProviderConfig) -> dict[str, str]:
+    """A pool's hosts, name → URL (names are positions for a list)."""
+    urls = provider.base_urls or {}
+    return dict(urls) if isinstance(urls, dict) else {str(i): u for i, u in enumerate(urls)}
+
+
+def _check_hosts(name: str, provider: ProviderConfig) -> None:
+    key = f"chatd.providers.{name}.base_urls"
+    if provider.base_url is not None:
+        raise ConfigError(f"`{key}` and `chatd.providers.{name}.base_url` are both set")
+    hosts = host_urls(provider)
+    if not 1 <= len(hosts) <= MAX_HOSTS:
+        raise ConfigError(f"`{key}` needs 1 to {MAX_HOSTS} hosts")
+    for host, url in hosts.items():
+        if not _HOST_NAME.fullmatch(host):
+            raise ConfigError(
+                f"`{key}`: host name {host!r} must be 1-32 letters, digits, `_`, `.` or `-`"
+            )
+        check_url(url, f"{key}.{host}")

@@ -144,6 +144,11 @@ class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
 
 
+class UpstreamConnectFailed(UpstreamUnreachable):
+    """No connection was made, so the request was never sent: safe to send
+    to another host of the same provider."""
+
+
 class UpstreamRedirect(UpstreamError):
     """A 3xx: never followed for a POST, since it would turn into a body-less GET."""
 

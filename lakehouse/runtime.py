@@ -13,21 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lakehouse import sd_notify
 from lakehouse.auth import Gate
 from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo, Dispatcher, Policy
 from lakehouse.errors import ChatdError, ConfigError
 from lakehouse.health import Health
 from lakehouse.logs import AccessEntry, AccessLog
-from lakehouse.metrics import Metrics
+from lakehouse.metrics import MULTIPROC_ENV, Metrics
+from lakehouse.probe_share import ProbeShare, Verdicts
 from lakehouse.registry import Registry, build_registry
 from lakehouse.request_id import Minter
+from lakehouse.upstreams.pool import HostPool, host_states
 from lakehouse.wire import ChatRequest, ChatResponse
 
 log = logging.getLogger("chatd")
@@ -144,12 +148,18 @@ class Runtime:
         """Open the first generation. ``source`` re-reads the config for a
         reload; with ``handle_sighup`` a SIGHUP triggers one."""
         holder: list[Runtime] = []
-        metrics = Metrics(lambda: holder[0].health.snapshot(), lambda: holder[0].pressure())
+        metrics = Metrics(
+            lambda: holder[0].health.snapshot(),
+            lambda: holder[0].pressure(),
+            lambda: host_states(holder[0].registry),
+        )
         generation = await Generation.open(config, environ, metrics)
         runtime = cls(generation, metrics, environ, source)
         holder.append(runtime)
         if config.chatd.probe_interval_secs > 0:
             runtime._probe_task = asyncio.create_task(runtime._probe_loop())
+        if metrics.multiprocess:
+            runtime._spawn(metrics.publish_forever())
         if handle_sighup and source is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runtime._on_sighup)
         runtime.ready = True
@@ -168,7 +178,12 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     def _on_sighup(self) -> None:
-        self._spawn(self.reload())
+        self._spawn(self._reload_for_signal())
+
+    async def _reload_for_signal(self) -> None:
+        # systemd (ExecReload sends the SIGHUP) hears when the reload is done.
+        async with sd_notify.reloading():
+            await self.reload()
 
     async def reload(self) -> str | None:
         """Swap in a generation built from the config source; on a refused
@@ -267,13 +282,14 @@ class Runtime:
                 "bodies",
                 extra={
                     "request_id": rid,
-                    "messages": [redact(m.content) for m in request.messages],
+                    "messages": [redact(m.text()) for m in request.messages],
                     "content": redact(response.content) if response else None,
                 },
             )
 
-    async def probe_once(self) -> None:
+    async def probe_once(self) -> Verdicts:
         generation = self.current
+        verdicts: Verdicts = {}
 
         async def one(name: str) -> None:
             provider = generation.registry.get(name)
@@ -287,10 +303,42 @@ class Runtime:
                 )
                 ok = False
             generation.health.set_probe(name, ok)
+            verdicts[name] = {"ok": ok}
+            if isinstance(provider, HostPool):
+                verdicts[name]["hosts"] = provider.host_probes()
 
         await asyncio.gather(*(one(name) for name in generation.registry.names()))
+        return verdicts
+
+    def apply_probes(self, verdicts: Verdicts) -> None:
+        """Take another worker's probe verdicts as this one's."""
+        generation = self.current
+        for name, verdict in verdicts.items():
+            provider = generation.registry.get(name)
+            if provider is None:
+                continue
+            generation.health.set_probe(name, bool(verdict.get("ok")))
+            if isinstance(provider, HostPool):
+                provider.set_host_probes(verdict.get("hosts") or {})
 
     async def _probe_loop(self) -> None:
-        while True:
-            await self.probe_once()
-            await asyncio.sleep(self.config.chatd.probe_interval_secs)
+        folder = os.environ.get(MULTIPROC_ENV)
+        share = ProbeShare(folder) if folder else None
+        try:
+            while True:
+                interval = self.config.chatd.probe_interval_secs
+                if share is None or share.lead():
+                    verdicts = await self.probe_once()
+                    if share is not None:
+                        share.publish(verdicts)
+                    await asyncio.sleep(interval)
+                    continue
+                # Not the prober: follow its verdicts, read more often than
+                # it writes so this worker lags it by at most a second.
+                shared = share.read()
+                if shared is not None:
+                    self.apply_probes(shared)
+                await asyncio.sleep(min(interval, 1.0))
+        finally:
+            if share is not None:
+                share.close()

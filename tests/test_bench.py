@@ -62,6 +62,7 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
     assert any(label.startswith("direct") for label in labels), labels
     assert any(label.startswith("chatd /chat HTTP/1.1") for label in labels), labels
     assert any(label.startswith("chatd /chat h2c") for label in labels), labels
+    assert any(label.endswith("2 workers, same CPU") for label in labels), labels
     for cells in rows:
         assert number(cells[2]) > 0, cells  # req/s
         assert cells[-1] == "0", cells  # errors
@@ -80,3 +81,7 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
         assert runs and all(s["chunks"] > 0 and s["errors"] == 0 for s in runs), (key, runs)
         assert all(0 < s["lat_p99_ms"] < 5000 for s in runs), (key, runs)
     assert "| chatd /chat NDJSON h2c" in proc.stdout
+
+    # Three processes (supervisor + 2 workers) weigh more than one.
+    assert data["pool_idle_rss_mb"] > data["idle_rss_mb"] > 0
+    assert "whole process tree" in out.read_text()

@@ -58,6 +58,15 @@ def test_hypercorn_picks_the_h2_protocol_by_its_module_name_per_connection() -> 
     assert hypercorn_protocol.H2Protocol is tuned
 
 
+def test_every_serving_process_gets_the_tuned_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Spawned workers call tune_connections (lakehouse.asgi); it brings the
+    # HTTP/2 tuning with it.
+    monkeypatch.setattr(hypercorn_protocol, "H2Protocol", STOCK)
+    server.tune_connections()
+    assert issubclass(hypercorn_protocol.H2Protocol, STOCK)
+    assert hypercorn_protocol.H2Protocol is not STOCK
+
+
 def test_stock_h2_protocol_has_what_the_tuning_relies_on() -> None:
     proto = STOCK(None, HypercornConfig(), WorkerContext(None), None, None, False, None, None, None)
     assert isinstance(proto.connection, h2.connection.H2Connection)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lakehouse.logs import JSONFormatter
 from lakehouse.stubs import Fault, StubUpstream
+from tests.pool_support import Pool, fresh_get, fresh_post, start_workers
 from tests.support import make_config, provider_table, running_chatd
 from tests.test_cli import start
 
@@ -282,3 +284,98 @@ def test_two_workers_merge_their_metrics(tmp_path: Path) -> None:
         server.proc.terminate()
         server.proc.wait(30)
         upstream.stop()
+
+
+async def test_two_workers_every_family_is_the_whole_instance(
+    tmp_path: Path, pools: list[Pool]
+) -> None:
+    """Traffic with rejections and a provider going down through 2 workers;
+    then every one of 30 scrapes over fresh connections (any worker may
+    answer each) shows the same series, equal to the traffic sent."""
+    stubs = {name: StubUpstream("ollama") for name in ("ollama", "slow", "flaky")}
+    urls = {name: await stub.start() for name, stub in stubs.items()}
+    stubs["slow"].fail_always(Fault(kind="delay", seconds=2))
+    tables = "".join(
+        f'[chatd.providers.{name}]\nplugin = "ollama"\nbase_url = "{url}"\n'
+        for name, url in urls.items()
+    )
+    # `slow` has two slots for the instance (one per worker), none waiting.
+    tables = tables.replace(
+        f'base_url = "{urls["slow"]}"\n',
+        f'base_url = "{urls["slow"]}"\nmax_concurrency = 2\nmax_queue = 0\n',
+    )
+    pool = await asyncio.to_thread(
+        start_workers,
+        tmp_path,
+        "[chatd]\nprobe_interval_secs = 0.5\nfailure_threshold = 2\ncooldown_secs = 600\n"
+        "[chatd.retry]\nattempts = 0\n" + tables,
+    )
+    pools.append(pool)
+    try:
+        sent: Counter[tuple[str, int]] = Counter()
+        codes: Counter[tuple[str, str]] = Counter()
+
+        async def chat(provider: str) -> None:
+            model = "qwen3.5:latest" if provider == "ollama" else f"{provider}/qwen3.5:latest"
+            resp = await fresh_post(pool.base, {"model": model, "messages": HELLO})
+            sent[provider, resp.status_code] += 1
+            if resp.status_code != 200:
+                codes[provider, resp.json()["error"]["code"]] += 1
+
+        for _ in range(6):
+            await asyncio.gather(*(chat("ollama") for _ in range(5)))
+        await asyncio.gather(*(chat("slow") for _ in range(12)))
+        stubs["flaky"].set_down(True)
+        for _ in range(6):
+            await chat("flaky")
+
+        async def scrape() -> dict[Any, float]:
+            return samples((await fresh_get(pool.base, "/metrics")).text)
+
+        assert sent["ollama", 200] == 30
+        assert codes["slow", "overloaded"] >= 8  # 12 at once, 2 slots
+        # Wait for the prober's verdict and every worker's published share
+        # (another worker's live state is up to a second old).
+        async with asyncio.timeout(30):
+            while True:
+                now = await scrape()
+                if (
+                    value(now, "chatd_provider_available", provider="flaky") == 0
+                    and value(now, "chatd_provider_rejections_total", provider="slow")
+                    == codes["slow", "overloaded"]
+                    and not any(
+                        v for k, v in now.items() if k[0] == "chatd_provider_calls_in_flight"
+                    )
+                ):
+                    break
+                await asyncio.sleep(0.2)
+        scrapes = [await scrape() for _ in range(30)]
+    finally:
+        for stub in stubs.values():
+            await stub.stop()
+    first = scrapes[0]
+    for scraped in scrapes:
+        assert scraped == first
+    for (provider, status), count in sent.items():
+        labels = {"route": "chat", "provider": provider, "tier": "", "status": str(status)}
+        assert value(first, "chatd_requests_total", **labels) == count
+    requests = [k for k in first if k[0] == "chatd_requests_total"]
+    assert sum(first[k] for k in requests) == sum(sent.values()) == 48
+    for (provider, code), count in codes.items():
+        assert value(first, "chatd_upstream_errors_total", provider=provider, code=code) == count
+    assert (
+        value(first, "chatd_provider_rejections_total", provider="slow")
+        == codes["slow", "overloaded"]
+    )
+    assert value(first, "chatd_upstream_duration_seconds_count", provider="ollama") == 30
+    assert value(first, "chatd_overhead_seconds_count", route="chat") == 48
+    for provider, up in (("ollama", 1), ("slow", 1), ("flaky", 0)):
+        assert value(first, "chatd_provider_available", provider=provider) == up
+        assert value(first, "chatd_provider_calls_in_flight", provider=provider) == 0
+        assert value(first, "chatd_provider_queue_depth", provider=provider) == 0
+    assert value(first, "chatd_in_flight_requests") == 0
+    # Both workers served (each wrote its own counter file).
+    pids = {
+        f.name.rsplit("_", 1)[-1] for f in pool.metrics.iterdir() if f.name.startswith("counter")
+    }
+    assert len(pids) == 2

@@ -45,6 +45,7 @@ from lakehouse.dispatcher import CallInfo
 from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.runtime import ConfigSource, Runtime
 from lakehouse.timeouts import Bound
+from lakehouse.upstreams.pool import hosts_listing
 from lakehouse.wire import ChatRequest, ProvidersListing, chat_request_decoder, encoder
 
 CHAT_PATHS = frozenset({"/chat", "/v1/chat"})
@@ -274,7 +275,8 @@ def json_response(
 
 async def providers(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    return json_response(encoder.encode(ProvidersListing(runtime.health.snapshot())))
+    listing = ProvidersListing(runtime.health.snapshot(), hosts_listing(runtime.registry))
+    return json_response(encoder.encode(listing))
 
 
 async def health(request: Request) -> Response:
@@ -293,7 +295,7 @@ async def reload(request: Request) -> Response:
     refused = await runtime.reload()
     if refused is not None:
         raise ReloadRefused(refused)
-    listing = ProvidersListing(runtime.health.snapshot())
+    listing = ProvidersListing(runtime.health.snapshot(), hosts_listing(runtime.registry))
     return json_response(encoder.encode(listing))
 
 

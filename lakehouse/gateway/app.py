@@ -9,16 +9,22 @@ proxy path holds no request or response object (see ``lakehouse.proxy``).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
-from lakehouse import request_id
+from lakehouse import request_id, sd_notify
 from lakehouse.config import (
     Config,
     add_cli_options,
@@ -28,6 +34,7 @@ from lakehouse.config import (
     parse_overrides,
 )
 from lakehouse.errors import BadRequest, ChatdError, ConfigError, NotFound
+from lakehouse.gateway import legacy
 from lakehouse.gateway.proxy import (
     ASGIApp,
     Caller,
@@ -45,6 +52,8 @@ APP_PATH = "lakehouse.gateway.app:app_from_env()"
 # Headers aiohttp would add on its own; the upstream sees the caller's only.
 NOT_AUTOMATIC = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 KEEPALIVE_SECS = 30.0
+
+log = logging.getLogger("chatd.gateway")
 
 
 @dataclass(frozen=True)
@@ -83,21 +92,63 @@ def routes_from(config: Config) -> list[Route]:
     """The configured routes, longest prefix first; none is an error."""
     if config.gateway is None:
         raise ConfigError("no `[gateway]` table: nothing to proxy")
-    if not config.gateway.routes:
+    # The Go gateway's <service>_url keys, else the routes table (never both).
+    table = legacy.legacy_routes(config.legacy) or config.gateway.routes
+    if not table:
         raise ConfigError("`gateway.routes` is empty: nothing to proxy")
-    routes = [Route.build(prefix, url) for prefix, url in config.gateway.routes.items()]
+    routes = [Route.build(prefix, url) for prefix, url in table.items()]
     return sorted(routes, key=lambda route: len(route.match), reverse=True)
 
 
-class Gateway:
-    """The ASGI app: routes, and one pooled session per upstream origin,
-    opened and closed in the lifespan."""
+class Table:
+    """One reading of the config: its routes, and one pooled session per
+    upstream origin. A reload swaps in a new table; the old one closes once
+    the requests it carries have finished."""
 
     def __init__(self, config: Config) -> None:
-        self._routes = routes_from(config)
+        self.routes = routes_from(config)
         assert config.gateway is not None
-        self._timeout = config.gateway.timeout_secs
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self.timeout = config.gateway.timeout_secs
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.busy = 0
+
+    def open(self) -> None:
+        # Connect and idle-read limits only: a long stream may take as long
+        # as it keeps sending.
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
+        for origin in {route.origin for route in self.routes}:
+            self.sessions[origin] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECS),
+                timeout=timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=NOT_AUTOMATIC,
+                raise_for_status=False,
+            )
+
+    async def close(self) -> None:
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            await session.close()
+
+    def route(self, path: str, raw_path: bytes) -> Route:
+        # An upstream may resolve "..", and so reach what no route names.
+        if any(segment in (".", "..") for segment in path.split("/")):
+            raise BadRequest("path has dot segments")
+        for route in self.routes:
+            if route.matches(raw_path):
+                return route
+        raise NotFound(f"no route {path}")
+
+
+class Gateway:
+    """The ASGI app: the current table, opened and closed in the lifespan.
+    With a config ``source``, SIGHUP re-reads the routes in place."""
+
+    def __init__(self, config: Config, source: Callable[[], Config] | None = None) -> None:
+        self._table = Table(config)
+        self._source = source
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -108,50 +159,73 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._open()
+                self._table.open()
+                if self._source is not None:
+                    loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self._close()
+                if self._source is not None:
+                    loop.remove_signal_handler(signal.SIGHUP)
+                for task in list(self._tasks):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await self._table.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _open(self) -> None:
-        # Connect and idle-read limits only: a long stream may take as long
-        # as it keeps sending.
-        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=self._timeout)
-        for origin in {route.origin for route in self._routes}:
-            self._sessions[origin] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECS),
-                timeout=timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                skip_auto_headers=NOT_AUTOMATIC,
-                raise_for_status=False,
-            )
+    def _on_sighup(self) -> None:
+        self._spawn(self.reload())
 
-    async def _close(self) -> None:
-        sessions, self._sessions = self._sessions, {}
-        for session in sessions.values():
-            await session.close()
+    async def reload(self) -> None:
+        """Swap in the routes the config source gives now; a config that does
+        not load is refused with one log line and the running routes stay."""
+        assert self._source is not None
+        async with sd_notify.reloading():
+            try:
+                fresh = Table(self._source())
+            except ConfigError as exc:
+                log.error("reload refused, the running routes stay: %s", exc)
+                return
+            fresh.open()
+            old, self._table = self._table, fresh
+            log.info("routes reloaded: %s", describe(fresh.routes))
+        self._spawn(self._retire(old))
+
+    async def _retire(self, old: Table) -> None:
+        # Requests already under way finish on the old table's sessions.
+        try:
+            while old.busy:  # noqa: ASYNC110 - a rare, idle wait
+                await asyncio.sleep(0.1)
+        finally:
+            await old.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = request_id.accept_or_mint(header(scope["headers"], b"x-request-id"))
         token = request_id.current.set(rid)
+        table = self._table
+        table.busy += 1
         try:
             if scope["path"] == "/health":
                 await send_json(send, 200, b'{"status":"ok"}', rid)
                 return
             raw_path = scope.get("raw_path") or scope["path"].encode()
             try:
-                route = self._route(scope["path"], raw_path)
+                route = table.route(scope["path"], raw_path)
             except ChatdError as exc:
                 await Caller(receive).drain()
                 await send_error(send, exc, rid)
                 return
-            session = self._sessions.get(route.origin)
+            session = table.sessions.get(route.origin)
             if session is None:
                 raise RuntimeError("gateway called before its lifespan started")
             url = route.target(raw_path, scope["query_string"])
@@ -163,33 +237,31 @@ class Gateway:
                 send,
                 rid=rid,
                 route=route.prefix,
-                timeout=self._timeout,
+                timeout=table.timeout,
             )
         finally:
+            table.busy -= 1
             request_id.current.reset(token)
 
-    def _route(self, path: str, raw_path: bytes) -> Route:
-        # An upstream may resolve "..", and so reach what no route names.
-        if any(segment in (".", "..") for segment in path.split("/")):
-            raise BadRequest("path has dot segments")
-        for route in self._routes:
-            if route.matches(raw_path):
-                return route
-        raise NotFound(f"no route {path}")
+
+def describe(routes: list[Route]) -> str:
+    return ", ".join(f"{route.prefix} → {route.upstream}" for route in routes)
 
 
-def create_gateway(config: Config) -> ASGIApp:
-    """The gateway ASGI app; a config without routes is refused."""
-    return Gateway(config)
+def create_gateway(config: Config, source: Callable[[], Config] | None = None) -> ASGIApp:
+    """The gateway ASGI app; a config without routes is refused. With
+    ``source`` (what re-reads the config), SIGHUP reloads the routes."""
+    return Gateway(config, source)
 
 
 def app_from_env() -> ASGIApp:
     """For Hypercorn workers, which learn the config from the environment
     (as in ``lakehouse.asgi``)."""
     overrides = json.loads(os.environ.get("CHATD_OVERRIDES") or "{}")
-    config = load(default_config_path(), overrides)
+    path = default_config_path()
+    config = load(path, overrides)
     setup_logging(config.chatd.log_level)
-    return create_gateway(config)
+    return sd_notify.announcing(create_gateway(config, source=lambda: load(path, overrides)))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -218,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     from lakehouse import server
 
     setup_logging(config.chatd.log_level)
+    legacy.log_renames(config.legacy, log)
     server.environ_for(str(path), json.dumps(overrides) if overrides else None)
     bind = args.bind or config.gateway.bind
-    table = ", ".join(f"{route.prefix} → {route.upstream}" for route in routes)
-    print(f"chatd gateway serving on http://{bind}: {table}", file=sys.stderr, flush=True)
+    print(
+        f"chatd gateway serving on http://{bind}: {describe(routes)}", file=sys.stderr, flush=True
+    )
     return server.run(config, bind=bind, workers=args.workers, app_path=APP_PATH)

@@ -175,10 +175,10 @@ async def test_errors_raise_the_sdk_classes(client: openai.AsyncOpenAI, world: W
         await client.chat.completions.create(
             model=MODELS["ollama"],
             messages=HELLO,
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tools=[{"type": "function", "function": {"name": "no spaces", "parameters": {}}}],
         )
-    assert (bad.value.code, bad.value.param) == ("bad_request", "tools")
-    assert "tools" in bad.value.message
+    assert (bad.value.code, bad.value.param) == ("bad_request", "tools[0].function.name")
+    assert "tools[0].function.name" in bad.value.message
     with pytest.raises(openai.BadRequestError) as bad:
         await client.chat.completions.create(
             model=MODELS["ollama"],
@@ -186,7 +186,7 @@ async def test_errors_raise_the_sdk_classes(client: openai.AsyncOpenAI, world: W
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
             ],
         )
-    assert bad.value.param == "messages[0].content[0]"
+    assert bad.value.param == "messages[0].content[0].image_url.url"
     with pytest.raises(openai.NotFoundError) as missing:
         await client.chat.completions.create(model="qwen:gone", messages=HELLO)
     assert missing.value.code == "provider_not_found"
