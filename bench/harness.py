@@ -166,9 +166,12 @@ def http(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
 
 def write_config(
     path: Path, port: int, stub_port: int, slow_port: int | None,
-    tick_ports: dict[str, int] | None = None,
+    tick_ports: dict[str, int] | None = None, gateway_port: int = 0,
 ) -> None:  # fmt: skip
     text = (
+        "[gateway]\n"
+        f'bind = "127.0.0.1:{gateway_port}"\n'
+        f'routes = {{ "/v1/chat" = "http://127.0.0.1:{port}" }}\n'
         "[chatd]\n"
         f'bind = "127.0.0.1:{port}"\n'
         # Features on, as in production: an access line per request,
@@ -216,6 +219,85 @@ def start_chatd(
         time.sleep(0.1)
     stop(proc)
     raise SystemExit(f"bench: chatd did not answer /health within 60 s:\n{log.read_text()}")
+
+
+def start_gateway(
+    cpu: str | None, config: Path, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """``bin/chatd gateway`` in front of chatd; a fresh one has a cold pool."""
+    argv = [
+        sys.executable, "-m", "lakehouse.cli", "gateway", "--config", str(config),
+        "--bind", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        pinned(cpu, argv), cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: gateway exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
+                return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise SystemExit(f"bench: the gateway did not answer /health within 60 s:\n{log.read_text()}")
+
+
+# The burst the gateway must carry: this many h2 streams at once on one connection.
+BURST = 200
+
+
+def burst_ms(url: str, cpu: str | None, tmp: Path) -> tuple[float, int]:
+    """Slowest of ``BURST`` concurrent h2 streams (ms), and the errors."""
+    body = tmp / "burst-body.json"
+    body.write_text(chat_body())
+    log = tmp / "burst.log"
+    log.unlink(missing_ok=True)
+    argv = [
+        "h2load", "-t1", "-c1", f"-m{BURST}", f"-n{BURST}", "-d", str(body),
+        "-H", "content-type: application/json", f"--log-file={log}", url,
+    ]  # fmt: skip
+    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, timeout=120)
+    req = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out.stdout)
+    if out.returncode != 0 or not req:
+        raise SystemExit(f"bench: h2load burst failed ({out.returncode}):\n{out.stdout}")
+    durations = [int(line.split("\t")[2]) for line in log.read_text().splitlines() if line]
+    return max(durations, default=0) / 1000, BURST - int(req.group(2))
+
+
+@dataclass
+class Burst:
+    """One round of the gateway burst: direct, through a fresh gateway, again warm."""
+
+    direct_ms: float
+    cold_ms: float
+    warm_ms: float
+    errors: int
+
+
+def gateway_bursts(
+    rounds: int, chatd_url: str, config: Path, cpu: str | None, load_cpu: str | None,
+    tmp: Path, log: Path,
+) -> list[Burst]:  # fmt: skip
+    out = []
+    for _ in range(rounds):
+        port = free_port()
+        gateway = start_gateway(cpu, config, port, log)
+        try:
+            cold, e1 = burst_ms(f"http://127.0.0.1:{port}/v1/chat", load_cpu, tmp)
+            warm, e2 = burst_ms(f"http://127.0.0.1:{port}/v1/chat", load_cpu, tmp)
+            direct, e3 = burst_ms(f"{chatd_url}/chat", load_cpu, tmp)
+        finally:
+            stop(gateway)
+        out.append(Burst(direct, cold, warm, e1 + e2 + e3))
+        print(
+            f"  burst of {BURST} h2 streams: direct {direct:.0f} ms, gateway cold "
+            f"{cold:.0f} ms, warm {warm:.0f} ms, errors {e1 + e2 + e3}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return out
 
 
 def ensure_tools() -> None:
@@ -779,6 +861,7 @@ def build_rows(
     floor_url: str | None = None,
     tuned_url: str | None = None,
     pool_url: str | None = None,
+    gateway_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -821,6 +904,13 @@ def build_rows(
             rows.append(
                 Row(f"chat-h2x1/c{conc}", f"chatd /chat h2c (1 conn x {conc} streams)",
                     "h2load", f"{chatd_url}/chat", conc, body, "fast", True, 1, conc)
+            )  # fmt: skip
+        if gateway_url:
+            rows.append(
+                Row(f"gateway-h2/c{conc}",
+                    f"gateway /v1/chat h2c → chatd ({conns} conn x {streams} streams)",
+                    "h2load", f"{gateway_url}/v1/chat", conc, body, "fast", True, conns,
+                    streams)
             )  # fmt: skip
     if args.delay_conc:
         conc = args.delay_conc
@@ -906,7 +996,8 @@ def main(argv: list[str]) -> int:
             procs.append(slow)
             port = free_port()
             config = tmp / "chatd.toml"
-            write_config(config, port, fast_port, slow_port, tick_ports)
+            gateway_port = free_port()
+            write_config(config, port, fast_port, slow_port, tick_ports, gateway_port)
             chatd = start_chatd(chatd_cpu, config, port, out_dir / "chatd.log")
             procs.append(chatd)
             chatd_url = f"http://127.0.0.1:{port}"
@@ -970,9 +1061,14 @@ def main(argv: list[str]) -> int:
                     except OSError:
                         pass
                     time.sleep(0.1)
+            # The gateway is not pinned: on two cores there is none to give it,
+            # and the scheduler places it where there is room.
+            gateway = start_gateway(None, config, gateway_port, out_dir / "gateway.log")
+            procs.insert(0, gateway)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
                 chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], pool_url,
+                f"http://127.0.0.1:{gateway_port}",
             )  # fmt: skip
             srows = build_stream_rows(args, stub_urls, schatd_url, openai_ok)
             longest = args.chunks * max((ms for _, ms in args.stream_levels), default=0) / 1000
@@ -1031,6 +1127,9 @@ def main(argv: list[str]) -> int:
                         flush=True,
                     )
                     time.sleep(0.5)
+            bursts = gateway_bursts(
+                args.runs, chatd_url, config, None, load_cpu, tmp, out_dir / "gateway.log"
+            )
             peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
             stream_peak_mb = rss_kb(schatd.pid, "VmHWM") / 1024
             pool_peak_mb = tree_rss_kb(pool.pid, "VmHWM") / 1024
@@ -1041,7 +1140,15 @@ def main(argv: list[str]) -> int:
             if chatd.poll() is not None:
                 raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
         finally:
-            chatd_proc = next((p for p in procs if p.args and "lakehouse.cli" in p.args), None)
+            # chatd itself (the gateway and the pool run lakehouse.cli too).
+            chatd_proc = next(
+                (
+                    p
+                    for p in procs
+                    if p.args and "lakehouse.cli" in p.args and "gateway" not in p.args
+                ),
+                None,
+            )
             shutdown = stop(chatd_proc) if chatd_proc is not None else "not started"
             memory = (
                 f"- 2 workers, whole process tree (supervisor + 2 workers): idle RSS "
@@ -1055,8 +1162,8 @@ def main(argv: list[str]) -> int:
                 stop(proc)
 
     report = render(
-        args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone, srows,
-        (stream_idle_mb, stream_peak_mb),
+        args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone, bursts,
+        srows, (stream_idle_mb, stream_peak_mb),
     )  # fmt: skip
     report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)
     print(report)
@@ -1078,6 +1185,7 @@ def main(argv: list[str]) -> int:
                     "pool_idle_rss_mb": pool_idle_mb,
                     "pool_peak_rss_mb": pool_peak_mb,
                     "skipped": skipped,
+                    "gateway_bursts": [b.__dict__ for b in bursts],
                     "rows": [
                         {"key": r.key, "label": r.label, "conc": r.conc,
                          "samples": [s.__dict__ for s in r.samples]}
@@ -1095,10 +1203,39 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def burst_lines(bursts: list[Burst]) -> list[str]:
+    """The gateway burst: the slowest of BURST streams, each round's gateway
+    time over the same round's direct time."""
+    if not bursts:
+        return []
+    direct = [b.direct_ms for b in bursts]
+    cold = [b.cold_ms / b.direct_ms for b in bursts if b.direct_ms]
+    warm = [b.warm_ms / b.direct_ms for b in bursts if b.direct_ms]
+    ok = bool(cold and warm) and max(med(cold), med(warm)) <= 2
+    return [
+        "",
+        f"## Gateway burst: {BURST} concurrent h2 streams on one connection",
+        "",
+        "Slowest stream's time, per round: straight to chatd `/chat`, through a freshly "
+        "started `bin/chatd gateway` (cold pool), and through it again (warm). The gateway "
+        "is not pinned (there is no third core to give it).",
+        "",
+        "| path | slowest stream ms | ÷ direct (same round) |",
+        "|---|---|---|",
+        f"| direct → chatd | {fmt(direct, 0)} | 1 |",
+        f"| gateway, cold pool | {fmt([b.cold_ms for b in bursts], 0)} | {fmt(cold, 2)} |",
+        f"| gateway, warm pool | {fmt([b.warm_ms for b in bursts], 0)} | {fmt(warm, 2)} |",
+        "",
+        f"- within 2x of direct, cold and warm (medians): {'PASS' if ok else 'FAIL'}; "
+        f"errors: {sum(b.errors for b in bursts)}",
+    ]
+
+
 def render(
     args: argparse.Namespace, rows: list[Row], skipped: list[str], idle_mb: float,
     peak_mb: float, started: dt.datetime, pinned_cpus: bool, shutdown: str, stub_alone: str,
-    srows: Sequence[StreamRow] = (), stream_rss: tuple[float, float] = (0.0, 0.0),
+    bursts: list[Burst] | None = None, srows: Sequence[StreamRow] = (),
+    stream_rss: tuple[float, float] = (0.0, 0.0),
 ) -> str:  # fmt: skip
     lines = [
         "# chatd benchmark results",
@@ -1158,6 +1295,7 @@ def render(
             "",
             stream_table(list(srows), stream_rss[0]),
         ]
+    lines += burst_lines(bursts or [])
     lines += ["", "## Budget (one worker)", ""]
     lines += ["| budget | measured | verdict |", "|---|---|---|"]
     lines += [

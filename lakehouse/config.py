@@ -235,15 +235,30 @@ def parse(
     for dotted, value in later.items():
         _set(data, dotted, value)
     owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
-    _check_entries(owned, source)
     try:
-        config = msgspec.convert(owned, Config, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {describe(exc)}") from None
+        _check_entries(owned)
+        try:
+            config = msgspec.convert(owned, Config, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(describe(exc)) from None
+        config.legacy = legacy
+        _check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{_origin(str(exc), source, overrides)}: {exc}") from None
     config.source_dir = str(Path(source).resolve().parent)
-    config.legacy = legacy
-    _check(config, source)
     return config
+
+
+def _origin(message: str, source: str, overrides: Mapping[str, Any] | None) -> str:
+    """Where the key a message names came from: ``--set KEY`` when an
+    override set it (or a table around it), else the file."""
+    keys = re.findall(r"`([^`]*)`", message)
+    if keys:
+        key = keys[-1] if message.startswith(("Expected", "Invalid")) else keys[0]
+        for dotted in overrides or {}:
+            if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+                return f"--set {dotted}"
+    return source
 
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -277,7 +292,7 @@ _KEYED: tuple[tuple[tuple[str, ...], Any], ...] = (
 )
 
 
-def _check_entries(owned: dict[str, Any], source: str) -> None:
+def _check_entries(owned: dict[str, Any]) -> None:
     for path, kind in _KEYED:
         node: Any = owned
         for name in path:
@@ -289,7 +304,7 @@ def _check_entries(owned: dict[str, Any], source: str) -> None:
                 msgspec.convert(value, kind, strict=True)
             except msgspec.ValidationError as exc:
                 where = ".".join((*path, _toml_key(key)))
-                raise ConfigError(f"{source}: {describe(exc, where)}") from None
+                raise ConfigError(describe(exc, where)) from None
 
 
 def _toml_key(key: str) -> str:
@@ -303,33 +318,23 @@ def check_url(url: str, key: str) -> str:
     return url.rstrip("/")
 
 
-def _check(config: Config, source: str) -> None:
+def _check(config: Config) -> None:
     chatd = config.chatd
     for name, provider in chatd.providers.items():
-        try:
-            if provider.base_url is not None:
-                key = config.legacy.spelled(f"chatd.providers.{name}.base_url")
-                check_url(provider.base_url, key)
-            if provider.base_urls is not None:
-                _check_hosts(name, provider)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        if provider.base_url is not None:
+            check_url(provider.base_url, config.legacy.spelled(f"chatd.providers.{name}.base_url"))
+        if provider.base_urls is not None:
+            _check_hosts(name, provider)
     for name, chain in chatd.fallbacks.items():
         if name in chain:
-            raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
+            raise ConfigError(f"`chatd.fallbacks.{name}` lists itself")
     for key, url in config.legacy.gateway_urls.items():
-        try:
-            check_url(url, f"gateway.{key}")
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        check_url(url, f"gateway.{key}")
     if config.gateway is not None:
         for prefix, url in config.gateway.routes.items():
             if not prefix.startswith("/"):
-                raise ConfigError(f"{source}: `gateway.routes` key {prefix!r} must start with /")
-            try:
-                check_url(url, f"gateway.routes.{prefix}")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+                raise ConfigError(f"`gateway.routes` key {prefix!r} must start with /")
+            check_url(url, f"gateway.routes.{prefix}")
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")

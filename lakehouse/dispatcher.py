@@ -44,8 +44,12 @@ class CallInfo:
     filled in even when the call fails."""
 
     provider: str = ""
+    # The model routed to: the tier resolved, the routing prefix stripped.
+    model: str = ""
     tier: str = ""
     upstream_s: float = 0.0
+    # Time spent waiting by choice: retry backoff, Retry-After, queueing.
+    wait_s: float = 0.0
     attempts: int = 0
 
 
@@ -77,6 +81,9 @@ class Dispatcher:
             name: Limiter(name, *self.policy.limits.get(name, (256, 512)))
             for name in registry.names()
         }
+        # Requests inside chat() or stream(), retry waits included: a
+        # reloaded-away generation closes its sessions once this is 0.
+        self.in_flight = 0
 
     def route(self, model: str) -> tuple[Route, str | None]:
         """The route for a model or tier name, and the tier when it was one."""
@@ -102,11 +109,14 @@ class Dispatcher:
     ) -> ChatResponse:
         info = info if info is not None else CallInfo()
         budget = self.budget(deadline if deadline is not None else request.deadline_secs)
+        self.in_flight += 1
         try:
             async with asyncio.timeout(budget):
                 return await self._try_chain(request, info)
         except TimeoutError:
             raise self._late(budget, info) from None
+        finally:
+            self.in_flight -= 1
 
     async def _try_chain(self, request: ChatRequest, info: CallInfo) -> ChatResponse:
         async def chat(provider: Provider, model: str) -> ChatResponse:
@@ -133,6 +143,17 @@ class Dispatcher:
         ChatResponse. Retries and fallbacks happen only before the first
         item; after it, a failure ends the stream with its error. The
         deadline bounds every wait, first item included."""
+        self.in_flight += 1
+        try:
+            async with contextlib.aclosing(self._stream(request, info, deadline)) as items:
+                async for item in items:
+                    yield item
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(
+        self, request: ChatRequest, info: CallInfo | None, deadline: float | None
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         info = info if info is not None else CallInfo()
         budget = self.budget(deadline if deadline is not None else request.deadline_secs)
         ends = asyncio.get_running_loop().time() + budget
@@ -172,6 +193,7 @@ class Dispatcher:
                     ) from None
                 except ChatdError as exc:
                     self.health.record(name, ok=not exc.provider_fault)
+                    self._failed(name, exc)
                     raise
             # Reading on to the end lets the connection go back to the pool.
             with contextlib.suppress(ChatdError, TimeoutError):
@@ -206,6 +228,7 @@ class Dispatcher:
             try:
                 route, tier = self.route(link)
                 info.provider = route.provider.name
+                info.model = route.model
                 info.tier = tier or ""
                 result = await self._call(route.provider, route.model, info, action, hold=hold)
             except ChatdError as exc:
@@ -235,7 +258,9 @@ class Dispatcher:
         for attempt in range(retry.attempts + 1):
             if not self.health.admit(name):
                 raise ProviderUnavailable(f"provider `{name}` is unavailable", provider=name)
-            await limiter.acquire()
+            queued_at = time.perf_counter()
+            if await limiter.acquire():
+                self._waited(info, "queue", time.perf_counter() - queued_at)
             info.attempts += 1
             started = time.perf_counter()
             try:
@@ -243,6 +268,7 @@ class Dispatcher:
             except ChatdError as exc:
                 error = exc
                 limiter.release()
+                self._failed(name, exc)
             except BaseException:
                 # Cancelled (the deadline, a caller gone) or a bug: says
                 # nothing of the provider, but frees a half-open trial.
@@ -259,12 +285,26 @@ class Dispatcher:
             self.health.record(name, ok=not error.provider_fault)
             if not error.retryable or attempt == retry.attempts:
                 raise error
-            wait = error.retry_after
+            wait, reason = error.retry_after, "retry_after"
             if wait is None:
-                wait = self._backoff.delay(attempt)
+                wait, reason = self._backoff.delay(attempt), "retry_backoff"
             elif wait > retry.max_retry_after_secs:
                 raise error  # too long to wait here: the next fallback, if any
             if self.metrics is not None:
                 self.metrics.retry(name, error.code)
-            await asyncio.sleep(wait)
+            slept_from = time.perf_counter()
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                # Counted even when the deadline or a caller cuts it short.
+                self._waited(info, reason, time.perf_counter() - slept_from)
         raise AssertionError("the loop returns or raises")
+
+    def _waited(self, info: CallInfo, reason: str, seconds: float) -> None:
+        info.wait_s += seconds
+        if self.metrics is not None:
+            self.metrics.wait(reason, seconds)
+
+    def _failed(self, provider: str, error: ChatdError) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_error(provider, error.code)

@@ -54,9 +54,19 @@ class NotFound(ChatdError):
     code = "not_found"
 
 
+class Forbidden(ChatdError):
+    status = 403
+    code = "forbidden"
+
+
 class MethodNotAllowed(ChatdError):
     status = 405
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        # The route's methods, for the Allow header (RFC 9110 §15.5.6).
+        self.allow = allow
 
 
 class ReloadRefused(ChatdError):

@@ -48,6 +48,10 @@ OVERHEAD_BUCKETS = (
     0.1,
     0.25,
 )
+# Waits chatd chose (retry backoff, an upstream's Retry-After, a queue for a
+# provider's slot): from instant to the longest Retry-After honoured.
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
+WAIT_REASONS = ("retry_backoff", "retry_after", "queue")
 
 
 class _PublishFirst(Collector):
@@ -186,14 +190,14 @@ class Metrics:
         )
         self.upstream_seconds = Histogram(
             "chatd_upstream_duration_seconds",
-            "Time spent waiting on the upstream per call.",
+            "Time spent on the upstream per request (all its calls).",
             ["provider"],
             buckets=UPSTREAM_BUCKETS,
             registry=r,
         )
         self.overhead_seconds = Histogram(
             "chatd_overhead_seconds",
-            "Time chatd spent on a request outside the upstream call.",
+            "Time chatd spent on a request: the total less upstream calls and waits.",
             ["route"],
             buckets=OVERHEAD_BUCKETS,
             registry=r,
@@ -210,6 +214,15 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.waits = Histogram(
+            "chatd_wait_seconds",
+            "Time requests spent waiting: retry backoff, an upstream's Retry-After, "
+            "or a queue for a provider's slot.",
+            ["reason"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        # Counted per call (a retried request that fails twice counts 2).
         self.upstream_errors = Counter(
             "chatd_upstream_errors",
             "Failed upstream calls, by provider and error code.",
@@ -274,7 +287,6 @@ class Metrics:
         overhead_s: float,
         prompt_tokens: int,
         completion_tokens: int,
-        error_code: str | None,
     ) -> None:
         self._child(
             ("r", route, provider, tier, str(status)),
@@ -296,11 +308,17 @@ class Metrics:
                 ("t", provider, "completion"),
                 lambda: self.tokens.labels(provider, "completion").inc,
             )(completion_tokens)
-        if error_code is not None:
-            self._child(
-                ("e", provider, error_code),
-                lambda: self.upstream_errors.labels(provider, error_code).inc,
-            )()
+
+    def upstream_error(self, provider: str, code: str) -> None:
+        """One upstream call that failed."""
+        count = self._child(
+            ("e", provider, code), lambda: self.upstream_errors.labels(provider, code).inc
+        )
+        count()
+
+    def wait(self, reason: str, seconds: float) -> None:
+        """One wait of a request; ``reason`` is one of ``WAIT_REASONS``."""
+        self._child(("w", reason), lambda: self.waits.labels(reason).observe)(seconds)
 
     def fallback(self, from_name: str, to_name: str) -> None:
         self.fallbacks.labels(from_name, to_name).inc()

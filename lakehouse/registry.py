@@ -1,7 +1,7 @@
 """The provider registry: which providers exist, and which one a model
 name goes to.
 
-Routing, in order (SPEC.md):
+Routing, in order (the README's model-name table):
 1. an empty name resolves to nothing (404);
 2. a configured suffix (``:cloud``) names its provider outright; when that
    provider is not registered the answer is 404, never local Ollama;

@@ -26,10 +26,11 @@ class Limiter:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> bool:
+        """Take a slot; True when the call had to queue for it."""
         if self.active < self.limit and not self._waiters:
             self.active += 1
-            return
+            return False
         if len(self._waiters) >= self.queue:
             self.rejected += 1
             raise Overloaded(
@@ -49,6 +50,7 @@ class Limiter:
             else:
                 self._waiters.remove(waiter)
             raise
+        return True
 
     def release(self) -> None:
         self._release_one()

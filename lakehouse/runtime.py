@@ -89,7 +89,8 @@ class Generation:
         return cls(config, registry, health, dispatcher, gate)
 
     def busy(self) -> bool:
-        return any(lim.active or lim.waiting for lim in self.dispatcher.limiters.values())
+        # Requests, not just calls: one waiting out a retry holds no slot.
+        return self.dispatcher.in_flight > 0
 
     async def close(self) -> None:
         for provider in self.registry:
@@ -112,6 +113,8 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # Old generations waiting for their requests to finish.
+        self._retiring: list[Generation] = []
         self.access = AccessLog()
         self.mint = Minter()
 
@@ -205,9 +208,11 @@ class Runtime:
 
     async def _retire(self, old: Generation) -> None:
         # Calls started on the old generation finish on its sessions.
+        self._retiring.append(old)
         deadline = time.monotonic() + old.config.chatd.deadline_secs
         while old.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 - a rare, idle wait
             await asyncio.sleep(0.1)
+        self._retiring.remove(old)
         await old.close()
 
     async def close(self) -> None:
@@ -219,9 +224,14 @@ class Runtime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # At shutdown (the server has let requests finish) nothing waits.
+        for old in self._retiring:
+            await old.close()
+        self._retiring.clear()
         await self.current.close()
         self.metrics.close()
         self.access.flush()
+        log.info("chatd stopped: in-flight requests done, upstream sessions closed")
 
     def observe(
         self,
@@ -236,7 +246,8 @@ class Runtime:
     ) -> None:
         """Count and log one answered request (after its response was sent)."""
         total = time.perf_counter() - started
-        overhead = max(0.0, total - info.upstream_s)
+        # chatd's own time: not the upstream's, nor waits chatd chose.
+        overhead = max(0.0, total - info.upstream_s - info.wait_s)
         prompt = response.prompt_tokens if response is not None else 0
         completion = response.completion_tokens if response is not None else 0
         code = error.code if error is not None else None
@@ -249,7 +260,6 @@ class Runtime:
             overhead_s=overhead,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            error_code=code if error is not None and error.provider else None,
         )
         if self.access.enabled:
             self.access.write(
@@ -263,6 +273,7 @@ class Runtime:
                     status=status,
                     upstream_ms=round(info.upstream_s * 1000, 3),
                     overhead_ms=round(overhead * 1000, 3),
+                    wait_ms=round(info.wait_s * 1000, 3),
                     model=request.model[:200] if request is not None else None,
                     provider=info.provider or None,
                     tier=info.tier or None,
@@ -270,6 +281,7 @@ class Runtime:
                     completion_tokens=completion,
                     attempts=info.attempts if info.attempts > 1 else 0,
                     error=code,
+                    message=self.registry.redact(str(error))[:500] if error else None,
                 )
             )
         if (
@@ -294,15 +306,15 @@ class Runtime:
         async def one(name: str) -> None:
             provider = generation.registry.get(name)
             assert provider is not None
+            reason = "probe answered that it is not ready"
             try:
                 ok = await provider.probe()
             except Exception as exc:
-                log.warning(
-                    "probe failed",
-                    extra={"provider": name, "error": generation.registry.redact(str(exc))},
-                )
+                # Every interval while down: health logs the change once.
+                reason = "probe failed: " + generation.registry.redact(str(exc))
+                log.debug("probe failed", extra={"provider": name, "error": reason})
                 ok = False
-            generation.health.set_probe(name, ok)
+            generation.health.set_probe(name, ok, reason)
             verdicts[name] = {"ok": ok}
             if isinstance(provider, HostPool):
                 verdicts[name]["hosts"] = provider.host_probes()
@@ -317,7 +329,7 @@ class Runtime:
             provider = generation.registry.get(name)
             if provider is None:
                 continue
-            generation.health.set_probe(name, bool(verdict.get("ok")))
+            generation.health.set_probe(name, bool(verdict.get("ok")), announce=False)
             if isinstance(provider, HostPool):
                 provider.set_host_probes(verdict.get("hosts") or {})
 

@@ -15,7 +15,9 @@ import email.utils
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -30,6 +32,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol import events as stream_events
 from hypercorn.protocol import h2 as hypercorn_h2
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse import probe_share
@@ -37,6 +42,7 @@ from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
 from lakehouse.h2_tuning import tuned_h2_protocol
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from lakehouse.stream_reset import resetting
 from lakehouse.supervisor import Supervisor, WorkerPlan
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
@@ -44,10 +50,12 @@ APP_PATH = "lakehouse.asgi:app_from_env()"
 
 def tune_connections() -> None:
     """Have Hypercorn's connections use lakehouse.connections' idle timer
-    and coalesced writes (see there), and its HTTP/2 layer
-    lakehouse.h2_tuning's (``tune_h2``). Each process that serves calls
-    this, once or more; it changes nothing on a Hypercorn other than 0.18,
-    whose TCPServer and H2Protocol they were written against."""
+    and coalesced writes, reset HTTP/2 streams left unfinished
+    (lakehouse.stream_reset), and run its HTTP/2 layer as
+    lakehouse.h2_tuning says (``tune_h2``; the tuned subclass inherits the
+    reset). Each process that serves calls this, once or more; it changes
+    nothing on a Hypercorn other than 0.18, whose TCPServer and H2Protocol
+    they were written against."""
     tune_h2()
     server = tcp_server.TCPServer
     needed = ("_initiate_server_close", "_idle_timeout", "protocol_send")
@@ -62,6 +70,13 @@ def tune_connections() -> None:
         send: Any = corked(server.protocol_send, RawData, Closed)
         send.chatd_corked = True
         server.protocol_send = send  # type: ignore[method-assign]
+    h2 = H2Protocol
+    if all(hasattr(h2, name) for name in ("stream_send", "_flush")) and not getattr(
+        h2.stream_send, "chatd_resetting", False
+    ):
+        reset: Any = resetting(h2.stream_send, StreamClosed, ASGIHTTPState.RESPONSE)
+        reset.chatd_resetting = True
+        h2.stream_send = reset  # type: ignore[method-assign]
 
 
 def tune_h2() -> None:
@@ -117,7 +132,9 @@ def hypercorn_config(
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
     h.backlog = server.backlog
     h.accesslog = None
-    h.errorlog = "-"
+    # Hypercorn's own lines ("Running on", errors) go through chatd's JSON
+    # formatter: a Logger is used as it is (and pickles by name to workers).
+    h.errorlog = logging.getLogger("chatd.server")
     h.loglevel = config.chatd.log_level.upper()
     h.include_server_header = False
     if server.certfile and server.keyfile:
@@ -146,17 +163,31 @@ def run(
     # Workers are spawned afresh and inherit this: each writes its metrics
     # to files there, and a scrape of any worker merges them.
     server = config.chatd.server
-    path = server.metrics_dir or os.path.join(tempfile.gettempdir(), f"chatd-metrics-{os.getpid()}")
-    prepare_multiprocess_dir(path)
-    probe_share.reset(path)
+    path, owned = metrics_folder(server.metrics_dir)
     os.environ[MULTIPROC_ENV] = path
-    sock = listening_socket(h.bind[0], server.backlog)
-    plan = WorkerPlan(
-        count=h.workers,
-        app_path=app_path,
-        graceful_timeout=server.graceful_timeout_secs,
-    )
-    return Supervisor(sock, plan).run()
+    try:
+        sock = listening_socket(h.bind[0], server.backlog)
+        plan = WorkerPlan(
+            count=h.workers,
+            app_path=app_path,
+            graceful_timeout=server.graceful_timeout_secs,
+        )
+        return Supervisor(sock, plan).run()
+    finally:
+        if owned:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def metrics_folder(configured: str | None) -> tuple[str, bool]:
+    """The folder a pool's workers share, and whether it is ours (made
+    here, removed at exit). Workers trust its files (metrics summed, probe
+    verdicts followed), so the default is made afresh, mode 0700, under an
+    unguessable name: never one another user of a shared /tmp made first."""
+    if not configured:
+        return tempfile.mkdtemp(prefix="chatd-metrics-"), True
+    prepare_multiprocess_dir(configured)
+    probe_share.reset(configured)
+    return configured, False
 
 
 def listening_socket(bind: str, backlog: int) -> socket.socket:
@@ -200,8 +231,7 @@ async def _serve_until_stopped(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if lifeline is not None:
-        # Readable only at EOF: the supervisor died without telling us.
-        loop.add_reader(lifeline, stop.set)
+        watch_lifeline(lifeline, stop.set)
 
     async def trigger() -> None:
         # Hypercorn awaits the shutdown trigger only once every listener
@@ -211,6 +241,21 @@ async def _serve_until_stopped(
         await stop.wait()
 
     await hypercorn_serve(app, h, shutdown_trigger=trigger)
+
+
+def watch_lifeline(fd: int, stop: Callable[[], None]) -> None:
+    """Call ``stop`` when ``fd`` (the read end of a pipe only the
+    supervisor writes to, and never does) reads EOF: it died without
+    telling us."""
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        # EOF stays readable: left on, this would be called on every turn
+        # of the loop, spinning a core for the whole drain.
+        loop.remove_reader(fd)
+        stop()
+
+    loop.add_reader(fd, gone)
 
 
 def load_app(app_path: str) -> Callable[..., Awaitable[None]]:

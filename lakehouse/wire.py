@@ -239,10 +239,37 @@ class StreamLine(msgspec.Struct, omit_defaults=True):
     logprobs: list[TokenLogprob] | None = None
 
 
-class StreamDone(ChatResponse, kw_only=True):
-    """The last line of a streamed native answer: the whole ChatResponse."""
+class StreamDone(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The last line of a streamed native answer: what the lines before it
+    did not say (the ChatResponse without ``content``, ``reasoning``,
+    ``tool_calls`` and ``logprobs``, all streamed already), so a client
+    joining every line's ``content`` gets the answer once."""
 
+    model: str
+    provider: str
+    done_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int = -1
+    tier: str | None = None
+    fallback: str | None = None
+    attempts: int | None = None
     done: Literal[True]
+
+    @classmethod
+    def of(cls, final: ChatResponse) -> StreamDone:
+        return cls(
+            model=final.model,
+            provider=final.provider,
+            done_reason=final.done_reason,
+            prompt_tokens=final.prompt_tokens,
+            completion_tokens=final.completion_tokens,
+            latency_ms=final.latency_ms,
+            tier=final.tier,
+            fallback=final.fallback,
+            attempts=final.attempts,
+            done=True,
+        )
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):

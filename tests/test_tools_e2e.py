@@ -125,7 +125,8 @@ async def test_native_parallel_calls_streamed(
         {"name": "get_weather", "arguments": {"city": "parallel Paris"}},
         {"name": "get_time", "arguments": {"zone": "parallel Paris"}},
     ]
-    assert streamed == done["tool_calls"]
+    # Each call once: the done line does not repeat them.
+    assert "tool_calls" not in done
     assert len({c["id"] for c in streamed}) == 2
 
 

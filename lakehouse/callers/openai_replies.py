@@ -58,7 +58,7 @@ class ChatCompletion(msgspec.Struct):
     id: str
     object: Literal["chat.completion"]
     created: int
-    # The model id that answered, as the upstream named it.
+    # The model chatd routed to (as in the chunks of a stream).
     model: str
     choices: list[Choice]
     usage: Usage
@@ -99,8 +99,8 @@ class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
     id: str
     object: Literal["chat.completion.chunk"]
     created: int
-    # The name the caller asked for: chunks are sent before the upstream
-    # says which model answered.
+    # The model chatd routed to: the tier resolved, the routing prefix
+    # stripped (as in a whole completion).
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
@@ -143,7 +143,10 @@ def choice_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     return None if tokens is None else ChoiceLogprobs(tokens)
 
 
-def completion(response: ChatResponse, rid: str) -> bytes:
+def completion(response: ChatResponse, rid: str, model: str) -> bytes:
+    """``model``: the model chatd routed to, the one rule for completions
+    and chunks (an upstream may name its answer otherwise, e.g. a dated
+    snapshot, but chunks go out before it says)."""
     calls = response.tool_calls
     message = AssistantMessage(
         "assistant",
@@ -157,7 +160,7 @@ def completion(response: ChatResponse, rid: str) -> bytes:
             id=f"chatcmpl-{rid}",
             object="chat.completion",
             created=int(time.time()),
-            model=response.model,
+            model=model or response.model,
             choices=[Choice(0, message, reason, choice_logprobs(response.logprobs))],
             usage=usage(response),
             provider=response.provider,

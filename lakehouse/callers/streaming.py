@@ -102,8 +102,7 @@ class LineWriter:
         rest = (final.tool_calls or [])[self._sent :]
         if rest:
             lines = encoder.encode(StreamLine(tool_calls=rest)) + b"\n"
-        done = StreamDone(**{f: getattr(final, f) for f in final.__struct_fields__}, done=True)
-        return lines + encoder.encode(done) + b"\n"
+        return lines + encoder.encode(StreamDone.of(final)) + b"\n"
 
     def error(self, exc: ChatdError, message: str) -> bytes:
         detail = ErrorDetail(code=exc.code, message=message, provider=exc.provider)
@@ -119,9 +118,10 @@ class ChunkWriter:
     content_type = b"text/event-stream"
     keepalive = b": keep-alive\n\n"
 
-    def __init__(self, rid: str, model: str, *, include_usage: bool) -> None:
+    def __init__(self, rid: str, model: str | Callable[[], str], *, include_usage: bool) -> None:
         self._id = f"chatcmpl-{rid}"
-        self._model = model
+        # Read at the first chunk: the dispatcher knows the model by then.
+        self._model = model if callable(model) else lambda: model
         self._created = int(time.time())
         self._include_usage = include_usage
         self._role_sent = False
@@ -129,7 +129,7 @@ class ChunkWriter:
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         chunk = ChatCompletionChunk(
-            self._id, "chat.completion.chunk", self._created, self._model, choices, usage
+            self._id, "chat.completion.chunk", self._created, self._model(), choices, usage
         )
         return b"data: " + encoder.encode(chunk) + b"\n\n"
 
@@ -204,8 +204,12 @@ class Relay:
         refuse: Refuse,
         redact: Callable[[str], str] = str,
         keepalive_secs: float = 0.0,
+        trailer: Callable[[], bytes] | None = None,
     ) -> None:
         self._send = send
+        # Server-Timing, known only at the end: an HTTP trailer when the
+        # connection can carry one (see web.relay_stream).
+        self._trailer = trailer
         self._receive = receive
         self._framing = framing
         self._headers = headers
@@ -287,7 +291,11 @@ class Relay:
             (b"x-accel-buffering", b"no"),
             *self._headers,
         ]
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        if self._trailer is not None:
+            headers.append((b"trailer", b"server-timing"))
+            start["trailers"] = True
+        await self._send(start)
 
     async def _body(self, frame: bytes, *, more: bool = True) -> None:
         async with self._lock:
@@ -298,6 +306,11 @@ class Relay:
             self._ended = not more
             await self._send({"type": "http.response.body", "body": frame, "more_body": more})
             self._last = self._loop.time()
+            if self._ended and self._trailer is not None:
+                timing = (b"server-timing", self._trailer())
+                await self._send(
+                    {"type": "http.response.trailers", "headers": [timing], "more_trailers": False}
+                )
 
     async def _watch(self, task: asyncio.Task[object]) -> None:
         """Until the caller hangs up: then cancel the stream (``task``). In

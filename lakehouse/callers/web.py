@@ -3,7 +3,7 @@
 The chat routes (``POST /chat``, ``/v1/chat`` and the OpenAI surface's
 ``/v1/chat/completions``) are plain ASGI callables in front of Starlette:
 body bytes → cached msgspec decoder → dispatcher → msgspec encoder, with no
-Request/Response objects (PERF-NOTES.md measured ~15% throughput for this).
+Request/Response objects (measured ~15% more throughput; see bench/README.md).
 A request with ``"stream": true`` is handed to a ``streaming.Relay``.
 Starlette owns every other route and the lifespan. Errors become responses
 in one place per surface: ``http_io.error_response`` (native) and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lakehouse import request_id
+from lakehouse.auth import is_loopback
 from lakehouse.callers import openai_replies, openai_requests, openapi
 from lakehouse.callers.http_io import (
     ClientGone,
@@ -42,7 +43,7 @@ from lakehouse.callers.openai_errors import openai_error_response
 from lakehouse.callers.streaming import ChunkWriter, Framing, LineWriter, Refuse, Relay
 from lakehouse.config import Config
 from lakehouse.dispatcher import CallInfo
-from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
+from lakehouse.errors import ChatdError, Forbidden, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.runtime import ConfigSource, Runtime
 from lakehouse.timeouts import Bound
 from lakehouse.upstreams.pool import hosts_listing
@@ -82,10 +83,22 @@ async def relay_stream(
         refuse=refuse,
         redact=runtime.registry.redact,
         keepalive_secs=keepalive_secs,
+        trailer=timing_trailer(scope, info, started),
     )
     outcome = await relay.run(runtime.dispatcher.stream(request, info, deadline=deadline))
     path = scope["path"]
     runtime.observe(path, rid, request, info, outcome.status, started, outcome.final, outcome.error)
+
+
+def timing_trailer(scope: Scope, info: CallInfo, started: float) -> Callable[[], bytes] | None:
+    """A stream's Server-Timing, sent as a trailer when the caller accepts
+    them (``TE: trailers``) and the server can send them (HTTP/2); an
+    HTTP/1.1 stream goes without (Hypercorn sends no chunked trailers)."""
+    if "http.response.trailers" not in scope.get("extensions", {}):
+        return None
+    if not any(name == b"te" and value == b"trailers" for name, value in scope["headers"]):
+        return None
+    return lambda: server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
 
 
 class ChatEndpoint:
@@ -185,9 +198,12 @@ class CompletionsEndpoint:
         response = None
         error: ChatdError | None = None
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} not allowed on {scope['path']}")
+            # Auth first: a caller without a token learns nothing of routes.
             runtime.gate.check(scope["path"], headers.get(b"authorization"))
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(
+                    f"{scope['method']} not allowed on {scope['path']}", allow=("POST",)
+                )
             deadline = parse_deadline(headers.get(b"x-chatd-deadline"))
             limit = runtime.config.chatd.max_request_bytes
             body = await read_body(receive, limit, headers.get(b"content-length"))
@@ -205,7 +221,7 @@ class CompletionsEndpoint:
                     receive,
                     send,
                     request,
-                    framing=ChunkWriter(rid, asked.model, include_usage=usage),
+                    framing=ChunkWriter(rid, lambda: info.model, include_usage=usage),
                     refuse=lambda exc: openai_error_response(exc, redact),
                     info=info,
                     deadline=deadline,
@@ -216,7 +232,7 @@ class CompletionsEndpoint:
                 return
             response = await runtime.dispatcher.chat(request, info, deadline=deadline)
             extra: Headers = []
-            status, payload = 200, openai_replies.completion(response, rid)
+            status, payload = 200, openai_replies.completion(response, rid, info.model)
         except ClientGone:
             runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
             return
@@ -233,7 +249,7 @@ async def answer(
     """A chat route's whole answer, with its request ID and Server-Timing."""
     rid = request_id.current.get() or ""
     headers.append((b"x-request-id", rid.encode()))
-    timing = server_timing(info.upstream_s, time.perf_counter() - started)
+    timing = server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
     headers.append((b"server-timing", timing))
     await send_json(send, status, payload, headers)
 
@@ -292,6 +308,10 @@ async def ready(request: Request) -> Response:
 
 async def reload(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
+    client = request.client.host if request.client else ""
+    if not runtime.gate.enabled and not is_loopback(f"[{client}]:0"):
+        # Without auth anyone who can reach chatd could reload it.
+        raise Forbidden("POST /admin/reload needs [chatd.auth] on, or a caller on loopback")
     refused = await runtime.reload()
     if refused is not None:
         raise ReloadRefused(refused)
@@ -340,7 +360,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: ChatdError
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"{request.method} not allowed on {request.url.path}")
+        allow = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(
+            f"{request.method} not allowed on {request.url.path}",
+            # Sorted: Starlette keeps a route's methods in a set.
+            allow=tuple(sorted(m.strip() for m in allow.split(",") if m.strip())),
+        )
     elif exc.status_code == 404:
         error = NotFound(f"no route {request.url.path}")
     else:
@@ -408,13 +433,14 @@ def create_app(
         bounded = None
         if stall and scope.get("http_version") == "2":
             send = bounded = BoundedSend(send, stall)
+        in_flight = app.state.runtime.metrics.in_flight
         try:
             if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                with contextlib.suppress(PeerGone):
+                with contextlib.suppress(PeerGone), in_flight.track_inprogress():
                     await chat(scope, receive, send)
                 return
             if scope["path"] in COMPLETIONS_PATHS:
-                with contextlib.suppress(PeerGone):
+                with contextlib.suppress(PeerGone), in_flight.track_inprogress():
                     await completions(scope, receive, send)
                 return
             await others(scope, receive, send)

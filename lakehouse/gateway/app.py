@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from lakehouse import request_id, sd_notify
+from lakehouse import request_id, sd_notify, startup
 from lakehouse.config import (
     Config,
     add_cli_options,
@@ -38,6 +39,7 @@ from lakehouse.gateway import legacy
 from lakehouse.gateway.proxy import (
     ASGIApp,
     Caller,
+    Message,
     Receive,
     Scope,
     Send,
@@ -46,12 +48,35 @@ from lakehouse.gateway.proxy import (
     send_error,
     send_json,
 )
-from lakehouse.logs import setup_logging
+from lakehouse.logs import AccessLog, GatewayAccessEntry, setup_logging
 
 APP_PATH = "lakehouse.gateway.app:app_from_env()"
 # Headers aiohttp would add on its own; the upstream sees the caller's only.
 NOT_AUTOMATIC = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 KEEPALIVE_SECS = 30.0
+# Connections opened to one upstream at once. A burst of callers on a cold
+# pool (200 h2 streams at once) would otherwise send as many SYNs at once
+# into the upstream's listen backlog (Hypercorn's default: 100): the ones
+# dropped wait out a 1 s SYN retransmit. Opened a few at a time they are
+# accepted in turn, and pooled for the next burst.
+OPENING = 16
+
+
+class OpeningBound(aiohttp.TCPConnector):
+    """A TCPConnector that opens at most ``opening`` connections at once
+    (the pool itself stays unbounded: a stream holds its connection as long
+    as it runs). ``connect`` (aiohttp's documented "get from pool or create
+    new connection") runs under the bound, so a request that waited for its
+    turn takes a connection that came back to the pool meanwhile, if any,
+    rather than opening one more; taking a pooled one does not wait on I/O."""
+
+    def __init__(self, *, opening: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._opening = asyncio.Semaphore(opening)
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        async with self._opening:
+            return await super().connect(req, traces, timeout)
 
 log = logging.getLogger("chatd.gateway")
 
@@ -118,7 +143,9 @@ class Table:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
         for origin in {route.origin for route in self.routes}:
             self.sessions[origin] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECS),
+                connector=OpeningBound(
+                    opening=OPENING, limit=0, keepalive_timeout=KEEPALIVE_SECS
+                ),
                 timeout=timeout,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
@@ -149,6 +176,7 @@ class Gateway:
         self._table = Table(config)
         self._source = source
         self._tasks: set[asyncio.Task[None]] = set()
+        self._access = AccessLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -175,6 +203,8 @@ class Gateway:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 await self._table.close()
+                self._access.flush()
+                log.info("gateway stopped")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -214,34 +244,80 @@ class Gateway:
         token = request_id.current.set(rid)
         table = self._table
         table.busy += 1
-        try:
-            if scope["path"] == "/health":
-                await send_json(send, 200, b'{"status":"ok"}', rid)
-                return
-            raw_path = scope.get("raw_path") or scope["path"].encode()
+        if not self._access.enabled:
             try:
-                route = table.route(scope["path"], raw_path)
-            except ChatdError as exc:
-                await Caller(receive).drain()
-                await send_error(send, exc, rid)
-                return
-            session = table.sessions.get(route.origin)
-            if session is None:
-                raise RuntimeError("gateway called before its lifespan started")
-            url = route.target(raw_path, scope["query_string"])
-            await forward(
-                session,
-                url,
-                scope,
-                receive,
-                send,
-                rid=rid,
-                route=route.prefix,
-                timeout=table.timeout,
-            )
+                await self._serve(table, scope, receive, send, rid)
+            finally:
+                table.busy -= 1
+                request_id.current.reset(token)
+            return
+        started = time.perf_counter()
+        status = 499
+        route: list[str] = []
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._serve(table, scope, receive, send_seen, rid, route)
         finally:
             table.busy -= 1
             request_id.current.reset(token)
+            self._access.write(
+                GatewayAccessEntry(
+                    ts=self._access.timestamp(time.time()),
+                    level="info",
+                    logger="chatd.gateway.access",
+                    msg="request",
+                    request_id=rid,
+                    method=scope["method"],
+                    path=scope["path"][:200],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    route=route[0] if route else None,
+                )
+            )
+
+    async def _serve(
+        self,
+        table: Table,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        seen: list[str] | None = None,
+    ) -> None:
+        """One request: the gateway's own /health, or a route's upstream;
+        ``seen`` gets the route taken."""
+        if scope["path"] == "/health":
+            await send_json(send, 200, b'{"status":"ok"}', rid)
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        try:
+            route = table.route(scope["path"], raw_path)
+        except ChatdError as exc:
+            await Caller(receive).drain()
+            await send_error(send, exc, rid)
+            return
+        if seen is not None:
+            seen.append(route.prefix)
+        session = table.sessions.get(route.origin)
+        if session is None:
+            raise RuntimeError("gateway called before its lifespan started")
+        url = route.target(raw_path, scope["query_string"])
+        await forward(
+            session,
+            url,
+            scope,
+            receive,
+            send,
+            rid=rid,
+            route=route.prefix,
+            timeout=table.timeout,
+        )
 
 
 def describe(routes: list[Route]) -> str:
@@ -261,6 +337,9 @@ def app_from_env() -> ASGIApp:
     path = default_config_path()
     config = load(path, overrides)
     setup_logging(config.chatd.log_level)
+    from lakehouse.server import tune_connections
+
+    tune_connections()  # spawned workers import Hypercorn afresh, as chatd's do
     return sd_notify.announcing(create_gateway(config, source=lambda: load(path, overrides)))
 
 
@@ -270,6 +349,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="The lakehouse /v1 edge: proxies the [gateway] routes to their upstreams.",
     )
     add_cli_options(parser, "gateway")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check everything a start checks (config, routes, bind address, TLS), then exit",
+    )
     return parser.parse_args(argv)
 
 
@@ -278,22 +362,39 @@ def main(argv: list[str] | None = None) -> int:
     path = (args.config or default_config_path()).resolve()
     try:
         overrides = parse_overrides(args.set)
+        flags = {key: f"--set {key}" for key in overrides}
+        if args.bind:
+            flags["gateway.bind"] = "--bind"
+        origins = startup.Origins(path, flags)
         config = load(path, overrides)
+        setup_logging(config.chatd.log_level)
         try:
             routes = routes_from(config)
+            assert config.gateway is not None
+            bind = args.bind or config.gateway.bind
+            startup.check_bind(bind, "gateway.bind")
+            warnings = startup.check_tls(config.chatd.server)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise origins.blame(exc) from None
     except ConfigError as exc:
         print(f"chatd gateway: config error: {exc}", file=sys.stderr)
         return 2
-    assert config.gateway is not None
+    for warning in warnings:
+        log.warning(warning)
+    if args.check:
+        print(f"config ok: {path}; routes: {describe(routes)}")
+        return 0
     from lakehouse import server
 
-    setup_logging(config.chatd.log_level)
     legacy.log_renames(config.legacy, log)
     server.environ_for(str(path), json.dumps(overrides) if overrides else None)
-    bind = args.bind or config.gateway.bind
-    print(
-        f"chatd gateway serving on http://{bind}: {describe(routes)}", file=sys.stderr, flush=True
-    )
-    return server.run(config, bind=bind, workers=args.workers, app_path=APP_PATH)
+    try:
+        startup.check_listen(bind)
+        where = startup.address(config, bind)
+        print(f"chatd gateway serving on {where}: {describe(routes)}", file=sys.stderr, flush=True)
+        return server.run(config, bind=bind, workers=args.workers, app_path=APP_PATH)
+    except OSError as exc:
+        if exc.errno not in startup.LISTEN_ERRNOS:
+            raise
+        print(f"chatd gateway: {startup.listen_failure(bind, exc)}", file=sys.stderr)
+        return 2

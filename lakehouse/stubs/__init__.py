@@ -2,8 +2,8 @@
 
 Flavours: ``ollama``, ``ollama_cloud``, ``openrouter``, ``opencode`` (also
 Anthropic Messages on ``/messages`` and OpenAI Responses on ``/responses``),
-``opencode_go``, ``kimi`` (also Anthropic Messages); docs/protocols/ holds
-the facts the Messages and Responses dialects follow. They never make
+``opencode_go``, ``kimi`` (also Anthropic Messages); docs/protocols.md and
+docs/protocols/ hold the facts the dialects follow. They never make
 outbound calls.
 """
 

@@ -1,4 +1,4 @@
-"""Each emulated upstream as data: paths, error shapes, quirks (protocols.md §1-3).
+"""Each emulated upstream as data: paths, error shapes, quirks (docs/protocols.md §1-3).
 
 The dialect modules read these fields instead of branching on a flavour's
 name, so a new flavour is one more table entry.

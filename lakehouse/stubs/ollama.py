@@ -1,4 +1,4 @@
-"""Ollama's native API (protocols.md §1, §2): /api/chat, /api/generate and friends.
+"""Ollama's native API (docs/protocols.md §1, §2): /api/chat, /api/generate and friends.
 
 Over 350 lines: one dialect, including the request checks real Ollama makes
 (images as base64, object arguments), reads best in one place.

@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions dialect (protocols.md §3) with each flavour's quirks."""
+"""The OpenAI Chat Completions dialect (docs/protocols.md §3) with each flavour's quirks."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ CapField = Literal["max_tokens", "max_completion_tokens"]
 class Flavour:
     """What differs between upstreams that speak the same dialect."""
 
-    # The output cap each upstream documents (protocols.md §3.1).
+    # The output cap each upstream documents (docs/protocols.md §3.1).
     cap_field: CapField = "max_tokens"
     # ``error.type``, a string ``error.code`` or ``error.metadata.limit_source``
     # → its class; checked before the status on 4xx replies.

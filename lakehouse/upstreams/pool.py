@@ -65,7 +65,10 @@ class HostPool:
         self.name = name
         self.hosts = [Host(host, provider) for host, provider in hosts]
         self.health = Health(
-            [h.name for h in self.hosts], failure_threshold=failure_threshold, cooldown=cooldown
+            [h.name for h in self.hosts],
+            failure_threshold=failure_threshold,
+            cooldown=cooldown,
+            pool=name,
         )
         self._turn = 0
 
@@ -195,16 +198,19 @@ class HostPool:
         """Probe every host; the pool is up while any host is available."""
 
         async def one(host: Host) -> None:
+            reason = "probe answered that it is not ready"
             try:
                 ok = await host.provider.probe()
             except Exception as exc:
                 # The exception's text may quote the host's URL: its type only.
-                log.warning(
+                # Every interval while down: health logs the change once.
+                reason = f"probe failed: {type(exc).__name__}"
+                log.debug(
                     "host probe failed",
                     extra={"provider": self.name, "host": host.name, "error": type(exc).__name__},
                 )
                 ok = False
-            self.health.set_probe(host.name, ok)
+            self.health.set_probe(host.name, ok, reason)
 
         await asyncio.gather(*(one(h) for h in self.hosts))
         return any(self.health.available(h.name) for h in self.hosts)
@@ -216,7 +222,8 @@ class HostPool:
 
     def set_host_probes(self, verdicts: Mapping[str, bool]) -> None:
         for name, ok in verdicts.items():
-            self.health.set_probe(name, bool(ok))
+            # The probing worker logged any change.
+            self.health.set_probe(name, bool(ok), announce=False)
 
     def states(self) -> dict[str, HostState]:
         return {

@@ -264,7 +264,7 @@ def answer(**kw: Any) -> ChatResponse:
 
 
 def test_completion_shape() -> None:
-    body = json.loads(completion(answer(reasoning="think", done_reason="length"), "rid1"))
+    body = json.loads(completion(answer(reasoning="think", done_reason="length"), "rid1", "m"))
     assert body["id"] == "chatcmpl-rid1"
     assert body["object"] == "chat.completion"
     assert isinstance(body["created"], int)
@@ -283,7 +283,7 @@ def test_completion_shape() -> None:
     ]
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert (
-        json.loads(completion(answer(done_reason="load"), "r"))["choices"][0]["finish_reason"]
+        json.loads(completion(answer(done_reason="load"), "r", "m"))["choices"][0]["finish_reason"]
         == "stop"
     )
 
@@ -298,7 +298,9 @@ def test_completion_with_tool_calls_and_logprobs() -> None:
     tokens = [TokenLogprob("Hi", -0.5, [72, 105], [TopLogprob("Hi", -0.5)])]
     body = json.loads(
         completion(
-            answer(content="", done_reason="tool_calls", tool_calls=CALLS, logprobs=tokens), "r"
+            answer(content="", done_reason="tool_calls", tool_calls=CALLS, logprobs=tokens),
+            "r",
+            "m",
         )
     )
     (choice,) = body["choices"]

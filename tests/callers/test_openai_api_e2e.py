@@ -96,8 +96,22 @@ async def test_streaming_through_every_provider(
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
     assert last.usage.completion_tokens > 0 and last.usage.prompt_tokens > 0
-    assert {c.model for c in chunks} == {MODELS[name]}
+    # The model chatd routed to (routing prefix stripped), as in a completion.
+    assert {c.model for c in chunks} == {MODELS[name].removeprefix(name + "/")}
     assert world.stubs[name].chats[-1].json["stream"] is True
+
+
+async def test_completion_and_chunks_name_the_model_by_one_rule() -> None:
+    async with stub_world({"models.cloud_judge": "kimi-k2.6:cloud"}) as world:
+        client = openai.AsyncOpenAI(base_url=world.base + "/v1", api_key="x", max_retries=0)
+        whole = await client.chat.completions.create(model="cloud_judge", messages=HELLO)
+        stream = await client.chat.completions.create(
+            model="cloud_judge", messages=HELLO, stream=True
+        )
+        models = {chunk.model async for chunk in stream}
+        await client.close()
+    assert whole.model == "kimi-k2.6:cloud"
+    assert models == {"kimi-k2.6:cloud"}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

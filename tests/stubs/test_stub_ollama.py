@@ -1,4 +1,4 @@
-"""The Ollama and Ollama Cloud stubs against protocols.md §1-2, over real sockets."""
+"""The Ollama and Ollama Cloud stubs against docs/protocols.md §1-2, over real sockets."""
 
 from __future__ import annotations
 
