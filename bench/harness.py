@@ -6,9 +6,9 @@ share CPU 1. Every row runs once per round and the rows are interleaved round
 by round, so a noisy neighbour hits them all alike; each figure is the median
 over the rounds, with min..max.
 
-A little over 350 lines: ``main`` starts every process the rows need (chatd
-tuned and stock, the 2-worker pool, the floors, the gateway) in one place,
-so that one ``finally`` stops them all.
+About 450 lines: ``main`` starts every process the rows need (chatd tuned
+and stock, the stream rows' chatd, the tick stubs, the 2-worker pool, the
+floors, the gateway) in one place, so that one ``finally`` stops them all.
 """
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ from procs import (
     write_config,
 )
 from report import render
+from stream_rows import (
+    StreamRow,
+    build_stream_rows,
+    h2_budget,
+    run_stream_row,
+    stream_body,
+    stream_lines,
+    tick_name,
+)
 
 # --------------------------------------------------------------------------- main
 
@@ -68,14 +77,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="never apt-get wrk/h2load: skip (and list) the rows of a missing one",
     )
+    p.add_argument(
+        "--streams",
+        help="stream rows, STREAMS:MS_BETWEEN_CHUNKS comma-separated (200:20,1000:100; '': none)",
+    )
+    p.add_argument("--chunks", type=int, help="chunks per streamed answer (50)")
+    p.add_argument("--stream-duration", type=float, help="seconds of new streams per run (10)")
     p.add_argument("--chatd-cpu", default="0", help="CPU for chatd (taskset -c)")
     p.add_argument("--load-cpu", default="1", help="CPU for the stubs and load generators")
     args = p.parse_args(argv)
-    defaults = (1, 1.0, "16", 0) if args.quick else (3, 10.0, "1,16,64", 64)
-    for name, default in zip(("runs", "duration", "conc", "delay_conc"), defaults, strict=True):
+    names = ("runs", "duration", "conc", "delay_conc", "streams", "chunks", "stream_duration")
+    defaults = (
+        (1, 1.0, "16", 0, "20:20", 10, 0.5)
+        if args.quick
+        else (3, 10.0, "1,16,64", 64, "200:20,1000:100", 50, 10.0)
+    )
+    for name, default in zip(names, defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
     args.conc_levels = [int(c) for c in str(args.conc).split(",") if c.strip()]
+    args.stream_levels = [
+        (int(n), float(ms)) for n, _, ms in (x.partition(":") for x in args.streams.split(",") if x)
+    ]
     return args
 
 
@@ -132,6 +155,12 @@ def build_rows(
             Row(f"chat-h2/c{conc}", f"chatd /chat h2c ({conns} conn x {streams} streams)",
                 "h2load", f"{chatd_url}/chat", conc, body, "fast", True, conns, streams)
         )  # fmt: skip
+        if conc == 16 and conns != 1:
+            # One connection carrying them all, as a single multiplexing client.
+            rows.append(
+                Row(f"chat-h2x1/c{conc}", f"chatd /chat h2c (1 conn x {conc} streams)",
+                    "h2load", f"{chatd_url}/chat", conc, body, "fast", True, 1, conc)
+            )  # fmt: skip
         if gateway_url:
             rows.append(
                 Row(f"gateway-h2/c{conc}",
@@ -178,14 +207,28 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="chatd-bench-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            fast, fast_port = start_stub(load_cpu, 0, out_dir / "stub.log")
+            first_ms = args.stream_levels[0][1] if args.stream_levels else 20
+            pace = ["--chunks", str(args.chunks), "--chunk-ms", f"{first_ms:g}"]
+            fast, fast_port = start_stub(load_cpu, 0, out_dir / "stub.log", pace)
             procs.append(fast)
+            stub_urls = {first_ms: f"http://127.0.0.1:{fast_port}"}
+            tick_ports: dict[str, int] = {}
+            tick_pids: dict[str, int] = {}
+            for _, ms in args.stream_levels:
+                if ms in stub_urls:
+                    continue
+                name = tick_name(ms)
+                extra = ["--chunks", str(args.chunks), "--chunk-ms", f"{ms:g}"]
+                tick, tick_ports[name] = start_stub(load_cpu, 0, out_dir / f"{name}.log", extra)
+                procs.append(tick)
+                tick_pids[name] = tick.pid
+                stub_urls[ms] = f"http://127.0.0.1:{tick_ports[name]}"
             slow, slow_port = start_stub(load_cpu, args.delay_ms, out_dir / "stub-slow.log")
             procs.append(slow)
             port = free_port()
             config = tmp / "chatd.toml"
             gateway_port = free_port()
-            write_config(config, port, fast_port, slow_port, gateway_port)
+            write_config(config, port, fast_port, slow_port, tick_ports, gateway_port)
             chatd = start_chatd(chatd_cpu, config, port, out_dir / "chatd.log")
             procs.append(chatd)
             chatd_url = f"http://127.0.0.1:{port}"
@@ -202,6 +245,17 @@ def main(argv: list[str]) -> int:
                 http("POST", f"{chatd_url}/chat", chat_body())
             time.sleep(0.5)
             idle_mb = rss_kb(chatd.pid) / 1024
+            # The stream rows go to a second chatd (same config, same core), so
+            # their thousand open streams neither raise the request rows' RSS
+            # nor hide in it, and their RSS per stream starts from its own idle.
+            stream_port = free_port()
+            schatd = start_chatd(chatd_cpu, config, stream_port, out_dir / "chatd-streams.log")
+            procs.append(schatd)
+            schatd_url = f"http://127.0.0.1:{stream_port}"
+            for _ in range(20):
+                http("POST", f"{schatd_url}/chat", stream_body())
+            time.sleep(0.5)
+            stream_idle_mb = rss_kb(schatd.pid) / 1024
             # The same chatd on the libraries' stock paths (chatd.server.tuned
             # = false), on chatd's core, measured side by side.
             stock_port = free_port()
@@ -266,9 +320,13 @@ def main(argv: list[str]) -> int:
                 if row.tool in missing
             ]
             rows = [row for row in rows if row.tool not in missing]
+            srows = build_stream_rows(args, stub_urls, schatd_url, openai_ok)
+            longest = args.chunks * max((ms for _, ms in args.stream_levels), default=0) / 1000
             total = len(rows) * args.runs * (args.duration + 0.5)
+            total += len(srows) * args.runs * (args.stream_duration + longest + 1)
             print(
-                f"bench: {len(rows)} rows x {args.runs} runs x {args.duration:g} s "
+                f"bench: {len(rows)} rows and {len(srows)} stream rows x {args.runs} runs "
+                f"x {args.duration:g} s "
                 f"(~{total / 60:.1f} min); chatd pid {chatd.pid} on CPU {chatd_cpu}, "
                 f"stubs and load on CPU {load_cpu}",
                 file=sys.stderr,
@@ -277,7 +335,7 @@ def main(argv: list[str]) -> int:
             warm = Row("warm", "warm-up", "wrk", f"{chatd_url}/chat", 16, chat_body(), "fast", True)
             if "wrk" not in missing:
                 run_wrk(warm, 1, load_cpu)
-            stub_pids = {"fast": fast.pid, "slow": slow.pid}
+            stub_pids = {"fast": fast.pid, "slow": slow.pid, **tick_pids}
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
@@ -293,11 +351,27 @@ def main(argv: list[str]) -> int:
                     f"(wrk c=16 on CPU {chatd_cpu}, stub on CPU {load_cpu}, before the rounds)"
                 )
             print(f"bench: stub alone: {stub_alone}", file=sys.stderr, flush=True)
+            every: list[Row | StreamRow] = [*rows, *srows]
             for rnd in range(args.runs):
                 # Rotate the order each round so no row always follows the same one;
                 # direct c=1 and chatd c=1 stay in the same round for "added p50".
-                shift = rnd % len(rows)
-                for row in rows[shift:] + rows[:shift]:
+                shift = rnd % len(every)
+                for row in every[shift:] + every[:shift]:
+                    if isinstance(row, StreamRow):
+                        stream = run_stream_row(
+                            row, args.stream_duration, load_cpu, schatd.pid, stub_pids
+                        )
+                        row.samples.append(stream)
+                        print(
+                            f"  round {rnd + 1}/{args.runs} {row.label:<45} n={row.streams:<5}"
+                            f"{stream.chunks / stream.elapsed_s:>9,.0f} chunks/s  "
+                            f"cpu {stream.chatd_us or 0:6.1f} µs/chunk  "
+                            f"p99 {stream.lat_p99_ms:6.2f} ms  errors {stream.errors}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        time.sleep(0.5)
+                        continue
                     sample = run_row(row, args.duration, load_cpu, proxy_pids, stub_pids, tmp)
                     row.samples.append(sample)
                     print(
@@ -314,6 +388,7 @@ def main(argv: list[str]) -> int:
                     args.runs, chatd_url, config, None, load_cpu, tmp, out_dir / "gateway.log"
                 )
             peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
+            stream_peak_mb = rss_kb(schatd.pid, "VmHWM") / 1024
             pool_peak_mb = tree_rss_kb(pool.pid, "VmHWM") / 1024
             pool_rows = [r for r in rows if r.proxy == "pool" and r.samples]
             pool_sampled_mb = max(
@@ -343,9 +418,12 @@ def main(argv: list[str]) -> int:
             for proc in procs:
                 stop(proc)
 
+    stream_rss = (stream_idle_mb, stream_peak_mb)
     report = render(
         args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone,
-        burst_lines(bursts),
+        stream_lines(args, srows, stream_rss) + burst_lines(bursts),
+        h2_budget(rows, srows, stream_idle_mb),
+        sum(s.errors for r in srows for s in r.samples),
     )  # fmt: skip
     report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)
     print(report)
@@ -362,6 +440,8 @@ def main(argv: list[str]) -> int:
                 {
                     "idle_rss_mb": idle_mb,
                     "peak_rss_mb": peak_mb,
+                    "stream_chatd_idle_rss_mb": stream_idle_mb,
+                    "stream_chatd_peak_rss_mb": stream_peak_mb,
                     "pool_idle_rss_mb": pool_idle_mb,
                     "pool_peak_rss_mb": pool_peak_mb,
                     "skipped": skipped,
@@ -370,6 +450,11 @@ def main(argv: list[str]) -> int:
                         {"key": r.key, "label": r.label, "conc": r.conc,
                          "samples": [s.__dict__ for s in r.samples]}
                         for r in rows
+                    ],
+                    "stream_rows": [
+                        {"key": r.key, "label": r.label, "streams": r.streams,
+                         "tick_ms": r.tick_ms, "samples": [s.__dict__ for s in r.samples]}
+                        for r in srows
                     ],
                 },
                 indent=1,

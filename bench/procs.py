@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -24,6 +25,8 @@ MODEL = "qwen3.5:latest"
 SLOW_PROVIDER = "slow"  # a second Ollama provider pointed at the delayed stub
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+# Provider concurrency in the bench config: room for the largest stream row.
+STREAM_LIMIT = 4096
 
 
 
@@ -103,8 +106,10 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, grace: fl
     return f"exited {proc.returncode} {time.monotonic() - t0:.2f} s after SIGTERM"
 
 
-def start_stub(cpu: str | None, delay_ms: float, log: Path) -> tuple[subprocess.Popen[str], int]:
-    argv = [sys.executable, str(STUB), "--port", "0", "--delay-ms", str(delay_ms)]
+def start_stub(
+    cpu: str | None, delay_ms: float, log: Path, extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], int]:
+    argv = [sys.executable, str(STUB), "--port", "0", "--delay-ms", str(delay_ms), *extra]
     proc = subprocess.Popen(
         pinned(cpu, argv), stdout=subprocess.PIPE, stderr=log.open("w"), text=True
     )
@@ -129,8 +134,9 @@ def http(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
 
 
 def write_config(
-    path: Path, port: int, stub_port: int, slow_port: int | None, gateway_port: int = 0
-) -> None:
+    path: Path, port: int, stub_port: int, slow_port: int | None,
+    tick_ports: dict[str, int] | None = None, gateway_port: int = 0,
+) -> None:  # fmt: skip
     text = (
         "[gateway]\n"
         f'bind = "127.0.0.1:{gateway_port}"\n'
@@ -142,12 +148,22 @@ def write_config(
         'log_level = "info"\n'
         "[chatd.providers.ollama]\n"
         f'base_url = "http://127.0.0.1:{stub_port}"\n'
+        # Raised from the defaults (256 + 512 queued), which refuse a
+        # 1,000-stream row with 503s by design.
+        f"max_concurrency = {STREAM_LIMIT}\n"
     )
     if slow_port is not None:
         text += (
             f"[chatd.providers.{SLOW_PROVIDER}]\n"
             'plugin = "ollama"\n'
             f'base_url = "http://127.0.0.1:{slow_port}"\n'
+        )
+    for name, tick_port in (tick_ports or {}).items():
+        text += (
+            f"[chatd.providers.{name}]\n"
+            'plugin = "ollama"\n'
+            f'base_url = "http://127.0.0.1:{tick_port}"\n'
+            f"max_concurrency = {STREAM_LIMIT}\n"
         )
     path.write_text(text)
 

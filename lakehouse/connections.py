@@ -1,6 +1,8 @@
 """How chatd has Hypercorn run a connection when ``chatd.server.tuned`` is
 on: two per-request costs of Hypercorn 0.18's ``TCPServer``
-(``hypercorn/asyncio/tcp_server.py``) removed, in a subclass of it.
+(``hypercorn/asyncio/tcp_server.py``) removed, in a subclass of it; and, on
+those connections, HTTP/2 run by ``lakehouse.h2_tuning``'s ``H2Protocol``
+subclass (``install_h2``, its own contract, ``tests/test_h2_tuning.py``).
 
 This leans on Hypercorn's internals, so it is held to a contract.
 ``contract_problems()`` checks, when a server is configured, that the
@@ -47,15 +49,33 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hypercorn import protocol as hypercorn_protocol
 from hypercorn.asyncio import run as hypercorn_run
 from hypercorn.asyncio import tcp_server
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol import events as stream_events
+from hypercorn.protocol import h2 as hypercorn_h2
 
+from lakehouse.h2_tuning import tuned_h2_protocol
 from lakehouse.tasks import wait_closed
 
 # Hypercorn versions the contract tests passed on (a prefix each).
 CHECKED_VERSIONS = ("0.18.",)
+# h2 versions lakehouse.h2_tuning's contract tests passed on.
+CHECKED_H2_VERSIONS = ("4.",)
+# H2Protocol's constructor, as hypercorn.protocol.ProtocolWrapper calls it.
+H2_PARAMETERS = (
+    "app",
+    "config",
+    "context",
+    "task_group",
+    "connection_state",
+    "ssl",
+    "client",
+    "server",
+    "send",
+)
 # TCPServer's constructor, as hypercorn.asyncio.run calls it.
 SERVER_PARAMETERS = ("app", "loop", "config", "context", "state", "reader", "writer")
 # Gathered bytes past this are sent at once (asyncio's default high-water
@@ -221,4 +241,52 @@ def install(version: str | None = None) -> list[str]:
     problems = contract_problems(version)
     if not problems:
         hypercorn_run.TCPServer = server_for  # type: ignore[attr-defined,assignment]
+    return problems
+
+
+def h2_contract_problems(version: str | None = None, h2_version: str | None = None) -> list[str]:
+    """What keeps ``lakehouse.h2_tuning``'s protocol from being used with the
+    installed Hypercorn and h2 (the versions stand in for theirs); empty
+    when nothing. ``tests/test_h2_tuning.py`` holds the contract."""
+    version = version or importlib.metadata.version("hypercorn")
+    h2_version = h2_version or importlib.metadata.version("h2")
+    problems = []
+    if not version.startswith(CHECKED_VERSIONS):
+        problems.append(f"Hypercorn {version} is not a version the h2 contract tests passed on")
+    if not h2_version.startswith(CHECKED_H2_VERSIONS):
+        problems.append(f"h2 {h2_version} is not a version the h2 contract tests passed on")
+    stock = hypercorn_h2.H2Protocol
+    params = tuple(inspect.signature(stock.__init__).parameters)[1:]
+    if params != H2_PARAMETERS:
+        problems.append(f"H2Protocol takes {params}, not {H2_PARAMETERS}")
+    for name in ("stream_send", "_flush", "_send_data", "send_task", "_handle_events"):
+        if not inspect.iscoroutinefunction(getattr(stock, name, None)):
+            problems.append(f"H2Protocol.{name} is not a coroutine function")
+    if not callable(getattr(hypercorn_h2.StreamBuffer, "pop", None)):
+        problems.append("H2Protocol's StreamBuffer has no pop")
+    current = getattr(hypercorn_protocol, "H2Protocol", None)
+    if current is not stock and not getattr(current, "chatd_h2_for", False):
+        problems.append("hypercorn.protocol does not build HTTP/2 connections from H2Protocol")
+    return problems
+
+
+def install_h2(version: str | None = None, h2_version: str | None = None) -> list[str]:
+    """Have Hypercorn build each HTTP/2 connection's protocol through a
+    chooser: ``lakehouse.h2_tuning``'s subclass when the server's config asks
+    for the tuned stack (``ServerConfig.chatd_tuned``), Hypercorn's own
+    otherwise; unless the contract does not hold. Returns what does not
+    (empty: installed)."""
+    problems = h2_contract_problems(version, h2_version)
+    if problems:
+        return problems
+    stock = hypercorn_h2.H2Protocol
+    tuned = tuned_h2_protocol(stock, stream_events)
+
+    def h2_protocol_for(*args: Any) -> Any:
+        config = args[H2_PARAMETERS.index("config")]
+        return (tuned if getattr(config, "chatd_tuned", False) else stock)(*args)
+
+    h2_protocol_for.chatd_h2_for = True  # type: ignore[attr-defined]
+    # ProtocolWrapper looks the name up in its module for each connection.
+    hypercorn_protocol.H2Protocol = h2_protocol_for  # type: ignore[attr-defined,assignment]
     return problems

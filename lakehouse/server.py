@@ -45,16 +45,35 @@ log = logging.getLogger("chatd.server")
 def tune_connections(version: str | None = None) -> bool:
     """Have this process's Hypercorn build connections through
     ``lakehouse.connections`` (each server whose config is a ``ServerConfig``
-    then runs tuned). False, with a warning, when the installed Hypercorn
-    breaks the contract those were written against: then every server runs
-    Hypercorn's stock connections. ``version`` stands in for the installed
-    Hypercorn's."""
+    then runs tuned) and, for those, its HTTP/2 layer as
+    ``lakehouse.h2_tuning`` says (``tune_h2``). False, with a warning, when
+    the installed Hypercorn breaks the contract the connections were written
+    against: then every server runs Hypercorn's stock connections (and stock
+    HTTP/2). ``version`` stands in for the installed Hypercorn's."""
     reset_unfinished_streams()
     problems = connections.install(version)
     if problems:
         log.warning(
             "chatd.server.tuned is on but cannot be honoured: %s; serving with "
             "Hypercorn's stock connections (see UPGRADING.md)",
+            "; ".join(problems),
+        )
+        return False
+    tune_h2(version)
+    return True
+
+
+def tune_h2(version: str | None = None, h2_version: str | None = None) -> bool:
+    """Have tuned servers' HTTP/2 connections run ``lakehouse.h2_tuning``'s
+    protocol (chosen per connection by its config, like the TCPServer);
+    False, with a warning, when the installed Hypercorn or h2 breaks that
+    contract: then HTTP/2 runs stock. The versions stand in for the
+    installed ones."""
+    problems = connections.install_h2(version, h2_version)
+    if problems:
+        log.warning(
+            "chatd.server.tuned is on but its HTTP/2 tuning cannot be honoured: %s; "
+            "serving HTTP/2 with Hypercorn's stock H2Protocol (see UPGRADING.md)",
             "; ".join(problems),
         )
     return not problems
