@@ -1,0 +1,170 @@
+"""One chat request, from its first header to its access line, in plain ASGI.
+
+``POST /chat`` (native) and ``POST /v1/chat/completions`` (OpenAI) differ
+only in their ``Surface``: how a body decodes, how an answer and an error
+are written, and how a stream is framed. Everything else (auth, deadline,
+body, dispatch, stream, observe, request ID) is this one flow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping
+from typing import Any, Protocol
+
+import msgspec
+
+from lakehouse import request_id
+from lakehouse.callers import openai_replies, openai_requests
+from lakehouse.callers.http_io import (
+    ClientGone,
+    Headers,
+    Receive,
+    Send,
+    bad_request_from,
+    error_response,
+    parse_deadline,
+    read_body,
+    send_json,
+    server_timing,
+)
+from lakehouse.callers.openai_errors import openai_error_response
+from lakehouse.callers.streaming import ChunkWriter, Framing, LineWriter, Relay
+from lakehouse.dispatcher import CallInfo
+from lakehouse.errors import ChatdError, MethodNotAllowed
+from lakehouse.runtime import Runtime
+from lakehouse.wire import ChatRequest, ChatResponse, chat_request_decoder, encoder
+
+Scope = MutableMapping[str, Any]
+
+
+class Surface(Protocol):
+    """What differs between the chat surfaces."""
+
+    # Whether `chatd.sse_keepalive_secs` applies to its streams.
+    keepalive: bool
+
+    def decode(self, body: bytes, rid: str) -> tuple[ChatRequest, Framing | None]:
+        """The request, and its stream's framing when it asked for one."""
+        ...
+
+    def encode(self, response: ChatResponse, rid: str) -> bytes: ...
+
+    def render(self, exc: BaseException, redact: Any = str) -> tuple[int, Headers, bytes]: ...
+
+
+class Native:
+    keepalive = False
+
+    def decode(self, body: bytes, rid: str) -> tuple[ChatRequest, Framing | None]:
+        request = chat_request_decoder.decode(body)
+        return request, LineWriter() if request.stream else None
+
+    def encode(self, response: ChatResponse, rid: str) -> bytes:
+        return encoder.encode(response)
+
+    def render(self, exc: BaseException, redact: Any = str) -> tuple[int, Headers, bytes]:
+        return error_response(exc, redact)
+
+
+class OpenAI:
+    keepalive = True
+
+    def decode(self, body: bytes, rid: str) -> tuple[ChatRequest, Framing | None]:
+        asked = openai_requests.decode_request(body)
+        request = openai_requests.to_chat_request(asked)
+        if not asked.stream:
+            return request, None
+        options = asked.stream_options
+        usage = options is not None and options.include_usage
+        return request, ChunkWriter(rid, asked.model, include_usage=usage)
+
+    def encode(self, response: ChatResponse, rid: str) -> bytes:
+        return openai_replies.completion(response, rid)
+
+    def render(self, exc: BaseException, redact: Any = str) -> tuple[int, Headers, bytes]:
+        return openai_error_response(exc, redact)
+
+
+class ChatFlow:
+    """A chat route for one surface; ``state.runtime`` is read per request."""
+
+    def __init__(self, state: Any, surface: Surface) -> None:
+        self._state = state
+        self._surface = surface
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = self._state.runtime
+        rid_header = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid_header = value
+                break
+        rid = request_id.accept_or_mint(rid_header, runtime.mint)
+        token = request_id.current.set(rid)
+        try:
+            await self._serve(scope, receive, send, runtime, rid)
+        finally:
+            request_id.current.reset(token)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, rid: str
+    ) -> None:
+        started = time.perf_counter()
+        surface = self._surface
+        redact = runtime.registry.redact
+        declared = authorization = deadline_header = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-chatd-deadline":
+                deadline_header = value
+        path = scope["path"]
+        info = CallInfo()
+        request: ChatRequest | None = None
+        response: ChatResponse | None = None
+        error: ChatdError | None = None
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} not allowed on {path}")
+            runtime.gate.check(path, authorization)
+            deadline = parse_deadline(deadline_header)
+            body = await read_body(receive, runtime.config.chatd.max_request_bytes, declared)
+            try:
+                request, framing = surface.decode(body, rid)
+            except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+                raise bad_request_from(exc) from None
+            if framing is not None:
+                relay = Relay(
+                    send,
+                    receive,
+                    framing,
+                    headers=[(b"x-request-id", rid.encode())],
+                    refuse=lambda exc: surface.render(exc, redact),
+                    redact=redact,
+                    keepalive_secs=(
+                        runtime.config.chatd.sse_keepalive_secs if surface.keepalive else 0.0
+                    ),
+                )
+                stream = runtime.dispatcher.stream(request, info, deadline=deadline)
+                outcome = await relay.run(stream)
+                runtime.observe(
+                    path, rid, request, info, outcome.status, started, outcome.final, outcome.error
+                )
+                return
+            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
+            headers: Headers = []
+            status, payload = 200, surface.encode(response, rid)
+        except ClientGone:
+            runtime.observe(path, rid, request, info, 499, started, None, None)
+            return
+        except Exception as exc:
+            status, headers, payload = surface.render(exc, redact)
+            error = exc if isinstance(exc, ChatdError) else None
+        headers.append((b"x-request-id", rid.encode()))
+        timing = server_timing(info.upstream_s, time.perf_counter() - started)
+        headers.append((b"server-timing", timing))
+        await send_json(send, status, payload, headers)
+        runtime.observe(path, rid, request, info, status, started, response, error)
