@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -47,7 +48,10 @@ class Limiter:
                 # Handed a slot just as we gave up: pass it on.
                 self._release_one()
             else:
-                self._waiters.remove(waiter)
+                # A release in the same loop turn may have popped (and
+                # skipped) this cancelled waiter already.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:
