@@ -8,6 +8,7 @@ body, dispatch, stream, observe, request ID) is this one flow.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import MutableMapping
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ import msgspec
 
 from lakehouse import request_id
 from lakehouse.callers import openai_replies, openai_requests
+from lakehouse.callers.caller_watch import CallerWatch
 from lakehouse.callers.http_io import (
     ClientGone,
     Headers,
@@ -29,7 +31,7 @@ from lakehouse.callers.http_io import (
     server_timing,
 )
 from lakehouse.callers.openai_errors import openai_error_response
-from lakehouse.callers.streaming import ChunkWriter, Framing, LineWriter, Relay
+from lakehouse.callers.streaming import CLIENT_GONE, ChunkWriter, Framing, LineWriter, Relay
 from lakehouse.dispatcher import CallInfo
 from lakehouse.errors import ChatdError, MethodNotAllowed
 from lakehouse.runtime import Runtime
@@ -124,7 +126,6 @@ class ChatFlow:
         path = scope["path"]
         info = CallInfo()
         request: ChatRequest | None = None
-        response: ChatResponse | None = None
         error: ChatdError | None = None
         try:
             if scope["method"] != "POST":
@@ -154,17 +155,66 @@ class ChatFlow:
                     path, rid, request, info, outcome.status, started, outcome.final, outcome.error
                 )
                 return
-            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
-            headers: Headers = []
-            status, payload = 200, surface.encode(response, rid)
+            watch = CallerWatch(receive)
+            try:
+                status, response, error = await self._answer(
+                    send, runtime, request, info, deadline, rid, started
+                )
+            except asyncio.CancelledError:
+                if not watch.stop():
+                    raise
+                status, response = CLIENT_GONE, None
+            else:
+                if watch.stop():
+                    status = CLIENT_GONE
+            runtime.observe(path, rid, request, info, status, started, response, error)
+            return
         except ClientGone:
-            runtime.observe(path, rid, request, info, 499, started, None, None)
+            runtime.observe(path, rid, request, info, CLIENT_GONE, started, None, None)
             return
         except Exception as exc:
             status, headers, payload = surface.render(exc, redact)
             error = exc if isinstance(exc, ChatdError) else None
-        headers.append((b"x-request-id", rid.encode()))
-        timing = server_timing(info.upstream_s, time.perf_counter() - started)
-        headers.append((b"server-timing", timing))
-        await send_json(send, status, payload, headers)
-        runtime.observe(path, rid, request, info, status, started, response, error)
+        await answer(send, status, payload, headers, rid, info, started)
+        runtime.observe(path, rid, request, info, status, started, None, error)
+
+    async def _answer(
+        self,
+        send: Send,
+        runtime: Runtime,
+        request: ChatRequest,
+        info: CallInfo,
+        deadline: float | None,
+        rid: str,
+        started: float,
+    ) -> tuple[int, ChatResponse | None, ChatdError | None]:
+        """Dispatch and send the whole answer (the part a caller's leaving
+        cancels); its status, response and error."""
+        response: ChatResponse | None = None
+        error: ChatdError | None = None
+        headers: Headers = []
+        try:
+            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
+            status, payload = 200, self._surface.encode(response, rid)
+        except Exception as exc:
+            status, headers, payload = self._surface.render(exc, runtime.registry.redact)
+            error = exc if isinstance(exc, ChatdError) else None
+            response = None
+        await answer(send, status, payload, headers, rid, info, started)
+        return status, response, error
+
+
+async def answer(
+    send: Send,
+    status: int,
+    payload: bytes,
+    headers: Headers,
+    rid: str,
+    info: CallInfo,
+    started: float,
+) -> None:
+    """A chat route's whole answer, with its request ID and Server-Timing."""
+    headers.append((b"x-request-id", rid.encode()))
+    timing = server_timing(info.upstream_s, time.perf_counter() - started)
+    headers.append((b"server-timing", timing))
+    await send_json(send, status, payload, headers)
