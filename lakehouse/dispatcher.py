@@ -22,14 +22,13 @@ from lakehouse.config import RetryConfig
 from lakehouse.errors import (
     ChatdError,
     DeadlineExceeded,
-    ProviderUnavailable,
     UpstreamBadResponse,
 )
 from lakehouse.health import Health
 from lakehouse.metrics import Metrics
 from lakehouse.plugin_api import Provider
 from lakehouse.registry import Registry, Route
-from lakehouse.resilience import Backoff, Limiter
+from lakehouse.resilience import Admission, Backoff, Limiter
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
 
 T = TypeVar("T")
@@ -229,30 +228,22 @@ class Dispatcher:
         retry = self.policy.retry
         limiter = self.limiters[name]
         for attempt in range(retry.attempts + 1):
-            if not self.health.admit(name):
-                raise ProviderUnavailable(f"provider `{name}` is unavailable", provider=name)
-            await limiter.acquire()
-            info.attempts += 1
-            started = time.perf_counter()
-            try:
-                result = await action(provider, model)
-            except ChatdError as exc:
-                error = exc
-                limiter.release()
-            except BaseException:
-                # Cancelled (the deadline, a caller gone) or a bug: says
-                # nothing of the provider, but frees a half-open trial.
-                limiter.release()
-                self.health.abandon(name)
-                raise
-            else:
-                if not hold:
-                    limiter.release()
-                self.health.record(name, ok=True)
-                info.upstream_s += time.perf_counter() - started
-                return result
-            info.upstream_s += time.perf_counter() - started
-            self.health.record(name, ok=not error.provider_fault)
+            async with Admission(limiter, self.health, name) as admission:
+                info.attempts += 1
+                started = time.perf_counter()
+                try:
+                    result = await action(provider, model)
+                except ChatdError as exc:
+                    admission.record(ok=not exc.provider_fault)
+                    error = exc
+                else:
+                    admission.record(ok=True)
+                    if hold:
+                        admission.keep()
+                    return result
+                finally:
+                    info.upstream_s += time.perf_counter() - started
+            # The slot is free while the retry waits.
             if not error.retryable or attempt == retry.attempts:
                 raise error
             wait = error.retry_after
