@@ -34,6 +34,7 @@ from lakehouse.callers.openai_errors import openai_error_response
 from lakehouse.callers.streaming import CLIENT_GONE, ChunkWriter, Framing, LineWriter, Relay
 from lakehouse.dispatcher import CallInfo
 from lakehouse.errors import ChatdError, MethodNotAllowed
+from lakehouse.generations import Generation
 from lakehouse.runtime import Runtime
 from lakehouse.wire import ChatRequest, ChatResponse, chat_request_decoder, encoder
 
@@ -105,16 +106,25 @@ class ChatFlow:
         rid = request_id.accept_or_mint(rid_header, runtime.mint)
         token = request_id.current.set(rid)
         try:
-            await self._serve(scope, receive, send, runtime, rid)
+            # The generation is taken once and held to the end (its stream's
+            # included), so a reload meanwhile never mixes or closes it.
+            with runtime.generations.current as generation:
+                await self._serve(scope, receive, send, runtime, generation, rid)
         finally:
             request_id.current.reset(token)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, rid: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        runtime: Runtime,
+        generation: Generation,
+        rid: str,
     ) -> None:
         started = time.perf_counter()
         surface = self._surface
-        redact = runtime.registry.redact
+        redact = generation.registry.redact
         declared = authorization = deadline_header = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -130,9 +140,9 @@ class ChatFlow:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} not allowed on {path}")
-            runtime.gate.check(path, authorization)
+            generation.gate.check(path, authorization)
             deadline = parse_deadline(deadline_header)
-            body = await read_body(receive, runtime.config.chatd.max_request_bytes, declared)
+            body = await read_body(receive, generation.config.chatd.max_request_bytes, declared)
             try:
                 request, framing = surface.decode(body, rid)
             except (msgspec.DecodeError, ValueError, RecursionError) as exc:
@@ -146,19 +156,27 @@ class ChatFlow:
                     refuse=lambda exc: surface.render(exc, redact),
                     redact=redact,
                     keepalive_secs=(
-                        runtime.config.chatd.sse_keepalive_secs if surface.keepalive else 0.0
+                        generation.config.chatd.sse_keepalive_secs if surface.keepalive else 0.0
                     ),
                 )
-                stream = runtime.dispatcher.stream(request, info, deadline=deadline)
+                stream = generation.dispatcher.stream(request, info, deadline=deadline)
                 outcome = await relay.run(stream)
-                runtime.observe(
-                    path, rid, request, info, outcome.status, started, outcome.final, outcome.error
+                runtime.log.observe(
+                    generation,
+                    path,
+                    rid,
+                    request,
+                    info,
+                    outcome.status,
+                    started,
+                    outcome.final,
+                    outcome.error,
                 )
                 return
             watch = CallerWatch(receive)
             try:
                 status, response, error = await self._answer(
-                    send, runtime, request, info, deadline, rid, started
+                    send, generation, request, info, deadline, rid, started
                 )
             except asyncio.CancelledError:
                 if not watch.stop():
@@ -167,21 +185,25 @@ class ChatFlow:
             else:
                 if watch.stop():
                     status = CLIENT_GONE
-            runtime.observe(path, rid, request, info, status, started, response, error)
+            runtime.log.observe(
+                generation, path, rid, request, info, status, started, response, error
+            )
             return
         except ClientGone:
-            runtime.observe(path, rid, request, info, CLIENT_GONE, started, None, None)
+            runtime.log.observe(
+                generation, path, rid, request, info, CLIENT_GONE, started, None, None
+            )
             return
         except Exception as exc:
             status, headers, payload = surface.render(exc, redact)
             error = exc if isinstance(exc, ChatdError) else None
         await answer(send, status, payload, headers, rid, info, started)
-        runtime.observe(path, rid, request, info, status, started, None, error)
+        runtime.log.observe(generation, path, rid, request, info, status, started, None, error)
 
     async def _answer(
         self,
         send: Send,
-        runtime: Runtime,
+        generation: Generation,
         request: ChatRequest,
         info: CallInfo,
         deadline: float | None,
@@ -194,10 +216,10 @@ class ChatFlow:
         error: ChatdError | None = None
         headers: Headers = []
         try:
-            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
+            response = await generation.dispatcher.chat(request, info, deadline=deadline)
             status, payload = 200, self._surface.encode(response, rid)
         except Exception as exc:
-            status, headers, payload = self._surface.render(exc, runtime.registry.redact)
+            status, headers, payload = self._surface.render(exc, generation.registry.redact)
             error = exc if isinstance(exc, ChatdError) else None
             response = None
         await answer(send, status, payload, headers, rid, info, started)
