@@ -18,14 +18,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import hypercorn.protocol as hypercorn_protocols
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.run import run as hypercorn_run
 
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
+from lakehouse.h2_guard import GuardMixin
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
@@ -49,6 +52,38 @@ def tune_connections() -> None:
         send: Any = corked(server.protocol_send, RawData, Closed)
         send.chatd_corked = True
         server.protocol_send = send  # type: ignore[method-assign]
+
+
+# What lakehouse.h2_guard relies on in Hypercorn's H2Protocol.
+H2_GUARD_NEEDS = (
+    "_handle_events",
+    "_create_stream",
+    "_flush",
+    "stream_send",
+    "handle",
+    "initiate",
+)
+
+
+def install_guards() -> None:
+    """Have Hypercorn's HTTP/2 connections keep lakehouse.h2_guard's abuse
+    budget. Idempotent; changes nothing on a Hypercorn other than 0.18 or
+    one whose H2Protocol lacks what the guard relies on (the stock path)."""
+    stock = getattr(hypercorn_protocols, "H2Protocol")  # noqa: B009 - not re-exported
+    if getattr(stock, "chatd_guarded", False):
+        return
+    if not importlib.metadata.version("hypercorn").startswith("0.18.") or not all(
+        hasattr(stock, name) for name in H2_GUARD_NEEDS
+    ):
+        return
+
+    class GuardedH2Protocol(GuardMixin, stock):  # type: ignore[misc, valid-type]
+        chatd_guarded = True
+        closed_event = Closed
+        stream_closed_event = StreamClosed
+
+    # ProtocolWrapper builds each connection's protocol from this name.
+    setattr(hypercorn_protocols, "H2Protocol", GuardedH2Protocol)  # noqa: B010
 
 
 class ServerConfig(HypercornConfig):
@@ -75,6 +110,7 @@ def hypercorn_config(
     app_path: str = APP_PATH,
 ) -> HypercornConfig:
     tune_connections()
+    install_guards()
     server = config.chatd.server
     h = ServerConfig()
     h.bind = [bind or config.chatd.bind]
