@@ -30,6 +30,7 @@ from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
 from lakehouse.h2_guard import GuardMixin
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from lakehouse.slow_clients import SlowClientMixin
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
 
@@ -65,25 +66,40 @@ H2_GUARD_NEEDS = (
 )
 
 
+# What lakehouse.slow_clients relies on in Hypercorn's H11Protocol.
+SLOW_CLIENT_NEEDS = ("handle", "stream_send", "_handle_events")
+
+
 def install_guards() -> None:
-    """Have Hypercorn's HTTP/2 connections keep lakehouse.h2_guard's abuse
-    budget. Idempotent; changes nothing on a Hypercorn other than 0.18 or
-    one whose H2Protocol lacks what the guard relies on (the stock path)."""
-    stock = getattr(hypercorn_protocols, "H2Protocol")  # noqa: B009 - not re-exported
-    if getattr(stock, "chatd_guarded", False):
+    """Have Hypercorn's connections keep lakehouse.h2_guard's abuse budget
+    (HTTP/2) and lakehouse.slow_clients' read timeout (HTTP/1.1).
+    Idempotent; each changes nothing on a Hypercorn other than 0.18, or
+    one whose protocol class lacks what it relies on (the stock path)."""
+    if not importlib.metadata.version("hypercorn").startswith("0.18."):
         return
-    if not importlib.metadata.version("hypercorn").startswith("0.18.") or not all(
-        hasattr(stock, name) for name in H2_GUARD_NEEDS
+    # ProtocolWrapper builds each connection's protocol from these names.
+    h2_stock = getattr(hypercorn_protocols, "H2Protocol")  # noqa: B009 - not re-exported
+    if not getattr(h2_stock, "chatd_guarded", False) and all(
+        hasattr(h2_stock, name) for name in H2_GUARD_NEEDS
     ):
-        return
 
-    class GuardedH2Protocol(GuardMixin, stock):  # type: ignore[misc, valid-type]
-        chatd_guarded = True
-        closed_event = Closed
-        stream_closed_event = StreamClosed
+        class GuardedH2Protocol(GuardMixin, h2_stock):  # type: ignore[misc, valid-type]
+            chatd_guarded = True
+            closed_event = Closed
+            stream_closed_event = StreamClosed
 
-    # ProtocolWrapper builds each connection's protocol from this name.
-    setattr(hypercorn_protocols, "H2Protocol", GuardedH2Protocol)  # noqa: B010
+        setattr(hypercorn_protocols, "H2Protocol", GuardedH2Protocol)  # noqa: B010
+    h11_stock = getattr(hypercorn_protocols, "H11Protocol")  # noqa: B009
+    if not getattr(h11_stock, "chatd_guarded", False) and all(
+        hasattr(h11_stock, name) for name in SLOW_CLIENT_NEEDS
+    ):
+
+        class TimedH11Protocol(SlowClientMixin, h11_stock):  # type: ignore[misc, valid-type]
+            chatd_guarded = True
+            raw_data_event = RawData
+            closed_event = Closed
+
+        setattr(hypercorn_protocols, "H11Protocol", TimedH11Protocol)  # noqa: B010
 
 
 class ServerConfig(HypercornConfig):
@@ -91,6 +107,8 @@ class ServerConfig(HypercornConfig):
     formatted once a second instead of once per response."""
 
     include_date_header = False  # added here instead
+    # lakehouse.slow_clients: a head's and a body pause's time limit.
+    chatd_read_timeout = 30.0
     _date_second = -1
     _date: tuple[bytes, bytes]
 
@@ -120,6 +138,7 @@ def hypercorn_config(
     h.keep_alive_max_requests = server.keep_alive_max_requests
     h.graceful_timeout = server.graceful_timeout_secs
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
+    h.chatd_read_timeout = server.read_timeout_secs
     h.accesslog = None
     h.errorlog = "-"
     h.loglevel = config.chatd.log_level.upper()
