@@ -279,7 +279,9 @@ def client_hello() -> bytes:
     return outgoing.read()
 
 
-async def tls_rounds(port: int, chatd: int, rounds: int, per_round: int) -> dict[str, Any]:
+async def tls_rounds(
+    port: int, chatd: int, rounds: int, per_round: int, stalled_share: float = 0.5
+) -> dict[str, Any]:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -289,11 +291,12 @@ async def tls_rounds(port: int, chatd: int, rounds: int, per_round: int) -> dict
     after: list[float] = []
     for _ in range(rounds):
         stalled = []
-        for _ in range(per_round // 2):
+        n_stalled = round(per_round * stalled_share)
+        for _ in range(n_stalled):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(hello)  # and nothing more
             stalled.append(writer)
-        for _ in range(per_round - per_round // 2):
+        for _ in range(per_round - n_stalled):
             reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
             writer.write(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             await reader.read()
@@ -310,7 +313,11 @@ async def tls_rounds(port: int, chatd: int, rounds: int, per_round: int) -> dict
 
 
 def start_chatd(
-    port: int, upstream_port: int, *sets: str, env: dict[str, str] | None = None
+    port: int,
+    upstream_port: int,
+    *sets: str,
+    env: dict[str, str] | None = None,
+    probe: str | None = None,
 ) -> subprocess.Popen[bytes]:
     folder = Path(tempfile.mkdtemp(prefix="chatd-attacks-"))
     config = folder / "chatd.toml"
@@ -319,6 +326,8 @@ def start_chatd(
         f'[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:{upstream_port}"\n'
     )
     argv = [sys.executable, "-m", "lakehouse.cli", "--config", str(config)]
+    if probe is not None:
+        argv[1:3] = [__file__, "chatd-with-probe", probe]
     for item in sets:
         argv += ["--set", item]
     log = (folder / "chatd.log").open("wb")
@@ -410,19 +419,52 @@ async def tls_report(
     cert, key = self_signed(folder)
     port = free_port()
     env = dict(item.split("=", 1) for item in args.tls_env)
+    probe = str(folder / "probe.jsonl")
     tls = start_chatd(
         port, upstream_port, f"chatd.server.certfile={json.dumps(cert)}",
-        f"chatd.server.keyfile={json.dumps(key)}", env=env,
+        f"chatd.server.keyfile={json.dumps(key)}", env=env, probe=probe,
     )  # fmt: skip
     try:
         per_round = 200 if args.quick else 1000
-        report["tls"] = {"env": env, **await tls_rounds(port, tls.pid, args.tls_rounds, per_round)}
+        rounds = await tls_rounds(port, tls.pid, args.tls_rounds, per_round, args.tls_stalled)
+        report["tls"] = {"env": env, "stalled_share": args.tls_stalled, **rounds}
+        tls.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(2)
+        with open(probe) as f:  # noqa: ASYNC230
+            report["tls"]["probe"] = [json.loads(line) for line in f]
     finally:
         stop(tls)
     return report
 
 
+def chatd_with_probe(report: str, argv: list[str]) -> int:
+    """chatd, answering SIGUSR1 by collecting garbage, trimming the C heap
+    and appending RSS before and after each to ``report``: what it gives
+    back is retention, what stays is a leak."""
+    import ctypes
+    import gc
+
+    from lakehouse.cli import main as chatd_main
+
+    libc = ctypes.CDLL("libc.so.6")
+
+    def probe(signum: int, frame: Any) -> None:
+        pid = os.getpid()
+        line = {"rss_mb": round(rss_mb(pid), 1), "objects": len(gc.get_objects())}
+        line["gc_collected"] = gc.collect()
+        line["rss_after_gc_mb"] = round(rss_mb(pid), 1)
+        libc.malloc_trim(0)
+        line["rss_after_trim_mb"] = round(rss_mb(pid), 1)
+        with open(report, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    signal.signal(signal.SIGUSR1, probe)
+    return chatd_main(argv)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["chatd-with-probe"]:
+        sys.exit(chatd_with_probe(sys.argv[2], sys.argv[3:]))
     if sys.argv[1:2] == ["upstream"]:
         asyncio.run(upstream())
         return
@@ -434,6 +476,7 @@ def main() -> None:
     parser.add_argument("--tls", action="store_true")
     parser.add_argument("--tls-only", action="store_true")
     parser.add_argument("--tls-rounds", type=int, default=3)
+    parser.add_argument("--tls-stalled", type=float, default=0.5, help="share stalled after hello")
     parser.add_argument(
         "--tls-env", action="append", default=[], help="KEY=VALUE in the TLS chatd's environment"
     )

@@ -3,7 +3,7 @@
 Each job has its own object: ``generations`` (the current config's
 generation, reloads, retiring ones), ``prober`` (the health probe loop),
 ``log`` (metrics and the access line of each request), ``mint`` (request
-IDs). Built in the app's lifespan, never at import.
+IDs), ``heap`` (freed C heap given back to the OS). Built in the app's lifespan, never at import.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lakehouse.config import Config
 from lakehouse.dispatcher import Dispatcher
 from lakehouse.generations import ConfigSource, Generation, Generations
 from lakehouse.health import Health
+from lakehouse.heap_trim import HeapTrimmer
 from lakehouse.metrics import Metrics
 from lakehouse.probing import Prober
 from lakehouse.registry import Registry
@@ -36,6 +37,7 @@ class Runtime:
         self.metrics = metrics
         self.log = RequestLog(metrics)
         self.prober = Prober(generations)
+        self.heap = HeapTrimmer()
         self.mint = Minter()
         self.ready = False
         self._tasks: set[asyncio.Task[str | None]] = set()
@@ -82,6 +84,7 @@ class Runtime:
         runtime = cls(Generations(generation, metrics, environ, source), metrics)
         holder.append(runtime)
         runtime.prober.start(config.chatd.probe_interval_secs)
+        runtime.heap.start()
         if handle_sighup and source is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runtime._on_sighup)
         runtime.ready = True
@@ -110,6 +113,7 @@ class Runtime:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.prober.stop()
+        await self.heap.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
