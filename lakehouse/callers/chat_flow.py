@@ -17,7 +17,7 @@ import msgspec
 
 from lakehouse import request_id
 from lakehouse.callers import openai_replies, openai_requests
-from lakehouse.callers.caller_watch import CallerWatch
+from lakehouse.callers.caller_watch import CallerWatch, gone_already
 from lakehouse.callers.http_io import (
     ClientGone,
     Headers,
@@ -173,6 +173,8 @@ class ChatFlow:
                     outcome.error,
                 )
                 return
+            if gone_already(receive):
+                raise ClientGone
             watch = CallerWatch(receive)
             try:
                 status, response, error = await self._answer(
