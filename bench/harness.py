@@ -77,6 +77,33 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int:
     return 0
 
 
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (a pool's supervisor and its workers)."""
+    out = [pid]
+    for each in out:
+        with contextlib.suppress(OSError), open(f"/proc/{each}/task/{each}/children") as f:
+            out.extend(int(child) for child in f.read().split())
+    return out
+
+
+def tree_ticks(pid: int) -> int:
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_ticks(each)
+    return total
+
+
+def tree_rss_kb(pid: int, key: str = "VmRSS") -> int:
+    """Summed over the process tree; for VmHWM an upper bound of the tree's
+    peak (each process's own peak, not necessarily at the same moment)."""
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += rss_kb(each, key)
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,8 +150,13 @@ def http(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def write_config(path: Path, port: int, stub_port: int, slow_port: int | None) -> None:
+def write_config(
+    path: Path, port: int, stub_port: int, slow_port: int | None, gateway_port: int = 0
+) -> None:
     text = (
+        "[gateway]\n"
+        f'bind = "127.0.0.1:{gateway_port}"\n'
+        f'routes = {{ "/v1/chat" = "http://127.0.0.1:{port}" }}\n'
         "[chatd]\n"
         f'bind = "127.0.0.1:{port}"\n'
         # Features on, as in production: an access line per request,
@@ -142,10 +174,12 @@ def write_config(path: Path, port: int, stub_port: int, slow_port: int | None) -
     path.write_text(text)
 
 
-def start_chatd(cpu: str | None, config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_chatd(
+    cpu: str | None, config: Path, port: int, log: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "lakehouse.cli", "--config", str(config),
-        "--bind", f"127.0.0.1:{port}",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
     ]  # fmt: skip
     proc = subprocess.Popen(
         pinned(cpu, argv), cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
@@ -160,6 +194,85 @@ def start_chatd(cpu: str | None, config: Path, port: int, log: Path) -> subproce
         time.sleep(0.1)
     stop(proc)
     raise SystemExit(f"bench: chatd did not answer /health within 60 s:\n{log.read_text()}")
+
+
+def start_gateway(
+    cpu: str | None, config: Path, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """``bin/chatd gateway`` in front of chatd; a fresh one has a cold pool."""
+    argv = [
+        sys.executable, "-m", "lakehouse.cli", "gateway", "--config", str(config),
+        "--bind", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        pinned(cpu, argv), cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: gateway exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
+                return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise SystemExit(f"bench: the gateway did not answer /health within 60 s:\n{log.read_text()}")
+
+
+# The burst the gateway must carry: this many h2 streams at once on one connection.
+BURST = 200
+
+
+def burst_ms(url: str, cpu: str | None, tmp: Path) -> tuple[float, int]:
+    """Slowest of ``BURST`` concurrent h2 streams (ms), and the errors."""
+    body = tmp / "burst-body.json"
+    body.write_text(chat_body())
+    log = tmp / "burst.log"
+    log.unlink(missing_ok=True)
+    argv = [
+        "h2load", "-t1", "-c1", f"-m{BURST}", f"-n{BURST}", "-d", str(body),
+        "-H", "content-type: application/json", f"--log-file={log}", url,
+    ]  # fmt: skip
+    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, timeout=120)
+    req = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out.stdout)
+    if out.returncode != 0 or not req:
+        raise SystemExit(f"bench: h2load burst failed ({out.returncode}):\n{out.stdout}")
+    durations = [int(line.split("\t")[2]) for line in log.read_text().splitlines() if line]
+    return max(durations, default=0) / 1000, BURST - int(req.group(2))
+
+
+@dataclass
+class Burst:
+    """One round of the gateway burst: direct, through a fresh gateway, again warm."""
+
+    direct_ms: float
+    cold_ms: float
+    warm_ms: float
+    errors: int
+
+
+def gateway_bursts(
+    rounds: int, chatd_url: str, config: Path, cpu: str | None, load_cpu: str | None,
+    tmp: Path, log: Path,
+) -> list[Burst]:  # fmt: skip
+    out = []
+    for _ in range(rounds):
+        port = free_port()
+        gateway = start_gateway(cpu, config, port, log)
+        try:
+            cold, e1 = burst_ms(f"http://127.0.0.1:{port}/v1/chat", load_cpu, tmp)
+            warm, e2 = burst_ms(f"http://127.0.0.1:{port}/v1/chat", load_cpu, tmp)
+            direct, e3 = burst_ms(f"{chatd_url}/chat", load_cpu, tmp)
+        finally:
+            stop(gateway)
+        out.append(Burst(direct, cold, warm, e1 + e2 + e3))
+        print(
+            f"  burst of {BURST} h2 streams: direct {direct:.0f} ms, gateway cold "
+            f"{cold:.0f} ms, warm {warm:.0f} ms, errors {e1 + e2 + e3}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return out
 
 
 def ensure_tools() -> None:
@@ -287,14 +400,14 @@ def percentile(sorted_values: list[int], pct: float) -> float:
 
 @contextlib.contextmanager
 def rss_sampler(pid: int | None, every: float = 0.05) -> Iterator[list[int]]:
-    """Samples a process's VmRSS while the block runs; yields [max kB]."""
+    """Samples a process tree's VmRSS while the block runs; yields [max kB]."""
     peak = [0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             with contextlib.suppress(OSError):
-                peak[0] = max(peak[0], rss_kb(pid))
+                peak[0] = max(peak[0], tree_rss_kb(pid))
             done.wait(every)
 
     thread = threading.Thread(target=sample, daemon=True) if pid else None
@@ -314,14 +427,14 @@ def run_row(
 ) -> Sample:  # fmt: skip
     chatd_pid = proxy_pids[row.proxy]
     stub_pid = stub_pids[row.stub]
-    chatd0 = cpu_ticks(chatd_pid)
+    chatd0 = tree_ticks(chatd_pid)
     stub0 = cpu_ticks(stub_pid)
     with rss_sampler(chatd_pid if row.via_chatd else None) as peak:
         if row.tool == "wrk":
             rps, p50, p99, requests, errors = run_wrk(row, duration, load_cpu)
         else:
             rps, p50, p99, requests, errors = run_h2load(row, duration, load_cpu, tmp)
-    chatd_ms = (cpu_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
+    chatd_ms = (tree_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
     stub_ms = (cpu_ticks(stub_pid) - stub0) * 1000 / CLK_TCK
     served = max(requests, 1)
     return Sample(
@@ -505,6 +618,8 @@ def build_rows(
     openai_ok: bool,
     floor_url: str | None = None,
     tuned_url: str | None = None,
+    pool_url: str | None = None,
+    gateway_url: str | None = None,
 ) -> list[Row]:
     body = chat_body()
     rows: list[Row] = []
@@ -528,6 +643,11 @@ def build_rows(
             Row(f"chat-h1/c{conc}", "chatd /chat HTTP/1.1", "wrk",
                 f"{chatd_url}/chat", conc, body, "fast", True)
         )  # fmt: skip
+        if pool_url and conc != 64:
+            rows.append(
+                Row(f"chat-h1-w2/c{conc}", "chatd /chat HTTP/1.1, 2 workers, same CPU", "wrk",
+                    f"{pool_url}/chat", conc, body, "fast", True, proxy="pool")
+            )  # fmt: skip
         if openai_ok:
             rows.append(
                 Row(f"openai-h1/c{conc}", "chatd /v1/chat/completions HTTP/1.1", "wrk",
@@ -537,6 +657,13 @@ def build_rows(
             Row(f"chat-h2/c{conc}", f"chatd /chat h2c ({conns} conn x {streams} streams)",
                 "h2load", f"{chatd_url}/chat", conc, body, "fast", True, conns, streams)
         )  # fmt: skip
+        if gateway_url:
+            rows.append(
+                Row(f"gateway-h2/c{conc}",
+                    f"gateway /v1/chat h2c → chatd ({conns} conn x {streams} streams)",
+                    "h2load", f"{gateway_url}/v1/chat", conc, body, "fast", True, conns,
+                    streams)
+            )  # fmt: skip
     if args.delay_conc:
         conc = args.delay_conc
         delay = f"{args.delay_ms:g} ms upstream"
@@ -570,7 +697,8 @@ def main(argv: list[str]) -> int:
             procs.append(slow)
             port = free_port()
             config = tmp / "chatd.toml"
-            write_config(config, port, fast_port, slow_port)
+            gateway_port = free_port()
+            write_config(config, port, fast_port, slow_port, gateway_port)
             chatd = start_chatd(chatd_cpu, config, port, out_dir / "chatd.log")
             procs.append(chatd)
             chatd_url = f"http://127.0.0.1:{port}"
@@ -587,6 +715,22 @@ def main(argv: list[str]) -> int:
                 http("POST", f"{chatd_url}/chat", chat_body())
             time.sleep(0.5)
             idle_mb = rss_kb(chatd.pid) / 1024
+            # The same chatd with 2 workers, on the same CPU (see bench/README.md).
+            pool_port = free_port()
+            pool_config = tmp / "chatd-pool.toml"
+            write_config(pool_config, pool_port, fast_port, slow_port)
+            pool = start_chatd(chatd_cpu, pool_config, pool_port, out_dir / "chatd-pool.log", 2)
+            procs.append(pool)
+            pool_url = f"http://127.0.0.1:{pool_port}"
+            pool_idle_mb = 0.0
+            for _ in range(100):  # both workers serving: the tree has 3 processes
+                if len(tree_pids(pool.pid)) == 3:
+                    break
+                time.sleep(0.1)
+            for _ in range(40):
+                http("POST", f"{pool_url}/chat", chat_body())
+            time.sleep(0.5)
+            pool_idle_mb = tree_rss_kb(pool.pid) / 1024
             floor_urls: dict[str, str] = {}
             floor_pids: dict[str, int] = {}
             for name, extra in (("floor", []), ("tuned", ["--tuned"])):
@@ -607,9 +751,14 @@ def main(argv: list[str]) -> int:
                     except OSError:
                         pass
                     time.sleep(0.1)
+            # The gateway is not pinned: on two cores there is none to give it,
+            # and the scheduler places it where there is room.
+            gateway = start_gateway(None, config, gateway_port, out_dir / "gateway.log")
+            procs.insert(0, gateway)
             rows = build_rows(
                 args, f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}",
-                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"],
+                chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], pool_url,
+                f"http://127.0.0.1:{gateway_port}",
             )  # fmt: skip
             total = len(rows) * args.runs * (args.duration + 0.5)
             print(
@@ -625,7 +774,7 @@ def main(argv: list[str]) -> int:
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
-            proxy_pids = {"chatd": chatd.pid, **floor_pids}
+            proxy_pids = {"chatd": chatd.pid, "pool": pool.pid, **floor_pids}
             solo = run_row(alone, min(args.duration, 3), chatd_cpu, proxy_pids, stub_pids, tmp)
             stub_alone = (
                 f"{solo.rps:,.0f} req/s, p50 {solo.p50_ms:.2f} ms, "
@@ -648,16 +797,43 @@ def main(argv: list[str]) -> int:
                         flush=True,
                     )
                     time.sleep(0.5)
+            bursts = gateway_bursts(
+                args.runs, chatd_url, config, None, load_cpu, tmp, out_dir / "gateway.log"
+            )
             peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
+            pool_peak_mb = tree_rss_kb(pool.pid, "VmHWM") / 1024
+            pool_rows = [r for r in rows if r.proxy == "pool" and r.samples]
+            pool_sampled_mb = max(
+                (x.peak_rss_mb or 0 for r in pool_rows for x in r.samples), default=0
+            )
             if chatd.poll() is not None:
                 raise SystemExit(f"bench: chatd died (exit {chatd.returncode})")
         finally:
-            chatd_proc = next((p for p in procs if p.args and "lakehouse.cli" in p.args), None)
+            # chatd itself (the gateway and the pool run lakehouse.cli too).
+            chatd_proc = next(
+                (
+                    p
+                    for p in procs
+                    if p.args and "lakehouse.cli" in p.args and "gateway" not in p.args
+                ),
+                None,
+            )
             shutdown = stop(chatd_proc) if chatd_proc is not None else "not started"
+            memory = (
+                f"- 2 workers, whole process tree (supervisor + 2 workers): idle RSS "
+                f"{pool_idle_mb:.1f} MB; peak RSS sampled during its rows "
+                f"{pool_sampled_mb:.1f} MB (sum of each process's VmHWM, an upper "
+                f"bound: {pool_peak_mb:.1f} MB)"
+                if "pool_peak_mb" in locals()
+                else "- 2 workers: not measured"
+            )
             for proc in procs:
                 stop(proc)
 
-    report = render(args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone)
+    report = render(
+        args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone, bursts
+    )
+    report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)
     print(report)
     out = args.out or (
         Path(tempfile.mkstemp(prefix="chatd-bench-", suffix=".md")[1])
@@ -672,7 +848,10 @@ def main(argv: list[str]) -> int:
                 {
                     "idle_rss_mb": idle_mb,
                     "peak_rss_mb": peak_mb,
+                    "pool_idle_rss_mb": pool_idle_mb,
+                    "pool_peak_rss_mb": pool_peak_mb,
                     "skipped": skipped,
+                    "gateway_bursts": [b.__dict__ for b in bursts],
                     "rows": [
                         {"key": r.key, "label": r.label, "conc": r.conc,
                          "samples": [s.__dict__ for s in r.samples]}
@@ -685,9 +864,38 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def burst_lines(bursts: list[Burst]) -> list[str]:
+    """The gateway burst: the slowest of BURST streams, each round's gateway
+    time over the same round's direct time."""
+    if not bursts:
+        return []
+    direct = [b.direct_ms for b in bursts]
+    cold = [b.cold_ms / b.direct_ms for b in bursts if b.direct_ms]
+    warm = [b.warm_ms / b.direct_ms for b in bursts if b.direct_ms]
+    ok = bool(cold and warm) and max(med(cold), med(warm)) <= 2
+    return [
+        "",
+        f"## Gateway burst: {BURST} concurrent h2 streams on one connection",
+        "",
+        "Slowest stream's time, per round: straight to chatd `/chat`, through a freshly "
+        "started `bin/chatd gateway` (cold pool), and through it again (warm). The gateway "
+        "is not pinned (there is no third core to give it).",
+        "",
+        "| path | slowest stream ms | ÷ direct (same round) |",
+        "|---|---|---|",
+        f"| direct → chatd | {fmt(direct, 0)} | 1 |",
+        f"| gateway, cold pool | {fmt([b.cold_ms for b in bursts], 0)} | {fmt(cold, 2)} |",
+        f"| gateway, warm pool | {fmt([b.warm_ms for b in bursts], 0)} | {fmt(warm, 2)} |",
+        "",
+        f"- within 2x of direct, cold and warm (medians): {'PASS' if ok else 'FAIL'}; "
+        f"errors: {sum(b.errors for b in bursts)}",
+    ]
+
+
 def render(
     args: argparse.Namespace, rows: list[Row], skipped: list[str], idle_mb: float,
     peak_mb: float, started: dt.datetime, pinned_cpus: bool, shutdown: str, stub_alone: str,
+    bursts: list[Burst] | None = None,
 ) -> str:  # fmt: skip
     lines = [
         "# chatd benchmark results",
@@ -728,6 +936,7 @@ def render(
         added = added_p50(rows, key)
         if added:
             lines.append(f"- added p50 at c=1, {label} - direct: {fmt(added, 3)} ms")
+    lines += burst_lines(bursts or [])
     lines += ["", "## Budget (native route, HTTP/1.1, one worker)", ""]
     lines += ["| budget | measured | verdict |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in budget(rows, idle_mb, peak_mb)]

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
 from lakehouse import config as configuration
+from lakehouse import startup, worker_limits
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import log_renames
 from lakehouse.loader import load_plugin, plugin_dirs
 from lakehouse.logs import setup_logging
-from lakehouse.registry import build_registry
+
+log = logging.getLogger("chatd")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="chatd", description="The lakehouse LLM chat dispatcher.")
+    parser = argparse.ArgumentParser(
+        prog="chatd",
+        description="The lakehouse LLM chat dispatcher.",
+        epilog="`chatd gateway [options]` runs the lakehouse /v1 edge instead "
+        "(see `chatd gateway --help`).",
+    )
     configuration.add_cli_options(parser, "chatd")
     parser.add_argument(
         "--dev",
@@ -26,9 +35,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "upstream when no real one is reachable",
     )
     parser.add_argument(
-        "--check", action="store_true", help="load and check the config and plugins, then exit"
+        "--check",
+        action="store_true",
+        help="check everything a start checks (config, plugins, auth tokens, bind "
+        "address, TLS files), then exit",
     )
-    parser.add_argument("--version", action="store_true")
+    parser.add_argument("--version", action="store_true", help="print chatd's version and exit")
     return parser.parse_args(argv)
 
 
@@ -78,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     path = (args.config or configuration.default_config_path()).resolve()
     try:
         overrides = configuration.parse_overrides(args.set)
+        flags = {key: f"--set {key}" for key in overrides}
         if args.bind:
             # The app needs the real bind too (auth warns off loopback).
             overrides["chatd.bind"] = args.bind
+            flags["chatd.bind"] = "--bind"
         config = configuration.load(path, overrides)
         setup_logging(config.chatd.log_level)
+        log_renames(config.legacy, logging.getLogger("chatd.config"))
         if args.dev:
             stub_url = start_dev_stub(config, overrides)
             if stub_url:
@@ -92,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 config = configuration.load(path, overrides)
-        registry = build_registry(config)
+        bind = args.bind or config.chatd.bind
+        origins = startup.Origins(path, flags)
+        registry, warnings = startup.check_chatd(config, bind, origins)
+        try:
+            worker_limits.check(config, args.workers or config.chatd.server.workers)
+        except ConfigError as exc:
+            raise origins.blame(exc) from None
+        for warning in warnings:
+            log.warning(warning)
         if args.check:
             print(f"config ok: {path}; providers: {', '.join(registry.names()) or 'none'}")
             return 0
@@ -102,14 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     from lakehouse import server
 
     server.environ_for(str(path), json.dumps(overrides) if overrides else None)
-    bind = args.bind or config.chatd.bind
-    print(
-        f"chatd serving on http://{bind} (HTTP/1.1 and h2c); providers: "
-        f"{', '.join(registry.names()) or 'none'}",
-        file=sys.stderr,
-        flush=True,
-    )
-    return server.run(config, bind=bind, workers=args.workers)
+    try:
+        startup.check_listen(bind)
+        print(
+            f"chatd serving on {startup.address(config, bind)}; providers: "
+            f"{', '.join(registry.names()) or 'none'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return server.run(config, bind=bind, workers=args.workers)
+    except OSError as exc:
+        # Also a race for the port lost after the check: still one line.
+        if exc.errno not in startup.LISTEN_ERRNOS:
+            raise
+        print(f"chatd: {startup.listen_failure(bind, exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

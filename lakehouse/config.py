@@ -22,6 +22,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from lakehouse.errors import ConfigError
+from lakehouse.legacy_config import Legacy, is_legacy, translate
 
 SECONDS = 1.0
 MIB = 1024 * 1024
@@ -39,6 +40,9 @@ class ProviderConfig(Strict):
     plugin: str | None = None
     # As the provider documents it; the plugin's default when omitted.
     base_url: str | None = None
+    # Several hosts of one provider instead of base_url: a list (hosts
+    # named by position, "0", "1", ...) or a table of name = URL.
+    base_urls: list[str] | dict[str, str] | None = None
     key_env: str = ""
     key_file: str = ""
     # Sent on every upstream call (attribution, an operator-chosen User-Agent).
@@ -63,6 +67,9 @@ class ServerConfig(Strict):
     # HTTP/1.1: a request's head must arrive within this of its first byte,
     # and its body never pause longer (else 408 and close); see slow_clients.
     read_timeout_secs: Positive = 30 * SECONDS
+    # The listen queue; Hypercorn's 100 overflows when a pool of 200
+    # clients connects at once (the kernel caps it at net.core.somaxconn).
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     # An HTTP/2 response send blocked this long means the peer is gone
     # (works around a Hypercorn 0.18 h2 hang; see web.bounded); 0: off.
     send_stall_secs: Annotated[float, msgspec.Meta(ge=0)] = 10 * SECONDS
@@ -144,6 +151,8 @@ class Config(msgspec.Struct, kw_only=True):
     gateway: GatewayConfig | None = None
     # Where the config came from: relative plugin_dirs are taken from here.
     source_dir: str = "."
+    # The Go services' flat keys the file used (see lakehouse.legacy_config).
+    legacy: Legacy = msgspec.field(default_factory=Legacy)
 
     @property
     def tiers(self) -> dict[str, str]:
@@ -220,17 +229,39 @@ def parse(
         data = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
+    # Overrides in the Go spelling join the file's; the rest come after the
+    # translation, so the current spelling wins over the file's Go keys.
+    later = dict(overrides or {})
+    for dotted in [key for key in later if is_legacy(key)]:
+        _set(data, dotted, later.pop(dotted))
+    legacy = translate(data, source)
+    for dotted, value in later.items():
         _set(data, dotted, value)
     owned: dict[str, Any] = {k: data[k] for k in ("chatd", "models", "gateway") if k in data}
-    _check_entries(owned, source)
     try:
-        config = msgspec.convert(owned, Config, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {describe(exc)}") from None
+        _check_entries(owned)
+        try:
+            config = msgspec.convert(owned, Config, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(describe(exc)) from None
+        config.legacy = legacy
+        _check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{_origin(str(exc), source, overrides)}: {exc}") from None
     config.source_dir = str(Path(source).resolve().parent)
-    _check(config, source)
     return config
+
+
+def _origin(message: str, source: str, overrides: Mapping[str, Any] | None) -> str:
+    """Where the key a message names came from: ``--set KEY`` when an
+    override set it (or a table around it), else the file."""
+    keys = re.findall(r"`([^`]*)`", message)
+    if keys:
+        key = keys[-1] if message.startswith(("Expected", "Invalid")) else keys[0]
+        for dotted in overrides or {}:
+            if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+                return f"--set {dotted}"
+    return source
 
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -264,7 +295,7 @@ _KEYED: tuple[tuple[tuple[str, ...], Any], ...] = (
 )
 
 
-def _check_entries(owned: dict[str, Any], source: str) -> None:
+def _check_entries(owned: dict[str, Any]) -> None:
     for path, kind in _KEYED:
         node: Any = owned
         for name in path:
@@ -276,7 +307,7 @@ def _check_entries(owned: dict[str, Any], source: str) -> None:
                 msgspec.convert(value, kind, strict=True)
             except msgspec.ValidationError as exc:
                 where = ".".join((*path, _toml_key(key)))
-                raise ConfigError(f"{source}: {describe(exc, where)}") from None
+                raise ConfigError(describe(exc, where)) from None
 
 
 def _toml_key(key: str) -> str:
@@ -290,22 +321,45 @@ def check_url(url: str, key: str) -> str:
     return url.rstrip("/")
 
 
-def _check(config: Config, source: str) -> None:
+def _check(config: Config) -> None:
     chatd = config.chatd
     for name, provider in chatd.providers.items():
         if provider.base_url is not None:
-            try:
-                check_url(provider.base_url, f"chatd.providers.{name}.base_url")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+            check_url(provider.base_url, config.legacy.spelled(f"chatd.providers.{name}.base_url"))
+        if provider.base_urls is not None:
+            _check_hosts(name, provider)
     for name, chain in chatd.fallbacks.items():
         if name in chain:
-            raise ConfigError(f"{source}: `chatd.fallbacks.{name}` lists itself")
+            raise ConfigError(f"`chatd.fallbacks.{name}` lists itself")
+    for key, url in config.legacy.gateway_urls.items():
+        check_url(url, f"gateway.{key}")
     if config.gateway is not None:
         for prefix, url in config.gateway.routes.items():
             if not prefix.startswith("/"):
-                raise ConfigError(f"{source}: `gateway.routes` key {prefix!r} must start with /")
-            try:
-                check_url(url, f"gateway.routes.{prefix}")
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+                raise ConfigError(f"`gateway.routes` key {prefix!r} must start with /")
+            check_url(url, f"gateway.routes.{prefix}")
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_HOSTS = 64
+
+
+def host_urls(provider: ProviderConfig) -> dict[str, str]:
+    """A pool's hosts, name → URL (names are positions for a list)."""
+    urls = provider.base_urls or {}
+    return dict(urls) if isinstance(urls, dict) else {str(i): u for i, u in enumerate(urls)}
+
+
+def _check_hosts(name: str, provider: ProviderConfig) -> None:
+    key = f"chatd.providers.{name}.base_urls"
+    if provider.base_url is not None:
+        raise ConfigError(f"`{key}` and `chatd.providers.{name}.base_url` are both set")
+    hosts = host_urls(provider)
+    if not 1 <= len(hosts) <= MAX_HOSTS:
+        raise ConfigError(f"`{key}` needs 1 to {MAX_HOSTS} hosts")
+    for host, url in hosts.items():
+        if not _HOST_NAME.fullmatch(host):
+            raise ConfigError(
+                f"`{key}`: host name {host!r} must be 1-32 letters, digits, `_`, `.` or `-`"
+            )
+        check_url(url, f"{key}.{host}")

@@ -16,7 +16,10 @@ connection that is a cancellation, two task switches and the inner task of
 connection for its whole life: ``restart`` and ``stop`` only move an
 "idle since" mark, and the watcher, waking once per ``keep_alive_timeout``,
 closes the connection once it has been idle that long, or at once when the
-server shuts down.
+server shuts down. One exception to "at once": a connection that has not
+yet sent its first request (accepted just before a worker began to drain,
+its request maybe still in flight) gets ``FIRST_REQUEST_GRACE`` to send
+it, so a rolling restart does not drop brand-new connections unanswered.
 
 Coalesced writes. Hypercorn writes each piece of a response as it is made
 (the head at ``http.response.start``, the body, an empty end) and awaits
@@ -41,6 +44,10 @@ ProtocolSend = Callable[[Any, Any], Awaitable[None]]
 
 log = logging.getLogger("chatd.server")
 
+# Seconds a connection with no request yet may still send one once the
+# server is shutting down (a request in transit on a just-accepted socket).
+FIRST_REQUEST_GRACE = 1.0
+
 
 def _report(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
@@ -55,15 +62,20 @@ class IdleWatch:
         self._idle_since: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._server: Any = None
+        # No request seen yet, and since when the connection is open.
+        self._fresh = True
+        self._opened = 0.0
 
     async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
         server = action.__self__  # type: ignore[attr-defined]
-        if server.context.terminated.is_set():
+        if server.context.terminated.is_set() and not self._fresh:
             # Shutting down: close now, as Hypercorn's own watcher would.
             task_group._task_group.create_task(action())
             return
         self._idle_since = asyncio.get_running_loop().time()
         if self._task is None:
+            if self._fresh:
+                self._opened = self._idle_since
             self._server = server
             # Outside the connection's task group, which must be able to end
             # (a client gone mid-request) while the watcher waits; the
@@ -73,6 +85,7 @@ class IdleWatch:
 
     async def stop(self) -> None:
         self._idle_since = None
+        self._fresh = False
         task = self._task
         if task is not None and self._server.writer.is_closing():
             self._task = None
@@ -84,6 +97,17 @@ class IdleWatch:
         terminated = server.context.terminated
         while True:
             since = self._idle_since
+            if terminated.is_set():
+                if since is None:
+                    # Shutting down mid-request: ``restart`` closes the
+                    # connection when the request is done.
+                    self._task = None
+                    return
+                grace = self._opened + FIRST_REQUEST_GRACE - loop.time()
+                if not self._fresh or grace <= 0:
+                    break
+                await asyncio.sleep(grace)
+                continue
             wait = timeout if since is None else since + timeout - loop.time()
             if wait <= 0:
                 break
@@ -91,12 +115,6 @@ class IdleWatch:
                 await asyncio.wait_for(terminated.wait(), wait)
             except TimeoutError:
                 continue
-            if self._idle_since is None:
-                # Shutting down mid-request: ``restart`` closes the
-                # connection when the request is done.
-                self._task = None
-                return
-            break
         self._task = None
         await asyncio.shield(server._initiate_server_close())
 

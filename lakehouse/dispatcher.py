@@ -42,8 +42,12 @@ class CallInfo:
     filled in even when the call fails."""
 
     provider: str = ""
+    # The model routed to: the tier resolved, the routing prefix stripped.
+    model: str = ""
     tier: str = ""
     upstream_s: float = 0.0
+    # Time spent waiting by choice: retry backoff, Retry-After, queueing.
+    wait_s: float = 0.0
     attempts: int = 0
 
 
@@ -75,6 +79,9 @@ class Dispatcher:
             name: Limiter(name, *self.policy.limits.get(name, (256, 512)))
             for name in registry.names()
         }
+        # Requests inside chat() or stream(), retry waits included: a
+        # reloaded-away generation closes its sessions once this is 0.
+        self.in_flight = 0
 
     def route(self, model: str) -> tuple[Route, str | None]:
         """The route for a model or tier name, and the tier when it was one."""
@@ -100,11 +107,14 @@ class Dispatcher:
     ) -> ChatResponse:
         info = info if info is not None else CallInfo()
         budget = self.budget(deadline if deadline is not None else request.deadline_secs)
+        self.in_flight += 1
         try:
             async with asyncio.timeout(budget):
                 return await self._try_chain(request, info)
         except TimeoutError:
             raise self._late(budget, info) from None
+        finally:
+            self.in_flight -= 1
 
     async def _try_chain(self, request: ChatRequest, info: CallInfo) -> ChatResponse:
         async def chat(provider: Provider, model: str) -> ChatResponse:
@@ -131,6 +141,17 @@ class Dispatcher:
         ChatResponse. Retries and fallbacks happen only before the first
         item; after it, a failure ends the stream with its error. The
         deadline bounds every wait, first item included."""
+        self.in_flight += 1
+        try:
+            async with contextlib.aclosing(self._stream(request, info, deadline)) as items:
+                async for item in items:
+                    yield item
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(
+        self, request: ChatRequest, info: CallInfo | None, deadline: float | None
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         info = info if info is not None else CallInfo()
         budget = self.budget(deadline if deadline is not None else request.deadline_secs)
         ends = asyncio.get_running_loop().time() + budget
@@ -168,6 +189,7 @@ class Dispatcher:
                     ) from None
                 except ChatdError as exc:
                     self.health.record(name, ok=not exc.provider_fault)
+                    self._failed(name, exc)
                     raise
             # Reading on to the end lets the connection go back to the pool.
             with contextlib.suppress(ChatdError, TimeoutError):
@@ -201,6 +223,7 @@ class Dispatcher:
             try:
                 route, tier = self.route(link)
                 info.provider = route.provider.name
+                info.model = route.model
                 info.tier = tier or ""
                 result = await self._call(route.provider, route.model, info, action, hold=hold)
             except ChatdError as exc:
@@ -229,12 +252,15 @@ class Dispatcher:
         limiter = self.limiters[name]
         for attempt in range(retry.attempts + 1):
             async with Admission(limiter, self.health, name) as admission:
+                if admission.queued_s:
+                    self._waited(info, "queue", admission.queued_s)
                 info.attempts += 1
                 started = time.perf_counter()
                 try:
                     result = await action(provider, model)
                 except ChatdError as exc:
                     admission.record(ok=not exc.provider_fault)
+                    self._failed(name, exc)
                     error = exc
                 else:
                     admission.record(ok=True)
@@ -246,12 +272,26 @@ class Dispatcher:
             # The slot is free while the retry waits.
             if not error.retryable or attempt == retry.attempts:
                 raise error
-            wait = error.retry_after
+            wait, reason = error.retry_after, "retry_after"
             if wait is None:
-                wait = self._backoff.delay(attempt)
+                wait, reason = self._backoff.delay(attempt), "retry_backoff"
             elif wait > retry.max_retry_after_secs:
                 raise error  # too long to wait here: the next fallback, if any
             if self.metrics is not None:
                 self.metrics.retry(name, error.code)
-            await asyncio.sleep(wait)
+            slept_from = time.perf_counter()
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                # Counted even when the deadline or a caller cuts it short.
+                self._waited(info, reason, time.perf_counter() - slept_from)
         raise AssertionError("the loop returns or raises")
+
+    def _waited(self, info: CallInfo, reason: str, seconds: float) -> None:
+        info.wait_s += seconds
+        if self.metrics is not None:
+            self.metrics.wait(reason, seconds)
+
+    def _failed(self, provider: str, error: ChatdError) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_error(provider, error.code)

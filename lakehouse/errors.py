@@ -54,9 +54,19 @@ class NotFound(ChatdError):
     code = "not_found"
 
 
+class Forbidden(ChatdError):
+    status = 403
+    code = "forbidden"
+
+
 class MethodNotAllowed(ChatdError):
     status = 405
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        # The route's methods, for the Allow header (RFC 9110 §15.5.6).
+        self.allow = allow
 
 
 class ReloadRefused(ChatdError):
@@ -142,6 +152,11 @@ class UpstreamUnreachable(UpstreamError):
     """Connection refused, DNS or TLS failure, connection reset."""
 
     code = "upstream_unreachable"
+
+
+class UpstreamConnectFailed(UpstreamUnreachable):
+    """No connection was made, so the request was never sent: safe to send
+    to another host of the same provider."""
 
 
 class UpstreamRedirect(UpstreamError):

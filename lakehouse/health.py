@@ -6,10 +6,14 @@ opens: it counts as unavailable for ``cooldown`` seconds, then lets one
 trial call through (half-open). The trial's success closes the breaker;
 its failure opens it for another cooldown. A failed probe makes the
 provider unavailable whatever the breaker says.
+
+A provider going down (a failed probe, an opened breaker) or coming back
+is logged once, with the reason; nothing is logged while it stays so.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,6 +27,13 @@ class _State:
     open_until: float = 0.0
     trial: bool = False
 
+    @property
+    def down(self) -> bool:
+        return not self.probe_ok or self.open_until != 0.0
+
+
+log = logging.getLogger("chatd.health")
+
 
 class Health:
     def __init__(
@@ -32,11 +43,14 @@ class Health:
         failure_threshold: int = 5,
         cooldown: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        pool: str | None = None,
     ) -> None:
         self._states = {name: _State() for name in names}
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self._clock = clock
+        # Set for the hosts of a pooled provider: the names are its hosts.
+        self._pool = pool
 
     def available(self, name: str) -> bool:
         """Whether a call would be let through now (the listing's view):
@@ -70,14 +84,22 @@ class Health:
         state = self._states.get(name)
         if state is None:
             return
+        was_down = state.down
         state.trial = False
         if ok:
             state.failures = 0
             state.open_until = 0.0
+            self._changed(name, state, was_down, "a call succeeded")
             return
         state.failures += 1
         if state.failures >= self.failure_threshold:
             state.open_until = self._clock() + self.cooldown
+            self._changed(
+                name,
+                state,
+                was_down,
+                f"{state.failures} failed calls in a row; one trial call after {self.cooldown:g}s",
+            )
 
     def abandon(self, name: str) -> None:
         """A call ended without a verdict (cancelled): free the trial slot."""
@@ -85,10 +107,27 @@ class Health:
         if state is not None:
             state.trial = False
 
-    def set_probe(self, name: str, ok: bool) -> None:
+    def set_probe(self, name: str, ok: bool, reason: str = "", *, announce: bool = True) -> None:
+        """The verdict of one probe; ``reason`` says why it failed. A verdict
+        taken from the worker that probed (``announce=False``) is not logged
+        again: that worker logged the change."""
         state = self._states.get(name)
         if state is not None:
+            was_down = state.down
             state.probe_ok = ok
+            if announce:
+                self._changed(name, state, was_down, "probe succeeded" if ok else reason)
+
+    def _changed(self, name: str, state: _State, was_down: bool, reason: str) -> None:
+        if state.down == was_down:
+            return
+        what, extra = "provider", {"provider": name, "reason": reason}
+        if self._pool is not None:
+            what, extra = "host", {"provider": self._pool, "host": name, "reason": reason}
+        if state.down:
+            log.warning(f"{what} down", extra=extra)
+        else:
+            log.info(f"{what} up", extra=extra)
 
     def state(self, name: str) -> str:
         """``closed``, ``open``, ``half_open`` or ``down`` (probe failed)."""

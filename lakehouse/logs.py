@@ -76,6 +76,8 @@ class AccessEntry(msgspec.Struct, omit_defaults=True):
     status: int
     upstream_ms: float
     overhead_ms: float
+    # Retry backoff, Retry-After and queueing; left out when nothing waited.
+    wait_ms: float = 0.0
     model: str | None = None
     provider: str | None = None
     tier: str | None = None
@@ -83,6 +85,23 @@ class AccessEntry(msgspec.Struct, omit_defaults=True):
     completion_tokens: int = 0
     attempts: int = 0
     error: str | None = None
+    # The error's message (an upstream's own words, keys redacted).
+    message: str | None = None
+
+
+class GatewayAccessEntry(msgspec.Struct, omit_defaults=True):
+    """One request through the gateway; 499 when the caller left first."""
+
+    ts: str
+    level: str
+    logger: str
+    msg: str
+    request_id: str
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    route: str | None = None
 
 
 class AccessLog:
@@ -108,7 +127,7 @@ class AccessLog:
         self._encode = msgspec.json.Encoder().encode
         self.timestamp = Stamps()
 
-    def write(self, entry: AccessEntry) -> None:
+    def write(self, entry: msgspec.Struct) -> None:
         line = self._encode(entry) + b"\n"
         self._lines.append(line)
         self._size += len(line)

@@ -27,6 +27,8 @@ from lakehouse.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from lakehouse.upstreams.anthropic_messages import AnthropicMessagesProvider, MessagesOptions
+from lakehouse.upstreams.anthropic_messages_reply import ANTHROPIC_ERROR_KINDS
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import (
     decode_json,
@@ -43,6 +45,7 @@ from lakehouse.upstreams.ollama import (
     OllamaReply,
     OllamaReplyMessage,
     OllamaRuntimeOptions,
+    chat_body,
     ollama_error,
     ollama_reply_decoder,
     ollama_response,
@@ -58,23 +61,29 @@ from lakehouse.upstreams.openai_chat_errors import (
     ZEN_ERROR_KINDS,
     redact_key,
 )
+from lakehouse.upstreams.openai_responses import OpenAIResponsesProvider, ResponsesOptions
+from lakehouse.upstreams.routed import EndpointRule, RoutedProvider
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 
 __all__ = [
+    "ANTHROPIC_ERROR_KINDS",
     "OLLAMA_QUOTA_PHRASES",
     "OPENAI_ERROR_KINDS",
     "OPENROUTER_ERROR_KINDS",
     "QUOTA_PHRASES",
     "SSE_DONE",
     "ZEN_ERROR_KINDS",
+    "AnthropicMessagesProvider",
     "BadRequest",
     "ChatRequest",
     "ChatResponse",
     "ChatdError",
     "ConfigError",
+    "EndpointRule",
     "Flavour",
     "HTTPClient",
     "Message",
+    "MessagesOptions",
     "OllamaChatBody",
     "OllamaGenerateBody",
     "OllamaReply",
@@ -82,10 +91,13 @@ __all__ = [
     "OllamaRuntimeOptions",
     "OpenAICompatOptions",
     "OpenAICompatProvider",
+    "OpenAIResponsesProvider",
     "Plugin",
     "PluginOptions",
     "Provider",
     "ProviderContext",
+    "ResponsesOptions",
+    "RoutedProvider",
     "StreamDelta",
     "UpstreamAuth",
     "UpstreamBadResponse",
@@ -98,6 +110,7 @@ __all__ = [
     "UpstreamStream",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "chat_body",
     "decode_json",
     "error_for_status",
     "iter_ndjson",

@@ -1,7 +1,7 @@
 """The provider registry: which providers exist, and which one a model
 name goes to.
 
-Routing, in order (SPEC.md):
+Routing, in order (the README's model-name table):
 1. an empty name resolves to nothing (404);
 2. a configured suffix (``:cloud``) names its provider outright; when that
    provider is not registered the answer is 404, never local Ollama;
@@ -14,15 +14,17 @@ Routing, in order (SPEC.md):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from lakehouse.config import Config
+from lakehouse.config import Config, host_urls
 from lakehouse.errors import ConfigError, ProviderNotFound
 from lakehouse.keys import Redactor, resolve_key
 from lakehouse.loader import base_url, decode_options, load_plugin, plugin_dirs
-from lakehouse.plugin_api import Provider, ProviderContext
+from lakehouse.plugin_api import Plugin, Provider, ProviderContext
+from lakehouse.upstreams.pool import HostPool
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,22 @@ def _show(model: str, limit: int = 80) -> str:
     return repr(model if len(model) <= limit else model[:limit] + "…")
 
 
+def _build(plugin: Plugin, ctx: ProviderContext) -> Provider:
+    name = ctx.name
+    try:
+        provider = plugin.build(ctx)
+    except ConfigError as exc:
+        raise ConfigError(f"provider `{name}`: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"provider `{name}`: plugin failed to build: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(provider, Provider):
+        raise ConfigError(f"provider `{name}`: plugin built something that is not a Provider")
+    provider.name = name
+    return provider
+
+
 def build_registry(config: Config, environ: Mapping[str, str] | None = None) -> Registry:
     """Load, check and build every configured provider; providers that need a
     key and have none are left out."""
@@ -131,18 +149,16 @@ def build_registry(config: Config, environ: Mapping[str, str] | None = None) -> 
             headers=dict(table.headers),
             options=options,
         )
-        try:
-            provider = plugin.build(ctx)
-        except ConfigError as exc:
-            raise ConfigError(f"provider `{name}`: {exc}") from None
-        except Exception as exc:
-            raise ConfigError(
-                f"provider `{name}`: plugin failed to build: {type(exc).__name__}: {exc}"
-            ) from None
-        if not isinstance(provider, Provider):
-            raise ConfigError(f"provider `{name}`: plugin built something that is not a Provider")
-        provider.name = name
-        providers[name] = provider
+        if table.base_urls is None:
+            providers[name] = _build(plugin, ctx)
+            continue
+        hosts = [
+            (host, _build(plugin, dataclasses.replace(ctx, base_url=host_url)))
+            for host, host_url in host_urls(table).items()
+        ]
+        providers[name] = HostPool(
+            name, hosts, failure_threshold=chatd.failure_threshold, cooldown=chatd.cooldown_secs
+        )
     return Registry(
         providers,
         default=chatd.default_provider or None,

@@ -43,7 +43,8 @@ class RequestLog:
     ) -> None:
         """Count and log one answered request (after its response was sent)."""
         total = time.perf_counter() - started
-        overhead = max(0.0, total - info.upstream_s)
+        # chatd's own time: not the upstream's, nor waits chatd chose.
+        overhead = max(0.0, total - info.upstream_s - info.wait_s)
         prompt = response.prompt_tokens if response is not None else 0
         completion = response.completion_tokens if response is not None else 0
         code = error.code if error is not None else None
@@ -56,7 +57,6 @@ class RequestLog:
             overhead_s=overhead,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            error_code=code if error is not None and error.provider else None,
         )
         if self.access.enabled:
             self.access.write(
@@ -70,6 +70,7 @@ class RequestLog:
                     status=status,
                     upstream_ms=round(info.upstream_s * 1000, 3),
                     overhead_ms=round(overhead * 1000, 3),
+                    wait_ms=round(info.wait_s * 1000, 3),
                     model=request.model[:200] if request is not None else None,
                     provider=info.provider or None,
                     tier=info.tier or None,
@@ -77,6 +78,7 @@ class RequestLog:
                     completion_tokens=completion,
                     attempts=info.attempts if info.attempts > 1 else 0,
                     error=code,
+                    message=generation.registry.redact(str(error))[:500] if error else None,
                 )
             )
         if (
@@ -89,7 +91,7 @@ class RequestLog:
                 "bodies",
                 extra={
                     "request_id": rid,
-                    "messages": [redact(m.content) for m in request.messages],
+                    "messages": [redact(m.text()) for m in request.messages],
                     "content": redact(response.content) if response else None,
                 },
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,10 +31,11 @@ class Limiter:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> bool:
+        """Take a slot; True when the call had to queue for it."""
         if self.active < self.limit and not self._waiters:
             self.active += 1
-            return
+            return False
         if len(self._waiters) >= self.queue:
             self.rejected += 1
             raise Overloaded(
@@ -56,6 +58,7 @@ class Limiter:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
+        return True
 
     def release(self) -> None:
         self._release_one()
@@ -82,7 +85,7 @@ class Admission:
     the provider refusing every call while its listing says available.
     """
 
-    __slots__ = ("_health", "_kept", "_limiter", "_name", "_trial", "_verdict")
+    __slots__ = ("_health", "_kept", "_limiter", "_name", "_trial", "_verdict", "queued_s")
 
     def __init__(self, limiter: Limiter, health: Health, name: str) -> None:
         self._limiter = limiter
@@ -91,12 +94,16 @@ class Admission:
         self._trial = False
         self._verdict = False
         self._kept = False
+        # How long the call waited in the queue for its slot.
+        self.queued_s = 0.0
 
     async def __aenter__(self) -> Admission:
         health, name = self._health, self._name
         if not health.available(name):
             raise self._unavailable()  # at once, without queueing
-        await self._limiter.acquire()
+        queued_at = time.perf_counter()
+        if await self._limiter.acquire():
+            self.queued_s = time.perf_counter() - queued_at
         if not health.admit(name):
             # Another call took the trial while this one queued.
             self._limiter.release()

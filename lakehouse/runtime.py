@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
+from lakehouse import sd_notify
 from lakehouse.auth import Gate
 from lakehouse.config import Config
 from lakehouse.dispatcher import Dispatcher
@@ -21,10 +23,12 @@ from lakehouse.generations import ConfigSource, Generation, Generations
 from lakehouse.health import Health
 from lakehouse.heap_trim import HeapTrimmer
 from lakehouse.metrics import Metrics
+from lakehouse.probe_share import Verdicts
 from lakehouse.probing import Prober
 from lakehouse.registry import Registry
 from lakehouse.request_id import Minter
 from lakehouse.request_log import RequestLog
+from lakehouse.upstreams.pool import host_states
 
 __all__ = ["ConfigSource", "Runtime"]
 
@@ -40,7 +44,7 @@ class Runtime:
         self.heap = HeapTrimmer()
         self.mint = Minter()
         self.ready = False
-        self._tasks: set[asyncio.Task[str | None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # The current generation's parts, for routes that read one of them once.
     @property
@@ -79,12 +83,18 @@ class Runtime:
         """Open the first generation. ``source`` re-reads the config for a
         reload; with ``handle_sighup`` a SIGHUP triggers one."""
         holder: list[Runtime] = []
-        metrics = Metrics(lambda: holder[0].health.snapshot(), lambda: holder[0].pressure())
+        metrics = Metrics(
+            lambda: holder[0].health.snapshot(),
+            lambda: holder[0].pressure(),
+            lambda: host_states(holder[0].registry),
+        )
         generation = await Generation.open(config, environ, metrics)
         runtime = cls(Generations(generation, metrics, environ, source), metrics)
         holder.append(runtime)
         runtime.prober.start(config.chatd.probe_interval_secs)
         runtime.heap.start()
+        if metrics.multiprocess:
+            runtime._spawn(metrics.publish_forever())
         if handle_sighup and source is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runtime._on_sighup)
         runtime.ready = True
@@ -97,16 +107,27 @@ class Runtime:
             for name, limiter in self.dispatcher.limiters.items()
         }
 
-    def _on_sighup(self) -> None:
-        task = asyncio.ensure_future(self.reload())
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _on_sighup(self) -> None:
+        self._spawn(self._reload_for_signal())
+
+    async def _reload_for_signal(self) -> None:
+        # systemd (ExecReload sends the SIGHUP) hears when the reload is done.
+        async with sd_notify.reloading():
+            await self.reload()
 
     async def reload(self) -> str | None:
         return await self.generations.reload()
 
-    async def probe_once(self) -> None:
-        await self.prober.probe_once()
+    async def probe_once(self) -> Verdicts:
+        return await self.prober.probe_once()
+
+    def apply_probes(self, verdicts: Verdicts) -> None:
+        self.prober.apply(verdicts)
 
     async def close(self) -> None:
         self.ready = False
@@ -117,5 +138,7 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # At shutdown (the server has let requests finish) nothing waits.
         await self.generations.close()
         self.log.close()
+        log.info("chatd stopped: in-flight requests done, upstream sessions closed")

@@ -2,16 +2,22 @@
 
 HTTP/1.1 and h2c (prior knowledge) share one port; with a certificate, h2
 is offered by ALPN. One worker is served in this process (so a benchmark's
-``taskset`` and ``/proc/<pid>`` see the worker itself); more are spawned
-by Hypercorn and load the app through ``lakehouse.asgi``.
+``taskset`` and ``/proc/<pid>`` see the worker itself). More are run by
+``lakehouse.supervisor`` as ``lakehouse.worker`` processes, each serving
+the listening socket it inherits through ``serve_inherited``; Hypercorn's
+own multi-worker runner is not used (see the supervisor for why).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -24,20 +30,26 @@ from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.run import run as hypercorn_run
 
+from lakehouse import probe_share
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
 from lakehouse.h2_guard import GuardMixin
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from lakehouse.slow_clients import SlowClientMixin
+from lakehouse.stream_reset import resetting
+from lakehouse.supervisor import Supervisor, WorkerPlan
 
 APP_PATH = "lakehouse.asgi:app_from_env()"
 
 
 def tune_connections() -> None:
     """Have Hypercorn's connections use lakehouse.connections' idle timer
-    and coalesced writes (see there). Each process that serves calls this,
+    and coalesced writes, and reset HTTP/2 streams left unfinished
+    (lakehouse.stream_reset). Each process that serves calls this,
     once or more; it changes nothing on a Hypercorn other than 0.18, whose
     TCPServer they were written against."""
     server = tcp_server.TCPServer
@@ -53,6 +65,13 @@ def tune_connections() -> None:
         send: Any = corked(server.protocol_send, RawData, Closed)
         send.chatd_corked = True
         server.protocol_send = send  # type: ignore[method-assign]
+    h2 = H2Protocol
+    if all(hasattr(h2, name) for name in ("stream_send", "_flush")) and not getattr(
+        h2.stream_send, "chatd_resetting", False
+    ):
+        reset: Any = resetting(h2.stream_send, StreamClosed, ASGIHTTPState.RESPONSE)
+        reset.chatd_resetting = True
+        h2.stream_send = reset  # type: ignore[method-assign]
 
 
 # What lakehouse.h2_guard relies on in Hypercorn's H2Protocol.
@@ -139,8 +158,11 @@ def hypercorn_config(
     h.graceful_timeout = server.graceful_timeout_secs
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
     h.chatd_read_timeout = server.read_timeout_secs
+    h.backlog = server.backlog
     h.accesslog = None
-    h.errorlog = "-"
+    # Hypercorn's own lines ("Running on", errors) go through chatd's JSON
+    # formatter: a Logger is used as it is (and pickles by name to workers).
+    h.errorlog = logging.getLogger("chatd.server")
     h.loglevel = config.chatd.log_level.upper()
     h.include_server_header = False
     if server.certfile and server.keyfile:
@@ -164,15 +186,105 @@ def run(
     h = hypercorn_config(config, bind=bind, workers=workers, app_path=app_path)
     if h.workers == 1:
         h.workers = 0  # Hypercorn's "serve in this process"
+        listen_first(h)
+        return int(hypercorn_run(h) or 0)
+    # Workers are spawned afresh and inherit this: each writes its metrics
+    # to files there, and a scrape of any worker merges them.
+    server = config.chatd.server
+    path = server.metrics_dir or os.path.join(tempfile.gettempdir(), f"chatd-metrics-{os.getpid()}")
+    prepare_multiprocess_dir(path)
+    probe_share.reset(path)
+    os.environ[MULTIPROC_ENV] = path
+    sock = listening_socket(h.bind[0], server.backlog)
+    plan = WorkerPlan(
+        count=h.workers,
+        app_path=app_path,
+        graceful_timeout=server.graceful_timeout_secs,
+    )
+    return Supervisor(sock, plan).run()
+
+
+def listening_socket(bind: str, backlog: int) -> socket.socket:
+    """The one socket every worker accepts on: connections wait in its
+    queue while a worker is replaced, so the port never stops accepting."""
+    h = HypercornConfig()
+    h.bind = [bind]
+    (sock,) = h.create_sockets().insecure_sockets
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_inherited(
+    config: Config, fd: int, app_path: str, ready: Callable[[], None], lifeline: int | None
+) -> None:
+    """A worker's life: load the app, serve the inherited socket ``fd``,
+    call ``ready`` once it accepts, and drain on SIGTERM/SIGINT (or when
+    ``lifeline`` says the supervisor is gone) within the graceful timeout."""
+    h = hypercorn_config(config, app_path=app_path)
+    h.bind = [f"fd://{fd}"]
+    h.workers = 1
+    app = load_app(app_path)
+    factory = None
+    if h.worker_class == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve_until_stopped(app, h, ready, lifeline))
+
+
+async def _serve_until_stopped(
+    app: Callable[..., Awaitable[None]],
+    h: HypercornConfig,
+    ready: Callable[[], None],
+    lifeline: int | None,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if lifeline is not None:
+        # Readable only at EOF: the supervisor died without telling us.
+        loop.add_reader(lifeline, stop.set)
+
+    async def trigger() -> None:
+        # Hypercorn awaits the shutdown trigger only once every listener
+        # is serving (pinned by tests/test_supervisor.py), so this is the
+        # moment the worker accepts connections.
+        ready()
+        await stop.wait()
+
+    await hypercorn_serve(app, h, shutdown_trigger=trigger)
+
+
+def load_app(app_path: str) -> Callable[..., Awaitable[None]]:
+    """``module:factory()`` → the app the factory builds."""
+    module, _, attr = app_path.partition(":")
+    factory = getattr(importlib.import_module(module), attr.removesuffix("()"))
+    app: Callable[..., Awaitable[None]] = factory()
+    return app
+
+
+def listen_first(h: HypercornConfig) -> None:
+    """Bind and listen now, and hand Hypercorn the descriptors: it would only
+    listen once the app has started, so systemd's READY=1, sent at the end
+    of that start-up (lakehouse.sd_notify), would come before the port
+    accepts. (One worker, served in this process; a pool's supervisor
+    holds its socket from ``listening_socket``.)"""
+    sockets = h.create_sockets()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(h.backlog)
+
+    def handed_over(socks: list[socket.socket]) -> list[str]:
+        # detach(): Hypercorn's socket object owns the descriptor from here.
+        return [f"fd://{sock.detach()}" for sock in socks]
+
+    if h.ssl_enabled:
+        h.bind = handed_over(sockets.secure_sockets)
+        h.insecure_bind = handed_over(sockets.insecure_sockets)
     else:
-        # Workers are spawned afresh and inherit this: each writes its
-        # metrics to files there, and a scrape of any worker merges them.
-        path = config.chatd.server.metrics_dir or os.path.join(
-            tempfile.gettempdir(), f"chatd-metrics-{os.getpid()}"
-        )
-        prepare_multiprocess_dir(path)
-        os.environ[MULTIPROC_ENV] = path
-    return int(hypercorn_run(h) or 0)
+        h.bind = handed_over(sockets.insecure_sockets)
 
 
 async def serve(

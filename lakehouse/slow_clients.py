@@ -60,16 +60,18 @@ class SlowClientMixin:
         self._due = 0.0
         # When the head being received must be complete; 0: none is.
         self._head_due = 0.0
+        # Set on chatd's Hypercorn config; another app's config times nothing.
+        self._limit: float | None = getattr(self.config, "chatd_read_timeout", None)
 
     async def handle(self, event: Any) -> None:
         await super().handle(event)  # type: ignore[misc]
         if isinstance(event, self.raw_data_event):
-            self._time_client()
+            if self._limit is not None:
+                self._time_client(self._limit)
         elif isinstance(event, self.closed_event):
             self._stop()
 
-    def _time_client(self) -> None:
-        limit = self.config.chatd_read_timeout
+    def _time_client(self, limit: float) -> None:
         their = self.connection.their_state
         if their is h11.SEND_BODY:
             self._head_due = 0.0

@@ -15,18 +15,16 @@ from lakehouse.plugin_api import (
     ChatRequest,
     ChatResponse,
     HTTPClient,
-    OllamaChatBody,
     Plugin,
     PluginOptions,
     ProviderContext,
     StreamDelta,
+    chat_body,
     decode_json,
     ollama_error,
     ollama_reply_decoder,
     ollama_response,
     ollama_stream,
-    runtime_options,
-    think_value,
 )
 
 _encode = msgspec.json.Encoder().encode
@@ -55,15 +53,14 @@ class OllamaProvider:
         return await self._http.probe("/api/version", 5)
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
+        options = self._options
         return _encode(
-            OllamaChatBody(
-                model=model,
-                messages=request.messages,
+            chat_body(
+                request,
+                model,
                 stream=stream,
-                think=think_value(request),
-                format=request.format,
-                options=runtime_options(request, self._options.num_ctx),
-                keep_alive=self._options.keep_alive,
+                num_ctx=options.num_ctx,
+                keep_alive=options.keep_alive,
             )
         )
 
@@ -72,13 +69,13 @@ class OllamaProvider:
         if reply.status != 200:
             raise ollama_error(reply, self.name)
         data = decode_json(ollama_reply_decoder, reply, self.name)
-        return ollama_response(data, provider=self.name, model=model)
+        return ollama_response(data, provider=self.name, model=model, request=request)
 
     def stream(
         self, request: ChatRequest, model: str
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         body = self.body(request, model, stream=True)
-        return ollama_stream(self._http, "/api/chat", body, model=model)
+        return ollama_stream(self._http, "/api/chat", body, model=model, request=request)
 
 
 PLUGIN = Plugin(

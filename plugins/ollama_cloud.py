@@ -13,7 +13,9 @@ Endpoint ``generate`` (the default, as in the reference design) calls
 - only system messages: refused (400); an empty prompt would only load the
   model and answer nothing.
 
-Endpoint ``chat`` sends the messages as they are to ``POST /api/chat``.
+Endpoint ``chat`` sends the messages as they are to ``POST /api/chat``; so
+does a request of any endpoint that offers tools, carries tool calls or
+results, or images, which ``/api/generate`` cannot carry.
 
 Model names: ollama.com wants the bare name, so a source marker is removed
 with the grammar of Ollama's own parser (``internal/modelref``): a last
@@ -39,12 +41,12 @@ from lakehouse.plugin_api import (
     ConfigError,
     HTTPClient,
     Message,
-    OllamaChatBody,
     OllamaGenerateBody,
     Plugin,
     PluginOptions,
     ProviderContext,
     StreamDelta,
+    chat_body,
     decode_json,
     ollama_error,
     ollama_reply_decoder,
@@ -93,14 +95,14 @@ def cloud_model(model: str) -> str:
 
 def flatten(messages: list[Message]) -> tuple[str | None, str]:
     """``(system, prompt)`` for /api/generate, as the module docstring says."""
-    system = [m.content for m in messages if m.role == "system"]
+    system = [m.text() for m in messages if m.role == "system"]
     rest = [m for m in messages if m.role != "system"]
     if not rest:
         raise BadRequest("Ollama Cloud's generate endpoint needs a non-system message")
     if len(rest) == 1 and rest[0].role == "user":
-        prompt = rest[0].content
+        prompt = rest[0].text()
     else:
-        turns = [f"{_ROLE_LABELS[m.role]}: {m.content}" for m in rest]
+        turns = [f"{_ROLE_LABELS[m.role]}: {m.text()}" for m in rest]
         prompt = "\n\n".join([*turns, "Assistant:"])
     return ("\n\n".join(system) or None), prompt
 
@@ -130,27 +132,21 @@ class OllamaCloudProvider:
         self, request: ChatRequest, name: str, *, stream: bool = False
     ) -> tuple[str, bytes]:
         """The path and body of the upstream call for the bare model ``name``."""
-        think = think_value(request)
-        options = runtime_options(request)
-        if self._options.endpoint == "chat":
-            chat = OllamaChatBody(
-                model=name,
-                messages=request.messages,
-                stream=stream,
-                think=think,
-                format=request.format,
-                options=options,
-            )
-            return "/api/chat", _encode(chat)
+        # /api/generate has no tools, tool turns or per-message images.
+        rich = request.uses_tools() or request.has_images()
+        if self._options.endpoint == "chat" or rich:
+            return "/api/chat", _encode(chat_body(request, name, stream=stream))
         system, prompt = flatten(request.messages)
         generate = OllamaGenerateBody(
             model=name,
             prompt=prompt,
             system=system,
             stream=stream,
-            think=think,
+            think=think_value(request),
             format=request.format,
-            options=options,
+            options=runtime_options(request),
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs,
         )
         return "/api/generate", _encode(generate)
 
@@ -161,7 +157,7 @@ class OllamaCloudProvider:
         if reply.status != 200:
             raise ollama_error(reply, self.name, self._key)
         data = decode_json(ollama_reply_decoder, reply, self.name)
-        return ollama_response(data, provider=self.name, model=name, key=self._key)
+        return ollama_response(data, provider=self.name, model=name, key=self._key, request=request)
 
     async def stream(
         self, request: ChatRequest, model: str
@@ -170,7 +166,7 @@ class OllamaCloudProvider:
         # like any other failure, not when the stream is created.
         name = cloud_model(model)
         path, body = self.request_for(request, name, stream=True)
-        upstream = ollama_stream(self._http, path, body, model=name, key=self._key)
+        upstream = ollama_stream(self._http, path, body, model=name, key=self._key, request=request)
         async with aclosing(upstream) as items:
             async for item in items:
                 yield item

@@ -8,3 +8,7 @@ import pytest
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# Fixtures used by several test modules.
+from tests.pool_support import pools as pools  # noqa: E402

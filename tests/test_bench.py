@@ -62,6 +62,8 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
     assert any(label.startswith("direct") for label in labels), labels
     assert any(label.startswith("chatd /chat HTTP/1.1") for label in labels), labels
     assert any(label.startswith("chatd /chat h2c") for label in labels), labels
+    assert any(label.startswith("gateway /v1/chat h2c") for label in labels), labels
+    assert any(label.endswith("2 workers, same CPU") for label in labels), labels
     for cells in rows:
         assert number(cells[2]) > 0, cells  # req/s
         assert cells[-1] == "0", cells  # errors
@@ -71,3 +73,11 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
     samples = [s for row in data["rows"] for s in row["samples"]]
     assert samples
     assert all(s["requests"] > 0 and s["errors"] == 0 for s in samples), samples
+    # The gateway burst ran: every stream answered, direct and through the gateway.
+    [burst] = data["gateway_bursts"]
+    assert burst["errors"] == 0 and min(burst.values()) >= 0
+    assert burst["direct_ms"] > 0 and burst["cold_ms"] > 0 and burst["warm_ms"] > 0
+    assert "## Gateway burst: 200 concurrent h2 streams" in out.read_text()
+    # Three processes (supervisor + 2 workers) weigh more than one.
+    assert data["pool_idle_rss_mb"] > data["idle_rss_mb"] > 0
+    assert "whole process tree" in out.read_text()

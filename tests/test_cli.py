@@ -235,3 +235,154 @@ async def test_two_workers_serve(tmp_path: Path, stub: tuple[StubUpstream, str])
     finally:
         server.proc.terminate()
         await asyncio.to_thread(server.proc.wait, 30)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--set", "chatd.auth.enabled=true"], "--set chatd.auth.enabled: `chatd.auth.enabled`"),
+        (
+            ["--set", 'chatd.auth.tokens_file="/tmp/chatd-missing-tokens"'],
+            "--set chatd.auth.tokens_file: `chatd.auth.tokens_file`",
+        ),
+        (["--set", 'chatd.bind="nonsense"'], "--set chatd.bind: `chatd.bind` = 'nonsense'"),
+        (["--bind", "nonsense"], "--bind: `chatd.bind` = 'nonsense'"),
+        (
+            ["--set", 'chatd.timeout_secs="soon"'],
+            "--set chatd.timeout_secs: Expected `float`, got `str`",
+        ),
+    ],
+)
+@pytest.mark.parametrize("check", [True, False])
+def test_every_start_up_failure_is_one_line_blaming_its_source(
+    flags: list[str], needle: str, check: bool
+) -> None:
+    done = chatd(*(["--check"] if check else []), *flags)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("chatd: config error: " + needle)
+    assert "config ok" not in done.stdout and "serving" not in done.stderr
+
+
+def listening_socket() -> socket.socket:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--workers", "1"], ["--workers", "2"], ["gateway"], ["gateway", "--workers", "2"]],
+)
+def test_a_port_in_use_is_one_line_and_exit_2(command: list[str]) -> None:
+    with listening_socket() as taken:
+        done = chatd(*command, "--bind", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "cannot listen on 127.0.0.1:" in lines[0] and "already in use" in lines[0]
+    assert "serving" not in done.stderr
+
+
+def test_gateway_check_checks_without_serving(tmp_path: Path) -> None:
+    done = chatd("gateway", "--check")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("config ok:") and "/v1/chat →" in done.stdout
+    bad = chatd("gateway", "--check", "--set", 'gateway.bind="nowhere"')
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "chatd gateway: config error: --set gateway.bind: `gateway.bind` = 'nowhere': "
+        "expected HOST:PORT, e.g. 127.0.0.1:3220"
+    )
+
+
+def test_help_names_the_gateway_and_every_option() -> None:
+    done = chatd("--help")
+    assert done.returncode == 0
+    assert "chatd gateway" in done.stdout
+    version_line = next(line for line in done.stdout.splitlines() if line.startswith("  --version"))
+    assert "version" in version_line.replace("--version", "")
+
+
+def test_tls_check_names_a_bad_certificate_and_warns_of_an_expired_one(tmp_path: Path) -> None:
+    from tests.test_startup import make_certificate
+
+    cert, key = make_certificate(tmp_path, starts="20190101000000Z", ends="20200101000000Z")
+    tls = ["--set", f'chatd.server.keyfile="{key}"']
+    expired = chatd("--check", *tls, "--set", f'chatd.server.certfile="{cert}"')
+    assert expired.returncode == 0, expired.stderr
+    assert f"the certificate '{cert}' expired" in expired.stderr
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    for check in (["--check"], []):
+        done = chatd(*check, *tls, "--set", f'chatd.server.certfile="{garbage}"')
+        assert done.returncode == 2
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert str(garbage) in lines[0]
+
+
+def test_with_a_certificate_the_banner_says_https_and_h2(tmp_path: Path) -> None:
+    from tests.test_startup import valid_certificate
+
+    cert, key = valid_certificate(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "lakehouse.cli", "--bind", f"127.0.0.1:{port}",
+            "--set", f'chatd.server.certfile="{cert}"', "--set", f'chatd.server.keyfile="{key}"',
+        ],
+        cwd=ROOT, env=clean_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        assert banner.startswith(f"chatd serving on https://127.0.0.1:{port} (HTTP/1.1, and h2")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with httpx.Client(http2=True, verify=False) as client:
+                    resp = client.get(f"https://127.0.0.1:{port}/ready")
+                if resp.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        assert resp.http_version == "HTTP/2"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_log_line_is_json_through_shutdown(tmp_path: Path, workers: str) -> None:
+    import json
+    import select
+
+    server = start(["--workers", workers, "--set", "chatd.probe_interval_secs=0"])
+    assert server.proc.stderr is not None
+    # Every worker ready (only one answered /ready) before the SIGTERM.
+    fd = server.proc.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while seen.count(b'"chatd ready"') < int(workers):
+            assert time.monotonic() < deadline, seen
+            if select.select([fd], [], [], 1)[0]:
+                seen += os.read(fd, 65536)
+    finally:
+        server.proc.terminate()
+    assert server.proc.wait(30) == 0
+    rest = server.proc.stderr.read()
+    banner, *lines = (seen + rest).decode().strip().splitlines()
+    assert banner.startswith("chatd serving on http://")
+    logged = [json.loads(line) for line in lines]
+    running = [line for line in logged if line["msg"].startswith("Running on")]
+    assert running and running[0]["logger"] == "chatd.server"
+    stopped = [line for line in logged if line["msg"].startswith("chatd stopped")]
+    # Each worker's app says it stopped (at least the first, should a
+    # supervisor cut the others' shutdown short).
+    assert 1 <= len(stopped) <= int(workers)

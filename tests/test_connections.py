@@ -13,11 +13,12 @@ import pytest
 from hypercorn.asyncio import tcp_server
 from hypercorn.events import Closed, RawData
 
+from lakehouse.callers.web import create_app
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
-from lakehouse.server import tune_connections
+from lakehouse.server import bound_socket, serve, tune_connections
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import make_config, provider_table, running_chatd
+from tests.support import _wait_ready, make_config, provider_table, running_chatd
 
 pytestmark = pytest.mark.anyio
 
@@ -116,6 +117,35 @@ async def test_shutdown_closes_idle_connections_at_once(stub: StubUpstream) -> N
     assert time.monotonic() - stopping < 5
     assert await asyncio.wait_for(reader.read(), 1) == b""
     writer.close()
+
+
+async def test_shutdown_still_answers_a_new_connections_first_request(
+    stub: StubUpstream,
+) -> None:
+    """A connection accepted just before a worker starts draining may have
+    its request in flight; it gets answered rather than closed unanswered
+    (what a rolling restart of workers depends on)."""
+    config = config_for(stub)
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(create_app(config, environ={}), config, sock, stop.wait))
+    try:
+        await _wait_ready(f"http://127.0.0.1:{port}", task)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert b" 200 " in await exchange(reader, writer)  # serving
+        fresh_reader, fresh_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.3)  # accepted, no request yet
+        stop.set()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # idle: closed at once
+        answer = await asyncio.wait_for(exchange(fresh_reader, fresh_writer), 5)
+        assert b" 200 " in answer
+        fresh_writer.close()
+        writer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        sock.detach()
 
 
 async def test_no_task_is_left_per_request(stub: StubUpstream) -> None:

@@ -1,5 +1,5 @@
 """Every provider through the real server against its protocol stub: the
-seven routing forms of SPEC.md, what reached each upstream, and every
+seven routing forms of the README's model-name table, what reached each upstream, and every
 failure mode with its documented status and code."""
 
 from __future__ import annotations

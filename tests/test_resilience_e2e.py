@@ -339,3 +339,35 @@ def test_sighup_reloads_a_running_chatd(tmp_path: Path) -> None:
         server.proc.terminate()
         server.proc.wait(30)
         upstream.stop()
+
+
+async def test_a_request_waiting_to_retry_finishes_on_the_old_generation() -> None:
+    # "Requests in flight finish on the old generation, whose sessions close
+    # once they have": one waiting out a Retry-After holds no concurrency
+    # slot, and must still find its sessions open.
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    overrides = {"chatd.providers.ollama.base_url": url, "chatd.probe_interval_secs": 0}
+
+    def source() -> configuration.Config:
+        return make_config(overrides=overrides)
+
+    stub.fail_next(Fault(kind="status", status=429, message="slow down", retry_after="2"))
+    try:
+        async with (
+            running_chatd(source(), {}, source) as base,
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+        ):
+            waiting = asyncio.create_task(
+                client.post("/chat", json={"model": "qwen3.5:latest", "messages": HELLO})
+            )
+            for _ in range(500):
+                if stub.chats:
+                    break
+                await asyncio.sleep(0.02)
+            assert (await client.post("/admin/reload")).status_code == 200
+            resp = await waiting
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["attempts"] == 2
+    finally:
+        await stub.stop()

@@ -38,3 +38,10 @@ def test_server_settings_come_from_the_config() -> None:
     assert h.keep_alive_timeout == 9
     assert h.keep_alive_max_requests == 7
     assert h.include_server_header is False
+
+
+def test_the_listen_backlog_takes_a_burst_of_connections() -> None:
+    # Hypercorn's default of 100 drops SYNs of a proxy's cold pool.
+    assert server.hypercorn_config(make_config()).backlog == 1024
+    config = make_config(overrides={"chatd.server.backlog": 2048})
+    assert server.hypercorn_config(config).backlog == 2048

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
 import msgspec
@@ -47,11 +47,11 @@ class Surface(Protocol):
     # Whether `chatd.sse_keepalive_secs` applies to its streams.
     keepalive: bool
 
-    def decode(self, body: bytes, rid: str) -> tuple[ChatRequest, Framing | None]:
+    def decode(self, body: bytes, rid: str, info: CallInfo) -> tuple[ChatRequest, Framing | None]:
         """The request, and its stream's framing when it asked for one."""
         ...
 
-    def encode(self, response: ChatResponse, rid: str) -> bytes: ...
+    def encode(self, response: ChatResponse, rid: str, info: CallInfo) -> bytes: ...
 
     def render(self, exc: BaseException, redact: Any = str) -> tuple[int, Headers, bytes]: ...
 
@@ -59,11 +59,11 @@ class Surface(Protocol):
 class Native:
     keepalive = False
 
-    def decode(self, body: bytes, rid: str) -> tuple[ChatRequest, Framing | None]:
+    def decode(self, body: bytes, rid: str, info: CallInfo) -> tuple[ChatRequest, Framing | None]:
         request = chat_request_decoder.decode(body)
         return request, LineWriter() if request.stream else None
 
-    def encode(self, response: ChatResponse, rid: str) -> bytes:
+    def encode(self, response: ChatResponse, rid: str, info: CallInfo) -> bytes:
         return encoder.encode(response)
 
     def render(self, exc: BaseException, redact: Any = str) -> tuple[int, Headers, bytes]:
@@ -73,20 +73,31 @@ class Native:
 class OpenAI:
     keepalive = True
 
-    def decode(self, body: bytes, rid: str) -> tuple[ChatRequest, Framing | None]:
+    def decode(self, body: bytes, rid: str, info: CallInfo) -> tuple[ChatRequest, Framing | None]:
         asked = openai_requests.decode_request(body)
         request = openai_requests.to_chat_request(asked)
         if not asked.stream:
             return request, None
         options = asked.stream_options
         usage = options is not None and options.include_usage
-        return request, ChunkWriter(rid, asked.model, include_usage=usage)
+        return request, ChunkWriter(rid, lambda: info.model, include_usage=usage)
 
-    def encode(self, response: ChatResponse, rid: str) -> bytes:
-        return openai_replies.completion(response, rid)
+    def encode(self, response: ChatResponse, rid: str, info: CallInfo) -> bytes:
+        return openai_replies.completion(response, rid, info.model)
 
     def render(self, exc: BaseException, redact: Any = str) -> tuple[int, Headers, bytes]:
         return openai_error_response(exc, redact)
+
+
+def timing_trailer(scope: Scope, info: CallInfo, started: float) -> Callable[[], bytes] | None:
+    """A stream's Server-Timing, sent as a trailer when the caller accepts
+    them (``TE: trailers``) and the server can send them (HTTP/2); an
+    HTTP/1.1 stream goes without (Hypercorn sends no chunked trailers)."""
+    if "http.response.trailers" not in scope.get("extensions", {}):
+        return None
+    if not any(name == b"te" and value == b"trailers" for name, value in scope["headers"]):
+        return None
+    return lambda: server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
 
 
 class ChatFlow:
@@ -138,13 +149,14 @@ class ChatFlow:
         request: ChatRequest | None = None
         error: ChatdError | None = None
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} not allowed on {path}")
+            # Auth first: a caller without a token learns nothing of routes.
             generation.gate.check(path, authorization)
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} not allowed on {path}", allow=("POST",))
             deadline = parse_deadline(deadline_header)
             body = await read_body(receive, generation.config.chatd.max_request_bytes, declared)
             try:
-                request, framing = surface.decode(body, rid)
+                request, framing = surface.decode(body, rid, info)
             except (msgspec.DecodeError, ValueError, RecursionError) as exc:
                 raise bad_request_from(exc) from None
             if framing is not None:
@@ -158,6 +170,7 @@ class ChatFlow:
                     keepalive_secs=(
                         generation.config.chatd.sse_keepalive_secs if surface.keepalive else 0.0
                     ),
+                    trailer=timing_trailer(scope, info, started),
                 )
                 stream = generation.dispatcher.stream(request, info, deadline=deadline)
                 outcome = await relay.run(stream)
@@ -219,7 +232,7 @@ class ChatFlow:
         headers: Headers = []
         try:
             response = await generation.dispatcher.chat(request, info, deadline=deadline)
-            status, payload = 200, self._surface.encode(response, rid)
+            status, payload = 200, self._surface.encode(response, rid, info)
         except Exception as exc:
             status, headers, payload = self._surface.render(exc, generation.registry.redact)
             error = exc if isinstance(exc, ChatdError) else None
@@ -239,6 +252,6 @@ async def answer(
 ) -> None:
     """A chat route's whole answer, with its request ID and Server-Timing."""
     headers.append((b"x-request-id", rid.encode()))
-    timing = server_timing(info.upstream_s, time.perf_counter() - started)
+    timing = server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
     headers.append((b"server-timing", timing))
     await send_json(send, status, payload, headers)

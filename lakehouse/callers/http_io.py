@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from lakehouse.errors import BadRequest, ChatdError, PayloadTooLarge
+from lakehouse.errors import BadRequest, ChatdError, MethodNotAllowed, PayloadTooLarge
 from lakehouse.wire import ErrorBody, ErrorDetail, encoder
 
 log = logging.getLogger("chatd")
@@ -46,6 +46,8 @@ def error_headers(exc: ChatdError) -> Headers:
         headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
     if exc.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="chatd"'))
+    if isinstance(exc, MethodNotAllowed) and exc.allow:
+        headers.append((b"allow", ", ".join(exc.allow).encode()))
     return headers
 
 
@@ -127,7 +129,11 @@ def parse_deadline(value: bytes | None) -> float | None:
     return seconds
 
 
-def server_timing(upstream_s: float, total_s: float) -> bytes:
-    """Where the time went, for callers: the upstream call and chatd's own share."""
-    overhead = max(0.0, total_s - upstream_s)
-    return f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}".encode()
+def server_timing(upstream_s: float, total_s: float, wait_s: float = 0.0) -> bytes:
+    """Where the time went, for callers: the upstream calls, chatd's own
+    share, and (when there were any) waits for retries or a slot."""
+    overhead = max(0.0, total_s - upstream_s - wait_s)
+    timing = f"upstream;dur={upstream_s * 1000:.3f}, chatd;dur={overhead * 1000:.3f}"
+    if wait_s:
+        timing += f", wait;dur={wait_s * 1000:.3f}"
+    return timing.encode()

@@ -2,10 +2,12 @@
 their wire Structs and their mapping onto chatd's ChatRequest.
 
 Requests are strict in one direction only: a field that would change the
-answer and that chatd cannot honour (tools, images, ``n`` > 1, logprobs,
-penalties, audio, …) is refused with a 400 naming it, never dropped; fields
-that change nothing (``user``, ``metadata``, ``store``, ``n: 1``, …) pass.
-An unknown field is refused too, unless its value is null.
+answer and that no provider can honour (``n`` > 1, audio, non-function
+tools, …) is refused with a 400 naming it, never dropped; fields that
+change nothing (``user``, ``metadata``, ``store``, ``n: 1``, …) pass. Tools,
+images, penalties and logprobs go on to the provider, which refuses by name
+what its upstream cannot do. An unknown field is refused too, unless its
+value is null.
 """
 
 from __future__ import annotations
@@ -16,23 +18,53 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from lakehouse.errors import BadRequest
-from lakehouse.wire import ChatRequest, Message, NonEmpty
+from lakehouse.tool_calls import parse_arguments
+from lakehouse.wire import (
+    ChatRequest,
+    FunctionCall,
+    ImagePart,
+    ImageURL,
+    Message,
+    NonEmpty,
+    Part,
+    Penalty,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 
 class ContentPart(msgspec.Struct):
-    """One part of an array ``content``; only ``text`` parts are taken."""
+    """One part of an array ``content``: ``text`` and ``image_url`` parts are
+    taken, others (audio, files) refused by their path."""
 
     type: str
     text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class CallFunction(msgspec.Struct, forbid_unknown_fields=True):
+    name: NonEmpty
+    # JSON text, as OpenAI sends it.
+    arguments: str
+
+
+class AssistantToolCall(msgspec.Struct, forbid_unknown_fields=True):
+    id: NonEmpty
+    type: Literal["function"]
+    function: CallFunction
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    # Refused when set: chatd can honour none of them.
+    # A participant's name: refused (no provider here uses it), except on a
+    # tool message, where it is the function's (a legacy form).
     name: str | None = None
-    tool_calls: list[Any] | None = None
-    tool_call_id: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: NonEmpty | None = None
+    # Refused when set: the pre-tools function calling, and audio output.
     function_call: Any = None
     audio: Any = None
     # Fields of an earlier answer sent back as history: harmless.
@@ -77,14 +109,14 @@ class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
     response_format: ResponseFormat | None = None
     # Passed on as chatd's native ``think`` (honoured where it is).
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
-    # Accepted only with the values that change nothing.
+    # Accepted only with the value that changes nothing (1).
     n: int | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     modalities: list[str] | None = None
     # Bookkeeping of the caller's: nothing to do with the answer.
@@ -151,50 +183,61 @@ def unsupported(param: str, what: str = "is not supported by chatd") -> BadReque
 def _refuse_unhonourable(req: CompletionRequest) -> None:
     if req.n not in (None, 1):
         raise unsupported("n", "must be 1: chatd returns one choice")
-    for name in ("frequency_penalty", "presence_penalty"):
-        if getattr(req, name) not in (None, 0):
-            raise unsupported(name, "is not supported by chatd (only 0)")
-    if req.logprobs or req.top_logprobs:
-        raise unsupported("logprobs" if req.logprobs else "top_logprobs")
-    if req.tools:
-        raise unsupported("tools", "is not supported by chatd: no tool calling")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise unsupported("tool_choice", "is not supported by chatd: no tool calling")
     if req.modalities not in (None, ["text"]):
         raise unsupported("modalities", "is not supported by chatd: text only")
 
 
-def _text(message: ChatMessage, at: str) -> str:
+def _content(message: ChatMessage, at: str) -> str | list[Part]:
     content = message.content
     if content is None:
+        if message.tool_calls:
+            return ""
         raise BadRequest(f"`{at}.content` is required", path=f"$.{at}.content")
     if isinstance(content, str):
         return content
-    texts: list[str] = []
+    parts: list[Part] = []
     for j, part in enumerate(content):
-        if part.type != "text":
-            raise BadRequest(
-                f"`{at}.content[{j}]`: content parts of type {part.type!r} are not supported "
-                "by chatd (text only)",
-                path=f"$.{at}.content[{j}]",
+        where = f"{at}.content[{j}]"
+        if part.type == "text":
+            if part.text is None:
+                raise unsupported(f"{where}.text", "is required")
+            parts.append(TextPart(part.text))
+        elif part.type == "image_url":
+            if part.image_url is None:
+                raise unsupported(f"{where}.image_url", "is required")
+            parts.append(ImagePart(part.image_url))
+        else:
+            raise unsupported(
+                where, f"is of type {part.type!r}: chatd takes text and image_url parts"
             )
-        if part.text is None:
-            raise BadRequest(
-                f"`{at}.content[{j}].text` is required", path=f"$.{at}.content[{j}].text"
-            )
-        texts.append(part.text)
-    return "\n".join(texts)
+    # Text parts alone read as one string: what every upstream takes.
+    if all(isinstance(p, TextPart) for p in parts):
+        return "\n".join(p.text for p in parts if isinstance(p, TextPart))
+    return parts
 
 
 def _message(message: ChatMessage, index: int) -> Message:
     at = f"messages[{index}]"
-    for name in ("name", "tool_calls", "tool_call_id", "function_call", "audio"):
+    for name in ("function_call", "audio"):
         if getattr(message, name):
             raise unsupported(f"{at}.{name}")
-    if message.role == "tool":
-        raise unsupported(f"{at}.role", "`tool` is not supported by chatd: no tool calling")
+    if message.name and message.role != "tool":
+        raise unsupported(f"{at}.name")
+    calls = [
+        ToolCall(
+            id=c.id, function=FunctionCall(c.function.name, parse_arguments(c.function.arguments))
+        )
+        for c in message.tool_calls or ()
+    ]
     role = "system" if message.role == "developer" else message.role
-    return Message(role=role, content=_text(message, at))
+    return Message(
+        role=role,
+        content=_content(message, at),
+        tool_calls=calls or None,
+        tool_call_id=message.tool_call_id,
+        tool_name=message.name if message.role == "tool" and not message.tool_call_id else None,
+        thinking=(message.reasoning_content or message.reasoning) if role == "assistant" else None,
+    )
 
 
 def to_chat_request(req: CompletionRequest) -> ChatRequest:
@@ -221,4 +264,11 @@ def to_chat_request(req: CompletionRequest) -> ChatRequest:
         stop=stop or None,
         seed=req.seed,
         top_p=req.top_p,
+        tools=req.tools,
+        tool_choice=req.tool_choice,
+        parallel_tool_calls=req.parallel_tool_calls,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
     )

@@ -27,15 +27,15 @@ from lakehouse.wire import (
     ErrorBody,
     ProvidersListing,
     Status,
-    StreamDelta,
     StreamDone,
+    StreamLine,
 )
 
 REF = "#/components/schemas/{name}"
 STRUCTS: tuple[type[msgspec.Struct], ...] = (
     ChatRequest,
     ChatResponse,
-    StreamDelta,
+    StreamLine,
     StreamDone,
     ErrorBody,
     ProvidersListing,
@@ -56,6 +56,22 @@ _NATIVE_ERRORS = {
     "503": "The provider is unavailable or full.",
     "504": "Upstream timeout, or the request's deadline passed.",
 }
+_NATIVE_TOOLS = (
+    "Tools and images, in Ollama's shape. Offer `tools` (`{type: function, function: "
+    "{name, description, parameters}}`, parameters a JSON Schema object) and optionally "
+    "`tool_choice` (`auto`, `none`, `required` or `{type: function, function: {name}}`) "
+    "and `parallel_tool_calls`. When the model calls tools the answer has `tool_calls` "
+    "(`{id, type: function, function: {name, arguments}}`, arguments a JSON object; a "
+    "string only when the model wrote no valid object) and `done_reason: tool_calls`. "
+    "Send the calls back on the assistant message and each result as a `tool` message "
+    "with `tool_call_id` (or Ollama's `tool_name`). Images: per-message `images` (bare "
+    "base64, data URLs, or http(s) URLs) or OpenAI-style `content` parts "
+    "(`text`, `image_url`). Ollama providers take inline images only: an http(s) URL is "
+    "refused with 400 (chatd does not fetch URLs). Streamed, each tool call comes whole "
+    "on a StreamLine once complete, and again in the StreamDone line. A tool message "
+    "that answers no earlier call, or a bad tool definition, is a 400 whose `path` "
+    "names the field."
+)
 _OPENAI_ERRORS = {
     **_NATIVE_ERRORS,
     "400": "Malformed request, or a field chatd cannot honour (`param` names it).",
@@ -90,11 +106,12 @@ def document() -> dict[str, Any]:
     refs, schemas = msgspec.json.schema_components(STRUCTS, ref_template=REF)
     r = dict(zip(STRUCTS, refs, strict=True))
     native_error, openai_error = r[ErrorBody], r[OpenAIErrorBody]
-    line = {"oneOf": [r[StreamDelta], r[StreamDone], native_error]}
+    line = {"oneOf": [r[StreamLine], r[StreamDone], native_error]}
     chat = {
         "post": {
             "operationId": "chat",
             "summary": "Chat with a model or tier; streamed as NDJSON with `stream: true`.",
+            "description": _NATIVE_TOOLS,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": r[ChatRequest]}},
@@ -102,7 +119,7 @@ def document() -> dict[str, Any]:
             "responses": {
                 "200": {
                     "description": "The answer; with `stream: true`, one JSON object per line: "
-                    "StreamDelta lines, then a StreamDone line, or an ErrorBody line when the "
+                    "StreamLine lines, then a StreamDone line, or an ErrorBody line when the "
                     "stream fails after it started.",
                     "content": {
                         "application/json": {"schema": r[ChatResponse]},

@@ -25,12 +25,26 @@ from lakehouse.callers.openai_replies import (
     ChatCompletionChunk,
     ChunkChoice,
     Delta,
+    DeltaFunction,
+    DeltaToolCall,
     Usage,
+    choice_logprobs,
     finish_reason,
     usage,
 )
 from lakehouse.errors import ChatdError
-from lakehouse.wire import ChatResponse, ErrorBody, ErrorDetail, StreamDelta, StreamDone, encoder
+from lakehouse.tool_calls import CallFold, arguments_text
+from lakehouse.wire import (
+    ChatResponse,
+    ErrorBody,
+    ErrorDetail,
+    StreamDelta,
+    StreamDone,
+    StreamLine,
+    ToolCall,
+    ToolCallChunk,
+    encoder,
+)
 
 # Status, headers and body of an error answered before the stream started.
 Refuse = Callable[[ChatdError], tuple[int, Headers, bytes]]
@@ -48,7 +62,9 @@ class Framing(Protocol):
         """A frame the caller ignores, sent through silences; None: never."""
         ...
 
-    def delta(self, item: StreamDelta) -> bytes: ...
+    def delta(self, item: StreamDelta) -> bytes:
+        """The frame for ``item``; b"" when it is held back for now."""
+        ...
 
     def end(self, final: ChatResponse) -> bytes: ...
 
@@ -63,12 +79,30 @@ class LineWriter:
     content_type = b"application/x-ndjson"
     keepalive = None
 
+    def __init__(self) -> None:
+        # The calls being streamed: a call is whole once the next starts.
+        self._fold = CallFold()
+        self._sent = 0
+
     def delta(self, item: StreamDelta) -> bytes:
-        return encoder.encode(item) + b"\n"
+        whole: list[ToolCall] = []
+        for chunk in item.tool_calls or ():
+            if self._fold and chunk.index not in self._fold.indices():
+                made = self._fold.calls()
+                whole += made[self._sent :]
+                self._sent = len(made)
+            self._fold.add(chunk)
+        if not (item.content or item.reasoning or whole or item.logprobs):
+            return b""
+        line = StreamLine(item.content, item.reasoning, whole or None, item.logprobs)
+        return encoder.encode(line) + b"\n"
 
     def end(self, final: ChatResponse) -> bytes:
-        done = StreamDone(**{f: getattr(final, f) for f in final.__struct_fields__}, done=True)
-        return encoder.encode(done) + b"\n"
+        lines = b""
+        rest = (final.tool_calls or [])[self._sent :]
+        if rest:
+            lines = encoder.encode(StreamLine(tool_calls=rest)) + b"\n"
+        return lines + encoder.encode(StreamDone.of(final)) + b"\n"
 
     def error(self, exc: ChatdError, message: str) -> bytes:
         detail = ErrorDetail(code=exc.code, message=message, provider=exc.provider)
@@ -84,16 +118,18 @@ class ChunkWriter:
     content_type = b"text/event-stream"
     keepalive = b": keep-alive\n\n"
 
-    def __init__(self, rid: str, model: str, *, include_usage: bool) -> None:
+    def __init__(self, rid: str, model: str | Callable[[], str], *, include_usage: bool) -> None:
         self._id = f"chatcmpl-{rid}"
-        self._model = model
+        # Read at the first chunk: the dispatcher knows the model by then.
+        self._model = model if callable(model) else lambda: model
         self._created = int(time.time())
         self._include_usage = include_usage
         self._role_sent = False
+        self._calls_sent = False
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         chunk = ChatCompletionChunk(
-            self._id, "chat.completion.chunk", self._created, self._model, choices, usage
+            self._id, "chat.completion.chunk", self._created, self._model(), choices, usage
         )
         return b"data: " + encoder.encode(chunk) + b"\n\n"
 
@@ -104,12 +140,27 @@ class ChunkWriter:
 
     def delta(self, item: StreamDelta) -> bytes:
         delta = self._delta(item.content or None, item.reasoning or None)
-        return self._chunk([ChunkChoice(0, delta, None)])
+        if item.tool_calls:
+            self._calls_sent = True
+            delta.tool_calls = [_delta_call(c) for c in item.tool_calls]
+        logprobs = choice_logprobs(item.logprobs)
+        return self._chunk([ChunkChoice(0, delta, None, logprobs)])
 
     def end(self, final: ChatResponse) -> bytes:
         frames = []
         if not self._role_sent:
             frames.append(self._chunk([ChunkChoice(0, self._delta("", None), None)]))
+        if final.tool_calls and not self._calls_sent:
+            # A provider that answered whole: its calls go out in one chunk.
+            calls = [
+                ToolCallChunk(n, c.id, c.function.name, arguments_text(c.function))
+                for n, c in enumerate(final.tool_calls)
+            ]
+            frames.append(
+                self._chunk(
+                    [ChunkChoice(0, Delta(tool_calls=[_delta_call(c) for c in calls]), None)]
+                )
+            )
         reason = finish_reason(final.done_reason)
         frames.append(self._chunk([ChunkChoice(0, Delta(), reason)]))
         if self._include_usage:
@@ -123,6 +174,14 @@ class ChunkWriter:
 
     def status(self, exc: ChatdError) -> int:
         return error_status(exc)
+
+
+def _delta_call(chunk: ToolCallChunk) -> DeltaToolCall:
+    """The OpenAI shape of a chunk: ``arguments`` always there (the SDKs
+    concatenate it), ``id``, ``type`` and the name only on a call's first."""
+    function = DeltaFunction(chunk.name, chunk.arguments)
+    kind: Literal["function"] | None = "function" if chunk.id else None
+    return DeltaToolCall(chunk.index, chunk.id, kind, function)
 
 
 @dataclass(slots=True)
@@ -145,8 +204,12 @@ class Relay:
         refuse: Refuse,
         redact: Callable[[str], str] = str,
         keepalive_secs: float = 0.0,
+        trailer: Callable[[], bytes] | None = None,
     ) -> None:
         self._send = send
+        # Server-Timing, known only at the end: an HTTP trailer when the
+        # connection can carry one (see web.relay_stream).
+        self._trailer = trailer
         self._receive = receive
         self._framing = framing
         self._headers = headers
@@ -188,7 +251,9 @@ class Relay:
         try:
             item = await anext(items)
             while not isinstance(item, ChatResponse):
-                await self._body(self._framing.delta(item))
+                frame = self._framing.delta(item)
+                if frame:
+                    await self._body(frame)
                 item = await anext(items)
         except Exception as exc:
             return await self._fail(known_error(exc, self._redact))
@@ -226,7 +291,11 @@ class Relay:
             (b"x-accel-buffering", b"no"),
             *self._headers,
         ]
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        if self._trailer is not None:
+            headers.append((b"trailer", b"server-timing"))
+            start["trailers"] = True
+        await self._send(start)
 
     async def _body(self, frame: bytes, *, more: bool = True) -> None:
         async with self._lock:
@@ -237,6 +306,11 @@ class Relay:
             self._ended = not more
             await self._send({"type": "http.response.body", "body": frame, "more_body": more})
             self._last = self._loop.time()
+            if self._ended and self._trailer is not None:
+                timing = (b"server-timing", self._trailer())
+                await self._send(
+                    {"type": "http.response.trailers", "headers": [timing], "more_trailers": False}
+                )
 
     async def _watch(self, task: asyncio.Task[object]) -> None:
         """Until the caller hangs up: then cancel the stream (``task``). In

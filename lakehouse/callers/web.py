@@ -3,7 +3,7 @@
 The chat routes (``POST /chat``, ``/v1/chat`` and the OpenAI surface's
 ``/v1/chat/completions``) are ``chat_flow.ChatFlow`` plain ASGI callables in
 front of Starlette, one per surface, with no Request/Response objects
-(PERF-NOTES.md measured ~15% throughput for this). Starlette owns every
+(measured ~15% more throughput; see bench/README.md). Starlette owns every
 other route and the lifespan. Errors become responses in one place per
 surface: ``http_io.error_response`` (native) and
 ``openai_errors.openai_error_response``.
@@ -27,13 +27,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lakehouse import request_id
+from lakehouse.auth import is_loopback
 from lakehouse.callers import openai_replies, openapi
 from lakehouse.callers.chat_flow import ChatFlow, Native, OpenAI
 from lakehouse.callers.http_io import error_response, send_json
 from lakehouse.callers.openai_errors import openai_error_response
 from lakehouse.config import Config
-from lakehouse.errors import ChatdError, MethodNotAllowed, NotFound, ReloadRefused
+from lakehouse.errors import ChatdError, Forbidden, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.runtime import ConfigSource, Runtime
+from lakehouse.upstreams.pool import hosts_listing
 from lakehouse.wire import ProvidersListing, encoder
 
 CHAT_PATHS = frozenset({"/chat", "/v1/chat"})
@@ -84,7 +86,8 @@ def json_response(
 
 async def providers(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    return json_response(encoder.encode(ProvidersListing(runtime.health.snapshot())))
+    listing = ProvidersListing(runtime.health.snapshot(), hosts_listing(runtime.registry))
+    return json_response(encoder.encode(listing))
 
 
 async def health(request: Request) -> Response:
@@ -100,10 +103,14 @@ async def ready(request: Request) -> Response:
 
 async def reload(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
+    client = request.client.host if request.client else ""
+    if not runtime.gate.enabled and not is_loopback(f"[{client}]:0"):
+        # Without auth anyone who can reach chatd could reload it.
+        raise Forbidden("POST /admin/reload needs [chatd.auth] on, or a caller on loopback")
     refused = await runtime.reload()
     if refused is not None:
         raise ReloadRefused(refused)
-    listing = ProvidersListing(runtime.health.snapshot())
+    listing = ProvidersListing(runtime.health.snapshot(), hosts_listing(runtime.registry))
     return json_response(encoder.encode(listing))
 
 
@@ -148,7 +155,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: ChatdError
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"{request.method} not allowed on {request.url.path}")
+        allow = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(
+            f"{request.method} not allowed on {request.url.path}",
+            # Sorted: Starlette keeps a route's methods in a set.
+            allow=tuple(sorted(m.strip() for m in allow.split(",") if m.strip())),
+        )
     elif exc.status_code == 404:
         error = NotFound(f"no route {request.url.path}")
     else:
@@ -215,10 +227,12 @@ def create_app(
                 send = bounded(send, stall)
             try:
                 if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                    await chat(scope, receive, send)
+                    with app.state.runtime.metrics.in_flight.track_inprogress():
+                        await chat(scope, receive, send)
                     return
                 if scope["path"] in COMPLETIONS_PATHS:
-                    await completions(scope, receive, send)
+                    with app.state.runtime.metrics.in_flight.track_inprogress():
+                        await completions(scope, receive, send)
                     return
             except PeerGone:
                 return

@@ -1,4 +1,4 @@
-"""Each emulated upstream as data: paths, error shapes, quirks (protocols.md §1-3).
+"""Each emulated upstream as data: paths, error shapes, quirks (docs/protocols.md §1-3).
 
 The dialect modules read these fields instead of branching on a flavour's
 name, so a new flavour is one more table entry.
@@ -7,7 +7,7 @@ name, so a new flavour is one more table entry.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -56,6 +56,28 @@ def kimi_error(
 ) -> dict[str, Any]:
     kind = error_type or _KIMI_TYPES.get(status, "server_error")
     return {"error": {"message": message, "type": kind}}
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error(
+    status: int, message: str, error_type: str | None, metadata: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    # Anthropic's envelope (docs/protocols/anthropic-messages.md, "Errors").
+    kind = error_type or _ANTHROPIC_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message},
+            "request_id": "req_stub0123456789"}
 
 
 def _never(body: Mapping[str, Any]) -> bool:
@@ -132,6 +154,13 @@ class Flavour:
     # Kimi: sampling parameters that cannot be changed on K2.5+ models.
     fixed_sampling: Mapping[str, float] = field(default_factory=dict)
     extra_response: Mapping[str, Any] = field(default_factory=dict)
+    # Other dialects served under the same base path (Zen: Messages and
+    # Responses beside Chat Completions), and the error shape of Messages.
+    extra_dialects: tuple[Literal["messages", "responses"], ...] = ()
+    messages_error: ErrorBody = anthropic_error
+    # OpenCode Go: a request without this header is refused (400).
+    required_header: Failure | None = None
+    required_header_name: str = ""
 
     @property
     def error_content_type(self) -> str:
@@ -216,7 +245,8 @@ OPENCODE = Flavour(
     name="opencode",
     dialect="openai",
     base_path="/zen/v1",
-    models=("glm-5.2", "kimi-k2.6", "deepseek-v4-flash", "big-pickle"),
+    models=("glm-5.2", "kimi-k2.6", "deepseek-v4-flash", "big-pickle", "claude-opus-4-7",
+            "claude-sonnet-4-6", "gpt-5.4", "gpt-5.4-mini"),
     error_body=zen_error,
     unauthorized=Failure(401, "Invalid API key.", "AuthError"),
     not_found=lambda m: Failure(401, f"Model {m} not supported", "ModelError"),
@@ -232,6 +262,24 @@ OPENCODE = Flavour(
     usage_always=True,
     trailing_cost=True,
     owned_by="opencode",
+    # Claude on /messages, GPT-5 on /responses (docs/protocols/opencode-zen.md);
+    # Zen's own errors keep its envelope there too.
+    extra_dialects=("messages", "responses"),
+    messages_error=zen_error,
+)
+
+# OpenCode Go: Zen's gateway under /zen/go/v1, open models on Chat Completions
+# and Messages, and a session header it insists on.
+OPENCODE_GO = replace(
+    OPENCODE,
+    name="opencode_go",
+    base_path="/zen/go/v1",
+    models=("glm-5", "kimi-k2.5", "minimax-m2.5"),
+    extra_dialects=("messages",),
+    required_header=Failure(
+        400, "Missing x-opencode-session header.", "MissingSessionID"
+    ),
+    required_header_name="x-opencode-session",
 )
 
 KIMI_FORBIDDEN = Failure(
@@ -270,6 +318,8 @@ KIMI = Flavour(
     usage_in_choice=True,
     client_gate=KIMI_FORBIDDEN,
     owned_by="moonshot",
+    # The Anthropic-compatible endpoint Claude Code uses, same base path.
+    extra_dialects=("messages",),
     fixed_sampling={
         "temperature": 1.0,
         "top_p": 0.95,
@@ -280,7 +330,7 @@ KIMI = Flavour(
 )
 
 FLAVOURS: Mapping[str, Flavour] = MappingProxyType(
-    {f.name: f for f in (OLLAMA, OLLAMA_CLOUD, OPENROUTER, OPENCODE, KIMI)}
+    {f.name: f for f in (OLLAMA, OLLAMA_CLOUD, OPENROUTER, OPENCODE, OPENCODE_GO, KIMI)}
 )
 
 

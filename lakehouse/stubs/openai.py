@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions dialect (protocols.md §3) with each flavour's quirks."""
+"""The OpenAI Chat Completions dialect (docs/protocols.md §3) with each flavour's quirks."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from lakehouse.stubs.replies import (
     part_text,
     reply_text,
     thinking_text,
+    token_logprobs,
 )
 from lakehouse.stubs.reply import (
     JSON,
@@ -32,6 +33,8 @@ from lakehouse.stubs.reply import (
     reject,
     sse_event,
 )
+from lakehouse.stubs.tools import arguments_text as tool_arguments_text
+from lakehouse.stubs.tools import check_tools, planned_calls, results_answer
 
 MIDSTREAM_ERROR = "Provider disconnected unexpectedly"
 CONTEXT_LENGTH = 262_144
@@ -39,15 +42,15 @@ CONTEXT_LENGTH = 262_144
 PRICE = 0.000002
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes, error_type: str = "invalid_request_error") -> dict[str, Any]:
     if not body.strip():
-        raise reject(400, "missing request body", "invalid_request_error")
+        raise reject(400, "missing request body", error_type)
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise reject(400, f"invalid JSON body: {exc}", "invalid_request_error") from None
+        raise reject(400, f"invalid JSON body: {exc}", error_type) from None
     if not isinstance(data, dict):
-        raise reject(400, "request body must be a JSON object", "invalid_request_error")
+        raise reject(400, "request body must be a JSON object", error_type)
     return data
 
 
@@ -58,6 +61,43 @@ def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise reject(400, "messages must be a non-empty array of {role, content} objects",
                      "invalid_request_error")
     return messages
+
+
+def _check_conversation(data: Mapping[str, Any], messages: list[dict[str, Any]]) -> None:
+    """What OpenAI itself refuses: bad tools, image URLs that are neither
+    http(s) nor data URLs, calls with object arguments, results without an id."""
+    problem = check_tools(data)
+    if problem is not None:
+        raise reject(400, problem, "invalid_request_error")
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = (part.get("image_url") or {}).get("url", "")
+                if not str(url).startswith(("http://", "https://", "data:image/")):
+                    raise reject(400, f"Invalid image_url at messages[{i}].content[{j}]",
+                                 "invalid_request_error")
+        for call in m.get("tool_calls") or ():
+            if not isinstance((call.get("function") or {}).get("arguments"), str):
+                raise reject(400, f"messages[{i}].tool_calls: arguments must be a string",
+                             "invalid_request_error")
+        if m.get("role") == "tool" and not m.get("tool_call_id"):
+            raise reject(400, f"messages[{i}]: tool messages need a tool_call_id",
+                         "invalid_request_error")
+
+
+def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's streamed form: per call, a head with id, type and name (and
+    empty arguments), then the arguments' text in a few fragments."""
+    out = []
+    for n, call in enumerate(calls):
+        out.append({"index": n, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}})
+        text = call["function"]["arguments"]
+        step = max(1, len(text) // 3)
+        out += [{"index": n, "function": {"arguments": text[k:k + step]}}
+                for k in range(0, len(text), step)]
+    return out
 
 
 def _usage(prompt: int, gen: Generation) -> dict[str, Any]:
@@ -154,19 +194,29 @@ class OpenAIAPI:
                      "invalid_request_error")
 
     def _answer(self, call: Received, fault: Fault | None) -> Reply:
-        data = _decode(call.body)
+        data = decode_body(call.body)
         model = self._model(data)
         messages = _messages(data)
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
             raise reject(400, "stream must be a boolean", "invalid_request_error")
         self._check_sampling(data)
+        _check_conversation(data, messages)
         budget = self._budget(data)
         texts = [part_text(m.get("content")) for m in messages]
         users = [m for m in messages if m.get("role") == "user"]
         user_text = part_text(users[-1].get("content")) if users else ""
-        content = self._content(data, user_text)
+        answered = results_answer(messages)
+        content = self._content(data, user_text) if answered is None else answered
+        calls = [
+            {"id": f"call_{next(self._ids):06d}", "type": "function",
+             "function": {"name": name, "arguments": tool_arguments_text(args)}}
+            for name, args in planned_calls(data, user_text)
+        ]
         thinks = self.catalog.thinks(model) and not self.flavour.reasoning_off(data)
+        if calls:
+            content, thinks = "", False
+        top = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
         gen = generate(content, thinking=thinking_text(user_text) if thinks else None,
                        budget=budget)
         usage = _usage(count_prompt(texts), gen)
@@ -177,10 +227,10 @@ class OpenAIAPI:
         headers = {self.flavour.generation_header: ident} if self.flavour.generation_header else {}
         kind = fault.kind if fault is not None else None
         if not stream:
-            return self._whole(head, gen, usage, hidden, fault, headers)
+            return self._whole(head, gen, usage, hidden, fault, headers, calls, top)
         opts = data.get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        frames = self._stream(head, gen, usage, hidden, include_usage, kind)
+        frames = self._stream(head, gen, usage, hidden, include_usage, kind, calls, top)
         if fault is not None and kind == "midstream_error":
             # Cut before the finishing chunk, then report the failure in-band.
             body_frames = len(self.flavour.stream_preamble) + 1 + (
@@ -190,6 +240,13 @@ class OpenAIAPI:
         return Reply(200, SSE, frames, stream=True,
                      headers={"Cache-Control": "no-cache", **headers})
 
+    @staticmethod
+    def _logprobs(pieces: list[str], top: int | None) -> dict[str, Any]:
+        """The choice's ``logprobs``; ``top`` None: not asked for."""
+        if top is None:
+            return {}
+        return {"logprobs": {"content": token_logprobs(pieces, top), "refusal": None}}
+
     def _message(self, gen: Generation, hidden: bool) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": gen.content_text}
         if gen.thinking and not hidden:
@@ -197,10 +254,15 @@ class OpenAIAPI:
         return message
 
     def _whole(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
-               hidden: bool, fault: Fault | None, headers: Mapping[str, str]) -> Reply:
+               hidden: bool, fault: Fault | None, headers: Mapping[str, str],
+               calls: list[dict[str, Any]], top: int | None) -> Reply:
         kind = fault.kind if fault is not None else None
         choice: dict[str, Any] = {"index": 0, "message": self._message(gen, hidden),
-                                  "finish_reason": gen.finish}
+                                  "finish_reason": gen.finish, **self._logprobs(gen.content, top)}
+        if calls:
+            # content is null when the model only called tools.
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+            choice["finish_reason"] = "tool_calls"
         if fault is not None and kind == "midstream_error":
             message = fault.message or MIDSTREAM_ERROR
             if not self.flavour.error_in_choice:
@@ -222,7 +284,8 @@ class OpenAIAPI:
                           **extra})
 
     def _stream(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
-                hidden: bool, include_usage: bool, kind: str | None) -> tuple[bytes, ...]:
+                hidden: bool, include_usage: bool, kind: str | None,
+                calls: list[dict[str, Any]], top: int | None) -> tuple[bytes, ...]:
         frames = list(self.flavour.stream_preamble)
         if kind == "empty_choices":
             return (*frames, self._chunk(head, []), SSE_DONE)
@@ -234,8 +297,11 @@ class OpenAIAPI:
         if not hidden:
             field = self.flavour.reasoning_field
             frames += [self._chunk(head, [delta({field: t})]) for t in gen.thinking]
-        frames += [self._chunk(head, [delta({"content": t})]) for t in gen.content]
-        last = delta({}, gen.finish)
+        frames += [self._chunk(head, [{**delta({"content": t}), **self._logprobs([t], top)}])
+                   for t in gen.content]
+        frames += [self._chunk(head, [delta({"tool_calls": [d]})])
+                   for d in _tool_call_deltas(calls)]
+        last = delta({}, "tool_calls" if calls else gen.finish)
         if self.flavour.usage_in_choice:
             # Moonshot-style: usage rides inside the finishing choice.
             last["usage"] = usage

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from lakehouse.stubs.faults import Fault
-from lakehouse.stubs.reply import Reply
+from lakehouse.stubs.reply import Failure, Reply
 
 
 class Received(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,3 +43,7 @@ class Route:
     handler: Handler
     # Chat routes take scripted faults; health and listing routes do not.
     chat: bool = False
+    # Where the key travels: Anthropic's Messages reads ``x-api-key``.
+    auth: Literal["bearer", "x-api-key"] = "bearer"
+    # The route's own error shape, when it is not the flavour's.
+    error: Callable[[Failure], Reply] | None = None

@@ -48,7 +48,7 @@ def thinking_text(user_text: str) -> str:
     return f"The user wrote {n} words. A short friendly echo of them will do."
 
 
-def _sample(schema: Any, text: str) -> Any:
+def schema_sample(schema: Any, text: str) -> Any:
     """A value that fits a (simple) JSON schema, carrying the reply text."""
     if not isinstance(schema, dict):
         return {"reply": text}
@@ -57,9 +57,9 @@ def _sample(schema: Any, text: str) -> Any:
         props = schema.get("properties")
         if not isinstance(props, dict) or not props:
             return {"reply": text}
-        return {name: _sample(sub, text) for name, sub in props.items()}
+        return {name: schema_sample(sub, text) for name, sub in props.items()}
     if kind == "array":
-        return [_sample(schema.get("items"), text)]
+        return [schema_sample(schema.get("items"), text)]
     if kind in ("integer", "number"):
         return 1
     if kind == "boolean":
@@ -71,7 +71,7 @@ def _sample(schema: Any, text: str) -> Any:
 
 def json_content(text: str, schema: Any = None) -> str:
     """JSON mode: the content is a JSON document encoded as a string."""
-    return json.dumps(_sample(schema, text) if schema is not None else {"reply": text})
+    return json.dumps(schema_sample(schema, text) if schema is not None else {"reply": text})
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,19 @@ def generate(content: str, *, thinking: str | None, budget: int | None) -> Gener
     if left < len(answer):
         return Generation(think, answer[:left], "length")
     return Generation(think, answer, "stop")
+
+
+def token_logprobs(pieces: list[str], top: int = 0) -> list[dict[str, Any]]:
+    """Log probabilities of generated tokens, in the shape both dialects
+    use: each token with its bytes and ``top`` alternatives."""
+    out = []
+    for n, piece in enumerate(pieces):
+        logprob = -0.25 * (n % 4 + 1)
+        alternatives = [
+            {"token": piece, "logprob": logprob, "bytes": list(piece.encode())},
+            *({"token": f"alt{k}", "logprob": logprob - k, "bytes": list(f"alt{k}".encode())}
+              for k in range(1, top)),
+        ][:top]
+        out.append({"token": piece, "logprob": logprob, "bytes": list(piece.encode()),
+                    "top_logprobs": alternatives})
+    return out

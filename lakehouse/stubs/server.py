@@ -4,6 +4,10 @@ Every request is recorded, then: down -> 503; unknown path -> 404, wrong
 method -> 405; missing/wrong key -> 401; (kimi) client gate -> 403; then a
 chat request takes the next scripted fault, if any, and the dialect builds
 the reply. All replies use the flavour's own error shapes.
+
+Over 350 lines: the socket server, the edge checks every dialect shares
+(auth in either header, client gate, required headers) and the wire-level
+faults are one request path, read top to bottom; the dialects live apart.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from lakehouse.stubs.anthropic import MessagesAPI
 from lakehouse.stubs.catalog import Catalog
 from lakehouse.stubs.faults import Fault, FaultQueue
 from lakehouse.stubs.flavours import Flavour, find_flavour
@@ -29,6 +34,7 @@ from lakehouse.stubs.ollama import OllamaAPI
 from lakehouse.stubs.openai import OpenAIAPI
 from lakehouse.stubs.received import Received, Route, decode_json
 from lakehouse.stubs.reply import HTML, JSON, TEXT, Failure, Reply, phrase, text_reply
+from lakehouse.stubs.responses import ResponsesAPI
 
 DOWN_MESSAGE = "service unavailable: the upstream is down"
 ERROR_PAGE = (
@@ -42,6 +48,10 @@ WIRE_FAULTS = frozenset({"truncate", "stall"})
 # How long stop() lets in-flight handlers finish; stubs have nothing to save.
 SHUTDOWN_TIMEOUT = 0.1
 MAX_BODY = 64 * 1024 * 1024
+_DIALECTS: dict[str, type[MessagesAPI] | type[ResponsesAPI]] = {
+    "messages": MessagesAPI,
+    "responses": ResponsesAPI,
+}
 
 
 def _is_loopback(host: str) -> bool:
@@ -133,9 +143,10 @@ class StubUpstream:
         api = (OllamaAPI if self.spec.dialect == "ollama" else OpenAIAPI)(
             self.spec, self.catalog
         )
-        self._routes: dict[tuple[str, str], Route] = {
-            (r.method, r.path): r for r in api.routes()
-        }
+        routes = api.routes()
+        for dialect in self.spec.extra_dialects:
+            routes += _DIALECTS[dialect](self.spec, self.catalog).routes()
+        self._routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes}
         self._methods: dict[str, list[str]] = {}
         for method, path in self._routes:
             self._methods.setdefault(path, []).append(method)
@@ -244,25 +255,40 @@ class StubUpstream:
         self.received.append(received)
         return received
 
-    def _authorized(self, received: Received) -> bool:
-        given = received.headers.get("authorization", "")
+    def _authorized(self, route: Route, received: Received) -> bool:
+        if route.auth == "x-api-key":
+            token = given = received.headers.get("x-api-key", "")
+            prefix = ""
+        else:
+            given = received.headers.get("authorization", "")
+            token, prefix = given.removeprefix("Bearer "), "Bearer "
+            if token == given:
+                token = ""
         if self.key is not None:
-            return given == f"Bearer {self.key}"
+            return given == f"{prefix}{self.key}"
         # Hosted upstreams turn away a request with no key even when the test
         # did not pick one; any key will do then.
-        token = given.removeprefix("Bearer ")
-        return not self.spec.needs_key or (token != given and token.strip() != "")
+        return not self.spec.needs_key or token.strip() != ""
+
+    def _error(self, route: Route | None, failure: Failure) -> Reply:
+        if route is not None and route.error is not None:
+            return route.error(failure)
+        return self.spec.error(failure)
 
     def _gate(self, route: Route, received: Received) -> Reply | None:
         """The checks a real edge makes before the model sees anything."""
         relative = route.path.removeprefix(self.spec.base_path) or "/"
-        if relative not in self.spec.public_paths and not self._authorized(received):
-            return self.spec.error(self.spec.unauthorized)
+        if relative not in self.spec.public_paths and not self._authorized(route, received):
+            return self._error(route, self.spec.unauthorized)
         gate = self.spec.client_gate
         if gate is not None and self.require_user_agent is not None:
             agent = received.headers.get("user-agent", "")
             if not agent.startswith(self.require_user_agent):
-                return self.spec.error(gate)
+                return self._error(route, gate)
+        needed = self.spec.required_header
+        header = self.spec.required_header_name
+        if needed is not None and route.chat and not received.headers.get(header, "").strip():
+            return self._error(route, needed)
         return None
 
     def _unrouted(self, received: Received) -> Reply:
@@ -275,15 +301,14 @@ class StubUpstream:
             return text_reply(404, "404 page not found")  # gin's default
         return self.spec.fail(404, f"no route for {received.method} {received.path}")
 
-    def _faulted(self, fault: Fault, request: web.BaseRequest) -> Reply | None:
+    def _faulted(self, fault: Fault, request: web.BaseRequest, route: Route) -> Reply | None:
         """The reply a fault replaces the answer with; None lets the dialect answer."""
         kind = fault.kind
         if kind == "status":
             status = fault.status or 500
-            return self.spec.error(Failure(status, phrase(status))
-                                      .overridden_by(fault))
+            return self._error(route, Failure(status, phrase(status)).overridden_by(fault))
         if kind == "quota":
-            return self.spec.error(self.spec.quota.overridden_by(fault))
+            return self._error(route, self.spec.quota.overridden_by(fault))
         if kind == "html":
             return Reply(fault.status or 200, HTML, (ERROR_PAGE.encode(),))
         if kind == "wrong_content_type":
@@ -323,7 +348,7 @@ class StubUpstream:
             if fault is not None and fault.kind == "delay":
                 await asyncio.sleep(fault.seconds)  # cancelled if the client leaves
                 fault = None
-            replaced = None if fault is None else self._faulted(fault, request)
+            replaced = None if fault is None else self._faulted(fault, request, route)
             reply = replaced or route.handler(received, fault)
         return await self._write(request, reply, fault)
 

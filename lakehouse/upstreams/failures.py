@@ -15,6 +15,7 @@ from lakehouse.errors import (
     ChatdError,
     UpstreamAuth,
     UpstreamBadResponse,
+    UpstreamConnectFailed,
     UpstreamError,
     UpstreamQuota,
     UpstreamRateLimited,
@@ -114,13 +115,27 @@ def decode_json(decoder: msgspec.json.Decoder[T], reply: UpstreamReply, provider
         ) from None
 
 
+def decode_event(
+    decoder: msgspec.json.Decoder[T], payload: bytes, provider: str, status: int
+) -> T:
+    """Decode one stream event's data into a view Struct, or say why not."""
+    try:
+        return decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UpstreamBadResponse(
+            f"{provider} sent an unusable stream event: {exc}",
+            provider=provider,
+            upstream_status=status,
+        ) from None
+
+
 def transport_error(exc: BaseException, provider: str, waited: str) -> ChatdError:
     """The error family member for an aiohttp/socket failure; ``waited``
     finishes the sentence of a timeout ("did not answer within 5s")."""
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{provider} {waited}", provider=provider)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnreachable(
+        return UpstreamConnectFailed(
             f"cannot connect to {provider}: {_reason(exc)}", provider=provider
         )
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -209,12 +209,16 @@ class HTTPClient:
         finally:
             stream.let_go()
 
-    async def probe(self, path: str, timeout: float) -> bool:
-        """Whether a GET of ``path`` answers 200; with no path there is
-        nothing (free) to ask, so the upstream counts as healthy."""
+    async def probe(
+        self, path: str, timeout: float, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Whether a GET of ``path`` (with ``headers`` added) answers 200;
+        with no path there is nothing (free) to ask, so the upstream counts
+        as healthy."""
         if not path:
             return True
-        return (await self.request("GET", path, timeout=timeout)).status == 200
+        reply = await self.request("GET", path, headers=headers, timeout=timeout)
+        return reply.status == 200
 
     async def post_json(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None

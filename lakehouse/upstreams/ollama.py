@@ -13,11 +13,22 @@ import msgspec
 
 from lakehouse.errors import ChatdError, UpstreamBadResponse, UpstreamError
 from lakehouse.keys import REDACTED
+from lakehouse.tool_calls import answer_reason, arguments_text, mint_call_id
 from lakehouse.upstreams.contract import UpstreamReply
 from lakehouse.upstreams.failures import error_for_status, parse_retry_after, short_text
 from lakehouse.upstreams.framing import iter_ndjson
 from lakehouse.upstreams.http import HTTPClient
-from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
+from lakehouse.upstreams.ollama_messages import OllamaMessage, ollama_messages, ollama_tools
+from lakehouse.wire import (
+    ChatRequest,
+    ChatResponse,
+    FunctionCall,
+    StreamDelta,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+    ToolCallChunk,
+)
 
 # Ollama Cloud's plan quotas answer 429 with "... session usage limit ...",
 # "weekly usage limit" or "hourly usage limit": waiting a moment won't help.
@@ -33,17 +44,22 @@ class OllamaRuntimeOptions(msgspec.Struct, omit_defaults=True):
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 class OllamaChatBody(msgspec.Struct, omit_defaults=True):
     model: str
-    messages: list[Message]
+    messages: list[OllamaMessage]
     # Required, so always sent: Ollama streams when ``stream`` is absent.
     stream: bool
     think: bool | str
     format: Any = None
     options: OllamaRuntimeOptions | None = None
     keep_alive: str | int | None = None
+    tools: list[Tool] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class OllamaGenerateBody(msgspec.Struct, omit_defaults=True):
@@ -56,11 +72,25 @@ class OllamaGenerateBody(msgspec.Struct, omit_defaults=True):
     format: Any = None
     options: OllamaRuntimeOptions | None = None
     keep_alive: str | int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class _ReplyFunction(msgspec.Struct):
+    name: str = ""
+    arguments: dict[str, Any] = {}
+
+
+class _ReplyToolCall(msgspec.Struct):
+    function: _ReplyFunction
+    # Newer servers number the calls; older ones give no id.
+    id: str = ""
 
 
 class OllamaReplyMessage(msgspec.Struct):
     content: str = ""
     thinking: str | None = None
+    tool_calls: list[_ReplyToolCall] | None = None
 
 
 class OllamaReply(msgspec.Struct):
@@ -77,6 +107,8 @@ class OllamaReply(msgspec.Struct):
     prompt_eval_count: int = 0
     eval_count: int = 0
     error: str | None = None
+    # Present when asked for (``logprobs: true``), per chunk when streamed.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class _ErrorReply(msgspec.Struct):
@@ -91,9 +123,9 @@ _error_decoder = msgspec.json.Decoder(_ErrorReply)
 def runtime_options(
     request: ChatRequest, num_ctx: int | None = None
 ) -> OllamaRuntimeOptions | None:
-    """``max_tokens`` → ``num_predict``; ``temperature``, ``top_p``, ``seed``
-    and ``stop`` as they are; None when nothing is set, so the server's
-    defaults apply."""
+    """``max_tokens`` → ``num_predict``; ``temperature``, ``top_p``, ``seed``,
+    ``stop`` and the penalties as they are; None when nothing is set, so the
+    server's defaults apply."""
     options = OllamaRuntimeOptions(
         num_predict=request.max_tokens,
         temperature=request.temperature,
@@ -101,8 +133,48 @@ def runtime_options(
         top_p=request.top_p,
         seed=request.seed,
         stop=request.stop or None,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
     )
     return None if options == _NO_OPTIONS else options
+
+
+def chat_body(
+    request: ChatRequest,
+    model: str,
+    *,
+    stream: bool,
+    num_ctx: int | None = None,
+    keep_alive: str | int | None = None,
+) -> OllamaChatBody:
+    """The ``/api/chat`` body for ``request``: BadRequest, naming the field,
+    for what Ollama cannot take (ollama_messages)."""
+    return OllamaChatBody(
+        model=model,
+        messages=ollama_messages(request.messages),
+        stream=stream,
+        think=think_value(request),
+        format=request.format,
+        options=runtime_options(request, num_ctx),
+        keep_alive=keep_alive,
+        tools=ollama_tools(request),
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
+    )
+
+
+def tool_calls(calls: list[_ReplyToolCall], request: ChatRequest) -> list[ToolCall]:
+    """Ollama's calls with an id each (older servers give none); only the
+    first when the caller asked for no parallel calls, which Ollama cannot
+    be told."""
+    if request.parallel_tool_calls is False:
+        calls = calls[:1]
+    return [
+        ToolCall(
+            id=c.id or mint_call_id(), function=FunctionCall(c.function.name, c.function.arguments)
+        )
+        for c in calls
+    ]
 
 
 def think_value(request: ChatRequest) -> bool | str:
@@ -132,7 +204,12 @@ def ollama_error(reply: UpstreamReply, provider: str, key: str | None = None) ->
 
 
 def ollama_response(
-    data: OllamaReply, *, provider: str, model: str, key: str | None = None
+    data: OllamaReply,
+    *,
+    provider: str,
+    model: str,
+    request: ChatRequest,
+    key: str | None = None,
 ) -> ChatResponse:
     """The ChatResponse for a decoded 200 reply of either endpoint."""
     if data.error:
@@ -140,8 +217,11 @@ def ollama_response(
         raise UpstreamError(f"{provider}: {text}", provider=provider)
     content: str | None = data.response
     thinking = data.thinking
+    calls: list[ToolCall] | None = None
     if data.message is not None:
         content, thinking = data.message.content, data.message.thinking
+        if data.message.tool_calls:
+            calls = tool_calls(data.message.tool_calls, request)
     if content is None or not data.done:
         raise UpstreamBadResponse(
             f"{provider} answered without a finished message", provider=provider
@@ -150,10 +230,13 @@ def ollama_response(
         model=data.model or model,
         provider=provider,
         content=content,
-        done_reason=data.done_reason or "stop",
+        # Ollama says "stop" after a call; callers are told why it stopped.
+        done_reason=answer_reason(data.done_reason, calls=bool(calls)),
         prompt_tokens=data.prompt_eval_count,
         completion_tokens=data.eval_count,
         reasoning=thinking or None,
+        tool_calls=calls,
+        logprobs=data.logprobs or None,
     )
 
 
@@ -169,10 +252,17 @@ def _pieces(data: OllamaReply) -> tuple[str, str]:
 
 
 async def ollama_stream(
-    http: HTTPClient, path: str, body: bytes, *, model: str, key: str | None = None
+    http: HTTPClient,
+    path: str,
+    body: bytes,
+    *,
+    model: str,
+    request: ChatRequest,
+    key: str | None = None,
 ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
     """Stream ``body`` (with ``stream: true``) from ``path``: a StreamDelta per
-    line with text, then the ChatResponse built from the ``done`` line."""
+    line with text, tool calls (which Ollama sends whole: one chunk each) or
+    logprobs, then the ChatResponse built from the ``done`` line."""
     provider = http.provider
     async with http.stream_post(
         path, body, error=lambda reply: ollama_error(reply, provider, key)
@@ -181,6 +271,8 @@ async def ollama_stream(
             raise upstream.refuse(await upstream.read(300), "an NDJSON stream")
         content: list[str] = []
         thinking: list[str] = []
+        calls: list[ToolCall] = []
+        logprobs: list[TokenLogprob] = []
         final: OllamaReply | None = None
         async with aclosing(iter_ndjson(upstream, provider=provider)) as lines:
             async for line in lines:
@@ -197,10 +289,15 @@ async def ollama_stream(
                     text = data.error.replace(key, REDACTED) if key else data.error
                     raise UpstreamError(f"{provider}: {text}", provider=provider)
                 text, thought = _pieces(data)
-                if text or thought:
+                new = _new_calls(data, request, len(calls))
+                if text or thought or new or data.logprobs:
                     content.append(text)
                     thinking.append(thought)
-                    yield StreamDelta(text, thought)
+                    calls += new
+                    logprobs += data.logprobs or ()
+                    yield StreamDelta(
+                        text, thought, _chunks(new, len(calls) - len(new)), data.logprobs or None
+                    )
                 if data.done:
                     final = data
                     break
@@ -214,9 +311,27 @@ async def ollama_stream(
             model=final.model or model,
             provider=provider,
             content="".join(content),
-            done_reason=final.done_reason or "stop",
+            done_reason=answer_reason(final.done_reason, calls=bool(calls)),
             prompt_tokens=final.prompt_eval_count,
             completion_tokens=final.eval_count,
             reasoning="".join(thinking) or None,
+            tool_calls=calls or None,
+            logprobs=logprobs or None,
         )
         await upstream.drain()
+
+
+def _new_calls(data: OllamaReply, request: ChatRequest, made: int) -> list[ToolCall]:
+    if data.message is None or not data.message.tool_calls:
+        return []
+    if request.parallel_tool_calls is False and made:
+        return []
+    return tool_calls(data.message.tool_calls, request)
+
+
+def _chunks(calls: list[ToolCall], first: int) -> list[ToolCallChunk] | None:
+    """Whole calls as stream chunks: id, name and all the arguments at once."""
+    return [
+        ToolCallChunk(first + n, c.id, c.function.name, arguments_text(c.function))
+        for n, c in enumerate(calls)
+    ] or None

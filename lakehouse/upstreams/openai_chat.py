@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from lakehouse.errors import ChatdError, ConfigError, UpstreamBadResponse
+from lakehouse.tool_calls import answer_reason, mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
@@ -31,8 +32,17 @@ from lakehouse.upstreams.openai_chat_errors import (
     classify_error,
     in_band_error,
 )
-from lakehouse.upstreams.openai_chat_stream import ChunkFold, Usage
-from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
+from lakehouse.upstreams.openai_chat_messages import OpenAIMessage, openai_messages
+from lakehouse.upstreams.openai_chat_stream import ChoiceLogprobs, ChunkFold, Usage, whole_chunks
+from lakehouse.wire import (
+    ChatRequest,
+    ChatResponse,
+    FunctionCall,
+    StreamDelta,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 CapField = Literal["max_tokens", "max_completion_tokens"]
 
@@ -41,7 +51,7 @@ CapField = Literal["max_tokens", "max_completion_tokens"]
 class Flavour:
     """What differs between upstreams that speak the same dialect."""
 
-    # The output cap each upstream documents (protocols.md §3.1).
+    # The output cap each upstream documents (docs/protocols.md §3.1).
     cap_field: CapField = "max_tokens"
     # ``error.type``, a string ``error.code`` or ``error.metadata.limit_source``
     # → its class; checked before the status on 4xx replies.
@@ -84,7 +94,7 @@ class _StreamOptions(msgspec.Struct):
 
 class _Body(msgspec.Struct, omit_defaults=True):
     model: str
-    messages: list[Message]
+    messages: list[OpenAIMessage]
     # No default, so always sent: the upstream default never decides.
     stream: bool
     max_tokens: int | None = None
@@ -95,12 +105,30 @@ class _Body(msgspec.Struct, omit_defaults=True):
     stop: list[str] | None = None
     response_format: _ResponseFormat | None = None
     stream_options: _StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class _ReplyFunction(msgspec.Struct):
+    name: str = ""
+    arguments: str | None = None
+
+
+class _ReplyToolCall(msgspec.Struct):
+    id: str | None = None
+    function: _ReplyFunction | None = None
 
 
 class _ReplyMessage(msgspec.Struct):
     content: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[_ReplyToolCall] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -108,6 +136,7 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
     usage: Usage | None = None
     error: Any = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class _Completion(msgspec.Struct):
@@ -134,9 +163,13 @@ def response_format(fmt: Literal["json"] | dict[str, Any] | None) -> _ResponseFo
 
 
 class OpenAICompatProvider:
-    """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``."""
+    """One OpenAI-dialect upstream: ``POST {base_url}/chat/completions``.
+    ``http``: a session shared with the provider that owns it (which then
+    starts and closes it); else its own."""
 
-    def __init__(self, ctx: ProviderContext, flavour: Flavour) -> None:
+    def __init__(
+        self, ctx: ProviderContext, flavour: Flavour, *, http: HTTPClient | None = None
+    ) -> None:
         if not ctx.key:
             raise ConfigError("this provider needs a key")
         self.name = ctx.name
@@ -147,7 +180,10 @@ class OpenAICompatProvider:
         self._options = options
         self._cap: CapField = options.cap_field or flavour.cap_field
         self._key = ctx.key
-        self._http = HTTPClient(ctx, {"Authorization": f"Bearer {ctx.key}"})
+        auth = {"Authorization": f"Bearer {ctx.key}"}
+        # A shared session carries no key of ours, so each request adds it.
+        self._auth = auth if http is not None else None
+        self._http = http or HTTPClient(ctx, auth)
 
     async def start(self) -> None:
         await self._http.start()
@@ -156,7 +192,9 @@ class OpenAICompatProvider:
         await self._http.close()
 
     async def probe(self) -> bool:
-        return await self._http.probe(self._options.probe_path, self._options.probe_timeout_secs)
+        return await self._http.probe(
+            self._options.probe_path, self._options.probe_timeout_secs, self._auth
+        )
 
     def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
         cap = request.max_tokens
@@ -164,7 +202,7 @@ class OpenAICompatProvider:
         return _encode(
             _Body(
                 model=model,
-                messages=request.messages,
+                messages=openai_messages(request.messages),
                 stream=stream,
                 stream_options=_StreamOptions() if stream else None,
                 max_tokens=cap if self._cap == "max_tokens" else None,
@@ -174,11 +212,20 @@ class OpenAICompatProvider:
                 seed=request.seed,
                 stop=request.stop or None,
                 response_format=response_format(request.format),
+                tools=request.tools,
+                tool_choice=request.tool_choice,
+                parallel_tool_calls=request.parallel_tool_calls,
+                presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty,
+                logprobs=request.logprobs,
+                top_logprobs=request.top_logprobs,
             )
         )
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        reply = await self._http.post_json("/chat/completions", self.body(request, model))
+        reply = await self._http.post_json(
+            "/chat/completions", self.body(request, model), self._auth
+        )
         if not 200 <= reply.status < 300:
             raise self._classify(reply)
         return self.parse(reply, model)
@@ -197,14 +244,16 @@ class OpenAICompatProvider:
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         body = self.body(request, model, stream=True)
         async with self._http.stream_post(
-            "/chat/completions", body, error=self._classify
+            "/chat/completions", body, self._auth, error=self._classify
         ) as upstream:
             if upstream.content_type == "application/json":
                 # An upstream (or proxy) that ignored "stream" answers whole.
                 data = await upstream.read(MAX_WHOLE_BODY)
                 whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
-                if whole.content or whole.reasoning:
-                    yield StreamDelta(whole.content, whole.reasoning or "")
+                if whole.content or whole.reasoning or whole.tool_calls:
+                    yield StreamDelta(
+                        whole.content, whole.reasoning or "", whole_chunks(whole), whole.logprobs
+                    )
                 yield whole
                 return
             if upstream.content_type not in ("text/event-stream", ""):
@@ -245,13 +294,27 @@ class OpenAICompatProvider:
             )
         usage = data.usage or choice.usage or Usage()
         message = choice.message
+        calls = _tool_calls(message.tool_calls or [])
         return ChatResponse(
             model=data.model or model,
             provider=self.name,
-            # null when the model only called tools; we never ask for tools.
+            # null when the model only called tools.
             content=message.content or "",
-            done_reason=choice.finish_reason or "stop",
+            done_reason=answer_reason(choice.finish_reason, calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning=message.reasoning or message.reasoning_content or None,
+            tool_calls=calls or None,
+            logprobs=choice.logprobs.content if choice.logprobs else None,
         )
+
+
+def _tool_calls(calls: list[_ReplyToolCall]) -> list[ToolCall]:
+    return [
+        ToolCall(
+            id=c.id or mint_call_id(),
+            function=FunctionCall(c.function.name, parse_arguments(c.function.arguments or "")),
+        )
+        for c in calls
+        if c.function is not None
+    ]

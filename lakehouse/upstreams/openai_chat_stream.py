@@ -15,8 +15,10 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
+from lakehouse.tool_calls import CallFold, answer_reason, arguments_text
+from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
-from lakehouse.wire import ChatResponse, StreamDelta
+from lakehouse.wire import ChatResponse, StreamDelta, TokenLogprob, ToolCallChunk
 
 
 class Usage(msgspec.Struct):
@@ -24,10 +26,27 @@ class Usage(msgspec.Struct):
     completion_tokens: int | None = None
 
 
+class ChoiceLogprobs(msgspec.Struct):
+    content: list[TokenLogprob] | None = None
+
+
+class _DeltaFunction(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _DeltaToolCall(msgspec.Struct):
+    # Some upstreams leave it out when each chunk holds whole calls.
+    index: int | None = None
+    id: str | None = None
+    function: _DeltaFunction | None = None
+
+
 class _Delta(msgspec.Struct):
     content: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[_DeltaToolCall] | None = None
 
 
 class _ChunkChoice(msgspec.Struct):
@@ -35,6 +54,7 @@ class _ChunkChoice(msgspec.Struct):
     finish_reason: str | None = None
     usage: Usage | None = None
     error: Any = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class _Chunk(msgspec.Struct):
@@ -63,17 +83,12 @@ class ChunkFold:
         self._usage: Usage | None = None
         self._finish: str | None = None
         self._choices = False
+        self._calls = CallFold()
+        self._logprobs: list[TokenLogprob] = []
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
-        try:
-            chunk = _chunk_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"{self.provider} sent an unusable stream event: {exc}",
-                provider=self.provider,
-                upstream_status=self.status,
-            ) from None
+        chunk = decode_event(_chunk_decoder, payload, self.provider, self.status)
         if chunk.error is not None:
             raise in_band_error(chunk.error, self.status, self.provider, self._key)
         if chunk.model and self._upstream_model is None:
@@ -91,15 +106,31 @@ class ChunkFold:
         if choice.finish_reason:
             self._finish = choice.finish_reason
         delta = choice.delta
+        logprobs = choice.logprobs.content if choice.logprobs else None
+        self._logprobs += logprobs or ()
         if delta is None:
-            return None
+            return StreamDelta(logprobs=logprobs) if logprobs else None
         text = delta.content or ""
         thought = delta.reasoning or delta.reasoning_content or ""
-        if not (text or thought):
+        chunks = [self._chunk(call) for call in delta.tool_calls or ()]
+        if not (text or thought or chunks or logprobs):
             return None
         self._content.append(text)
         self._reasoning.append(thought)
-        return StreamDelta(text, thought)
+        return StreamDelta(text, thought, chunks or None, logprobs)
+
+    def _chunk(self, call: _DeltaToolCall) -> ToolCallChunk:
+        function = call.function or _DeltaFunction()
+        index = call.index
+        if index is None:
+            # No index (some upstreams send whole calls so): an id or a
+            # name starts the next call, anything else continues the last.
+            known = self._calls.indices()
+            last = max(known, default=-1)
+            index = last + 1 if call.id or function.name or last < 0 else last
+        return self._calls.add(
+            ToolCallChunk(index, call.id, function.name, function.arguments or "")
+        )
 
     def result(self, *, done: bool) -> ChatResponse:
         """The whole reply, once the stream has ended (``done``: with [DONE])."""
@@ -117,12 +148,23 @@ class ChunkFold:
                 upstream_status=self.status,
             )
         usage = self._usage or Usage()
+        calls = self._calls.calls()
         return ChatResponse(
             model=self._upstream_model or self.model,
             provider=self.provider,
             content="".join(self._content),
-            done_reason=self._finish or "stop",
+            done_reason=answer_reason(self._finish, calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             reasoning="".join(self._reasoning) or None,
+            tool_calls=calls or None,
+            logprobs=self._logprobs or None,
         )
+
+
+def whole_chunks(response: ChatResponse) -> list[ToolCallChunk] | None:
+    """A whole answer's calls as stream chunks (one per call)."""
+    return [
+        ToolCallChunk(n, c.id, c.function.name, arguments_text(c.function))
+        for n, c in enumerate(response.tool_calls or ())
+    ] or None

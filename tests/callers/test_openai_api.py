@@ -16,7 +16,19 @@ from lakehouse.callers.openai_requests import decode_request, to_chat_request
 from lakehouse.callers.streaming import ChunkWriter
 from lakehouse.dispatcher import Dispatcher
 from lakehouse.registry import Registry
-from lakehouse.wire import ChatResponse, Message, StreamDelta
+from lakehouse.wire import (
+    ChatResponse,
+    FunctionCall,
+    ImagePart,
+    ImageURL,
+    Message,
+    StreamDelta,
+    TextPart,
+    TokenLogprob,
+    ToolCall,
+    ToolCallChunk,
+    TopLogprob,
+)
 
 USER = {"role": "user", "content": "hi"}
 
@@ -71,20 +83,80 @@ def test_messages_text_parts_and_roles() -> None:
     assert request.messages == [
         Message("system", "be brief"),
         Message("user", "one\ntwo"),
-        Message("assistant", "ok"),
+        Message("assistant", "ok", thinking="hm"),
     ]
+
+
+FN = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+CALL = {
+    "id": "c1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+def test_tools_tool_calls_results_and_images_map_onto_the_model() -> None:
+    image = {
+        "type": "image_url",
+        "image_url": {"url": "https://example.test/a.png", "detail": "low"},
+    }
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "look"}, image]},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    request = mapped(
+        messages=messages,
+        tools=[FN],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        presence_penalty=0.5,
+        frequency_penalty=-1,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    user, assistant, tool = request.messages
+    assert user.content == [
+        TextPart("look"),
+        ImagePart(ImageURL("https://example.test/a.png", "low")),
+    ]
+    assert assistant.tool_calls == [
+        ToolCall(id="c1", function=FunctionCall("get_weather", {"city": "Paris"}))
+    ]
+    assert assistant.content == ""
+    assert (tool.role, tool.tool_call_id, tool.content) == ("tool", "c1", "sunny")
+    assert request.tools is not None and request.tools[0].function.name == "get_weather"
+    assert request.tool_choice is not None and request.parallel_tool_calls is False
+    assert (request.presence_penalty, request.frequency_penalty) == (0.5, -1)
+    assert (request.logprobs, request.top_logprobs) == (True, 3)
+
+
+def test_arguments_that_are_not_a_json_object_are_kept_as_text() -> None:
+    broken = {**CALL, "function": {"name": "get_weather", "arguments": '{"city": "Pa'}}
+    messages = [USER, {"role": "assistant", "content": None, "tool_calls": [broken]}]
+    (call,) = mapped(messages=messages).messages[1].tool_calls
+    assert call.function.arguments == '{"city": "Pa'
 
 
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {"tools": [FN], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice.function.name",
+        ),
+        ({"tools": [FN, FN]}, "tools[1].function.name"),
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+                ]
+            },
+            "tools[0].function.parameters.type",
+        ),
         ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"presence_penalty": -1}, "presence_penalty"),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
         ({"audio": {"voice": "alloy"}}, "audio"),
@@ -94,14 +166,39 @@ def test_messages_text_parts_and_roles() -> None:
             {"messages": [{"role": "tool", "content": "4", "tool_call_id": "c1"}]},
             "messages[0].tool_call_id",
         ),
-        ({"messages": [{"role": "tool", "content": "4"}]}, "messages[0].role"),
         (
-            {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
-            "messages[0].tool_calls",
+            {
+                "messages": [
+                    USER,
+                    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                    {"role": "tool", "content": "4", "tool_call_id": "c2"},
+                ]
+            },
+            "messages[2].tool_call_id",
+        ),
+        ({"messages": [{"role": "tool", "content": "4"}]}, "messages[0].tool_call_id"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
+                ]
+            },
+            "messages[0].content[0]",
         ),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-            "messages[0].content[0]",
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content[0].image_url",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0].image_url.url",
         ),
         ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": "x", "extra": 1}]}, "messages[0].extra"),
@@ -167,22 +264,108 @@ def answer(**kw: Any) -> ChatResponse:
 
 
 def test_completion_shape() -> None:
-    body = json.loads(completion(answer(reasoning="think", done_reason="length"), "rid1"))
+    body = json.loads(completion(answer(reasoning="think", done_reason="length"), "rid1", "m"))
     assert body["id"] == "chatcmpl-rid1"
     assert body["object"] == "chat.completion"
     assert isinstance(body["created"], int)
     assert body["choices"] == [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": "Hello", "reasoning_content": "think"},
+            "message": {
+                "role": "assistant",
+                "content": "Hello",
+                "refusal": None,
+                "reasoning_content": "think",
+            },
             "finish_reason": "length",
+            "logprobs": None,
         }
     ]
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert (
-        json.loads(completion(answer(done_reason="load"), "r"))["choices"][0]["finish_reason"]
+        json.loads(completion(answer(done_reason="load"), "r", "m"))["choices"][0]["finish_reason"]
         == "stop"
     )
+
+
+CALLS = [
+    ToolCall(id="c1", function=FunctionCall("get_weather", {"city": "Paris"})),
+    ToolCall(id="c2", function=FunctionCall("get_time", '{"tz": "CE')),
+]
+
+
+def test_completion_with_tool_calls_and_logprobs() -> None:
+    tokens = [TokenLogprob("Hi", -0.5, [72, 105], [TopLogprob("Hi", -0.5)])]
+    body = json.loads(
+        completion(
+            answer(content="", done_reason="tool_calls", tool_calls=CALLS, logprobs=tokens),
+            "r",
+            "m",
+        )
+    )
+    (choice,) = body["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"] == [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+        },
+        {
+            "id": "c2",
+            "type": "function",
+            "function": {"name": "get_time", "arguments": '{"tz": "CE'},
+        },
+    ]
+    assert choice["logprobs"] == {
+        "content": [
+            {
+                "token": "Hi",
+                "logprob": -0.5,
+                "bytes": [72, 105],
+                "top_logprobs": [{"token": "Hi", "logprob": -0.5}],
+            }
+        ],
+        "refusal": None,
+    }
+
+
+def test_chunks_carry_tool_call_fragments_as_openai_streams_them() -> None:
+    writer = ChunkWriter("r", "m", include_usage=False)
+    frames = writer.delta(StreamDelta(tool_calls=[ToolCallChunk(0, "c1", "get_weather", "")]))
+    frames += writer.delta(StreamDelta(tool_calls=[ToolCallChunk(0, arguments='{"city"')]))
+    frames += writer.delta(StreamDelta(tool_calls=[ToolCallChunk(0, arguments=': "Paris"}')]))
+    frames += writer.end(answer(content="", done_reason="tool_calls", tool_calls=CALLS[:1]))
+    deltas = [c["choices"][0]["delta"] for c in events(frames)[:-1]]
+    assert deltas == [
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ],
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city"'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": ': "Paris"}'}}]},
+        {},
+    ]
+    assert events(frames)[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_calls_of_a_whole_answer_are_sent_before_the_finish() -> None:
+    writer = ChunkWriter("r", "m", include_usage=False)
+    chunks = events(writer.end(answer(content="", done_reason="tool_calls", tool_calls=CALLS)))
+    calls = chunks[1]["choices"][0]["delta"]["tool_calls"]
+    assert [(c["index"], c["id"], c["function"]["name"]) for c in calls] == [
+        (0, "c1", "get_weather"),
+        (1, "c2", "get_time"),
+    ]
+    assert chunks[2]["choices"][0]["finish_reason"] == "tool_calls"
 
 
 def events(frames: bytes) -> list[Any]:
@@ -207,10 +390,11 @@ def test_chunks_role_first_then_deltas_finish_usage_done() -> None:
                 "index": 0,
                 "delta": {"role": "assistant", "reasoning_content": "hm"},
                 "finish_reason": None,
+                "logprobs": None,
             }
         ],
-        [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
-        [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None, "logprobs": None}],
+        [{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}],
         [],
     ]
     assert chunks[-2]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}

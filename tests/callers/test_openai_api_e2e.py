@@ -96,8 +96,22 @@ async def test_streaming_through_every_provider(
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
     assert last.usage.completion_tokens > 0 and last.usage.prompt_tokens > 0
-    assert {c.model for c in chunks} == {MODELS[name]}
+    # The model chatd routed to (routing prefix stripped), as in a completion.
+    assert {c.model for c in chunks} == {MODELS[name].removeprefix(name + "/")}
     assert world.stubs[name].chats[-1].json["stream"] is True
+
+
+async def test_completion_and_chunks_name_the_model_by_one_rule() -> None:
+    async with stub_world({"models.cloud_judge": "kimi-k2.6:cloud"}) as world:
+        client = openai.AsyncOpenAI(base_url=world.base + "/v1", api_key="x", max_retries=0)
+        whole = await client.chat.completions.create(model="cloud_judge", messages=HELLO)
+        stream = await client.chat.completions.create(
+            model="cloud_judge", messages=HELLO, stream=True
+        )
+        models = {chunk.model async for chunk in stream}
+        await client.close()
+    assert whole.model == "kimi-k2.6:cloud"
+    assert models == {"kimi-k2.6:cloud"}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -175,10 +189,10 @@ async def test_errors_raise_the_sdk_classes(client: openai.AsyncOpenAI, world: W
         await client.chat.completions.create(
             model=MODELS["ollama"],
             messages=HELLO,
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tools=[{"type": "function", "function": {"name": "no spaces", "parameters": {}}}],
         )
-    assert (bad.value.code, bad.value.param) == ("bad_request", "tools")
-    assert "tools" in bad.value.message
+    assert (bad.value.code, bad.value.param) == ("bad_request", "tools[0].function.name")
+    assert "tools[0].function.name" in bad.value.message
     with pytest.raises(openai.BadRequestError) as bad:
         await client.chat.completions.create(
             model=MODELS["ollama"],
@@ -186,7 +200,7 @@ async def test_errors_raise_the_sdk_classes(client: openai.AsyncOpenAI, world: W
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
             ],
         )
-    assert bad.value.param == "messages[0].content[0]"
+    assert bad.value.param == "messages[0].content[0].image_url.url"
     with pytest.raises(openai.NotFoundError) as missing:
         await client.chat.completions.create(model="qwen:gone", messages=HELLO)
     assert missing.value.code == "provider_not_found"

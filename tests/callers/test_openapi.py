@@ -80,6 +80,12 @@ async def world() -> AsyncIterator[World]:
         yield w
 
 
+TOOLS = [
+    {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "g"}},
+]
+
+
 def check(doc: dict[str, Any], name: str, instance: Any) -> None:
     """``instance`` against a component schema, refs resolved in ``doc``."""
     schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
@@ -97,8 +103,25 @@ async def test_what_the_server_sends_fits_its_own_document(world: World) -> None
         streamed = await client.post("/chat", json={**chat, "stream": True})
         *deltas, done = [json.loads(line) for line in streamed.text.splitlines()]
         for delta in deltas:
-            check(doc, "StreamDelta", delta)
+            check(doc, "StreamLine", delta)
         check(doc, "StreamDone", done)
+        tooled = {**chat, "messages": [{"role": "user", "content": "parallel x"}], "tools": TOOLS}
+        check(doc, "ChatResponse", (await client.post("/chat", json=tooled)).json())
+        streamed = await client.post("/chat", json={**tooled, "stream": True})
+        *deltas, done = [json.loads(line) for line in streamed.text.splitlines()]
+        assert any("tool_calls" in d for d in deltas) and "tool_calls" not in done
+        for delta in deltas:
+            check(doc, "StreamLine", delta)
+        check(doc, "StreamDone", done)
+        check(doc, "ChatRequest", tooled)
+        completion = await client.post("/v1/chat/completions", json=tooled)
+        assert completion.json()["choices"][0]["message"]["tool_calls"]
+        check(doc, "ChatCompletion", completion.json())
+        sse = await client.post("/v1/chat/completions", json={**tooled, "stream": True})
+        events = [e.removeprefix("data: ") for e in sse.text.split("\n\n") if e]
+        assert any("tool_calls" in e for e in events)
+        for event in events[:-1]:
+            check(doc, "ChatCompletionChunk", json.loads(event))
         check(doc, "ErrorBody", (await client.post("/chat", json={"model": 1})).json())
         check(doc, "ProvidersListing", (await client.get("/chat/providers")).json())
         check(doc, "Status", (await client.get("/ready")).json())

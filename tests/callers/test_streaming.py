@@ -9,13 +9,14 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import msgspec
 import pytest
 
 from lakehouse import errors
 from lakehouse.callers.http_io import error_response
 from lakehouse.callers.openai_errors import openai_error_response
 from lakehouse.callers.streaming import ChunkWriter, LineWriter, Relay
-from lakehouse.wire import ChatResponse, StreamDelta
+from lakehouse.wire import ChatResponse, FunctionCall, StreamDelta, ToolCall, ToolCallChunk
 
 pytestmark = pytest.mark.anyio
 
@@ -105,7 +106,7 @@ def lines(body: bytes) -> list[Any]:
     return [json.loads(line) for line in body.splitlines()]
 
 
-async def test_deltas_then_the_whole_answer_marked_done() -> None:
+async def test_deltas_then_the_metadata_marked_done_without_repeating_content() -> None:
     caller, script = Caller(), Script(StreamDelta("Hel"), StreamDelta(reasoning="r"), FINAL)
     outcome = await native(caller).run(script.items())
     assert (outcome.status, outcome.final, outcome.error) == (200, FINAL, None)
@@ -118,7 +119,6 @@ async def test_deltas_then_the_whole_answer_marked_done() -> None:
         {
             "model": "m",
             "provider": "p",
-            "content": "Hello",
             "done_reason": "stop",
             "prompt_tokens": 1,
             "completion_tokens": 2,
@@ -210,3 +210,35 @@ async def test_no_keep_alive_when_chunks_keep_coming_or_when_off() -> None:
     caller = Caller()
     await sse(caller, keepalive=0).run(Script(0.2, FINAL).items())
     assert b"keep-alive" not in caller.body
+
+
+async def test_native_stream_sends_each_tool_call_whole_once_complete() -> None:
+    calls = [
+        ToolCall(id="c1", function=FunctionCall("f", {"a": 1})),
+        ToolCall(id="c2", function=FunctionCall("g", {})),
+    ]
+    final = msgspec.structs.replace(FINAL, content="", done_reason="tool_calls", tool_calls=calls)
+    script = Script(
+        StreamDelta(tool_calls=[ToolCallChunk(0, "c1", "f", "")]),
+        StreamDelta(tool_calls=[ToolCallChunk(0, arguments='{"a": 1}')]),
+        StreamDelta(tool_calls=[ToolCallChunk(1, "c2", "g", "{}")]),
+        final,
+    )
+    caller = Caller()
+    await native(caller).run(script.items())
+    sent = lines(caller.body)
+    assert sent[:-1] == [
+        {
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+            ]
+        },
+        {
+            "tool_calls": [
+                {"id": "c2", "type": "function", "function": {"name": "g", "arguments": {}}}
+            ]
+        },
+    ]
+    assert sent[-1]["done"] is True and sent[-1]["done_reason"] == "tool_calls"
+    # Each call once: the done line does not repeat them.
+    assert "tool_calls" not in sent[-1]

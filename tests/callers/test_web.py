@@ -371,3 +371,90 @@ async def test_h2_connection_dropped_mid_request_leaves_no_task(stall: float) ->
                 assert (await client.post("/chat", json=GOOD)).status_code == 200
     finally:
         await stub.stop()
+
+
+async def test_405_answers_say_which_methods_are_allowed(chatd: tuple[str, StubUpstream]) -> None:
+    base, _ = chatd
+    async with httpx.AsyncClient(base_url=base) as client:
+        for method, path, allow in [
+            ("GET", "/chat", "POST"),
+            ("PUT", "/v1/chat", "POST"),
+            ("GET", "/v1/chat/completions", "POST"),
+            ("POST", "/chat/providers", "GET, HEAD"),
+            ("GET", "/admin/reload", "POST"),
+        ]:
+            resp = await client.request(method, path)
+            assert resp.status_code == 405, (method, path)
+            assert resp.headers["allow"] == allow, (method, path)
+
+
+async def test_a_wrong_method_on_a_protected_route_is_answered_after_auth() -> None:
+    stub = StubUpstream("ollama")
+    url = await stub.start()
+    config = make_config(
+        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
+    )
+    try:
+        async with (
+            running_chatd(config, environ={"CHATD_TOKENS": "caller-token-1"}) as base,
+            httpx.AsyncClient(base_url=base) as client,
+        ):
+            for path in ("/chat", "/v1/chat/completions", "/chat/completions", "/admin/reload"):
+                method = "GET" if path == "/admin/reload" else "DELETE"
+                resp = await client.request(method, path)
+                assert resp.status_code == 401, path
+                assert "allow" not in resp.headers
+                authorized = await client.request(
+                    method, path, headers={"Authorization": "Bearer caller-token-1"}
+                )
+                assert authorized.status_code == 405, path
+    finally:
+        await stub.stop()
+
+
+async def lifespan(app: Any) -> tuple[asyncio.Task[None], Any]:
+    """Start an ASGI app's lifespan by hand; returns its task and a stopper."""
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    task = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)
+    )
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+
+    async def stop() -> None:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await task
+
+    return task, stop
+
+
+@pytest.mark.parametrize(
+    ("client", "tokens", "status"),
+    [
+        ("192.0.2.9", None, 403),
+        ("127.0.0.1", None, 200),
+        ("::1", None, 200),
+        ("192.0.2.9", "caller-token-1", 200),
+    ],
+)
+async def test_admin_reload_needs_auth_or_a_loopback_caller(
+    client: str, tokens: str | None, status: int
+) -> None:
+    from lakehouse.callers.web import create_app
+
+    config = make_config(overrides={"chatd.probe_interval_secs": 0})
+    environ = {"CHATD_TOKENS": tokens} if tokens else {}
+    app = create_app(config, environ=environ, source=lambda: config)
+    _, stop = await lifespan(app)
+    try:
+        transport = httpx.ASGITransport(app=app, client=(client, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://chatd") as http:
+            headers = {"Authorization": f"Bearer {tokens}"} if tokens else {}
+            resp = await http.post("/admin/reload", headers=headers)
+    finally:
+        await stop()
+    assert resp.status_code == status, resp.text
+    if status == 403:
+        assert resp.json()["error"]["code"] == "forbidden"

@@ -471,3 +471,77 @@ async def test_gateway_process_proxies_to_a_running_chatd(
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+async def test_the_gateway_writes_one_access_line_per_request(
+    tiny: tuple[Tiny, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import logging
+
+    _, url = tiny
+    access = logging.getLogger("chatd.access")
+    access.setLevel(logging.INFO)
+    try:
+        async with (
+            running_gateway(gateway_config({"/v1/tiny": url})) as base,
+            h2(base) as client,
+        ):
+            ok = await client.get("/v1/tiny/x", headers={"X-Request-ID": "gw-1"})
+            missing = await client.get("/v1/elsewhere", headers={"X-Request-ID": "gw-2"})
+    finally:
+        access.setLevel(logging.NOTSET)
+    assert (ok.status_code, missing.status_code) == (200, 404)
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if '"chatd.gateway.access"' in line]
+    by_id = {line["request_id"]: line for line in lines}
+    assert {"gw-1", "gw-2"} <= set(by_id), err
+    assert (by_id["gw-1"]["status"], by_id["gw-1"]["route"], by_id["gw-1"]["path"]) == (
+        200,
+        "/v1/tiny",
+        "/v1/tiny/x",
+    )
+    assert by_id["gw-2"]["status"] == 404 and "route" not in by_id["gw-2"]
+    assert by_id["gw-1"]["duration_ms"] > 0 and by_id["gw-1"]["method"] == "GET"
+
+
+def test_aiohttp_connectors_connect_as_opening_bound_wraps_it() -> None:
+    # OpeningBound overrides BaseConnector.connect ("get from pool or create
+    # new connection"); the counting test below patches _create_connection.
+    import inspect
+
+    import aiohttp
+
+    for method in (aiohttp.TCPConnector.connect, aiohttp.TCPConnector._create_connection):
+        assert list(inspect.signature(method).parameters) == ["self", "req", "traces", "timeout"]
+
+
+async def test_the_gateway_opens_a_few_upstream_connections_at_a_time(
+    tiny: tuple[Tiny, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiohttp
+
+    from lakehouse.gateway.app import OPENING
+
+    original = aiohttp.TCPConnector._create_connection
+    opening = peak = opened = 0
+
+    async def counted(self: Any, req: Any, traces: Any, timeout: Any) -> Any:
+        nonlocal opening, peak, opened
+        opening += 1
+        opened += 1
+        peak = max(peak, opening)
+        try:
+            await asyncio.sleep(0.05)  # a connect that takes a while
+            return await original(self, req, traces, timeout)
+        finally:
+            opening -= 1
+
+    monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", counted)
+    _, url = tiny
+    async with running_gateway(gateway_config({"/v1/tiny": url})) as base, h2(base) as client:
+        answers = await asyncio.gather(*(client.get("/v1/tiny/slow") for _ in range(3 * OPENING)))
+    assert [r.status_code for r in answers] == [200] * (3 * OPENING)
+    # Every slow request held its own connection, opened OPENING at a time.
+    assert opened == 3 * OPENING
+    assert peak == OPENING

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from lakehouse import errors
-from tests.support import build_provider, builtin_plugin, chat_request, mock_upstream
+from lakehouse.errors import ConfigError
+from lakehouse.registry import build_registry
+from tests.support import (
+    build_provider,
+    builtin_plugin,
+    chat_request,
+    make_config,
+    mock_upstream,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -135,3 +143,83 @@ async def test_zen_auth_error_quoting_the_key_is_redacted(provider: Any) -> None
     with pytest.raises(errors.UpstreamAuth) as info:
         await call(provider, status=401, payload=zen("AuthError", f"Invalid API key {KEY}."))
     assert KEY not in str(info.value)
+
+
+# -- the endpoint rule table ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ("claude-opus-4-7", "/messages"),
+        ("gpt-5.4", "/responses"),
+        ("glm-5.2", "/chat/completions"),
+        ("minimax-m3-x", "/messages"),
+    ],
+)
+async def test_rules_pick_the_path(model: str, path: str) -> None:
+    p = build_provider(
+        "opencode", BASE, key=KEY, routes=[{"match": "minimax-m3-*", "endpoint": "messages"}]
+    )
+    await p.start()
+    try:
+        reply = (
+            {
+                "type": "message",
+                "content": [{"type": "text", "text": "ok"}],
+                "stop_reason": "end_turn",
+            }
+            if path == "/messages"
+            else {
+                "status": "completed",
+                "output": [{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}],
+            }
+            if path == "/responses"
+            else completion(content="ok")
+        )
+        with mock_upstream() as mock:
+            mock.post(BASE + path, payload=reply)
+            out = await p.chat(chat_request(), model)
+        assert out.content == "ok"
+    finally:
+        await p.close()
+
+
+async def test_default_routes_can_be_switched_off() -> None:
+    p = build_provider("opencode", BASE, key=KEY, default_routes=False)
+    with mock_upstream() as mock:
+        mock.post(URL, payload=completion())
+        await p.start()
+        try:
+            out = await p.chat(chat_request(), "claude-opus-4-7")
+        finally:
+            await p.close()
+    assert out.content == "Hi!"
+
+
+@pytest.mark.parametrize(
+    ("routes", "needle"),
+    [
+        ("[{ match = 'x-*', endpoint = 'smoke-signals' }]", "options.routes[0].endpoint"),
+        ("[{ match = 'x-*', endpoint = 'messages', colour = 'red' }]", "colour"),
+        ("[{ endpoint = 'messages' }]", "match"),
+    ],
+)
+def test_a_bad_rule_stops_start_up_naming_it(routes: str, needle: str) -> None:
+    text = f'[chatd.providers.opencode]\nkey_env = "K"\noptions = {{ routes = {routes} }}\n'
+    with pytest.raises(ConfigError) as info:
+        build_registry(make_config(text), {"K": KEY})
+    assert "chatd.providers.opencode" in str(info.value) and needle in str(info.value)
+
+
+async def test_probe_carries_the_key_on_the_shared_session() -> None:
+    p = build_provider("opencode", BASE, key=KEY, probe_path="/models")
+    await p.start()
+    try:
+        with mock_upstream() as mock:
+            mock.get(BASE + "/models", payload={"object": "list", "data": []})
+            assert await p.probe() is True
+            (sent,) = [c for cs in mock.requests.values() for c in cs]
+    finally:
+        await p.close()
+    assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"

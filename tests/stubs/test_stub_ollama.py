@@ -1,4 +1,4 @@
-"""The Ollama and Ollama Cloud stubs against protocols.md §1-2, over real sockets."""
+"""The Ollama and Ollama Cloud stubs against docs/protocols.md §1-2, over real sockets."""
 
 from __future__ import annotations
 
@@ -255,3 +255,17 @@ async def test_midstream_error_line(make_stub: MakeStub, http: Any) -> None:
         http, stub.base_url + "/api/chat", {"model": "qwen3", "messages": HI, "stream": False}
     )
     assert status == 500 and "error" in json.loads(raw)
+
+
+async def test_tool_call_ids_are_fresh_per_call(make_stub: MakeStub, http: Any) -> None:
+    # Ollama mints a random id for every call: the same call in two answers
+    # (a loop calling one tool again) never shares an id.
+    stub = await make_stub()
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = {"model": "qwen3.5", "messages": HI, "stream": False, "tools": [tool]}
+    ids = []
+    for _ in range(2):
+        status, _, raw = await post(http, stub.base_url + "/api/chat", body)
+        assert status == 200
+        ids += [c["id"] for c in json.loads(raw)["message"]["tool_calls"]]
+    assert len(ids) == 2 and ids[0] != ids[1] and all(i.startswith("call_") for i in ids)

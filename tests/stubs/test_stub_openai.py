@@ -1,4 +1,4 @@
-"""The OpenAI-dialect stubs (OpenRouter, OpenCode Zen, Kimi) against protocols.md §3."""
+"""The OpenAI-dialect stubs (OpenRouter, OpenCode Zen, Kimi) against docs/protocols.md §3."""
 
 from __future__ import annotations
 

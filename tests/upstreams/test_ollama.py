@@ -118,3 +118,40 @@ async def test_error_status_maps_like_chat(provider: Any) -> None:
         mock.post(BASE + "/api/chat", status=404, payload={"error": "model 'm' not found"})
         with pytest.raises(errors.UpstreamRejected, match="not found"):
             await anext(provider.stream(REQUEST, "m"))
+
+
+def called(*names: str) -> dict[str, Any]:
+    calls = [
+        {"function": {"index": n, "name": name, "arguments": {"n": n}}}
+        for n, name in enumerate(names)
+    ]
+    return {
+        "model": "qwen3.5:latest",
+        "message": {"role": "assistant", "content": "", "tool_calls": calls},
+        "done": False,
+    }
+
+
+STOP = {**DONE, "done_reason": "stop", "message": {"role": "assistant", "content": ""}}
+
+
+@pytest.mark.parametrize("parallel", [None, False])
+async def test_whole_calls_become_one_chunk_each_with_minted_ids(
+    provider: Any, parallel: bool | None
+) -> None:
+    request = msgspec.structs.replace(REQUEST, parallel_tool_calls=parallel)
+    with mock_upstream() as mock:
+        mock.post(BASE + "/api/chat", body=lines(called("f", "g"), STOP), content_type=NDJSON)
+        items = [item async for item in provider.stream(request, "qwen3.5:latest")]
+    *deltas, final = items
+    assert isinstance(final, ChatResponse)
+    # Ollama says "stop"; the caller is told the model called tools.
+    assert final.done_reason == "tool_calls"
+    expected = ["f"] if parallel is False else ["f", "g"]
+    assert final.tool_calls is not None
+    assert [c.function.name for c in final.tool_calls] == expected
+    chunks = [c for d in deltas if isinstance(d, StreamDelta) for c in d.tool_calls or ()]
+    assert [(c.index, c.id, c.name, c.arguments) for c in chunks] == [
+        (n, call.id, call.function.name, f'{{"n":{n}}}') for n, call in enumerate(final.tool_calls)
+    ]
+    assert all(c.id.startswith("call_") for c in final.tool_calls)

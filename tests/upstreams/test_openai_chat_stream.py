@@ -214,3 +214,62 @@ async def test_error_status_is_classified_like_chat(provider: OpenAICompatProvid
         with pytest.raises(errors.UpstreamRateLimited) as caught:
             await anext(provider.stream(REQUEST, "m"))
     assert caught.value.retry_after == 3 and caught.value.upstream_status == 429
+
+
+def test_tool_call_fragments_are_passed_on_and_folded() -> None:
+    fold = ChunkFold("p", "m")
+    head = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    first = fold.add(msgspec.json.encode(delta(tool_calls=[head])))
+    second = fold.add(
+        msgspec.json.encode(delta(tool_calls=[{"index": 0, "function": {"arguments": '{"a":'}}]))
+    )
+    # An upstream that sends a whole call with no index and no id.
+    whole = fold.add(
+        msgspec.json.encode(delta(tool_calls=[{"function": {"name": "g", "arguments": "{}"}}]))
+    )
+    fold.add(
+        msgspec.json.encode(delta(tool_calls=[{"index": 0, "function": {"arguments": " 1}"}}]))
+    )
+    fold.add(msgspec.json.encode(delta("stop")))
+    assert first is not None and first.tool_calls is not None
+    assert (first.tool_calls[0].id, first.tool_calls[0].name) == ("c1", "f")
+    assert second is not None and second.tool_calls is not None
+    assert second.tool_calls[0].arguments == '{"a":'
+    assert whole is not None and whole.tool_calls is not None
+    final = fold.result(done=True)
+    # Ollama-style "stop" after calls still reads as a tool call answer.
+    assert final.done_reason == "tool_calls"
+    assert final.tool_calls is not None
+    assert [(c.id, c.function.name, c.function.arguments) for c in final.tool_calls] == [
+        ("c1", "f", {"a": 1}),
+        (whole.tool_calls[0].id, "g", {}),
+    ]
+    assert whole.tool_calls[0].index == 1 and whole.tool_calls[0].id
+
+
+def test_a_tool_call_cut_off_by_max_tokens_stays_length() -> None:
+    # OpenAI ends a call cut off by max_tokens with "length"; the caller
+    # must not be told to run it.
+    head = {
+        "index": 0,
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"a'},
+    }
+    _, final = fold_all(delta(tool_calls=[head]), delta("length"))
+    assert final.done_reason == "length"
+
+
+def test_a_name_and_id_repeated_on_every_chunk_are_relayed_once() -> None:
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "read_file"}}
+    deltas, final = fold_all(
+        delta(tool_calls=[{**call, "function": {"name": "read_file", "arguments": ""}}]),
+        delta(tool_calls=[{**call, "function": {"name": "read_file", "arguments": '{"p":'}}]),
+        delta(tool_calls=[{**call, "function": {"name": "read_file", "arguments": "1}"}}]),
+        delta("tool_calls"),
+    )
+    relayed = [c for d in deltas for c in d.tool_calls or ()]
+    assert [(c.id, c.name) for c in relayed] == [("c1", "read_file"), (None, None), (None, None)]
+    assert [(c.id, c.function.name, c.function.arguments) for c in final.tool_calls] == [
+        ("c1", "read_file", {"p": 1})
+    ]

@@ -1,0 +1,203 @@
+"""systemd's notify protocol, against a datagram socket the test owns: the
+module alone, and a real chatd (and gateway) process started as systemd
+would start it, with $NOTIFY_SOCKET set."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lakehouse import sd_notify
+from tests.support import ROOT
+
+FIXTURE = ROOT / "tests" / "fixtures" / "go_lakehouse.toml"
+# Generous: a loaded 2-core CI starts Python processes slowly.
+WAIT = 60.0
+
+
+@contextlib.contextmanager
+def notify_socket(tmp_path: Path, abstract: bool) -> Iterator[tuple[socket.socket, str]]:
+    """A bound datagram socket and the $NOTIFY_SOCKET value naming it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"chatd-test-{uuid.uuid4().hex}"
+        sock.bind("\0" + name)
+        value = "@" + name
+    else:
+        value = str(tmp_path / "notify.sock")
+        sock.bind(value)
+    sock.settimeout(WAIT)
+    try:
+        yield sock, value
+    finally:
+        sock.close()
+
+
+def states(sock: socket.socket) -> dict[str, str]:
+    """The next datagram, as its KEY=value lines."""
+    data = sock.recv(4096).decode()
+    return dict(line.split("=", 1) for line in data.splitlines() if line)
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_notify_sends_one_datagram(tmp_path: Path, abstract: bool) -> None:
+    with notify_socket(tmp_path, abstract) as (sock, value):
+        assert sd_notify.notify("READY=1\nSTATUS=serving", {"NOTIFY_SOCKET": value})
+        assert states(sock) == {"READY": "1", "STATUS": "serving"}
+
+
+@pytest.mark.parametrize("value", ["", "vsock:2:1234", "relative/path"])
+def test_notify_without_a_usable_socket_sends_nothing(value: str) -> None:
+    assert sd_notify.notify("READY=1", {"NOTIFY_SOCKET": value}) is False
+
+
+def test_a_socket_that_is_gone_is_not_an_error(tmp_path: Path) -> None:
+    assert sd_notify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}) is False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(args: list[str], notify: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "LAKEHOUSE_CONFIG"}
+    env["NOTIFY_SOCKET"] = notify
+    return subprocess.Popen(
+        [sys.executable, "-m", "lakehouse.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    """SIGTERM unless the test sent it (a second one during the graceful
+    stop would kill at once), then what the process logged."""
+    if proc.returncode is None and not getattr(proc, "terminated", False):
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=WAIT)
+    return err.decode()
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.terminated = True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_chatd_says_ready_once_it_accepts_reloading_on_sighup_stopping_on_sigterm(
+    tmp_path: Path, abstract: bool
+) -> None:
+    port = free_port()
+    with notify_socket(tmp_path, abstract) as (sock, value):
+        # The Go lakehouse's file, as the unit starts chatd with it.
+        proc = start(
+            [
+                "--config",
+                str(FIXTURE),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--set",
+                "chatd.probe_interval_secs=0",
+            ],
+            value,
+        )
+        try:
+            assert states(sock) == {"READY": "1"}
+            # READY=1 means the port accepts now, not after a retry.
+            assert accepts(port)
+
+            proc.send_signal(signal.SIGHUP)
+            reloading = states(sock)
+            assert reloading["RELOADING"] == "1"
+            assert int(reloading["MONOTONIC_USEC"]) > 0
+            assert states(sock) == {"READY": "1"}
+            assert proc.poll() is None
+
+            terminate(proc)
+            assert states(sock) == {"STOPPING": "1"}
+        finally:
+            err = stop(proc)
+    assert proc.returncode == 0, err
+    assert "config reloaded" in err
+
+
+def test_the_gateway_says_ready_and_stopping(tmp_path: Path) -> None:
+    port = free_port()
+    with notify_socket(tmp_path, abstract=False) as (sock, value):
+        proc = start(["gateway", "--config", str(FIXTURE), "--bind", f"127.0.0.1:{port}"], value)
+        try:
+            assert states(sock) == {"READY": "1"}
+            assert accepts(port)
+            terminate(proc)
+            assert states(sock) == {"STOPPING": "1"}
+        finally:
+            err = stop(proc)
+    assert proc.returncode == 0, err
+
+
+def test_without_notify_socket_the_app_is_not_wrapped() -> None:
+    async def app(scope: object, receive: object, send: object) -> None:
+        pass
+
+    saved = os.environ.pop("NOTIFY_SOCKET", None)
+    try:
+        assert sd_notify.announcing(app) is app
+    finally:
+        if saved is not None:
+            os.environ["NOTIFY_SOCKET"] = saved
+
+
+def test_with_workers_the_supervisor_speaks_for_the_pool(tmp_path: Path) -> None:
+    port = free_port()
+    with notify_socket(tmp_path, abstract=False) as (sock, value):
+        proc = start(
+            [
+                "--config",
+                str(FIXTURE),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "--set",
+                "chatd.probe_interval_secs=0",
+            ],
+            value,
+        )
+        try:
+            # Once, when both workers serve; the workers themselves say nothing.
+            assert states(sock) == {"READY": "1"}
+            assert accepts(port)
+            proc.send_signal(signal.SIGHUP)
+            assert states(sock)["RELOADING"] == "1"
+            # READY=1 again once both workers have been replaced.
+            assert states(sock) == {"READY": "1"}
+            terminate(proc)
+            assert states(sock) == {"STOPPING": "1"}
+            sock.settimeout(1)
+            with pytest.raises(TimeoutError):
+                sock.recv(4096)
+        finally:
+            err = stop(proc)
+    assert proc.returncode == 0, err
+    assert err.count('"msg":"worker serving"') == 4
