@@ -49,6 +49,9 @@ class CallInfo:
     # Time spent waiting by choice: retry backoff, Retry-After, queueing.
     wait_s: float = 0.0
     attempts: int = 0
+    # Called when the request is about to wait (a provider's queue, a
+    # retry's backoff): the caller's side starts watching for a hang-up.
+    on_wait: Callable[[], None] | None = None
 
 
 @dataclass
@@ -251,7 +254,7 @@ class Dispatcher:
         retry = self.policy.retry
         limiter = self.limiters[name]
         for attempt in range(retry.attempts + 1):
-            async with Admission(limiter, self.health, name) as admission:
+            async with Admission(limiter, self.health, name, info.on_wait) as admission:
                 if admission.queued_s:
                     self._waited(info, "queue", admission.queued_s)
                 info.attempts += 1
@@ -279,6 +282,8 @@ class Dispatcher:
                 raise error  # too long to wait here: the next fallback, if any
             if self.metrics is not None:
                 self.metrics.retry(name, error.code)
+            if info.on_wait is not None:
+                info.on_wait()
             slept_from = time.perf_counter()
             try:
                 await asyncio.sleep(wait)

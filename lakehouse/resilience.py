@@ -8,6 +8,7 @@ import contextlib
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -26,6 +27,11 @@ class Limiter:
         self.active = 0
         self.rejected = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def full(self) -> bool:
+        """Whether a call now would have to queue (or be refused)."""
+        return self.active >= self.limit or bool(self._waiters)
 
     @property
     def waiting(self) -> int:
@@ -85,10 +91,26 @@ class Admission:
     the provider refusing every call while its listing says available.
     """
 
-    __slots__ = ("_health", "_kept", "_limiter", "_name", "_trial", "_verdict", "queued_s")
+    __slots__ = (
+        "_health",
+        "_kept",
+        "_limiter",
+        "_name",
+        "_on_wait",
+        "_trial",
+        "_verdict",
+        "queued_s",
+    )
 
-    def __init__(self, limiter: Limiter, health: Health, name: str) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        health: Health,
+        name: str,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
         self._limiter = limiter
+        self._on_wait = on_wait
         self._health = health
         self._name = name
         self._trial = False
@@ -101,6 +123,8 @@ class Admission:
         health, name = self._health, self._name
         if not health.available(name):
             raise self._unavailable()  # at once, without queueing
+        if self._on_wait is not None and self._limiter.full:
+            self._on_wait()
         queued_at = time.perf_counter()
         if await self._limiter.acquire():
             self.queued_s = time.perf_counter() - queued_at

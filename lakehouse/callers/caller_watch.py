@@ -8,7 +8,8 @@ RST_STREAM, or the whole h2 connection closing) only through the next
 that reset its stream before its request even ran (a rapid reset) is
 turned away before any upstream work. Then ``CallerWatch``, once the
 request has run ``WATCH_AFTER`` seconds (most answers come sooner, and pay
-for one timer only), keeps one ``receive()`` pending in a small task; on
+for one timer only) or as soon as it is about to wait in a provider's
+queue or a retry's backoff, keeps one ``receive()`` pending in a small task; on
 ``http.disconnect`` it cancels the request's task, so the upstream call, a
 retry's sleep, a wait in a provider's queue and the fallbacks still to try
 all end, and every ``async with`` on the way frees what it holds (the
@@ -62,6 +63,13 @@ class CallerWatch:
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             after, self._start
         )
+
+    def now(self) -> None:
+        """Watch from now on (the request is about to wait: a provider's
+        queue, a retry's backoff), not only after ``WATCH_AFTER``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._start()
 
     def _start(self) -> None:
         self._timer = None

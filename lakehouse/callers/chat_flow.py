@@ -189,6 +189,7 @@ class ChatFlow:
             if gone_already(receive):
                 raise ClientGone
             watch = CallerWatch(receive)
+            info.on_wait = watch.now
             try:
                 status, response, error = await self._answer(
                     send, generation, request, info, deadline, rid, started
