@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -191,17 +192,31 @@ def run(
     # Workers are spawned afresh and inherit this: each writes its metrics
     # to files there, and a scrape of any worker merges them.
     server = config.chatd.server
-    path = server.metrics_dir or os.path.join(tempfile.gettempdir(), f"chatd-metrics-{os.getpid()}")
-    prepare_multiprocess_dir(path)
-    probe_share.reset(path)
+    path, owned = metrics_folder(server.metrics_dir)
     os.environ[MULTIPROC_ENV] = path
-    sock = listening_socket(h.bind[0], server.backlog)
-    plan = WorkerPlan(
-        count=h.workers,
-        app_path=app_path,
-        graceful_timeout=server.graceful_timeout_secs,
-    )
-    return Supervisor(sock, plan).run()
+    try:
+        sock = listening_socket(h.bind[0], server.backlog)
+        plan = WorkerPlan(
+            count=h.workers,
+            app_path=app_path,
+            graceful_timeout=server.graceful_timeout_secs,
+        )
+        return Supervisor(sock, plan).run()
+    finally:
+        if owned:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def metrics_folder(configured: str | None) -> tuple[str, bool]:
+    """The folder a pool's workers share, and whether it is ours (made
+    here, removed at exit). Workers trust its files (metrics summed, probe
+    verdicts followed), so the default is made afresh, mode 0700, under an
+    unguessable name: never one another user of a shared /tmp made first."""
+    if not configured:
+        return tempfile.mkdtemp(prefix="chatd-metrics-"), True
+    prepare_multiprocess_dir(configured)
+    probe_share.reset(configured)
+    return configured, False
 
 
 def listening_socket(bind: str, backlog: int) -> socket.socket:
@@ -245,8 +260,7 @@ async def _serve_until_stopped(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if lifeline is not None:
-        # Readable only at EOF: the supervisor died without telling us.
-        loop.add_reader(lifeline, stop.set)
+        watch_lifeline(lifeline, stop.set)
 
     async def trigger() -> None:
         # Hypercorn awaits the shutdown trigger only once every listener
@@ -256,6 +270,21 @@ async def _serve_until_stopped(
         await stop.wait()
 
     await hypercorn_serve(app, h, shutdown_trigger=trigger)
+
+
+def watch_lifeline(fd: int, stop: Callable[[], None]) -> None:
+    """Call ``stop`` when ``fd`` (the read end of a pipe only the
+    supervisor writes to, and never does) reads EOF: it died without
+    telling us."""
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        # EOF stays readable: left on, this would be called on every turn
+        # of the loop, spinning a core for the whole drain.
+        loop.remove_reader(fd)
+        stop()
+
+    loop.add_reader(fd, gone)
 
 
 def load_app(app_path: str) -> Callable[..., Awaitable[None]]:

@@ -5,14 +5,18 @@ Why not Hypercorn 0.18's runner: its parent ends the whole server when one
 worker dies, stops every worker as soon as the first exits on SIGTERM, and
 joins all old workers before starting new ones on SIGHUP. Why not gunicorn:
 it has no maintained Hypercorn worker (h2c needs Hypercorn), and its HUP
-stops old workers without waiting for the new ones to serve. systemd
-template units with SO_REUSEPORT (``deploy/``) are the other supported way;
-there each instance owns an accept queue, and connections queued on one
-that stops are reset, which one shared socket avoids.
+stops old workers without waiting for the new ones to serve. Why not
+instances of a systemd template unit (none is shipped): with SO_REUSEPORT
+each owns an accept queue, and connections queued on one that stops are
+reset, which one shared socket avoids; one ``.socket`` unit shared by the
+instances would avoid that, but the pool must work where there is no
+systemd (a container), and nothing there would drop a killed instance's
+live gauges from the merged metrics.
 
 What the pool promises:
 - a worker that dies is replaced (same slot), the others keep serving;
-  one that dies before it ever served is retried with a growing pause;
+  one that dies within ``STEADY`` seconds of its start is retried with a
+  growing pause (a crash loop costs little CPU);
 - SIGTERM/SIGINT: every worker drains for up to ``graceful_timeout``
   (each on its own; none is cut because another finished first);
 - SIGHUP: workers are rolled one at a time: a new one is started, and
@@ -27,6 +31,7 @@ STOPPING=1 at SIGTERM. Workers are started without ``$NOTIFY_SOCKET``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -37,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from lakehouse import sd_notify
+from lakehouse import probe_share, sd_notify
 from lakehouse.metrics import forget_worker
 from lakehouse.worker_limits import WORKER_COUNT, WORKER_INDEX
 
@@ -49,10 +54,13 @@ READY_FD = "CHATD_READY_FD"
 LIFELINE_FD = "CHATD_LIFELINE_FD"
 APP_ENV = "CHATD_APP"
 
-# A worker that never became ready is restarted after this, doubled each
-# time in a row, up to MAX_PAUSE (a broken config must not spin a core).
+# A worker that dies within STEADY seconds of its start is restarted
+# after this pause, doubled each time in a row, up to MAX_PAUSE: a broken
+# config, or a crash on every start, must not spin a core. One that dies
+# after serving longer is replaced at once, and the pause starts over.
 FIRST_PAUSE = 0.5
 MAX_PAUSE = 30.0
+STEADY = 10.0
 # Past graceful_timeout, how long a draining worker gets before SIGKILL.
 KILL_MARGIN = 5.0
 
@@ -73,6 +81,8 @@ class Worker:
     ready_fd: int
     started: float
     ready: bool = False
+    # The graceful timeout of the config it read (told when it serves).
+    graceful_timeout: float | None = None
     # Told to drain (SIGTERM sent); no replacement when it exits.
     retiring: bool = False
     replaces: Worker | None = None
@@ -89,6 +99,9 @@ class _Roll:
     pending: list[Worker] = field(default_factory=list)
     current: Worker | None = None  # the replacement being started
     active: bool = False
+    # Another SIGHUP came meanwhile: workers already rolled may have read
+    # the file before it changed, so roll them all again afterwards.
+    again: bool = False
 
 
 class Supervisor:
@@ -107,7 +120,11 @@ class Supervisor:
         self._pause = FIRST_PAUSE
         self._respawn_at: dict[int, float] = {}
         self._served = False
+        # Stopped because no worker could start (exit 1), not because asked.
+        self._failed = False
         self._announced = False
+        # Raised at each roll: workers of one generation share a prober.
+        self._generation = 0
 
     # -- the loop -------------------------------------------------------
 
@@ -123,7 +140,7 @@ class Supervisor:
                 self._spawn(index)
             while self.workers or not self._stopping:
                 self._step()
-            return 0 if self._served else 1
+            return 1 if self._failed else 0
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
@@ -171,6 +188,7 @@ class Supervisor:
             LIFELINE_FD: str(self._lifeline_r),
             WORKER_INDEX: str(index),
             WORKER_COUNT: str(self.plan.count),
+            probe_share.GENERATION: str(self._generation),
             APP_ENV: self.plan.app_path,
         }
         proc = subprocess.Popen(
@@ -187,11 +205,14 @@ class Supervisor:
 
     def _readied(self, fd: int) -> None:
         worker = next(w for w in self.workers if w.ready_fd == fd)
-        # One byte when serving; EOF (b"") if it died first (_reap sees that).
-        if os.read(fd, 1):
+        # Its graceful timeout when serving; EOF (b"") if it died first
+        # (_reap sees that).
+        said = os.read(fd, 64)
+        if said:
             worker.ready = True
+            with contextlib.suppress(ValueError):
+                worker.graceful_timeout = float(said)
             self._served = True
-            self._pause = FIRST_PAUSE
             log.info("worker serving", extra={"pid": worker.pid, "worker": worker.index})
             if not self._announced and sum(w.ready for w in self.workers) == self.plan.count:
                 self._announced = True
@@ -215,7 +236,7 @@ class Supervisor:
                 continue
             if worker is self._roll.current:
                 log.error("reload abandoned: the new worker did not start", extra={"code": code})
-                self._end_roll()
+                self._abandon_roll()
                 continue
             log.error("worker died; replacing it", extra={"pid": worker.pid, "code": code})
             current = self._roll.current
@@ -226,9 +247,11 @@ class Supervisor:
             if not worker.ready and not self._served:
                 # Nothing ever served: a broken start, not a crash to ride out.
                 log.error("worker failed to start; stopping")
+                self._failed = True
                 self._stop()
                 continue
-            if worker.ready:
+            if worker.ready and time.monotonic() - worker.started >= STEADY:
+                self._pause = FIRST_PAUSE
                 self._spawn(worker.index)
             else:
                 self._respawn_at[worker.index] = time.monotonic() + self._pause
@@ -246,11 +269,32 @@ class Supervisor:
     def _start_roll(self) -> None:
         if self._stopping:
             return
+        if self._roll.active:
+            # Starting over now would replace the worker being started as
+            # well as the one it replaces: one slot would keep two workers.
+            log.info("reload asked for during a roll; rolling again after it")
+            self._roll.again = True
+            return
         log.info("rolling workers (SIGHUP)")
         sd_notify.notify(f"RELOADING=1\nMONOTONIC_USEC={sd_notify.monotonic_usec()}")
-        self._roll = _Roll(pending=[w for w in self.workers if not w.retiring], active=True)
+        self._generation += 1
+        self._roll = _Roll(pending=self._serving(), active=True)
+
+    def _serving(self) -> list[Worker]:
+        return [w for w in self.workers if not w.retiring]
+
+    def _abandon_roll(self) -> None:
+        # The old workers serve on: the new generation has no members left.
+        self._generation -= 1
+        self._end_roll()
 
     def _end_roll(self) -> None:
+        if self._roll.again:
+            log.info("rolling workers again (SIGHUP during the roll)")
+            self._generation += 1
+            self._roll = _Roll(pending=self._serving(), active=True)
+            self._advance_roll()
+            return
         self._roll = _Roll()
         sd_notify.notify("READY=1")
 
@@ -264,7 +308,7 @@ class Supervisor:
                 if time.monotonic() - current.started > self.plan.start_timeout:
                     log.error("reload abandoned: the new worker did not start in time")
                     self._retire(current)
-                    self._end_roll()
+                    self._abandon_roll()
                 return
             if current.replaces is not None:
                 self._retire(current.replaces)
@@ -291,7 +335,11 @@ class Supervisor:
         sd_notify.notify("STOPPING=1")
         self._respawn_at.clear()
         self._roll = _Roll()
-        self._stop_deadline = time.monotonic() + self.plan.graceful_timeout + KILL_MARGIN
+        graceful = max(
+            [self.plan.graceful_timeout]
+            + [w.graceful_timeout for w in self.workers if w.graceful_timeout is not None]
+        )
+        self._stop_deadline = time.monotonic() + graceful + KILL_MARGIN
         # Nothing will accept what queues here from now on: refuse it.
         self.sock.close()
         for worker in self.workers:

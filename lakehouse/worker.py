@@ -17,11 +17,6 @@ from lakehouse.server import serve_inherited
 def main() -> None:
     env = os.environ
     ready_fd = int(env[supervisor.READY_FD])
-
-    def ready() -> None:
-        os.write(ready_fd, b"1")
-        os.close(ready_fd)
-
     overrides = json.loads(env.get("CHATD_OVERRIDES") or "{}")
     try:
         config = load(default_config_path(), overrides)
@@ -29,6 +24,13 @@ def main() -> None:
         # A reload that broke the file: one line, and the roll is abandoned.
         print(f"chatd worker: config error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+    def ready() -> None:
+        # "Serving", with the graceful timeout this worker drains for (the
+        # file may have changed since the supervisor read it).
+        os.write(ready_fd, f"{config.chatd.server.graceful_timeout_secs}\n".encode())
+        os.close(ready_fd)
+
     serve_inherited(
         config,
         int(env[supervisor.LISTEN_FD]),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import os
+import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +43,52 @@ def test_server_settings_come_from_the_config() -> None:
     assert h.keep_alive_timeout == 9
     assert h.keep_alive_max_requests == 7
     assert h.include_server_header is False
+
+
+@pytest.mark.anyio
+async def test_a_lifeline_at_eof_stops_the_worker_once_and_is_let_go() -> None:
+    """EOF on the supervisor's pipe stays readable: a reader left on it
+    would be called on every turn of the loop, spinning a core for the
+    whole drain (up to graceful_timeout_secs) after the supervisor died."""
+    read_end, write_end = os.pipe()
+    stops: list[None] = []
+    loop = asyncio.get_running_loop()
+    try:
+        server.watch_lifeline(read_end, lambda: stops.append(None))
+        os.close(write_end)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        assert stops == [None]
+        assert not loop.remove_reader(read_end)  # no longer watched
+    finally:
+        os.close(read_end)
+
+
+def test_the_default_metrics_folder_is_fresh_and_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers trust what is in the folder (metrics summed, probe verdicts
+    followed): under a shared /tmp, a folder another user made first at a
+    name they could guess must not be the one used."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"chatd-metrics-{os.getpid()}"
+    planted.mkdir(mode=0o777)
+    (planted / "probes.json").write_text('{"ollama": {"ok": false}}')
+    path, owned = server.metrics_folder(None)
+    assert owned and Path(path).parent == tmp_path and Path(path) != planted
+    assert os.listdir(path) == []
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    other, _ = server.metrics_folder(None)
+    assert other != path
+
+
+def test_a_configured_metrics_folder_is_emptied_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"x")
+    assert server.metrics_folder(str(folder)) == (str(folder), False)
+    assert os.listdir(folder) == []
 
 
 def test_the_listen_backlog_takes_a_burst_of_connections() -> None:

@@ -5,10 +5,14 @@ them one at a time with the port accepting throughout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from lakehouse import server
 from lakehouse.stubs import Fault, StubUpstream
 from tests.pool_support import Pool, fresh_get, fresh_post, served, start_workers, until
-from tests.support import make_config
-from tests.test_cli import GOOD
+from tests.support import ROOT, make_config
+from tests.test_cli import GOOD, clean_env, free_port
 
 STREAM = {**GOOD, "stream": True}
 
@@ -230,28 +234,85 @@ async def test_sighup_rolls_workers_with_the_port_accepting(
 
     streams = [asyncio.create_task(stream()) for _ in range(6)]
     await until(lambda: len(upstream.chats) >= 6)
-    latencies: list[float] = []
-    pool.proc.send_signal(signal.SIGHUP)
-    # New connections through the whole roll, until both old workers,
-    # draining their streams, are gone.
-    port = int(pool.base.rsplit(":", 1)[1])
-    while first & pool.workers() or served(pool.log) < 4:
-        # Connect, ask, read the answer to its end (the server closes).
-        started = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        answer = await reader.read()
-        latencies.append(time.perf_counter() - started)
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 200 "), answer
-        await asyncio.sleep(0.02)
+    # New connections from a thread (and event loop) of their own, so a
+    # sample is the port's answer, not this test's loop (busy with the
+    # stub and the streams) getting round to it.
+    prober = NewConnections(int(pool.base.rsplit(":", 1)[1]))
+    prober.start()
+    try:
+        # Warm-up, and the machine's own figure to compare with.
+        await until(lambda: len(prober.latencies) >= 50)
+        before = len(prober.latencies)
+        pool.proc.send_signal(signal.SIGHUP)
+        # Through the whole roll, until both old workers, draining their
+        # streams, are gone.
+        await until(lambda: not first & pool.workers() and served(pool.log) >= 4)
+    finally:
+        prober.stop.set()
+        await asyncio.to_thread(prober.join, 30)
+    assert prober.failures == [], prober.failures[:3]
     finished = await asyncio.gather(*streams)
     assert all(last.get("done") is True for last in finished)
     assert len(pool.workers()) == 2 and not first & pool.workers()
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
-    assert len(latencies) > 50
-    assert p99 < 0.1, (p99, latencies[-5:])
+    baseline, rolling = prober.latencies[:before], prober.latencies[before:]
+    # The p99 over hundreds of connections: a few stalls of a loaded
+    # machine's scheduler do not move it; a port that stops accepting
+    # while workers are replaced (seconds per worker) does.
+    assert len(rolling) >= 200, len(rolling)
+    p99 = percentile(rolling, 0.99)
+    assert p99 < 0.1, (p99, sorted(rolling)[-5:], "before the roll:", percentile(baseline, 0.99))
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+class NewConnections(threading.Thread):
+    """New connections to ``port`` at a steady rate, each asking for
+    /health and reading the answer to its end; times each from its own
+    start. Started on a schedule rather than one after another, so a port
+    that stops accepting for a second delays every connection started in
+    that second (one after another, it would delay just one)."""
+
+    EVERY = 0.02
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[bytes | str] = []
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+        due = loop.time()
+        while not self.stop.is_set():
+            task = asyncio.create_task(self._one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            due += self.EVERY
+            await asyncio.sleep(max(0.0, due - loop.time()))
+        await asyncio.gather(*tasks)
+
+    async def _one(self) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(30):
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                answer = await reader.read()
+                writer.close()
+        except (OSError, TimeoutError) as exc:
+            self.failures.append(repr(exc))
+            return
+        self.latencies.append(time.perf_counter() - started)
+        if not answer.startswith(b"HTTP/1.1 200 "):
+            self.failures.append(answer)
 
 
 @pytest.mark.anyio
@@ -292,3 +353,208 @@ async def test_a_roll_onto_a_broken_config_is_abandoned(
     # The old workers never stopped serving.
     assert pool.workers() == first
     assert (await fresh_post(pool.base, GOOD)).status_code == 200
+
+
+def worker_index(pid: int) -> str:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (index,) = [e for e in environ if e.startswith(b"CHATD_WORKER_INDEX=")]
+    return index.split(b"=", 1)[1].decode()
+
+
+@pytest.mark.anyio
+async def test_a_second_sighup_during_a_roll_leaves_one_worker_per_slot(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    """A reload asked for while a roll is starting its first new worker:
+    every worker ends up on the newest file, and there are still N of them,
+    one per slot (two in one slot would hold two shares of the limits)."""
+    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
+    pools.append(pool)
+    first = pool.workers()
+    pool.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "rolling workers" in pool.log.read_text())
+    # The roll's first new worker is still importing (a second or so).
+    assert served(pool.log) == 2
+    pool.proc.send_signal(signal.SIGHUP)
+
+    def settled() -> bool:
+        text = pool.log.read_text()
+        return (
+            not first & pool.workers()
+            and text.count('"msg":"workers rolled"') >= 1
+            and text.count('"msg":"worker serving"') >= 4
+        )
+
+    await until(settled)
+    # Let anything the roll still owes happen: retirements, a further roll.
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: len(pool.workers()) <= 2, timeout=20)
+    now = pool.workers()
+    assert len(now) == 2, pool.log.read_text()
+    assert sorted(worker_index(pid) for pid in now) == ["0", "1"]
+    assert (await fresh_post(pool.base, GOOD)).status_code == 200
+
+
+def test_the_default_metrics_folder_goes_with_the_pool(tmp_path: Path) -> None:
+    """Without ``metrics_dir`` the pool makes its own folder under $TMPDIR
+    and removes it when it stops: runs and restarts leave nothing behind."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    config = tmp_path / "c.toml"
+    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
+    log = tmp_path / "chatd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
+                *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
+            ],
+            cwd=ROOT,
+            env={**clean_env(), "TMPDIR": str(temp)},
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while served(log) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        (folder,) = temp.iterdir()
+        assert folder.name.startswith("chatd-metrics-")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert list(temp.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def log_lines(log: Path, msg: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("msg") == msg]
+
+
+@pytest.mark.anyio
+async def test_a_worker_dying_soon_after_it_serves_is_replaced_with_a_growing_pause(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    """A worker that serves and then dies at once, again and again (a bad
+    request retried by its client, a crashing extension), must not be
+    restarted in a tight loop: each start costs a second of CPU."""
+    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
+    pools.append(pool)
+    gaps: list[float] = []
+    for round_ in range(4):
+        serving = log_lines(pool.log, "worker serving")
+        victim = int(str(serving[-1]["pid"]))
+        started = len(log_lines(pool.log, "worker started"))
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await until(lambda n=started: len(log_lines(pool.log, "worker started")) > n)
+        gaps.append(time.monotonic() - killed_at)
+        await until(lambda n=3 + round_: served(pool.log) >= n)
+    # 0.5, 1, 2, 4 s (a loaded machine only makes them longer).
+    assert gaps[-1] >= 2.0, gaps
+    assert gaps == sorted(gaps), gaps
+    assert pool.proc.poll() is None
+    assert (await fresh_post(pool.base, GOOD)).status_code == 200
+
+
+def test_sigterm_while_workers_start_is_a_clean_stop(tmp_path: Path) -> None:
+    """systemd may stop a unit that is still starting: the pool drains what
+    started and exits 0, as for any asked-for stop (1 would mark the unit
+    failed and, with Restart=on-failure, could start it again)."""
+    config = tmp_path / "c.toml"
+    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
+    log = tmp_path / "chatd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
+                *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
+            ],
+            cwd=ROOT,
+            env=clean_env(),
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while len(log_lines(log, "worker started")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_pool_whose_workers_cannot_start_exits_1(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    # Every worker dies while starting (what a broken install would do).
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif os.environ.get('CHATD_WORKER_INDEX'):\n    sys.exit(3)\n"
+    )
+    config = tmp_path / "c.toml"
+    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
+            *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
+        ],
+        cwd=ROOT,
+        env={**clean_env(), "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "worker failed to start; stopping" in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_a_graceful_timeout_raised_by_a_reload_holds_at_sigterm(
+    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+) -> None:
+    """The workers drain for the graceful timeout of the config they read;
+    the supervisor must not kill them at the one it started with."""
+    pool = await asyncio.to_thread(
+        start_workers,
+        tmp_path,
+        "[chatd]\nprobe_interval_secs = 0\n[chatd.server]\ngraceful_timeout_secs = 1\n"
+        f'[chatd.providers.ollama]\nbase_url = "{upstream.base_url}"\n',
+    )
+    pools.append(pool)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        config.read_text().replace("graceful_timeout_secs = 1", "graceful_timeout_secs = 60")
+    )
+    pool.proc.send_signal(signal.SIGHUP)
+    await until(lambda: '"msg":"workers rolled"' in pool.log.read_text())
+    # Longer than the first timeout and the supervisor's 5 s margin.
+    upstream.fail_next(Fault(kind="stall", seconds=8, after=1))
+    begun = asyncio.Event()
+
+    async def stream() -> list[dict[str, object]]:
+        async with (
+            httpx.AsyncClient(base_url=pool.base, timeout=60) as client,
+            client.stream("POST", "/chat", json=STREAM) as resp,
+        ):
+            lines = []
+            async for line in resp.aiter_lines():
+                lines.append(json.loads(line))
+                begun.set()
+            return lines
+
+    task = asyncio.create_task(stream())
+    await asyncio.wait_for(begun.wait(), 30)
+    pool.proc.send_signal(signal.SIGTERM)
+    lines = await task
+    assert lines[-1].get("done") is True, lines
+    assert await asyncio.to_thread(pool.proc.wait, 30) == 0
+    assert "outlived the graceful timeout" not in pool.log.read_text()
