@@ -40,7 +40,8 @@ def app_for(upstream: str, tuned: bool) -> Any:
                 if message["type"] == "lifespan.startup":
                     sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
                     if tuned:
-                        from lakehouse.upstream import HTTPClient, ProviderContext
+                        from lakehouse.upstreams.contract import ProviderContext
+                        from lakehouse.upstreams.http import HTTPClient
 
                         clients.append(HTTPClient(ProviderContext("floor", upstream, None, 60)))
                         await clients[0].start()

@@ -35,9 +35,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 STUB = BENCH / "stub.py"
+STREAMS = BENCH / "streams.py"
 WRK_SCRIPT = BENCH / "wrk_report.lua"
 MODEL = "qwen3.5:latest"
 SLOW_PROVIDER = "slow"  # a second Ollama provider pointed at the delayed stub
+# Stream rows whose chunks come at another pace than the fast stub's get a
+# stub of their own, behind an Ollama provider named "tick<ms>".
+TICK_PROVIDER = "tick"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -47,6 +51,14 @@ BUDGET_ADDED_P50_MS = 0.3
 BUDGET_DELAY_RPS = 1240
 BUDGET_IDLE_RSS_MB = 60
 BUDGET_PEAK_RSS_MB = 100
+# Budget of the h2c and streaming issue (#18).
+BUDGET_H2_CPU_RATIO = 1.05  # h2c CPU/request vs HTTP/1.1 at c=16
+BUDGET_CHUNK_RATIO = 3.0  # chatd CPU per chunk vs the producer's (the stub's)
+BUDGET_H2_CHUNK_RATIO = 1.1  # h2c CPU per chunk vs HTTP/1.1
+BUDGET_ADDED_CHUNK_P99_MS = 5.0  # at the largest stream row
+BUDGET_STREAM_RSS_KB = 20.0  # RSS per open stream at the largest stream row
+# Provider concurrency in the bench config: room for the largest stream row.
+STREAM_LIMIT = 4096
 
 
 def chat_body(model: str = MODEL) -> str:
@@ -125,8 +137,10 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, grace: fl
     return f"exited {proc.returncode} {time.monotonic() - t0:.2f} s after SIGTERM"
 
 
-def start_stub(cpu: str | None, delay_ms: float, log: Path) -> tuple[subprocess.Popen[str], int]:
-    argv = [sys.executable, str(STUB), "--port", "0", "--delay-ms", str(delay_ms)]
+def start_stub(
+    cpu: str | None, delay_ms: float, log: Path, extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], int]:
+    argv = [sys.executable, str(STUB), "--port", "0", "--delay-ms", str(delay_ms), *extra]
     proc = subprocess.Popen(
         pinned(cpu, argv), stdout=subprocess.PIPE, stderr=log.open("w"), text=True
     )
@@ -151,8 +165,9 @@ def http(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
 
 
 def write_config(
-    path: Path, port: int, stub_port: int, slow_port: int | None, gateway_port: int = 0
-) -> None:
+    path: Path, port: int, stub_port: int, slow_port: int | None,
+    tick_ports: dict[str, int] | None = None, gateway_port: int = 0,
+) -> None:  # fmt: skip
     text = (
         "[gateway]\n"
         f'bind = "127.0.0.1:{gateway_port}"\n'
@@ -164,12 +179,22 @@ def write_config(
         'log_level = "info"\n'
         "[chatd.providers.ollama]\n"
         f'base_url = "http://127.0.0.1:{stub_port}"\n'
+        # Raised from the defaults (256 + 512 queued), which refuse a
+        # 1,000-stream row with 503s by design.
+        f"max_concurrency = {STREAM_LIMIT}\n"
     )
     if slow_port is not None:
         text += (
             f"[chatd.providers.{SLOW_PROVIDER}]\n"
             'plugin = "ollama"\n'
             f'base_url = "http://127.0.0.1:{slow_port}"\n'
+        )
+    for name, tick_port in (tick_ports or {}).items():
+        text += (
+            f"[chatd.providers.{name}]\n"
+            'plugin = "ollama"\n'
+            f'base_url = "http://127.0.0.1:{tick_port}"\n'
+            f"max_concurrency = {STREAM_LIMIT}\n"
         )
     path.write_text(text)
 
@@ -449,6 +474,80 @@ def run_row(
     )
 
 
+@dataclass
+class StreamSample:
+    """One run of one stream row."""
+
+    streams: int  # streams completed
+    chunks: int  # stamped chunks received
+    errors: int
+    elapsed_s: float
+    lat_p50_ms: float  # stamp-to-arrival time of each chunk
+    lat_p99_ms: float
+    ttfc_p99_ms: float  # request sent to first chunk
+    chatd_us: float | None  # CPU per chunk
+    stub_us: float  # the producer's CPU per chunk
+    peak_rss_mb: float | None
+
+
+@dataclass
+class StreamRow:
+    key: str
+    label: str
+    url: str
+    streams: int
+    tick_ms: float
+    body: str
+    stub: str
+    via_chatd: bool
+    h2: bool = False
+    samples: list[StreamSample] = field(default_factory=list)
+
+
+def stream_body(model: str = MODEL) -> str:
+    return json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        separators=(",", ":"),
+    )
+
+
+def run_stream_row(
+    row: StreamRow, duration: float, load_cpu: str | None, chatd_pid: int,
+    stub_pids: dict[str, int],
+) -> StreamSample:  # fmt: skip
+    stub_pid = stub_pids[row.stub]
+    chatd0, stub0 = cpu_ticks(chatd_pid), cpu_ticks(stub_pid)
+    argv = [
+        sys.executable, str(STREAMS), "--url", row.url, "--streams", str(row.streams),
+        "--duration", f"{duration:g}", "--body", row.body, "--stagger-ms", f"{row.tick_ms:g}",
+        *(["--h2"] if row.h2 else []),
+    ]  # fmt: skip
+    with rss_sampler(chatd_pid if row.via_chatd else None) as peak:
+        out = subprocess.run(
+            pinned(load_cpu, argv), capture_output=True, text=True, timeout=duration + 120
+        )
+    chatd_ms = (cpu_ticks(chatd_pid) - chatd0) * 1000 / CLK_TCK
+    stub_ms = (cpu_ticks(stub_pid) - stub0) * 1000 / CLK_TCK
+    match = re.search(r"^STREAMS_JSON (.*)$", out.stdout, re.M)
+    if out.returncode != 0 or not match:
+        why = f"{out.stdout}\n{out.stderr}"
+        raise SystemExit(f"bench: streams.py failed ({out.returncode}):\n{why}")
+    r = json.loads(match.group(1))
+    chunks = max(int(r["chunks"]), 1)
+    return StreamSample(
+        streams=r["streams"],
+        chunks=r["chunks"],
+        errors=r["errors"],
+        elapsed_s=r["elapsed_s"],
+        lat_p50_ms=r["lat_p50_ms"],
+        lat_p99_ms=r["lat_p99_ms"],
+        ttfc_p99_ms=r["ttfc_p99_ms"],
+        chatd_us=chatd_ms * 1000 / chunks if row.via_chatd else None,
+        stub_us=stub_ms * 1000 / chunks,
+        peak_rss_mb=peak[0] / 1024 if row.via_chatd else None,
+    )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -486,6 +585,53 @@ def table(rows: list[Row], skipped: list[str]) -> str:
     return "\n".join(lines)
 
 
+STREAM_HEADER = (
+    "| stream row | streams | chunk every | chunks/s | chatd CPU µs/chunk | stub CPU µs/chunk "
+    "| chatd ÷ stub | chunk delay p50 ms | p99 ms | added p99 ms | first chunk p99 ms "
+    "| RSS KB/open stream | errors |"
+)
+
+
+def stream_direct(rows: list[StreamRow], row: StreamRow) -> StreamRow | None:
+    return next(
+        (r for r in rows if not r.via_chatd and r.streams == row.streams and r.samples), None
+    )
+
+
+def added_chunk_p99(rows: list[StreamRow], row: StreamRow) -> list[float]:
+    """chatd's chunk delay p99 minus the direct row's, per round."""
+    direct = stream_direct(rows, row)
+    if not direct or not row.via_chatd:
+        return []
+    return [s.lat_p99_ms - d.lat_p99_ms for s, d in zip(row.samples, direct.samples, strict=False)]
+
+
+def rss_per_stream(row: StreamRow, idle_mb: float) -> list[float]:
+    """KB of RSS per open stream: the row's peak over chatd's idle RSS."""
+    return [
+        (s.peak_rss_mb - idle_mb) * 1024 / row.streams
+        for s in row.samples
+        if s.peak_rss_mb is not None
+    ]
+
+
+def stream_table(rows: list[StreamRow], idle_mb: float) -> str:
+    lines = [STREAM_HEADER, "|" + "---|" * 13]
+    for row in rows:
+        s = row.samples
+        ratio = [x.chatd_us / x.stub_us for x in s if x.chatd_us is not None and x.stub_us]
+        lines.append(
+            f"| {row.label} | {row.streams:,} | {row.tick_ms:g} ms "
+            f"| {fmt([x.chunks / x.elapsed_s for x in s], 0, True)} "
+            f"| {fmt([x.chatd_us for x in s], 1)} | {fmt([x.stub_us for x in s], 1)} "
+            f"| {fmt(ratio, 2)} | {fmt([x.lat_p50_ms for x in s], 2)} "
+            f"| {fmt([x.lat_p99_ms for x in s], 2)} | {fmt(added_chunk_p99(rows, row), 2)} "
+            f"| {fmt([x.ttfc_p99_ms for x in s], 1)} | {fmt(rss_per_stream(row, idle_mb), 1)} "
+            f"| {sum(x.errors for x in s)} |"
+        )
+    return "\n".join(lines)
+
+
 def find(rows: list[Row], key: str) -> Row | None:
     return next((r for r in rows if r.key == key and r.samples), None)
 
@@ -498,7 +644,10 @@ def added_p50(rows: list[Row], key: str) -> list[float]:
     return [c.p50_ms - d.p50_ms for c, d in zip(chatd.samples, direct.samples, strict=False)]
 
 
-def budget(rows: list[Row], idle_mb: float, peak_mb: float) -> list[tuple[str, str, str]]:
+def budget(
+    rows: list[Row], idle_mb: float, peak_mb: float, srows: Sequence[StreamRow] = (),
+    stream_idle_mb: float = 0.0,
+) -> list[tuple[str, str, str]]:  # fmt: skip
     """(line, measured, PASS/FAIL/n/a) for each budget item."""
     out: list[tuple[str, str, str]] = []
 
@@ -531,7 +680,7 @@ def budget(rows: list[Row], idle_mb: float, peak_mb: float) -> list[tuple[str, s
         verdict(idle_mb <= BUDGET_IDLE_RSS_MB),
     ))  # fmt: skip
     out.append((
-        f"peak RSS ≤ {BUDGET_PEAK_RSS_MB} MB (VmHWM over the whole bench)",
+        f"peak RSS ≤ {BUDGET_PEAK_RSS_MB} MB (VmHWM over the whole bench, request rows)",
         f"{peak_mb:.1f} MB",
         verdict(peak_mb <= BUDGET_PEAK_RSS_MB),
     ))  # fmt: skip
@@ -545,8 +694,87 @@ def budget(rows: list[Row], idle_mb: float, peak_mb: float) -> list[tuple[str, s
             f"{a:,.0f} vs {b:,.0f} req/s",
             verdict(a >= b),
         ))  # fmt: skip
+    out.extend(h2_budget(rows, list(srows), stream_idle_mb))
     errors = sum(s.errors for r in rows for s in r.samples)
+    errors += sum(s.errors for r in srows for s in r.samples)
     out.append(("0 errors (all rows)", str(errors), verdict(errors == 0)))
+    return out
+
+
+def verdict_of(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def h2_budget(
+    rows: list[Row], srows: list[StreamRow], idle_mb: float
+) -> list[tuple[str, str, str]]:
+    """The budget lines of issue #18: h2c as cheap as HTTP/1.1, streaming at
+    a few times the producer's own cost."""
+    out: list[tuple[str, str, str]] = []
+    h1 = find(rows, "chat-h1/c16")
+    for key in ("chat-h2x1/c16", "chat-h2/c16"):
+        h2 = find(rows, key)
+        if not h1 or not h2:
+            continue
+        ratio = [
+            b.chatd_cpu_ms / a.chatd_cpu_ms
+            for a, b in zip(h1.samples, h2.samples, strict=False)
+            if a.chatd_cpu_ms and b.chatd_cpu_ms
+        ]
+        out.append((
+            f"h2c CPU/request ≤ {BUDGET_H2_CPU_RATIO}x HTTP/1.1 at c=16 "
+            f"({h2.label.split('(')[-1].rstrip(')')}; ratio per round)",
+            f"{fmt(ratio, 2)}x" if ratio else "—",
+            verdict_of(med(ratio) <= BUDGET_H2_CPU_RATIO if ratio else None),
+        ))  # fmt: skip
+    for row in srows:
+        if not row.via_chatd:
+            continue
+        ratio = [x.chatd_us / x.stub_us for x in row.samples if x.chatd_us and x.stub_us]
+        out.append((
+            f"CPU per chunk ≤ {BUDGET_CHUNK_RATIO:g}x the producer's: {row.label}, "
+            f"{row.streams:,} streams",
+            f"{fmt(ratio, 2)}x" if ratio else "—",
+            verdict_of(med(ratio) <= BUDGET_CHUNK_RATIO if ratio else None),
+        ))  # fmt: skip
+    levels = sorted({r.streams for r in srows})
+    for n in levels:
+        h1s = next((r for r in srows if r.key == f"snative-h1/s{n}" and r.samples), None)
+        h2s = next((r for r in srows if r.key == f"snative-h2/s{n}" and r.samples), None)
+        if not h1s or not h2s:
+            continue
+        ratio = [
+            b.chatd_us / a.chatd_us
+            for a, b in zip(h1s.samples, h2s.samples, strict=False)
+            if a.chatd_us and b.chatd_us
+        ]
+        out.append((
+            f"h2c CPU per chunk ≤ {BUDGET_H2_CHUNK_RATIO:g}x HTTP/1.1 (native, {n:,} streams)",
+            f"{fmt(ratio, 2)}x" if ratio else "—",
+            verdict_of(med(ratio) <= BUDGET_H2_CHUNK_RATIO if ratio else None),
+        ))  # fmt: skip
+    if levels:
+        top = levels[-1]
+        for row in srows:
+            if row.streams != top or not row.via_chatd:
+                continue
+            added = added_chunk_p99(srows, row)
+            out.append((
+                f"added chunk delay p99 ≤ {BUDGET_ADDED_CHUNK_P99_MS:g} ms at {top:,} "
+                f"streams: {row.label}",
+                f"{fmt(added, 2)} ms" if added else "—",
+                verdict_of(med(added) <= BUDGET_ADDED_CHUNK_P99_MS if added else None),
+            ))  # fmt: skip
+        for row in srows:
+            if row.streams != top or not row.via_chatd:
+                continue
+            kb = rss_per_stream(row, idle_mb)
+            out.append((
+                f"RSS per open stream ≤ {BUDGET_STREAM_RSS_KB:g} KB at {top:,} streams: "
+                f"{row.label}",
+                f"{fmt(kb, 1)} KB" if kb else "—",
+                verdict_of(med(kb) <= BUDGET_STREAM_RSS_KB if kb else None),
+            ))  # fmt: skip
     return out
 
 
@@ -599,14 +827,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, help="results file (default bench/RESULTS.md; --quick: tmp)")
     p.add_argument("--json", type=Path, help="also write every sample as JSON here")
+    p.add_argument(
+        "--streams",
+        help="stream rows, STREAMS:MS_BETWEEN_CHUNKS comma-separated (200:20,1000:100; '': none)",
+    )
+    p.add_argument("--chunks", type=int, help="chunks per streamed answer (50)")
+    p.add_argument("--stream-duration", type=float, help="seconds of new streams per run (10)")
     p.add_argument("--chatd-cpu", default="0", help="CPU for chatd (taskset -c)")
     p.add_argument("--load-cpu", default="1", help="CPU for the stubs and load generators")
     args = p.parse_args(argv)
-    defaults = (1, 1.0, "16", 0) if args.quick else (3, 10.0, "1,16,64", 64)
-    for name, default in zip(("runs", "duration", "conc", "delay_conc"), defaults, strict=True):
+    names = ("runs", "duration", "conc", "delay_conc", "streams", "chunks", "stream_duration")
+    defaults = (
+        (1, 1.0, "16", 0, "20:20", 10, 0.5)
+        if args.quick
+        else (3, 10.0, "1,16,64", 64, "200:20,1000:100", 50, 10.0)
+    )
+    for name, default in zip(names, defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
     args.conc_levels = [int(c) for c in str(args.conc).split(",") if c.strip()]
+    args.stream_levels = [
+        (int(n), float(ms)) for n, _, ms in (x.partition(":") for x in args.streams.split(",") if x)
+    ]
     return args
 
 
@@ -657,6 +899,12 @@ def build_rows(
             Row(f"chat-h2/c{conc}", f"chatd /chat h2c ({conns} conn x {streams} streams)",
                 "h2load", f"{chatd_url}/chat", conc, body, "fast", True, conns, streams)
         )  # fmt: skip
+        if conc == 16 and conns != 1:
+            # One connection carrying them all, as a single multiplexing client.
+            rows.append(
+                Row(f"chat-h2x1/c{conc}", f"chatd /chat h2c (1 conn x {conc} streams)",
+                    "h2load", f"{chatd_url}/chat", conc, body, "fast", True, 1, conc)
+            )  # fmt: skip
         if gateway_url:
             rows.append(
                 Row(f"gateway-h2/c{conc}",
@@ -678,6 +926,43 @@ def build_rows(
     return rows
 
 
+def tick_name(ms: float) -> str:
+    return f"{TICK_PROVIDER}{ms:g}".replace(".", "_")
+
+
+def build_stream_rows(
+    args: argparse.Namespace, stub_urls: dict[float, str], chatd_url: str, openai_ok: bool
+) -> list[StreamRow]:
+    """Per stream level: the stub directly, then chatd's native NDJSON and
+    OpenAI SSE over HTTP/1.1 and native NDJSON over h2c."""
+    rows: list[StreamRow] = []
+    first_ms = args.stream_levels[0][1] if args.stream_levels else 0
+    for n, ms in args.stream_levels:
+        stub = "fast" if ms == first_ms else tick_name(ms)
+        model = MODEL if ms == first_ms else f"{tick_name(ms)}/{MODEL}"
+        body = stream_body(model)
+        pace = f"{n:,} x {args.chunks} chunks"
+        rows.append(
+            StreamRow(f"sdirect/s{n}", f"direct → stub NDJSON ({pace})",
+                      f"{stub_urls[ms]}/api/chat", n, ms, body, stub, False)
+        )  # fmt: skip
+        rows.append(
+            StreamRow(f"snative-h1/s{n}", "chatd /chat NDJSON HTTP/1.1", f"{chatd_url}/chat",
+                      n, ms, body, stub, True)
+        )  # fmt: skip
+        if openai_ok:
+            rows.append(
+                StreamRow(f"ssse-h1/s{n}", "chatd /v1/chat/completions SSE HTTP/1.1",
+                          f"{chatd_url}/v1/chat/completions", n, ms, body, stub, True)
+            )  # fmt: skip
+        conns = -(-n // 100)
+        rows.append(
+            StreamRow(f"snative-h2/s{n}", f"chatd /chat NDJSON h2c ({conns} conn)",
+                      f"{chatd_url}/chat", n, ms, body, stub, True, h2=True)
+        )  # fmt: skip
+    return rows
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     ensure_tools()
@@ -691,14 +976,28 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="chatd-bench-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            fast, fast_port = start_stub(load_cpu, 0, out_dir / "stub.log")
+            first_ms = args.stream_levels[0][1] if args.stream_levels else 20
+            pace = ["--chunks", str(args.chunks), "--chunk-ms", f"{first_ms:g}"]
+            fast, fast_port = start_stub(load_cpu, 0, out_dir / "stub.log", pace)
             procs.append(fast)
+            stub_urls = {first_ms: f"http://127.0.0.1:{fast_port}"}
+            tick_ports: dict[str, int] = {}
+            tick_pids: dict[str, int] = {}
+            for _, ms in args.stream_levels:
+                if ms in stub_urls:
+                    continue
+                name = tick_name(ms)
+                extra = ["--chunks", str(args.chunks), "--chunk-ms", f"{ms:g}"]
+                tick, tick_ports[name] = start_stub(load_cpu, 0, out_dir / f"{name}.log", extra)
+                procs.append(tick)
+                tick_pids[name] = tick.pid
+                stub_urls[ms] = f"http://127.0.0.1:{tick_ports[name]}"
             slow, slow_port = start_stub(load_cpu, args.delay_ms, out_dir / "stub-slow.log")
             procs.append(slow)
             port = free_port()
             config = tmp / "chatd.toml"
             gateway_port = free_port()
-            write_config(config, port, fast_port, slow_port, gateway_port)
+            write_config(config, port, fast_port, slow_port, tick_ports, gateway_port)
             chatd = start_chatd(chatd_cpu, config, port, out_dir / "chatd.log")
             procs.append(chatd)
             chatd_url = f"http://127.0.0.1:{port}"
@@ -715,6 +1014,17 @@ def main(argv: list[str]) -> int:
                 http("POST", f"{chatd_url}/chat", chat_body())
             time.sleep(0.5)
             idle_mb = rss_kb(chatd.pid) / 1024
+            # The stream rows go to a second chatd (same config, same core), so
+            # their thousand open streams neither raise the request rows' RSS
+            # nor hide in it, and their RSS per stream starts from its own idle.
+            stream_port = free_port()
+            schatd = start_chatd(chatd_cpu, config, stream_port, out_dir / "chatd-streams.log")
+            procs.append(schatd)
+            schatd_url = f"http://127.0.0.1:{stream_port}"
+            for _ in range(20):
+                http("POST", f"{schatd_url}/chat", stream_body())
+            time.sleep(0.5)
+            stream_idle_mb = rss_kb(schatd.pid) / 1024
             # The same chatd with 2 workers, on the same CPU (see bench/README.md).
             pool_port = free_port()
             pool_config = tmp / "chatd-pool.toml"
@@ -760,9 +1070,13 @@ def main(argv: list[str]) -> int:
                 chatd_url, openai_ok, floor_urls["floor"], floor_urls["tuned"], pool_url,
                 f"http://127.0.0.1:{gateway_port}",
             )  # fmt: skip
+            srows = build_stream_rows(args, stub_urls, schatd_url, openai_ok)
+            longest = args.chunks * max((ms for _, ms in args.stream_levels), default=0) / 1000
             total = len(rows) * args.runs * (args.duration + 0.5)
+            total += len(srows) * args.runs * (args.stream_duration + longest + 1)
             print(
-                f"bench: {len(rows)} rows x {args.runs} runs x {args.duration:g} s "
+                f"bench: {len(rows)} rows and {len(srows)} stream rows x {args.runs} runs "
+                f"x {args.duration:g} s "
                 f"(~{total / 60:.1f} min); chatd pid {chatd.pid} on CPU {chatd_cpu}, "
                 f"stubs and load on CPU {load_cpu}",
                 file=sys.stderr,
@@ -770,7 +1084,7 @@ def main(argv: list[str]) -> int:
             )
             warm = Row("warm", "warm-up", "wrk", f"{chatd_url}/chat", 16, chat_body(), "fast", True)
             run_wrk(warm, 1, load_cpu)
-            stub_pids = {"fast": fast.pid, "slow": slow.pid}
+            stub_pids = {"fast": fast.pid, "slow": slow.pid, **tick_pids}
             # The stub on its own core (wrk on chatd's, idle now): it must far outrun chatd.
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
@@ -782,11 +1096,27 @@ def main(argv: list[str]) -> int:
                 f"(wrk c=16 on CPU {chatd_cpu}, stub on CPU {load_cpu}, before the rounds)"
             )
             print(f"bench: stub alone: {stub_alone}", file=sys.stderr, flush=True)
+            every: list[Row | StreamRow] = [*rows, *srows]
             for rnd in range(args.runs):
                 # Rotate the order each round so no row always follows the same one;
                 # direct c=1 and chatd c=1 stay in the same round for "added p50".
-                shift = rnd % len(rows)
-                for row in rows[shift:] + rows[:shift]:
+                shift = rnd % len(every)
+                for row in every[shift:] + every[:shift]:
+                    if isinstance(row, StreamRow):
+                        stream = run_stream_row(
+                            row, args.stream_duration, load_cpu, schatd.pid, stub_pids
+                        )
+                        row.samples.append(stream)
+                        print(
+                            f"  round {rnd + 1}/{args.runs} {row.label:<45} n={row.streams:<5}"
+                            f"{stream.chunks / stream.elapsed_s:>9,.0f} chunks/s  "
+                            f"cpu {stream.chatd_us or 0:6.1f} µs/chunk  "
+                            f"p99 {stream.lat_p99_ms:6.2f} ms  errors {stream.errors}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        time.sleep(0.5)
+                        continue
                     sample = run_row(row, args.duration, load_cpu, proxy_pids, stub_pids, tmp)
                     row.samples.append(sample)
                     print(
@@ -801,6 +1131,7 @@ def main(argv: list[str]) -> int:
                 args.runs, chatd_url, config, None, load_cpu, tmp, out_dir / "gateway.log"
             )
             peak_mb = rss_kb(chatd.pid, "VmHWM") / 1024
+            stream_peak_mb = rss_kb(schatd.pid, "VmHWM") / 1024
             pool_peak_mb = tree_rss_kb(pool.pid, "VmHWM") / 1024
             pool_rows = [r for r in rows if r.proxy == "pool" and r.samples]
             pool_sampled_mb = max(
@@ -831,8 +1162,9 @@ def main(argv: list[str]) -> int:
                 stop(proc)
 
     report = render(
-        args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone, bursts
-    )
+        args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone, bursts,
+        srows, (stream_idle_mb, stream_peak_mb),
+    )  # fmt: skip
     report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)
     print(report)
     out = args.out or (
@@ -848,6 +1180,8 @@ def main(argv: list[str]) -> int:
                 {
                     "idle_rss_mb": idle_mb,
                     "peak_rss_mb": peak_mb,
+                    "stream_chatd_idle_rss_mb": stream_idle_mb,
+                    "stream_chatd_peak_rss_mb": stream_peak_mb,
                     "pool_idle_rss_mb": pool_idle_mb,
                     "pool_peak_rss_mb": pool_peak_mb,
                     "skipped": skipped,
@@ -856,6 +1190,11 @@ def main(argv: list[str]) -> int:
                         {"key": r.key, "label": r.label, "conc": r.conc,
                          "samples": [s.__dict__ for s in r.samples]}
                         for r in rows
+                    ],
+                    "stream_rows": [
+                        {"key": r.key, "label": r.label, "streams": r.streams,
+                         "tick_ms": r.tick_ms, "samples": [s.__dict__ for s in r.samples]}
+                        for r in srows
                     ],
                 },
                 indent=1,
@@ -895,7 +1234,8 @@ def burst_lines(bursts: list[Burst]) -> list[str]:
 def render(
     args: argparse.Namespace, rows: list[Row], skipped: list[str], idle_mb: float,
     peak_mb: float, started: dt.datetime, pinned_cpus: bool, shutdown: str, stub_alone: str,
-    bursts: list[Burst] | None = None,
+    bursts: list[Burst] | None = None, srows: Sequence[StreamRow] = (),
+    stream_rss: tuple[float, float] = (0.0, 0.0),
 ) -> str:  # fmt: skip
     lines = [
         "# chatd benchmark results",
@@ -936,8 +1276,29 @@ def render(
         added = added_p50(rows, key)
         if added:
             lines.append(f"- added p50 at c=1, {label} - direct: {fmt(added, 3)} ms")
+    if srows:
+        lines += [
+            "",
+            "## Streaming",
+            "",
+            f"Each stream row keeps N streams open for {args.stream_duration:g} s (each "
+            f"started again as it ends; starts spread over one chunk interval), "
+            f"{args.chunks} chunks per answer from the stub. CPU per chunk: the process's "
+            "CPU over the row ÷ chunks received (stream set-up included). Chunk delay: "
+            "the stub stamps each chunk with the monotonic clock as it writes it; the "
+            "client (`bench/streams.py`, CPU "
+            f"{args.load_cpu}) takes arrival - stamp. Added p99: chatd's p99 - the direct "
+            "row's, same round. RSS per open stream: (the row's peak RSS - chatd's idle "
+            "RSS) ÷ N. These rows are served by a second chatd process (same config, "
+            f"same core): idle RSS {stream_rss[0]:.1f} MB, peak RSS (VmHWM) "
+            f"{stream_rss[1]:.1f} MB.",
+            "",
+            stream_table(list(srows), stream_rss[0]),
+        ]
     lines += burst_lines(bursts or [])
-    lines += ["", "## Budget (native route, HTTP/1.1, one worker)", ""]
+    lines += ["", "## Budget (one worker)", ""]
     lines += ["| budget | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in budget(rows, idle_mb, peak_mb)]
+    lines += [
+        f"| {a} | {b} | {c} |" for a, b, c in budget(rows, idle_mb, peak_mb, srows, stream_rss[0])
+    ]
     return "\n".join(lines) + "\n"

@@ -5,6 +5,11 @@ Speaks just enough of two upstream protocols, with fixed small replies:
 - ``POST /api/chat``              Ollama native, non-streaming (``done: true``, token counts)
 - ``POST /v1/chat/completions``   OpenAI non-streaming (``choices`` and ``usage``)
 - ``GET  /api/version``           Ollama's version probe
+- ``POST /api/chat`` with ``"stream":true``: Ollama's NDJSON stream, chunked,
+  ``--chunks`` lines ``--chunk-ms`` apart on one timer per stream, then the
+  ``done`` line. Each line's content is ``@<CLOCK_MONOTONIC seconds>`` at the
+  moment it was written, so a client on this machine reads each chunk's
+  transit time (``bench/streams.py``).
 
 Keep-alive and pipelined requests are parsed by Content-Length (chunked request
 bodies are accepted too); replies go out in request order. The model name is
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 from collections import deque
 
 CHAT_REPLY = (
@@ -34,6 +40,18 @@ OPENAI_REPLY = (
     b'"model":"%s","choices":[{"index":0,"message":{"role":"assistant",'
     b'"content":"Hello from bench stub."},"finish_reason":"stop"}],'
     b'"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
+)
+STREAM_LINE = (
+    b'{"model":"%s","created_at":"2025-01-01T00:00:00.000000Z",'
+    b'"message":{"role":"assistant","content":"@%.6f"},"done":false}\n'
+)
+STREAM_DONE = (
+    b'{"model":"%s","created_at":"2025-01-01T00:00:00.000000Z",'
+    b'"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",'
+    b'"prompt_eval_count":12,"eval_count":%d}\n'
+)
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
 )
 VERSION_REPLY = b'{"version":"0.12.0"}'
 NOT_FOUND = b'{"error":"not found"}'
@@ -93,8 +111,14 @@ def dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
+def wants_stream(body: bytes) -> bool:
+    return b'"stream":true' in body or b'"stream": true' in body
+
+
 class StubProtocol(asyncio.Protocol):
     delay: float = 0.0
+    chunks: int = 50
+    chunk_interval: float = 0.02
     loop: asyncio.AbstractEventLoop
 
     def __init__(self) -> None:
@@ -102,6 +126,8 @@ class StubProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: deque[list[bytes | None]] = deque()  # delayed replies, in order
         self.closing = False
+        # While a stream is being sent, further requests wait in ``buf``.
+        self.streaming = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -113,8 +139,8 @@ class StubProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        out = []
-        while not self.closing:
+        out: list[bytes] = []
+        while not self.closing and not self.streaming:
             head_end = buf.find(b"\r\n\r\n")
             if head_end < 0:
                 if len(buf) > MAX_HEAD:
@@ -156,11 +182,37 @@ class StubProtocol(asyncio.Protocol):
                     return self.send(out)
                 body = bytes(buf[start:end])
             del buf[:end]
+            if method == b"POST" and path == b"/api/chat" and wants_stream(body):
+                self.send(out)
+                out = []
+                self.start_stream(model_of(body))
+                continue
             status, payload = reply_for(method, path, body)
             out.append(response(status, payload, close))
             if close:
                 self.closing = True
         return self.send(out)
+
+    def start_stream(self, model: bytes) -> None:
+        if self.transport is None:
+            return
+        self.streaming = True
+        self.transport.write(STREAM_HEAD)
+        self.loop.call_later(self.chunk_interval, self.tick, model, 0)
+
+    def tick(self, model: bytes, sent: int) -> None:
+        if self.transport is None:
+            return
+        if sent < self.chunks:
+            line = STREAM_LINE % (model, time.monotonic())
+            self.transport.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.loop.call_later(self.chunk_interval, self.tick, model, sent + 1)
+            return
+        line = STREAM_DONE % (model, sent)
+        self.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
+        self.streaming = False
+        if self.buf:
+            self.data_received(b"")
 
     def send(self, out: list[bytes]) -> None:
         if not out or self.transport is None:
@@ -200,9 +252,13 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()  # type: ignore[no-any-return]
 
 
-async def serve(host: str, port: int, delay_ms: float) -> None:
+async def serve(
+    host: str, port: int, delay_ms: float, chunks: int = 50, chunk_ms: float = 20
+) -> None:
     loop = asyncio.get_running_loop()
     StubProtocol.delay = delay_ms / 1000.0
+    StubProtocol.chunks = chunks
+    StubProtocol.chunk_interval = chunk_ms / 1000.0
     StubProtocol.loop = loop
     server = await loop.create_server(StubProtocol, host, port, backlog=4096, reuse_address=True)
     bound = server.sockets[0].getsockname()[1]
@@ -219,11 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="hold each reply N ms")
+    parser.add_argument("--chunks", type=int, default=50, help="lines per streamed reply")
+    parser.add_argument("--chunk-ms", type=float, default=20, help="ms between streamed lines")
     args = parser.parse_args(argv)
     loop = new_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(serve(args.host, args.port, args.delay_ms))
+        loop.run_until_complete(
+            serve(args.host, args.port, args.delay_ms, args.chunks, args.chunk_ms)
+        )
     finally:
         loop.close()
     return 0

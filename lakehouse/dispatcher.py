@@ -29,6 +29,7 @@ from lakehouse.metrics import Metrics
 from lakehouse.plugin_api import Provider
 from lakehouse.registry import Registry, Route
 from lakehouse.resilience import Admission, Backoff, Limiter
+from lakehouse.timeouts import Bound
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
 
 T = TypeVar("T")
@@ -178,11 +179,13 @@ class Dispatcher:
             raise self._late(budget, info) from None
         name = info.provider
         started = time.perf_counter()
+        # One timer for the whole stream, not one per chunk.
+        bound = Bound(until=ends)
         try:
             while not isinstance(item, ChatResponse):
                 yield item
                 try:
-                    async with asyncio.timeout_at(ends):
+                    with bound:
                         item = await anext(gen)
                 except TimeoutError:
                     raise self._late(budget, info) from None
@@ -200,6 +203,7 @@ class Dispatcher:
                     async for _ in gen:
                         pass
         finally:
+            bound.close()
             info.upstream_s += time.perf_counter() - started
             await gen.aclose()
             self.limiters[name].release()

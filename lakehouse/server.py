@@ -25,11 +25,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import hypercorn.protocol as hypercorn_protocols
+from hypercorn import protocol as hypercorn_protocol
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio import tcp_server
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol import events as stream_events
+from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState
@@ -39,6 +41,7 @@ from lakehouse import probe_share
 from lakehouse.config import Config
 from lakehouse.connections import IdleWatch, corked
 from lakehouse.h2_guard import GuardMixin
+from lakehouse.h2_tuning import tuned_h2_protocol
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from lakehouse.slow_clients import SlowClientMixin
 from lakehouse.stream_reset import resetting
@@ -49,10 +52,13 @@ APP_PATH = "lakehouse.asgi:app_from_env()"
 
 def tune_connections() -> None:
     """Have Hypercorn's connections use lakehouse.connections' idle timer
-    and coalesced writes, and reset HTTP/2 streams left unfinished
-    (lakehouse.stream_reset). Each process that serves calls this,
-    once or more; it changes nothing on a Hypercorn other than 0.18, whose
-    TCPServer they were written against."""
+    and coalesced writes, reset HTTP/2 streams left unfinished
+    (lakehouse.stream_reset), and run its HTTP/2 layer as
+    lakehouse.h2_tuning says (``tune_h2``; the tuned subclass inherits the
+    reset). Each process that serves calls this, once or more; it changes
+    nothing on a Hypercorn other than 0.18, whose TCPServer and H2Protocol
+    they were written against."""
+    tune_h2()
     server = tcp_server.TCPServer
     needed = ("_initiate_server_close", "_idle_timeout", "protocol_send")
     if (
@@ -98,7 +104,7 @@ def install_guards() -> None:
     if not importlib.metadata.version("hypercorn").startswith("0.18."):
         return
     # ProtocolWrapper builds each connection's protocol from these names.
-    h2_stock = getattr(hypercorn_protocols, "H2Protocol")  # noqa: B009 - not re-exported
+    h2_stock = getattr(hypercorn_protocol, "H2Protocol")  # noqa: B009 - not re-exported
     if not getattr(h2_stock, "chatd_guarded", False) and all(
         hasattr(h2_stock, name) for name in H2_GUARD_NEEDS
     ):
@@ -108,8 +114,8 @@ def install_guards() -> None:
             closed_event = Closed
             stream_closed_event = StreamClosed
 
-        setattr(hypercorn_protocols, "H2Protocol", GuardedH2Protocol)  # noqa: B010
-    h11_stock = getattr(hypercorn_protocols, "H11Protocol")  # noqa: B009
+        setattr(hypercorn_protocol, "H2Protocol", GuardedH2Protocol)  # noqa: B010
+    h11_stock = getattr(hypercorn_protocol, "H11Protocol")  # noqa: B009
     if not getattr(h11_stock, "chatd_guarded", False) and all(
         hasattr(h11_stock, name) for name in SLOW_CLIENT_NEEDS
     ):
@@ -119,7 +125,23 @@ def install_guards() -> None:
             raw_data_event = RawData
             closed_event = Closed
 
-        setattr(hypercorn_protocols, "H11Protocol", TimedH11Protocol)  # noqa: B010
+        setattr(hypercorn_protocol, "H11Protocol", TimedH11Protocol)  # noqa: B010
+def tune_h2() -> None:
+    """Have Hypercorn's HTTP/2 connections send as lakehouse.h2_tuning
+    says (direct DATA frames, response headers checked once). Like
+    ``tune_connections``: idempotent, and a no-op on a Hypercorn other than
+    the 0.18 whose ``H2Protocol`` it was written against."""
+    stock = hypercorn_h2.H2Protocol
+    needed = ("stream_send", "_flush", "_send_data", "send_task")
+    if (
+        not importlib.metadata.version("hypercorn").startswith("0.18.")
+        or getattr(hypercorn_protocol, "H2Protocol", None) is not stock
+        or not all(hasattr(stock, name) for name in needed)
+        or not hasattr(hypercorn_h2.StreamBuffer, "pop")
+    ):
+        return
+    # ProtocolWrapper looks the name up in its module for each connection.
+    setattr(hypercorn_protocol, "H2Protocol", tuned_h2_protocol(stock, stream_events))  # noqa: B010
 
 
 class ServerConfig(HypercornConfig):

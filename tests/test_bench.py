@@ -73,6 +73,16 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
     samples = [s for row in data["rows"] for s in row["samples"]]
     assert samples
     assert all(s["requests"] > 0 and s["errors"] == 0 for s in samples), samples
+
+    # The stream rows: the stub directly and chatd's NDJSON (HTTP/1.1 and
+    # h2c) and SSE surfaces, each with stamped chunks timed and no errors.
+    streams = {row["key"]: row["samples"] for row in data["stream_rows"]}
+    assert {"sdirect/s20", "snative-h1/s20", "ssse-h1/s20", "snative-h2/s20"} <= set(streams)
+    for key, runs in streams.items():
+        assert runs and all(s["chunks"] > 0 and s["errors"] == 0 for s in runs), (key, runs)
+        assert all(0 < s["lat_p99_ms"] < 5000 for s in runs), (key, runs)
+    assert "| chatd /chat NDJSON h2c" in proc.stdout
+
     # The gateway burst ran: every stream answered, direct and through the gateway.
     [burst] = data["gateway_bursts"]
     assert burst["errors"] == 0 and min(burst.values()) >= 0

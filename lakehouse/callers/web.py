@@ -11,7 +11,6 @@ surface: ``http_io.error_response`` (native) and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -35,6 +34,7 @@ from lakehouse.callers.openai_errors import openai_error_response
 from lakehouse.config import Config
 from lakehouse.errors import ChatdError, Forbidden, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.runtime import ConfigSource, Runtime
+from lakehouse.timeouts import Bound
 from lakehouse.upstreams.pool import hosts_listing
 from lakehouse.wire import ProvidersListing, encoder
 
@@ -222,21 +222,26 @@ def create_app(
     stall = config.chatd.server.send_stall_secs
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            if stall and scope.get("http_version") == "2":
-                send = bounded(send, stall)
-            try:
-                if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                    with app.state.runtime.metrics.in_flight.track_inprogress():
-                        await chat(scope, receive, send)
-                    return
-                if scope["path"] in COMPLETIONS_PATHS:
-                    with app.state.runtime.metrics.in_flight.track_inprogress():
-                        await completions(scope, receive, send)
-                    return
-            except PeerGone:
+        if scope["type"] != "http":
+            await others(scope, receive, send)
+            return
+        bounded = None
+        if stall and scope.get("http_version") == "2":
+            send = bounded = BoundedSend(send, stall)
+        in_flight = app.state.runtime.metrics.in_flight
+        try:
+            if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
+                with contextlib.suppress(PeerGone), in_flight.track_inprogress():
+                    await chat(scope, receive, send)
                 return
-        await others(scope, receive, send)
+            if scope["path"] in COMPLETIONS_PATHS:
+                with contextlib.suppress(PeerGone), in_flight.track_inprogress():
+                    await completions(scope, receive, send)
+                return
+            await others(scope, receive, send)
+        finally:
+            if bounded is not None:
+                bounded.close()
 
     return asgi
 
@@ -245,29 +250,39 @@ class PeerGone(Exception):
     """A send on an HTTP/2 stream stalled past ``send_stall_secs``."""
 
 
-def bounded(send: Send, limit: float) -> Send:
+class BoundedSend:
     """``send`` that gives up after ``limit`` seconds, and at once after that.
 
     Hypercorn 0.18 leaves a stream's final send waiting forever when its
     HTTP/2 connection closes under it (``StreamBuffer.drain`` is never
     released): the request's task would leak until shutdown, and shutdown
     would wait out its whole grace period. Our bodies are small, so a send
-    that waits this long is waiting on a peer that is gone.
+    that waits this long is waiting on a peer that is gone. One timer
+    bounds all the sends of a request (a stream's chunks too); ``close()``
+    it when the request is done.
     """
-    gone = False
 
-    async def bounded_send(message: Message) -> None:
-        nonlocal gone
-        if gone:
+    def __init__(self, send: Send, limit: float) -> None:
+        self._send = send
+        self._limit = limit
+        self._bound: Bound | None = None
+        self._gone = False
+
+    async def __call__(self, message: Message) -> None:
+        if self._gone:
             raise PeerGone
+        if self._bound is None:
+            self._bound = Bound(limit=self._limit)
         try:
-            async with asyncio.timeout(limit):
-                await send(message)
+            with self._bound:
+                await self._send(message)
         except TimeoutError:
-            gone = True
+            self._gone = True
             raise PeerGone from None
 
-    return bounded_send
+    def close(self) -> None:
+        if self._bound is not None:
+            self._bound.close()
 
 
 async def _never(request: Request) -> Response:

@@ -18,6 +18,7 @@ from lakehouse.errors import (
     UpstreamBadResponse,
     UpstreamUnreachable,
 )
+from lakehouse.timeouts import Bound
 from lakehouse.upstreams.contract import ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import short_text, transport_error
 
@@ -195,18 +196,24 @@ class HTTPClient:
         connection goes back to the pool only if the body was read to its
         end; a stream abandoned half-read is closed, never reused.
         """
+        # One timer bounds the head and every read of the body: aiohttp's
+        # own read timeout would re-arm one for each chunk that arrives.
+        bound = Bound(limit=self.timeout)
         try:
-            resp = await self._send("POST", path, headers, body, self.timeout)
+            with bound:
+                resp = await self._send("POST", path, headers, body, None)
         except TRANSPORT_ERRORS as exc:
+            bound.close()
             waited = f"did not answer within {self.timeout:g}s"
             raise transport_error(exc, self.provider, waited) from None
-        stream = UpstreamStream(resp, self.provider, self.timeout)
+        stream = UpstreamStream(resp, self.provider, self.timeout, bound)
         try:
             if not 200 <= resp.status < 300:
                 data = await stream.read(ERROR_BODY_LIMIT)
                 raise error(UpstreamReply(resp.status, resp.headers, data))
             yield stream
         finally:
+            bound.close()
             stream.let_go()
 
     async def probe(
@@ -231,8 +238,11 @@ class UpstreamStream:
     """A 2xx reply being streamed: an async iterator of its body's chunks as
     they arrive, with transport failures mapped onto the error family."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, provider: str, timeout: float) -> None:
+    def __init__(
+        self, resp: aiohttp.ClientResponse, provider: str, timeout: float, bound: Bound
+    ) -> None:
         self._resp = resp
+        self._bound = bound
         self.provider = provider
         self.timeout = timeout
         self.status = resp.status
@@ -247,7 +257,8 @@ class UpstreamStream:
 
     async def __anext__(self) -> bytes:
         try:
-            chunk = await self._resp.content.readany()
+            with self._bound:
+                chunk = await self._resp.content.readany()
         except TRANSPORT_ERRORS as exc:
             raise transport_error(
                 exc, self.provider, f"sent nothing for {self.timeout:g}s mid-reply"

@@ -1,0 +1,204 @@
+"""How chatd has Hypercorn's HTTP/2 layer run: per-message costs removed.
+
+Both stand in for parts of Hypercorn's ``H2Protocol`` (hypercorn 0.18,
+``hypercorn/protocol/h2.py``) over the h2 4.x library; ``lakehouse.server``
+installs the subclass built here (and stays the only module that imports
+Hypercorn), ``tests/test_h2_tuning.py`` holds the contract.
+
+Direct DATA frames. Hypercorn queues every body message in the stream's
+``StreamBuffer`` and wakes a separate send task, which walks a priority
+tree, pops the buffer, frames it and writes, then walks the tree again to
+find the buffer empty: for a streamed answer, a task switch and that
+bookkeeping per chunk. Here a body
+message goes straight to h2's ``send_data`` when nothing of its stream is
+queued and the flow-control window takes it whole; then the connection's
+coalesced write (``lakehouse.connections.corked``) sends it with whatever
+else this loop turn wrote. Everything else takes Hypercorn's own path, as
+before: a window too small (flow control), data already queued (order),
+and the end of the body, whose hand-off to the send task also keeps the
+frames of one loop turn's answers together in one write.
+
+Response headers checked once. h2 normalises and validates every header
+block it sends in a chain of generators (lower-case names, strip, drop
+connection headers, mark secrets never-indexed; then refuse what is left
+of connection headers and misplaced pseudo-headers). The names and values
+Hypercorn hands over are already stripped bytes and never pseudo-headers
+(its ``build_and_validate_headers``), so one pass here does the rest:
+names lower-cased, hop-by-hop fields dropped (h2 would drop some and
+raise on others, which Hypercorn swallows, losing the response), and the
+fields h2 keeps out of compression contexts marked never-indexed.
+
+Plain HPACK literals. h2 Huffman-codes every header value it does not find
+in its table, in pure Python, byte by byte; a response's request id and
+Server-Timing are new every time. Sent as plain literals (RFC 7541 allows
+either) a response head is ~40 bytes longer and ~8 µs cheaper to make.
+
+Request headers checked once. h2 validates each request's header block in
+another chain of generators, with Python loops over every byte of every
+name and value. ``request_headers_ok`` applies the same RFC 9113 rules
+(8.2.1 characters, 8.2.2 connection fields, 8.3 pseudo-header fields,
+Host against :authority) with compiled patterns, and a request that
+fails them is reset with PROTOCOL_ERROR, the stream error RFC 9113 8.1.1
+calls for (h2 would raise, and Hypercorn would drop the whole connection).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import hpack
+from hpack import NeverIndexedHeaderTuple
+
+# Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); ``te`` is
+# allowed only as "trailers".
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+# What h2's normalisation sends never-indexed (h2.utilities._secure_headers).
+SECRET = frozenset({b"authorization", b"proxy-authorization"})
+SHORT_COOKIE = 20
+SEND_ERRORS = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
+
+# RFC 9113 8.2.1: a name is visible ASCII without upper case, with a colon
+# only as a pseudo-header's first byte; a value has no NUL, CR or LF and no
+# leading or trailing space or tab.
+_NAME = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+")
+_VALUE = re.compile(rb"(?![ \t])[^\x00\r\n]*(?<![ \t])")
+_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+
+
+def request_headers_ok(headers: Iterable[tuple[bytes, bytes]], *, trailer: bool = False) -> bool:
+    """Whether a received header block is well-formed HTTP/2 (the checks
+    of h2's ``validate_headers`` for requests and their trailers)."""
+    pseudo: dict[bytes, bytes] = {}
+    regular = False
+    host: bytes | None = None
+    for name, value in headers:
+        if not _NAME.fullmatch(name) or (value and not _VALUE.fullmatch(value)):
+            return False
+        if name[0] == 0x3A:  # ":"
+            if regular or trailer or name in pseudo or name not in _PSEUDO:
+                return False
+            pseudo[name] = value
+            continue
+        regular = True
+        if name in HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
+            return False
+        if name == b"host":
+            if host is not None:
+                return False
+            host = value
+    if trailer:
+        return True
+    method = pseudo.get(b":method")
+    if method is None:
+        return False
+    if method == b"CONNECT" and b":protocol" not in pseudo:
+        if b":scheme" in pseudo or b":path" in pseudo:
+            return False
+    elif (
+        b":scheme" not in pseudo
+        or not pseudo.get(b":path")
+        or (b":protocol" in pseudo and method != b"CONNECT")
+    ):
+        return False
+    authority = pseudo.get(b":authority")
+    if authority is None and host is None:
+        return False
+    return authority is None or host is None or authority == host
+
+
+class PlainEncoder(hpack.Encoder):
+    """HPACK with every literal sent as is, never Huffman-coded."""
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        return super().encode(headers, huffman=False)
+
+
+def outbound_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A response's header fields as HTTP/2 sends them, in one pass."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        name = name.lower()
+        if name in HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
+            continue
+        if name in SECRET or (name == b"cookie" and len(value) < SHORT_COOKIE):
+            out.append(NeverIndexedHeaderTuple(name, value))
+        else:
+            out.append((name, value))
+    return out
+
+
+RECEIVED_HEADERS = (h2.events.RequestReceived, h2.events.TrailersReceived)
+MALFORMED = h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+
+def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
+    """A subclass of Hypercorn's ``H2Protocol`` (``base``) with the two
+    changes above; ``events`` is ``hypercorn.protocol.events``."""
+    body_events = (events.Body, events.Data)
+    header_events = (events.Response, events.InformationalResponse, events.Trailers)
+
+    class TunedH2Protocol(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            config = self.connection.config
+            config.normalize_outbound_headers = False
+            config.validate_outbound_headers = False
+            config.validate_inbound_headers = False
+            self.connection.encoder = PlainEncoder()
+
+        async def _handle_events(self, events: list[h2.events.Event]) -> None:
+            refused: set[int] = set()
+            kept = []
+            for event in events:
+                stream_id = getattr(event, "stream_id", None)
+                if stream_id in refused:
+                    continue
+                if isinstance(event, RECEIVED_HEADERS) and not request_headers_ok(
+                    event.headers, trailer=isinstance(event, h2.events.TrailersReceived)
+                ):
+                    refused.add(event.stream_id)
+                    self.connection.reset_stream(
+                        event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR
+                    )
+                    continue
+                kept.append(event)
+            await super()._handle_events(kept)
+
+        async def stream_send(self, event: Any) -> None:
+            kind = type(event)
+            if kind in body_events and await self._send_now(event.stream_id, event.data):
+                return
+            if kind in header_events:
+                # Hypercorn's events are frozen dataclasses.
+                event = dataclasses.replace(event, headers=outbound_headers(event.headers))
+            await super().stream_send(event)
+
+        async def _send_now(self, stream_id: int, data: bytes) -> bool:
+            """Send ``data`` as a DATA frame at once if nothing stands in
+            its way; False leaves it to Hypercorn's send task."""
+            queued = self.stream_buffers.get(stream_id)
+            connection = self.connection
+            if queued is None or queued.buffer:
+                return False
+            try:
+                window = connection.local_flow_control_window(stream_id)
+                if len(data) > min(window, connection.max_outbound_frame_size):
+                    return False
+                connection.send_data(stream_id, data)
+            except SEND_ERRORS:
+                # The stream or connection has closed under the sender, as
+                # Hypercorn's own path treats it: nothing to send.
+                return True
+            await self._flush()
+            return True
+
+    return TunedH2Protocol
