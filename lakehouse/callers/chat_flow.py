@@ -19,6 +19,7 @@ from lakehouse import request_id
 from lakehouse.callers import openai_replies, openai_requests
 from lakehouse.callers.caller_watch import CallerWatch, gone_already
 from lakehouse.callers.http_io import (
+    Body,
     ClientGone,
     Headers,
     Receive,
@@ -26,7 +27,6 @@ from lakehouse.callers.http_io import (
     bad_request_from,
     error_response,
     parse_deadline,
-    read_body,
     send_json,
     server_timing,
 )
@@ -37,6 +37,12 @@ from lakehouse.errors import ChatdError, MethodNotAllowed
 from lakehouse.generations import Generation
 from lakehouse.runtime import Runtime
 from lakehouse.wire import ChatRequest, ChatResponse, chat_request_decoder, encoder
+
+# Before an early answer (413, 401, 405), a body whose declared length is at
+# most this many times max_request_bytes is read and dropped, for at most
+# this long, so that the client sees the answer rather than a reset.
+DISCARD_FACTOR = 8
+DISCARD_SECS = 10.0
 
 Scope = MutableMapping[str, Any]
 
@@ -148,13 +154,15 @@ class ChatFlow:
         info = CallInfo()
         request: ChatRequest | None = None
         error: ChatdError | None = None
+        limit = generation.config.chatd.max_request_bytes
+        reader = Body(receive)
         try:
             # Auth first: a caller without a token learns nothing of routes.
             generation.gate.check(path, authorization)
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} not allowed on {path}", allow=("POST",))
             deadline = parse_deadline(deadline_header)
-            body = await read_body(receive, generation.config.chatd.max_request_bytes, declared)
+            body = await reader.read(limit, declared)
             try:
                 request, framing = surface.decode(body, rid, info)
             except (msgspec.DecodeError, ValueError, RecursionError) as exc:
@@ -213,6 +221,7 @@ class ChatFlow:
         except Exception as exc:
             status, headers, payload = surface.render(exc, redact)
             error = exc if isinstance(exc, ChatdError) else None
+        await reader.discard(declared, DISCARD_FACTOR * limit, DISCARD_SECS)
         await answer(send, status, payload, headers, rid, info, started)
         runtime.log.observe(generation, path, rid, request, info, status, started, None, error)
 

@@ -197,6 +197,25 @@ async def test_body_over_the_cap_is_413(chatd: tuple[str, StubUpstream]) -> None
     await assert_still_serving(base)
 
 
+async def test_a_client_that_writes_its_whole_big_body_reads_the_413(
+    chatd: tuple[str, StubUpstream],
+) -> None:
+    """httpx (like the openai SDK) writes the whole body before it reads: a
+    413 sent from the Content-Length alone, with 12 MB still unread, used to
+    reach it as a reset (broken pipe) instead of the answer."""
+    base, stub = chatd
+    big = json.dumps({"model": "x", "messages": [{"role": "user", "content": "a" * 12_000_000}]})
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        resp = await client.post("/chat", content=big.encode())
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "payload_too_large"
+        # The same on the OpenAI surface.
+        resp = await client.post("/v1/chat/completions", content=big.encode())
+        assert resp.status_code == 413
+    assert stub.received == []
+    await assert_still_serving(base)
+
+
 async def _raw_connection(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = base.removeprefix("http://").split(":")
     return await asyncio.open_connection(host, int(port))
