@@ -70,6 +70,9 @@ class ServerConfig(Strict):
     # Hypercorn's default (1,000) sends GOAWAY to busy h2 clients.
     keep_alive_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     h2_max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # HTTP/1.1: a request's head must arrive within this of its first byte,
+    # and its body never pause longer (else 408 and close); see slow_clients.
+    read_timeout_secs: Positive = 30 * SECONDS
     # The listen queue; Hypercorn's 100 overflows when a pool of 200
     # clients connects at once (the kernel caps it at net.core.somaxconn).
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024

@@ -2,7 +2,13 @@
 on: two per-request costs of Hypercorn 0.18's ``TCPServer``
 (``hypercorn/asyncio/tcp_server.py``) removed, in a subclass of it; and, on
 those connections, HTTP/2 run by ``lakehouse.h2_tuning``'s ``H2Protocol``
-subclass (``install_h2``, its own contract, ``tests/test_h2_tuning.py``).
+subclass. ``install_protocols`` also puts chatd's two protocol fixes in
+front of Hypercorn's classes on both stacks: ``lakehouse.h2_guard`` (the
+HTTP/2 abuse budget) and ``lakehouse.slow_clients`` (HTTP/1.1 read
+timeouts). Each part has its own contract check here and its own contract
+tests; ``lakehouse.server`` decides what to install and logs what it cannot.
+A little over 350 lines: every swap of a Hypercorn class, and the check of
+what each relies on, in one place.
 
 This leans on Hypercorn's internals, so it is held to a contract.
 ``contract_problems()`` checks, when a server is configured, that the
@@ -43,6 +49,7 @@ other than data (closing, idle/busy updates) first sends what is gathered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import inspect
 import logging
@@ -56,8 +63,12 @@ from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import events as stream_events
 from hypercorn.protocol import h2 as hypercorn_h2
+from hypercorn.protocol import h11 as hypercorn_h11
+from hypercorn.protocol.events import StreamClosed
 
+from lakehouse.h2_guard import GuardMixin
 from lakehouse.h2_tuning import tuned_h2_protocol
+from lakehouse.slow_clients import SlowClientMixin
 from lakehouse.tasks import wait_closed
 
 # Hypercorn versions the contract tests passed on (a prefix each).
@@ -76,6 +87,10 @@ H2_PARAMETERS = (
     "server",
     "send",
 )
+# What lakehouse.h2_guard relies on in Hypercorn's H2Protocol.
+H2_GUARD_NEEDS = ("_handle_events", "_create_stream", "_flush", "stream_send", "handle", "initiate")
+# What lakehouse.slow_clients relies on in Hypercorn's H11Protocol.
+SLOW_CLIENT_NEEDS = ("handle", "stream_send", "_handle_events")
 # TCPServer's constructor, as hypercorn.asyncio.run calls it.
 SERVER_PARAMETERS = ("app", "loop", "config", "context", "state", "reader", "writer")
 # Gathered bytes past this are sent at once (asyncio's default high-water
@@ -264,29 +279,106 @@ def h2_contract_problems(version: str | None = None, h2_version: str | None = No
             problems.append(f"H2Protocol.{name} is not a coroutine function")
     if not callable(getattr(hypercorn_h2.StreamBuffer, "pop", None)):
         problems.append("H2Protocol's StreamBuffer has no pop")
+    problems += _wrapper_problems()
+    return problems
+
+
+def guard_problems(version: str | None = None) -> list[str]:
+    """What keeps ``lakehouse.h2_guard`` and ``lakehouse.slow_clients`` from
+    being put in front of the installed Hypercorn's protocols; empty when
+    nothing. ``tests/test_h2_guard.py`` and ``tests/test_slow_clients.py``
+    hold the contract."""
+    version = version or importlib.metadata.version("hypercorn")
+    problems = []
+    if not version.startswith(CHECKED_VERSIONS):
+        problems.append(f"Hypercorn {version} is not a version the guard contract tests passed on")
+    for cls, needs in (
+        (hypercorn_h2.H2Protocol, H2_GUARD_NEEDS),
+        (hypercorn_h11.H11Protocol, SLOW_CLIENT_NEEDS),
+    ):
+        missing = [name for name in needs if not hasattr(cls, name)]
+        if missing:
+            problems.append(f"{cls.__name__} has no {', '.join(missing)}")
+    return problems + _wrapper_problems()
+
+
+def _wrapper_problems() -> list[str]:
     current = getattr(hypercorn_protocol, "H2Protocol", None)
-    if current is not stock and not getattr(current, "chatd_h2_for", False):
-        problems.append("hypercorn.protocol does not build HTTP/2 connections from H2Protocol")
-    return problems
+    if current is not hypercorn_h2.H2Protocol and not isinstance(current, H2Choice):
+        return ["hypercorn.protocol does not build HTTP/2 connections from H2Protocol"]
+    return []
 
 
-def install_h2(version: str | None = None, h2_version: str | None = None) -> list[str]:
-    """Have Hypercorn build each HTTP/2 connection's protocol through a
-    chooser: ``lakehouse.h2_tuning``'s subclass when the server's config asks
-    for the tuned stack (``ServerConfig.chatd_tuned``), Hypercorn's own
-    otherwise; unless the contract does not hold. Returns what does not
-    (empty: installed)."""
-    problems = h2_contract_problems(version, h2_version)
-    if problems:
-        return problems
-    stock = hypercorn_h2.H2Protocol
-    tuned = tuned_h2_protocol(stock, stream_events)
+@dataclasses.dataclass(frozen=True)
+class H2Choice:
+    """What ``hypercorn.protocol.ProtocolWrapper`` calls as ``H2Protocol``
+    once installed: each connection's protocol class, picked by its
+    server's config (``ServerConfig.chatd_tuned``), as ``server_for`` picks
+    the TCPServer; a process may serve tuned and stock servers at once."""
 
-    def h2_protocol_for(*args: Any) -> Any:
-        config = args[H2_PARAMETERS.index("config")]
-        return (tuned if getattr(config, "chatd_tuned", False) else stock)(*args)
+    tuned: type[Any]
+    stock: type[Any]
 
-    h2_protocol_for.chatd_h2_for = True  # type: ignore[attr-defined]
-    # ProtocolWrapper looks the name up in its module for each connection.
-    hypercorn_protocol.H2Protocol = h2_protocol_for  # type: ignore[attr-defined,assignment]
-    return problems
+    def pick(self, config: Any) -> type[Any]:
+        return self.tuned if getattr(config, "chatd_tuned", False) else self.stock
+
+    def __call__(self, *args: Any) -> Any:
+        return self.pick(args[H2_PARAMETERS.index("config")])(*args)
+
+
+def installed_h2() -> H2Choice | None:
+    current = getattr(hypercorn_protocol, "H2Protocol", None)
+    return current if isinstance(current, H2Choice) else None
+
+
+def install_protocols(*, tuned_h2: bool, guarded: bool) -> None:
+    """Have Hypercorn build each connection's protocol as chatd runs it:
+    its own classes, with ``lakehouse.h2_guard`` (HTTP/2) and
+    ``lakehouse.slow_clients`` (HTTP/1.1) in front when ``guarded`` (fixes:
+    both stacks), and for a tuned server's HTTP/2 connections
+    ``lakehouse.h2_tuning``'s subclass underneath when ``tuned_h2``. The
+    caller checks the contracts first (``guard_problems``,
+    ``h2_contract_problems``). Idempotent; once a process has the tuned
+    HTTP/2 protocol it keeps it (a stock server's connections never get it:
+    the choice is per connection)."""
+    current = installed_h2()
+    has_tuned = current is not None and current.tuned is not current.stock
+    if (
+        current is not None
+        and getattr(current.stock, "chatd_guarded", False) == guarded
+        and (has_tuned or not tuned_h2)
+    ):
+        return
+    # The classes Hypercorn ships: only the package's names are replaced.
+    stock: type[Any] = hypercorn_h2.H2Protocol
+    plain = guard_h2(stock) if guarded else stock
+    tuned = plain
+    if tuned_h2 or has_tuned:
+        base = tuned_h2_protocol(stock, stream_events)
+        tuned = guard_h2(base) if guarded else base
+    # ProtocolWrapper looks these names up in its module for each connection.
+    hypercorn_protocol.H2Protocol = H2Choice(tuned, plain)  # type: ignore[attr-defined,assignment]
+    if guarded:
+        hypercorn_protocol.H11Protocol = guard_h11(hypercorn_h11.H11Protocol)  # type: ignore[attr-defined]
+
+
+def guard_h2(base: type[Any]) -> type[Any]:
+    """``base`` (an ``H2Protocol``) with ``lakehouse.h2_guard`` in front."""
+
+    class GuardedH2Protocol(GuardMixin, base):  # type: ignore[misc]
+        chatd_guarded = True
+        closed_event = Closed
+        stream_closed_event = StreamClosed
+
+    return GuardedH2Protocol
+
+
+def guard_h11(base: type[Any]) -> type[Any]:
+    """``base`` (an ``H11Protocol``) with ``lakehouse.slow_clients`` in front."""
+
+    class TimedH11Protocol(SlowClientMixin, base):  # type: ignore[misc]
+        chatd_guarded = True
+        raw_data_event = RawData
+        closed_event = Closed
+
+    return TimedH11Protocol

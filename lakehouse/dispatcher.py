@@ -22,14 +22,13 @@ from lakehouse.config import DEADLINE, MAX_CONCURRENCY, MAX_QUEUE, RetryConfig
 from lakehouse.errors import (
     ChatdError,
     DeadlineExceeded,
-    ProviderUnavailable,
     UpstreamBadResponse,
 )
 from lakehouse.health import Health
 from lakehouse.metrics import Metrics
 from lakehouse.plugin_api import Provider
 from lakehouse.registry import Registry, Route
-from lakehouse.resilience import Backoff, Limiter
+from lakehouse.resilience import Admission, Backoff, Limiter
 from lakehouse.timeouts import Bound
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
 
@@ -51,6 +50,9 @@ class CallInfo:
     # Time spent waiting by choice: retry backoff, Retry-After, queueing.
     wait_s: float = 0.0
     attempts: int = 0
+    # Called when the request is about to wait (a provider's queue, a
+    # retry's backoff): the caller's side starts watching for a hang-up.
+    on_wait: Callable[[], None] | None = None
 
 
 @dataclass
@@ -256,33 +258,25 @@ class Dispatcher:
         retry = self.policy.retry
         limiter = self.limiters[name]
         for attempt in range(retry.attempts + 1):
-            if not self.health.admit(name):
-                raise ProviderUnavailable(f"provider `{name}` is unavailable", provider=name)
-            queued_at = time.perf_counter()
-            if await limiter.acquire():
-                self._waited(info, "queue", time.perf_counter() - queued_at)
-            info.attempts += 1
-            started = time.perf_counter()
-            try:
-                result = await action(provider, model)
-            except ChatdError as exc:
-                error = exc
-                limiter.release()
-                self._failed(name, exc)
-            except BaseException:
-                # Cancelled (the deadline, a caller gone) or a bug: says
-                # nothing of the provider, but frees a half-open trial.
-                limiter.release()
-                self.health.abandon(name)
-                raise
-            else:
-                if not hold:
-                    limiter.release()
-                self.health.record(name, ok=True)
-                info.upstream_s += time.perf_counter() - started
-                return result
-            info.upstream_s += time.perf_counter() - started
-            self.health.record(name, ok=not error.provider_fault)
+            async with Admission(limiter, self.health, name, info.on_wait) as admission:
+                if admission.queued_s:
+                    self._waited(info, "queue", admission.queued_s)
+                info.attempts += 1
+                started = time.perf_counter()
+                try:
+                    result = await action(provider, model)
+                except ChatdError as exc:
+                    admission.record(ok=not exc.provider_fault)
+                    self._failed(name, exc)
+                    error = exc
+                else:
+                    admission.record(ok=True)
+                    if hold:
+                        admission.keep()
+                    return result
+                finally:
+                    info.upstream_s += time.perf_counter() - started
+            # The slot is free while the retry waits.
             if not error.retryable or attempt == retry.attempts:
                 raise error
             wait, reason = error.retry_after, "retry_after"
@@ -292,6 +286,8 @@ class Dispatcher:
                 raise error  # too long to wait here: the next fallback, if any
             if self.metrics is not None:
                 self.metrics.retry(name, error.code)
+            if info.on_wait is not None:
+                info.on_wait()
             slept_from = time.perf_counter()
             try:
                 await asyncio.sleep(wait)

@@ -53,11 +53,19 @@ class Health:
         self._pool = pool
 
     def available(self, name: str) -> bool:
-        """Whether calls may go to the provider now (the listing's view)."""
+        """Whether a call would be let through now (the listing's view):
+        half-open counts only while its one trial is still free."""
         state = self._states.get(name)
         if state is None or not state.probe_ok:
             return False
-        return state.open_until == 0.0 or self._clock() >= state.open_until
+        if state.open_until == 0.0:
+            return True
+        return self._clock() >= state.open_until and not state.trial
+
+    def in_trial(self, name: str) -> bool:
+        """Whether the provider's half-open trial call is out."""
+        state = self._states.get(name)
+        return state is not None and state.trial
 
     def admit(self, name: str) -> bool:
         """Whether one call may go now; in the half-open state only one trial

@@ -69,14 +69,17 @@ def tune_h2(version: str | None = None, h2_version: str | None = None) -> bool:
     False, with a warning, when the installed Hypercorn or h2 breaks that
     contract: then HTTP/2 runs stock. The versions stand in for the
     installed ones."""
-    problems = connections.install_h2(version, h2_version)
+    problems = connections.h2_contract_problems(version, h2_version)
     if problems:
         log.warning(
             "chatd.server.tuned is on but its HTTP/2 tuning cannot be honoured: %s; "
             "serving HTTP/2 with Hypercorn's stock H2Protocol (see UPGRADING.md)",
             "; ".join(problems),
         )
-    return not problems
+        return False
+    guarded = not connections.guard_problems(version)
+    connections.install_protocols(tuned_h2=True, guarded=guarded)
+    return True
 
 
 def reset_unfinished_streams() -> None:
@@ -91,18 +94,47 @@ def reset_unfinished_streams() -> None:
         h2.stream_send = reset  # type: ignore[method-assign]
 
 
-def prepare_hypercorn(config: Config) -> bool:
-    """What each serving process does before Hypercorn serves: the stream
-    reset always, the tuned connections when ``chatd.server.tuned`` (and
-    their contract holds); whether the connections run tuned."""
+def install_guards(version: str | None = None) -> bool:
+    """Have Hypercorn's connections, tuned or stock, carry chatd's fixes:
+    unfinished HTTP/2 streams reset (lakehouse.stream_reset), the HTTP/2
+    abuse budget (lakehouse.h2_guard) and HTTP/1.1 read timeouts
+    (lakehouse.slow_clients). False, with a warning, when the installed
+    Hypercorn breaks the guards' contract: then they are left out.
+    ``version`` stands in for the installed Hypercorn's."""
     reset_unfinished_streams()
+    problems = connections.guard_problems(version)
+    if problems:
+        log.warning(
+            "chatd's HTTP/2 abuse guard and slow-client timeouts cannot be installed: %s; "
+            "serving without them (see UPGRADING.md)",
+            "; ".join(problems),
+        )
+    connections.install_protocols(tuned_h2=False, guarded=not problems)
+    return not problems
+
+
+def prepare_hypercorn(config: Config) -> bool:
+    """What each serving process does before Hypercorn serves: the fixes
+    always (``install_guards``), the tuned connections and HTTP/2 when
+    ``chatd.server.tuned`` (and their contracts hold); whether the
+    connections run tuned."""
+    install_guards()
     return config.chatd.server.tuned and tune_connections()
 
 
-class ServerConfig(HypercornConfig):
+class StockConfig(HypercornConfig):
+    """Hypercorn's config as shipped, with what chatd's fixes read (both
+    stacks)."""
+
+    # lakehouse.slow_clients: a head's and a body pause's time limit.
+    chatd_read_timeout = 30.0
+
+
+class ServerConfig(StockConfig):
     """Hypercorn's config, with the Date header every response carries
     formatted once a second instead of once per response, and connections
-    run by ``lakehouse.connections.TunedTCPServer``: chatd's tuned stack."""
+    run by ``lakehouse.connections.TunedTCPServer`` (HTTP/2 by
+    ``lakehouse.h2_tuning``): chatd's tuned stack."""
 
     chatd_tuned = True
     include_date_header = False  # added here instead
@@ -126,7 +158,7 @@ def hypercorn_config(
 ) -> HypercornConfig:
     server = config.chatd.server
     # The stock path (chatd.server.tuned = false) is Hypercorn as shipped.
-    h = ServerConfig() if prepare_hypercorn(config) else HypercornConfig()
+    h = ServerConfig() if prepare_hypercorn(config) else StockConfig()
     h.bind = [bind or config.chatd.bind]
     h.workers = workers or server.workers
     h.worker_class = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
@@ -134,6 +166,7 @@ def hypercorn_config(
     h.keep_alive_max_requests = server.keep_alive_max_requests
     h.graceful_timeout = server.graceful_timeout_secs
     h.h2_max_concurrent_streams = server.h2_max_concurrent_streams
+    h.chatd_read_timeout = server.read_timeout_secs
     h.backlog = server.backlog
     h.accesslog = None
     # Hypercorn's own lines ("Running on", errors) go through chatd's JSON

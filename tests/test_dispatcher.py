@@ -326,3 +326,64 @@ async def test_stream_deadline_bounds_every_wait_and_cut_streams_are_errors() ->
 
     with pytest.raises(errors.UpstreamBadResponse, match="without a final answer"):
         await collect(dispatcher(Cut("a")), ask("m"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_half_open_provider_refused_a_slot_or_out_of_time_is_not_wedged() -> None:
+    clock = Clock()
+    a = Scripted("a", boom())
+    registry = Registry({"a": a}, default="a", suffix_routes={})
+    d = Dispatcher(
+        registry,
+        health=Health(["a"], failure_threshold=1, cooldown=30, clock=clock),
+        policy=Policy(retry=RetryConfig(attempts=0), limits={"a": (1, 1)}),
+    )
+    with pytest.raises(errors.UpstreamError):
+        await d.chat(ask("a/m"))
+    clock.now += 31  # half-open: the next call is the trial
+    assert d.health.available("a")
+    limiter = d.limiters["a"]
+    await limiter.acquire()  # another call holds the only slot
+    # Waiting in the queue past the deadline: no verdict, and no trial kept.
+    with pytest.raises(errors.DeadlineExceeded):
+        await d.chat(ask("a/m"), deadline=0.05)
+    queued = asyncio.create_task(limiter.acquire())  # the queue's one place
+    await asyncio.sleep(0)
+    with pytest.raises(errors.Overloaded):
+        await d.chat(ask("a/m"))
+    # The listing says what a request would get.
+    assert d.health.available("a")
+    limiter.release()
+    await queued
+    limiter.release()
+    assert (await d.chat(ask("a/m"))).content == "from a"  # the trial, which closes it
+    assert d.health.state("a") == "closed" and d.health.available("a")
+
+
+async def test_a_trial_in_flight_is_what_the_listing_shows() -> None:
+    clock = Clock()
+    a = Scripted("a", boom(), 0.2)
+    registry = Registry({"a": a}, default="a", suffix_routes={})
+    d = Dispatcher(
+        registry,
+        health=Health(["a"], failure_threshold=1, cooldown=30, clock=clock),
+        policy=Policy(retry=RetryConfig(attempts=0)),
+    )
+    with pytest.raises(errors.UpstreamError):
+        await d.chat(ask("a/m"))
+    clock.now += 31
+    trial = asyncio.create_task(d.chat(ask("a/m")))
+    await asyncio.sleep(0.05)
+    # While the one trial runs, a request is refused, and so says the listing.
+    with pytest.raises(errors.ProviderUnavailable):
+        await d.chat(ask("a/m"))
+    assert not d.health.available("a")
+    await trial
+    assert d.health.available("a")

@@ -59,6 +59,25 @@ async def test_slot_handed_to_a_waiter_that_was_cancelled_is_passed_on() -> None
     assert (limiter.active, limiter.waiting) == (1, 0)
 
 
+async def test_a_waiter_cancelled_in_the_same_turn_as_a_release_leaves_quietly() -> None:
+    # Release pops the already-cancelled waiter before its task runs; the
+    # task must still end cancelled (a 499), not with a ValueError (a 500).
+    limiter = Limiter("p", limit=1, queue=3)
+    await limiter.acquire()
+    first = asyncio.create_task(limiter.acquire())
+    second = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    assert limiter.waiting == 2
+    first.cancel()
+    limiter.release()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second  # the slot went past the cancelled waiter to this one
+    assert (limiter.active, limiter.waiting) == (1, 0)
+    limiter.release()
+    assert limiter.active == 0
+
+
 def test_backoff_grows_caps_and_jitters_downwards() -> None:
     backoff = Backoff(base=0.25, cap=4)
     rng = random.Random(7)

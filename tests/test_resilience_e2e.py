@@ -60,7 +60,9 @@ async def stubs() -> tuple[StubUpstream, StubUpstream, StubUpstream, dict[str, A
         "chatd.providers.opencode.base_url": await zen.start(),
         "chatd.providers.opencode.key_env": "ZEN_KEY",
         "chatd.probe_interval_secs": 0,
-        "chatd.timeout_secs": 1,
+        # Long enough that a healthy stub never times out on a loaded CI
+        # machine; the "timeout" fault delays 5 s, beyond it.
+        "chatd.timeout_secs": 3,
         "chatd.retry.backoff_secs": 0.01,
         "chatd.retry.max_retry_after_secs": 2,
     }

@@ -50,7 +50,18 @@ def test_the_stock_stack_is_hypercorn_as_shipped() -> None:
     tuned = server.hypercorn_config(make_config(overrides={"chatd.server.tuned": True}))
     assert isinstance(tuned, server.ServerConfig) and tuned.chatd_tuned
     stock = server.hypercorn_config(make_config(overrides={"chatd.server.tuned": False}))
-    assert type(stock) is HypercornConfig
+    # Hypercorn's config as shipped, plus the read timeout chatd's
+    # slow-client fix reads (both stacks).
+    assert type(stock) is server.StockConfig and not isinstance(stock, server.ServerConfig)
+    assert server.StockConfig.__bases__ == (HypercornConfig,)
+    assert set(vars(server.StockConfig)) - set(vars(object)) <= {
+        "chatd_read_timeout",
+        "__module__",
+        "__doc__",
+        "__dict__",
+        "__weakref__",
+    }
+    assert stock.chatd_read_timeout == tuned.chatd_read_timeout
     assert not getattr(stock, "chatd_tuned", False)
     # Hypercorn's own Date header, made per response.
     assert [name for name, _ in stock.response_headers("h11")] == [b"date"]

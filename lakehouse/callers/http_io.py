@@ -6,6 +6,8 @@ is in ``lakehouse.plain_asgi``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -66,31 +68,66 @@ def bad_request_from(exc: Exception) -> BadRequest:
     return BadRequest(f"malformed JSON: {exc}")
 
 
-async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
-    """The whole body, refusing at once anything over ``limit`` bytes: a
-    declared Content-Length is checked before reading, and a body without
-    one is counted while it arrives, so no more than ``limit`` is held."""
-    if declared is not None:
+class Body:
+    """A request's body as the app reads it, and whether any of it is still
+    unread: an answer sent before the body was read whole (a 413, a 401)
+    leaves the rest in flight, and closing on it makes the kernel reset the
+    connection, so a client still writing never reads the answer."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.unread = True
+
+    async def read(self, limit: int, declared: bytes | None) -> bytes:
+        """The whole body, refusing at once anything over ``limit`` bytes: a
+        declared Content-Length is checked before reading, and a body without
+        one is counted while it arrives, so no more than ``limit`` is held."""
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise BadRequest("invalid Content-Length") from None
+            if size > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.unread = False
+                raise ClientGone
+            chunk = message.get("body", b"")
+            self.unread = message.get("more_body", False)
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+            chunks.append(chunk)
+            if not self.unread:
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def discard(self, declared: bytes | None, limit: int, seconds: float) -> None:
+        """Before an early answer, read and drop what is left of a body
+        whose declared length is at most ``limit`` bytes, for at most
+        ``seconds``: a client that writes its whole body before reading (the
+        openai SDK, httpx) then gets the answer instead of a reset, since
+        Hypercorn closes the connection as soon as the answer is sent.
+        Larger or undeclared bodies are refused at once, as before."""
+        if not self.unread or declared is None:
+            return
         try:
-            size = int(declared)
+            if int(declared) > limit:
+                return
         except ValueError:
-            raise BadRequest("invalid Content-Length") from None
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while self.unread:
+                    message = await self._receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    self.unread = message.get("more_body", False)
+        self.unread = False
 
 
 def parse_deadline(value: bytes | None) -> float | None:

@@ -1,12 +1,11 @@
 """The HTTP face of chatd: the only module that imports Starlette.
 
 The chat routes (``POST /chat``, ``/v1/chat`` and the OpenAI surface's
-``/v1/chat/completions``) are plain ASGI callables in front of Starlette:
-body bytes → cached msgspec decoder → dispatcher → msgspec encoder, with no
-Request/Response objects (measured ~15% more throughput; see bench/README.md).
-A request with ``"stream": true`` is handed to a ``streaming.Relay``.
-Starlette owns every other route and the lifespan. Errors become responses
-in one place per surface: ``http_io.error_response`` (native) and
+``/v1/chat/completions``) are ``chat_flow.ChatFlow`` plain ASGI callables in
+front of Starlette, one per surface, with no Request/Response objects
+(measured ~15% more throughput; see bench/README.md). Starlette owns every
+other route and the lifespan. Errors become responses in one place per
+surface: ``http_io.error_response`` (native) and
 ``openai_errors.openai_error_response``.
 """
 
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -28,24 +27,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lakehouse import request_id
 from lakehouse.auth import is_loopback
-from lakehouse.callers import openai_replies, openai_requests, openapi
-from lakehouse.callers.http_io import (
-    bad_request_from,
-    error_response,
-    parse_deadline,
-    read_body,
-    server_timing,
-)
+from lakehouse.callers import openai_replies, openapi
+from lakehouse.callers.chat_flow import ChatFlow, Native, OpenAI
+from lakehouse.callers.http_io import error_response
 from lakehouse.callers.openai_errors import openai_error_response
-from lakehouse.callers.streaming import ChunkWriter, Framing, LineWriter, Refuse, Relay
 from lakehouse.config import Config
-from lakehouse.dispatcher import CallInfo
 from lakehouse.errors import ChatdError, Forbidden, MethodNotAllowed, NotFound, ReloadRefused
-from lakehouse.plain_asgi import ClientGone, Headers, send_json
+from lakehouse.plain_asgi import send_json
 from lakehouse.runtime import ConfigSource, Runtime
 from lakehouse.timeouts import Bound
 from lakehouse.upstreams.pool import hosts_listing
-from lakehouse.wire import ChatRequest, ProvidersListing, chat_request_decoder, encoder
+from lakehouse.wire import ProvidersListing, encoder
 
 CHAT_PATHS = frozenset({"/chat", "/v1/chat"})
 # Also without /v1, like the native routes: the lakehouse gateway strips it.
@@ -56,200 +48,6 @@ MODELS_PATHS = ("/v1/models", "/models")
 def is_openai_path(path: str) -> bool:
     """Paths whose errors take OpenAI's shape."""
     return path in COMPLETIONS_PATHS or path.startswith(MODELS_PATHS)
-
-
-async def relay_stream(
-    runtime: Runtime,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    request: ChatRequest,
-    *,
-    framing: Framing,
-    refuse: Refuse,
-    info: CallInfo,
-    deadline: float | None,
-    rid: str,
-    started: float,
-    keepalive_secs: float = 0.0,
-) -> None:
-    relay = Relay(
-        send,
-        receive,
-        framing,
-        headers=[(b"x-request-id", rid.encode())],
-        refuse=refuse,
-        redact=runtime.registry.redact,
-        keepalive_secs=keepalive_secs,
-        trailer=timing_trailer(scope, info, started),
-    )
-    outcome = await relay.run(runtime.dispatcher.stream(request, info, deadline=deadline))
-    path = scope["path"]
-    runtime.observe(path, rid, request, info, outcome.status, started, outcome.final, outcome.error)
-
-
-def timing_trailer(scope: Scope, info: CallInfo, started: float) -> Callable[[], bytes] | None:
-    """A stream's Server-Timing, sent as a trailer when the caller accepts
-    them (``TE: trailers``) and the server can send them (HTTP/2); an
-    HTTP/1.1 stream goes without (Hypercorn sends no chunked trailers)."""
-    if "http.response.trailers" not in scope.get("extensions", {}):
-        return None
-    if not any(name == b"te" and value == b"trailers" for name, value in scope["headers"]):
-        return None
-    return lambda: server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
-
-
-class ChatEndpoint:
-    """``POST /chat``: the hot path, in plain ASGI."""
-
-    def __init__(self, state: Any) -> None:
-        self._state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        runtime: Runtime = self._state.runtime
-        declared = rid_header = authorization = deadline_header = None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                declared = value
-            elif name == b"x-request-id":
-                rid_header = value
-            elif name == b"authorization":
-                authorization = value
-            elif name == b"x-chatd-deadline":
-                deadline_header = value
-        rid = request_id.accept_or_mint(rid_header, runtime.mint)
-        token = request_id.current.set(rid)
-        info = CallInfo()
-        request = None
-        error: ChatdError | None = None
-        try:
-            runtime.gate.check(scope["path"], authorization)
-            deadline = parse_deadline(deadline_header)
-            body = await read_body(receive, runtime.config.chatd.max_request_bytes, declared)
-            try:
-                request = chat_request_decoder.decode(body)
-            except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-                raise bad_request_from(exc) from None
-            if request.stream:
-                redact = runtime.registry.redact
-                await relay_stream(
-                    runtime,
-                    scope,
-                    receive,
-                    send,
-                    request,
-                    framing=LineWriter(),
-                    refuse=lambda exc: error_response(exc, redact),
-                    info=info,
-                    deadline=deadline,
-                    rid=rid,
-                    started=started,
-                )
-                request_id.current.reset(token)
-                return
-            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
-            headers: Headers = []
-            status, payload = 200, encoder.encode(response)
-        except ClientGone:
-            runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
-            request_id.current.reset(token)
-            return
-        except Exception as exc:
-            status, headers, payload = error_response(exc, runtime.registry.redact)
-            error = exc if isinstance(exc, ChatdError) else None
-            response = None
-        await answer(send, status, payload, headers, info, started)
-        runtime.observe(scope["path"], rid, request, info, status, started, response, error)
-        request_id.current.reset(token)
-
-
-class CompletionsEndpoint:
-    """``POST /v1/chat/completions``: the OpenAI surface, in plain ASGI."""
-
-    def __init__(self, state: Any) -> None:
-        self._state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime: Runtime = self._state.runtime
-        headers = dict(scope["headers"])
-        rid = request_id.accept_or_mint(headers.get(b"x-request-id"), runtime.mint)
-        token = request_id.current.set(rid)
-        try:
-            await self._serve(scope, receive, send, runtime, headers, rid)
-        finally:
-            request_id.current.reset(token)
-
-    async def _serve(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        runtime: Runtime,
-        headers: dict[bytes, bytes],
-        rid: str,
-    ) -> None:
-        started = time.perf_counter()
-        redact = runtime.registry.redact
-        info = CallInfo()
-        request = None
-        response = None
-        error: ChatdError | None = None
-        try:
-            # Auth first: a caller without a token learns nothing of routes.
-            runtime.gate.check(scope["path"], headers.get(b"authorization"))
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(
-                    f"{scope['method']} not allowed on {scope['path']}", allow=("POST",)
-                )
-            deadline = parse_deadline(headers.get(b"x-chatd-deadline"))
-            limit = runtime.config.chatd.max_request_bytes
-            body = await read_body(receive, limit, headers.get(b"content-length"))
-            try:
-                asked = openai_requests.decode_request(body)
-            except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-                raise bad_request_from(exc) from None
-            request = openai_requests.to_chat_request(asked)
-            if asked.stream:
-                options = asked.stream_options
-                usage = options is not None and options.include_usage
-                await relay_stream(
-                    runtime,
-                    scope,
-                    receive,
-                    send,
-                    request,
-                    framing=ChunkWriter(rid, lambda: info.model, include_usage=usage),
-                    refuse=lambda exc: openai_error_response(exc, redact),
-                    info=info,
-                    deadline=deadline,
-                    rid=rid,
-                    started=started,
-                    keepalive_secs=runtime.config.chatd.sse_keepalive_secs,
-                )
-                return
-            response = await runtime.dispatcher.chat(request, info, deadline=deadline)
-            extra: Headers = []
-            status, payload = 200, openai_replies.completion(response, rid, info.model)
-        except ClientGone:
-            runtime.observe(scope["path"], rid, request, info, 499, started, None, None)
-            return
-        except Exception as exc:
-            status, extra, payload = openai_error_response(exc, redact)
-            error = exc if isinstance(exc, ChatdError) else None
-        await answer(send, status, payload, extra, info, started)
-        runtime.observe(scope["path"], rid, request, info, status, started, response, error)
-
-
-async def answer(
-    send: Send, status: int, payload: bytes, headers: Headers, info: CallInfo, started: float
-) -> None:
-    """A chat route's whole answer, with its request ID and Server-Timing."""
-    rid = request_id.current.get() or ""
-    headers.append((b"x-request-id", rid.encode()))
-    timing = server_timing(info.upstream_s, time.perf_counter() - started, info.wait_s)
-    headers.append((b"server-timing", timing))
-    await send_json(send, status, payload, headers)
 
 
 def guarded(app: ASGIApp, state: Any) -> ASGIApp:
@@ -418,8 +216,8 @@ def create_app(
     )
     # The `created` of every model listed: when this chatd started.
     app.state.created = int(time.time())
-    chat = ChatEndpoint(app.state)
-    completions = CompletionsEndpoint(app.state)
+    chat = ChatFlow(app.state, Native())
+    completions = ChatFlow(app.state, OpenAI())
     others = guarded(app, app.state)
 
     stall = config.chatd.server.send_stall_secs

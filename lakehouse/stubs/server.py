@@ -143,6 +143,8 @@ class StubUpstream:
             self._methods.setdefault(path, []).append(method)
         self.received: list[Received] = []
         self._faults = FaultQueue(self.spec.dialect)
+        # Requests whose handler is still running (cancelled when the client goes).
+        self.in_flight = 0
         self._down = False
         self._server: _CountingServer | None = None
         self._runner: web.ServerRunner | None = None
@@ -308,6 +310,13 @@ class StubUpstream:
         return None
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         received = self._record(request, await request.read())
         method = "GET" if request.method == "HEAD" else request.method
         route = self._routes.get((method, request.path))

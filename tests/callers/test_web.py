@@ -200,6 +200,25 @@ async def test_body_over_the_cap_is_413(chatd: tuple[str, StubUpstream]) -> None
     await assert_still_serving(base)
 
 
+async def test_a_client_that_writes_its_whole_big_body_reads_the_413(
+    chatd: tuple[str, StubUpstream],
+) -> None:
+    """httpx (like the openai SDK) writes the whole body before it reads: a
+    413 sent from the Content-Length alone, with 12 MB still unread, used to
+    reach it as a reset (broken pipe) instead of the answer."""
+    base, stub = chatd
+    big = json.dumps({"model": "x", "messages": [{"role": "user", "content": "a" * 12_000_000}]})
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        resp = await client.post("/chat", content=big.encode())
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "payload_too_large"
+        # The same on the OpenAI surface.
+        resp = await client.post("/v1/chat/completions", content=big.encode())
+        assert resp.status_code == 413
+    assert stub.received == []
+    await assert_still_serving(base)
+
+
 async def _raw_connection(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = base.removeprefix("http://").split(":")
     return await asyncio.open_connection(host, int(port))
@@ -371,8 +390,8 @@ async def test_h2_connection_dropped_mid_request_leaves_no_request_behind() -> N
             await eventually(lambda: len(stub.chats) == 4, what="all four upstream")
             assert await requests_in_flight(client) == 4
             writer.transport.abort()  # gone while all four are waiting upstream
-            # Each of the four ends (Hypercorn 0.18 alone would leave them
-            # hanging in their response sends: send_stall_secs bounds those).
+            # Each of the four ends: the callers' leaving cancels the
+            # requests, with or without the send bound.
 
             async def none_in_flight() -> bool:
                 return await requests_in_flight(client) == 0
