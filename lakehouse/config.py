@@ -4,6 +4,10 @@ The file is the lakehouse's shared one, so tables that belong to other
 services are ignored; inside the tables chatd owns (``[chatd]``,
 ``[models]``, ``[gateway]``) every key is checked and a misspelled or
 mistyped one stops start-up with its path.
+
+A little over 350 lines: every table's Struct, its defaults and the checks
+that need more than one key stay beside each other, so a key's type,
+default and rule are read in one place.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ is offered by ALPN. One worker is served in this process (so a benchmark's
 ``lakehouse.supervisor`` as ``lakehouse.worker`` processes, each serving
 the listening socket it inherits through ``serve_inherited``; Hypercorn's
 own multi-worker runner is not used (see the supervisor for why).
+
+A few lines over 350: Hypercorn's configuration, its listening socket and
+both ways of serving (in process and inherited) stay in the one module
+that imports Hypercorn.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ What the pool promises:
 Under systemd (``Type=notify``) this process speaks for the pool: READY=1
 once every first worker serves, RELOADING=1 … READY=1 around a roll,
 STOPPING=1 at SIGTERM. Workers are started without ``$NOTIFY_SOCKET``.
+
+A little over 350 lines: one state machine (start, replace, roll, drain)
+whose transitions read best together.
 """
 
 from __future__ import annotations
