@@ -209,7 +209,7 @@ class Relay:
     ) -> None:
         self._send = send
         # Server-Timing, known only at the end: an HTTP trailer when the
-        # connection can carry one (see web.relay_stream).
+        # connection can carry one (see chat_flow.timing_trailer).
         self._trailer = trailer
         self._receive = receive
         self._framing = framing
