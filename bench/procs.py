@@ -178,16 +178,7 @@ def start_chatd(
     proc = subprocess.Popen(
         pinned(cpu, argv), cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: chatd exited with {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError):
-            if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
-                return proc
-        time.sleep(0.1)
-    stop(proc)
-    raise SystemExit(f"bench: chatd did not answer /health within 60 s:\n{log.read_text()}")
+    return serving(proc, port, log, "chatd")
 
 
 def start_gateway(
@@ -201,16 +192,7 @@ def start_gateway(
     proc = subprocess.Popen(
         pinned(cpu, argv), cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: gateway exited with {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError):
-            if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
-                return proc
-        time.sleep(0.1)
-    stop(proc)
-    raise SystemExit(f"bench: the gateway did not answer /health within 60 s:\n{log.read_text()}")
+    return serving(proc, port, log, "the gateway")
 
 
 def ensure_tools(install: bool) -> list[str]:
@@ -234,3 +216,18 @@ def ensure_tools(install: bool) -> list[str]:
     return []
 
 
+def serving(
+    proc: subprocess.Popen[bytes], port: int, log: Path, what: str
+) -> subprocess.Popen[bytes]:
+    """``proc`` once its ``/health`` answers 200; stopped and reported (with
+    its log) if it exits or stays silent for 60 s."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: {what} exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            if http("GET", f"http://127.0.0.1:{port}/health")[0] == 200:
+                return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise SystemExit(f"bench: {what} did not answer /health within 60 s:\n{log.read_text()}")
