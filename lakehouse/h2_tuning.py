@@ -31,10 +31,12 @@ names lower-cased, hop-by-hop fields dropped (h2 would drop some and
 raise on others, which Hypercorn swallows, losing the response), and the
 fields h2 keeps out of compression contexts marked never-indexed.
 
-Plain HPACK literals. h2 Huffman-codes every header value it does not find
-in its table, in pure Python, byte by byte; a response's request id and
-Server-Timing are new every time. Sent as plain literals (RFC 7541 allows
-either) a response head is ~40 bytes longer and ~8 µs cheaper to make.
+Plain HPACK literals. hpack Huffman-codes every header value it does not
+find in its table, in pure Python, byte by byte, after a linear search of
+its dynamic table; a response's request id and Server-Timing are new
+every time, so they fill that table without ever matching. Sent as plain
+literals that are never indexed (RFC 7541 allows either) a response head is
+~40 bytes longer and much cheaper to make (``PlainEncoder``).
 
 Request headers checked once. h2 validates each request's header block in
 another chain of generators, with Python loops over every byte of every
@@ -118,11 +120,83 @@ def request_headers_ok(headers: Iterable[tuple[bytes, bytes]], *, trailer: bool 
     return authority is None or host is None or authority == host
 
 
+# RFC 7541 Appendix A, as hpack holds it (1-based): a field that matches an
+# entry whole is sent as its index; a field whose name is there, as a
+# literal naming that index.
+_STATIC = hpack.table.HeaderTable.STATIC_TABLE
+_WHOLE = {field: bytes((0x80 | i,)) for i, field in reversed(list(enumerate(_STATIC, 1)))}
+
+
+def _name_ref(index: int, never: bool) -> bytes:
+    """A literal's first bytes naming static entry ``index`` (4-bit prefix)."""
+    flag = 0x10 if never else 0x00
+    return bytes((flag | index,)) if index < 15 else bytes((flag | 15, index - 15))
+
+
+_NAMED = {
+    name: (_name_ref(i, False), _name_ref(i, True))
+    for i, (name, _) in reversed(list(enumerate(_STATIC, 1)))
+}
+_NEW_NAME = (b"\x00", b"\x10")
+
+
+def _length(n: int) -> bytes:
+    """An HPACK string length, not Huffman-coded (7-bit prefix integer)."""
+    if n < 127:
+        return bytes((n,))
+    out = bytearray((127,))
+    n -= 127
+    while n >= 128:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 class PlainEncoder(hpack.Encoder):
-    """HPACK with every literal sent as is, never Huffman-coded."""
+    """HPACK that never Huffman-codes and never adds to the dynamic table.
+
+    hpack's encoder searches its dynamic table field by field (a linear
+    scan, full of request ids and Server-Timing values no later response
+    repeats), Huffman-codes in pure Python and logs each field. Here a
+    field is sent as its static-table index when it matches one whole
+    (``:status: 200``), else as a literal "without indexing" (RFC 7541
+    6.2.2; "never indexed", 6.2.3, for the fields h2 keeps out of
+    compression contexts) naming a static entry where one has the name.
+    The table stays empty, so the peer's decoder keeps nothing for us. A
+    pending table size update, or fields not given as bytes pairs, take
+    hpack's own path (without Huffman).
+    """
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        return super().encode(headers, huffman=False)
+        if self.header_table.resized or isinstance(headers, dict):
+            return super().encode(headers, huffman=False)
+        parts: list[bytes] = []
+        append = parts.append
+        for field in headers:
+            name = field[0]
+            value = field[1]
+            if type(name) is not bytes or type(value) is not bytes:
+                return super().encode(headers, huffman=False)
+            if isinstance(field, hpack.HeaderTuple):
+                never = not field.indexable
+            else:
+                never = len(field) > 2 and bool(field[2])
+                field = (name, value)
+            whole = None if never else _WHOLE.get(field)
+            if whole is not None:
+                append(whole)
+                continue
+            named = _NAMED.get(name)
+            if named is None:
+                append(_NEW_NAME[never])
+                append(_length(len(name)))
+                append(name)
+            else:
+                append(named[never])
+            append(_length(len(value)))
+            append(value)
+        return b"".join(parts)
 
 
 def outbound_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -236,6 +237,77 @@ def test_plain_encoder_sends_literals_a_stock_decoder_reads() -> None:
         (b"x-request-id", b"c4ec3c6100000001"),
         (b":status", b"200"),
     ]
+
+
+def test_hpack_static_table_is_rfc_7541s() -> None:
+    # PlainEncoder indexes into it; RFC 7541 Appendix A has 61 entries.
+    table = hpack.table.HeaderTable.STATIC_TABLE
+    assert len(table) == 61
+    assert table[0] == (b":authority", b"")
+    assert table[7] == (b":status", b"200")
+    assert table[30] == (b"content-type", b"")
+    assert table[60] == (b"www-authenticate", b"")
+
+
+def test_plain_encoder_sends_static_matches_as_one_byte_and_never_indexes() -> None:
+    encoder = PlainEncoder()
+    assert encoder.encode([(b":status", b"200")]) == b"\x88"
+    assert encoder.encode([(b":status", b"200"), (b":status", b"204")]) == b"\x88\x89"
+    # Name from the static table (content-type is entry 31: 4-bit prefix
+    # 15, then 16), value as a plain literal, nothing added to the table.
+    assert encoder.encode([(b"content-type", b"text/plain")]) == b"\x0f\x10\x0atext/plain"
+    assert encoder.encode([(b"x-a", b"b")]) == b"\x00\x03x-a\x01b"
+    assert encoder.header_table.dynamic_entries == deque()
+
+
+FIELD_CASES = [
+    [(b":status", b"200"), (b"content-type", b"application/json"), (b"content-length", b"158")],
+    [(b":status", b"404"), (b"x-request-id", b"c4ec3c6100000001"), (b"date", b"Tue, 01 Dec")],
+    [(b":status", b"200"), (b"x-long", b"v" * 126), (b"x-longer", b"v" * 127)],
+    [(b":status", b"200"), (b"x-" + b"n" * 300, b"v" * 70000), (b"server", b"")],
+    [(b":status", b"200"), hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer k")],
+    [(b":status", b"200"), hpack.NeverIndexedHeaderTuple(b"x-secret", b"s")],
+    [(b":status", b"200"), (b"cookie", b"a=b", True), (b"set-cookie", b"a=b", False)],
+    [(b":status", b"200"), hpack.HeaderTuple(b"vary", b"accept-encoding")],
+    # Static entries 14 and 15: the last one-byte name index, the first two-byte one.
+    [(b":status", b"200"), (b":status", b"599"), (b"accept-charset", b"utf-8")],
+    [(":status", "200"), ("x-text", "str, not bytes")],
+]
+
+
+def as_decoded(field: Any) -> tuple[bytes, bytes]:
+    """A field as hpack's decoder gives it back: bytes, never-indexed kept."""
+    name, value = (x.encode() if isinstance(x, str) else x for x in field[:2])
+    if isinstance(field, hpack.HeaderTuple):
+        never = not field.indexable
+    else:
+        never = len(field) > 2 and field[2]
+    return NeverIndexedHeaderTuple(name, value) if never else (name, value)
+
+
+@pytest.mark.parametrize("fields", FIELD_CASES)
+def test_plain_encoder_blocks_decode_to_the_fields_given(fields: list[Any]) -> None:
+    encoder = PlainEncoder()
+    decoder = hpack.Decoder()
+    decoder.max_header_list_size = 1 << 20
+    expected = [as_decoded(field) for field in fields]
+    for _ in range(3):  # the same fields again decode the same
+        decoded = decoder.decode(encoder.encode(fields), raw=True)
+        assert decoded == expected
+        # Never-indexed stays never-indexed for every hop after us (7.1.3).
+        never = [isinstance(f, NeverIndexedHeaderTuple) for f in decoded]
+        assert never == [isinstance(f, NeverIndexedHeaderTuple) for f in expected]
+
+
+def test_plain_encoder_signals_a_table_size_change_first() -> None:
+    encoder = PlainEncoder()
+    decoder = hpack.Decoder()
+    encoder.header_table_size = 256  # the peer's SETTINGS_HEADER_TABLE_SIZE
+    block = encoder.encode([(b":status", b"200"), (b"x-a", b"b")])
+    assert block[0] & 0xE0 == 0x20  # a dynamic table size update (RFC 7541 6.3)
+    assert decoder.decode(block, raw=True) == [(b":status", b"200"), (b"x-a", b"b")]
+    assert decoder.header_table_size == 256
+    assert encoder.encode([(b"x-a", b"b")]) == b"\x00\x03x-a\x01b"
 
 
 def test_h2_connection_encodes_with_its_encoder_attribute() -> None:
