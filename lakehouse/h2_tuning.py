@@ -15,11 +15,16 @@ find the buffer empty: for a streamed answer, a task switch and that
 bookkeeping per chunk. Here a body
 message goes straight to h2's ``send_data`` when nothing of its stream is
 queued and the flow-control window takes it whole; then the connection's
-coalesced write (``lakehouse.connections.corked``) sends it with whatever
-else this loop turn wrote. Everything else takes Hypercorn's own path, as
-before: a window too small (flow control), data already queued (order),
-and the end of the body, whose hand-off to the send task also keeps the
-frames of one loop turn's answers together in one write.
+coalesced write (``lakehouse.connections``) sends it with whatever else
+this loop turn wrote. The end of the body goes out the same way (an empty
+DATA frame with END_STREAM) when nothing of the stream is queued and the
+send task is not in the middle of sending it; the stream then never
+enters the send task's priority tree at all (``LazyPriorityTree``). The
+rest takes Hypercorn's own path: a window too small (flow control), data
+already queued (order). Sending the end directly pays only because the
+connection no longer flushes its gathered writes on each stream's
+idle/busy update: with that flush, it cost a write per stream (+17% CPU
+a request), which the send task's batching had hidden.
 
 Response headers checked once. h2 normalises and validates every header
 block it sends in a chain of generators (lower-case names, strip, drop
@@ -60,6 +65,7 @@ import h2.events
 import h2.exceptions
 import hpack
 from hpack import NeverIndexedHeaderTuple
+from priority.priority import DuplicateStreamError, PriorityTree
 
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); ``te`` is
 # allowed only as "trailers".
@@ -213,6 +219,114 @@ def outbound_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes
     return out
 
 
+class LazyPriorityTree(PriorityTree):
+    """A priority tree a stream enters only once it has data queued.
+
+    Hypercorn inserts every new stream and blocks it at once, unblocks it
+    when a body message is queued, and removes it when it ends; the tree
+    keeps each parent's children in a heap it rebuilds on every removal.
+    A stream inserted with default priority is only noted here ("dormant")
+    and enters the tree when it is first unblocked, reprioritised or named
+    as a parent, or when the tree is asked for the next stream while it is
+    still unblocked, so the tree schedules as it would have. A stream that
+    never queues anything (its body and end sent directly) never enters.
+    Dormant streams are not counted against ``maximum_streams``: they are
+    the connection's open streams, which h2 and ``lakehouse.h2_guard``
+    bound.
+    """
+
+    def __init__(self, maximum_streams: int = 1000) -> None:
+        super().__init__(maximum_streams)
+        self._dormant: set[int] = set()
+        self._unblocked: set[int] = set()  # dormant, and not blocked yet
+        self._placed: set[int] = set()  # in the tree itself
+        self._inside = False  # within the tree's own code
+
+    def _place(self, stream_id: int | None) -> None:
+        """Put a dormant stream in the tree as it would be there."""
+        if stream_id not in self._dormant:
+            return
+        self._dormant.discard(stream_id)
+        self._tree_insert(stream_id)
+        if stream_id in self._unblocked:
+            self._unblocked.discard(stream_id)
+        else:
+            super().block(stream_id)
+
+    def _place_under(self, parent: int | None, exclusive: bool) -> None:
+        """Place what a stream's new place in the tree involves: its
+        parent, and for an exclusive child of the root (whose children
+        then become its children) every dormant stream, a root child."""
+        if exclusive and not parent:
+            for stream_id in list(self._dormant):
+                self._place(stream_id)
+        else:
+            self._place(parent)
+
+    def _tree_insert(
+        self, stream_id: int, depends_on: int | None = None, weight: int = 16,
+        exclusive: bool = False,
+    ) -> None:  # fmt: skip
+        inside, self._inside = self._inside, True
+        try:
+            super().insert_stream(stream_id, depends_on, weight, exclusive)
+        finally:
+            self._inside = inside
+        self._placed.add(stream_id)
+
+    def insert_stream(
+        self, stream_id: int, depends_on: int | None = None, weight: int = 16,
+        exclusive: bool = False,
+    ) -> None:  # fmt: skip
+        if stream_id in self._dormant or stream_id in self._placed:
+            raise DuplicateStreamError(f"Stream {stream_id} already in tree")
+        if self._inside or depends_on or weight != 16 or exclusive:
+            self._place_under(depends_on, exclusive)
+            self._tree_insert(stream_id, depends_on, weight, exclusive)
+        else:
+            self._dormant.add(stream_id)
+            self._unblocked.add(stream_id)
+
+    def block(self, stream_id: int) -> None:
+        if stream_id in self._dormant:
+            self._unblocked.discard(stream_id)
+        else:
+            super().block(stream_id)
+
+    def unblock(self, stream_id: int) -> None:
+        if stream_id in self._dormant:
+            self._unblocked.add(stream_id)
+            self._place(stream_id)
+        else:
+            super().unblock(stream_id)
+
+    def reprioritize(
+        self, stream_id: int, depends_on: int | None = None, weight: int = 16,
+        exclusive: bool = False,
+    ) -> None:  # fmt: skip
+        self._place(stream_id)
+        self._place_under(depends_on, exclusive)
+        inside, self._inside = self._inside, True
+        try:
+            super().reprioritize(stream_id, depends_on, weight, exclusive)
+        finally:
+            self._inside = inside
+
+    def remove_stream(self, stream_id: int) -> None:
+        if stream_id in self._dormant:
+            self._dormant.discard(stream_id)
+            self._unblocked.discard(stream_id)
+        else:
+            super().remove_stream(stream_id)
+            self._placed.discard(stream_id)
+
+    def __next__(self) -> int:
+        for waiting in list(self._unblocked):
+            self._place(waiting)
+        stream_id: int = super().__next__()
+        return stream_id
+
+
 RECEIVED_HEADERS = (h2.events.RequestReceived, h2.events.TrailersReceived)
 MALFORMED = h2.errors.ErrorCodes.PROTOCOL_ERROR
 
@@ -221,11 +335,15 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
     """A subclass of Hypercorn's ``H2Protocol`` (``base``) with the two
     changes above; ``events`` is ``hypercorn.protocol.events``."""
     body_events = (events.Body, events.Data)
+    end_events = (events.EndBody, events.EndData)
     header_events = (events.Response, events.InformationalResponse, events.Trailers)
 
     class TunedH2Protocol(base):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.priority = LazyPriorityTree()
+            # The stream whose data Hypercorn's send task is sending, if any.
+            self._sending: int | None = None
             config = self.connection.config
             config.normalize_outbound_headers = False
             config.validate_outbound_headers = False
@@ -254,6 +372,8 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
             kind = type(event)
             if kind in body_events and await self._send_now(event.stream_id, event.data):
                 return
+            if kind in end_events and await self._end_now(event.stream_id):
+                return
             if kind in header_events:
                 # Hypercorn's events are frozen dataclasses.
                 event = dataclasses.replace(event, headers=outbound_headers(event.headers))
@@ -277,5 +397,27 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
                 return True
             await self._flush()
             return True
+
+        async def _end_now(self, stream_id: int) -> bool:
+            """End the stream at once if nothing of it is queued and the
+            send task is not sending it; False leaves it to that task."""
+            queued = self.stream_buffers.get(stream_id)
+            if queued is None or queued.buffer or stream_id == self._sending:
+                return False
+            del self.stream_buffers[stream_id]
+            self.priority.remove_stream(stream_id)
+            try:
+                self.connection.end_stream(stream_id)
+            except SEND_ERRORS:
+                return True
+            await self._flush()
+            return True
+
+        async def _send_data(self, stream_id: int) -> None:
+            self._sending = stream_id
+            try:
+                await super()._send_data(stream_id)
+            finally:
+                self._sending = None
 
     return TunedH2Protocol

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypercorn.asyncio import run as hypercorn_run
 from hypercorn.asyncio.task_group import TaskGroup
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, RawData, Updated
 
 from lakehouse.callers.web import create_app
 from lakehouse.config import Config
@@ -208,6 +208,21 @@ async def test_one_turns_writes_go_out_as_one() -> None:
         await server.protocol_send(RawData(data=b"next"))
         assert await reader.readexactly(4) == b"next"
         assert writes[1:] == [b"next"]
+
+
+async def test_busy_and_idle_updates_do_not_split_a_turns_writes() -> None:
+    # HTTP/2 says "busy" and "idle" per stream, between the frames of the
+    # streams around it; the turn's frames still go out in one write.
+    async with tuned_connection() as (server, reader, _):
+        writes = spy_on_writes(server)
+        await server.protocol_send(RawData(data=b"first "))
+        await server.protocol_send(Updated(idle=True))
+        await server.protocol_send(RawData(data=b"second "))
+        await server.protocol_send(Updated(idle=False))
+        await server.protocol_send(RawData(data=b"third"))
+        assert writes == []
+        assert await reader.readexactly(18) == b"first second third"
+        assert writes == [b"first second third"]
 
 
 async def test_closing_first_sends_what_is_gathered() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import random
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +21,7 @@ import h2.exceptions
 import h2.settings
 import h2.utilities
 import hpack
+import priority
 import pytest
 from hpack import NeverIndexedHeaderTuple
 from hypercorn import protocol as hypercorn_protocol
@@ -27,7 +30,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol import h2 as hypercorn_h2
 
 from lakehouse import connections, server
-from lakehouse.h2_tuning import PlainEncoder, outbound_headers, request_headers_ok
+from lakehouse.h2_tuning import (
+    LazyPriorityTree,
+    PlainEncoder,
+    outbound_headers,
+    request_headers_ok,
+)
 from tests.support import make_config
 
 pytestmark = pytest.mark.anyio
@@ -324,6 +332,104 @@ def test_h2_connection_encodes_with_its_encoder_attribute() -> None:
     assert b"c4ec3c6100000001" in conn.data_to_send()
 
 
+def test_hypercorn_uses_only_the_tree_calls_lazy_priority_stands_in_for() -> None:
+    source = inspect.getsource(hypercorn_h2.H2Protocol)
+    assert set(re.findall(r"self\.priority\.(\w+)", source)) <= {
+        "insert_stream", "block", "unblock", "remove_stream", "reprioritize",
+    }  # fmt: skip
+    assert "next(self.priority)" in source
+    assert "self.priority = priority.PriorityTree()" in source
+
+
+def outcome(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except priority.PriorityError as exc:
+        return type(exc)
+
+
+def eligible(tree: priority.PriorityTree) -> set[int]:
+    """What the tree may schedule next: the unblocked streams it reaches
+    through blocked ones only (read from priority's own tree, the oracle)."""
+    out: set[int] = set()
+    todo = [tree._root_stream]
+    expanded = set()  # (priority lets reprioritising build cycles)
+    while todo:
+        node = todo.pop()
+        if node.stream_id in expanded:
+            continue
+        expanded.add(node.stream_id)
+        for _, child in node.child_queue:
+            if child.active:
+                out.add(child.stream_id)
+            else:
+                todo.append(child)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lazy_tree_answers_as_prioritys_own(seed: int) -> None:
+    # The same calls, as Hypercorn makes them, to both trees: the same
+    # errors, and a next stream the full tree could have picked too (the
+    # order among equals may differ: a lazy stream joins its siblings'
+    # queue later).
+    rng = random.Random(seed)
+    stock, lazy = priority.PriorityTree(), LazyPriorityTree()
+    for _ in range(300):
+        sid = rng.choice(range(1, 24, 2))
+        op = rng.choice(["insert", "insert", "block", "unblock", "remove", "next", "next", "tree"])
+        if op == "tree":  # a PRIORITY frame: reprioritise, or insert when missing
+            args = (sid, rng.choice([None, 0, *range(1, 24, 2)]), rng.randint(1, 256))
+            exclusive = rng.random() < 0.3
+            got = outcome(lazy.reprioritize, *args, exclusive=exclusive)
+            assert got == outcome(stock.reprioritize, *args, exclusive=exclusive)
+            if got is priority.MissingStreamError:
+                got = outcome(lazy.insert_stream, *args, exclusive=exclusive)
+                assert got == outcome(stock.insert_stream, *args, exclusive=exclusive)
+        elif op == "next":
+            may = eligible(stock)
+            got = outcome(next, lazy)
+            assert got in may if may else got is priority.DeadlockError
+            outcome(next, stock)
+        else:
+            call = {"insert": "insert_stream", "block": "block", "unblock": "unblock",
+                    "remove": "remove_stream"}[op]  # fmt: skip
+            assert outcome(getattr(lazy, call), sid) == outcome(getattr(stock, call), sid)
+
+
+def test_a_dormant_parent_shadows_its_child_as_in_the_tree() -> None:
+    for tree in (priority.PriorityTree(), LazyPriorityTree()):
+        tree.insert_stream(1)
+        tree.block(1)
+        tree.insert_stream(3, depends_on=1)
+        assert next(tree) == 3  # the parent is blocked
+        tree.unblock(1)
+        assert {next(tree) for _ in range(5)} == {1}  # now it goes first
+
+
+def test_a_stream_that_never_queues_stays_out_of_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    inserted: list[int] = []
+    insert = priority.PriorityTree.insert_stream
+
+    def counting(self: Any, stream_id: int, *args: Any, **kwargs: Any) -> None:
+        inserted.append(stream_id)
+        insert(self, stream_id, *args, **kwargs)
+
+    monkeypatch.setattr(priority.PriorityTree, "insert_stream", counting)
+    tree = LazyPriorityTree()
+    tree.insert_stream(1)
+    tree.block(1)
+    tree.remove_stream(1)
+    assert inserted == []
+    with pytest.raises(priority.DeadlockError):
+        next(tree)
+    tree.insert_stream(3)
+    tree.block(3)
+    tree.unblock(3)
+    assert inserted == [3]
+    assert next(tree) == 3
+
+
 # --------------------------------------------------------------------------- behaviour
 
 
@@ -349,6 +455,34 @@ async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def flavour(request: pytest.FixtureRequest) -> str:
     """Which stack the server runs (``chatd.server.tuned``)."""
     return str(request.param)
+
+
+@pytest.fixture
+def tree_inserts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Streams put in a priority tree itself (not only noted as dormant)."""
+    inserted: list[int] = []
+    insert = priority.PriorityTree.insert_stream
+
+    def counting(self: Any, stream_id: int, *args: Any, **kwargs: Any) -> None:
+        inserted.append(stream_id)
+        insert(self, stream_id, *args, **kwargs)
+
+    monkeypatch.setattr(priority.PriorityTree, "insert_stream", counting)
+    return inserted
+
+
+@pytest.fixture
+def send_task(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Streams Hypercorn's send task sent for (data or the end)."""
+    sent: list[int] = []
+    send_data = hypercorn_h2.H2Protocol._send_data
+
+    async def counting(self: Any, stream_id: int) -> None:
+        sent.append(stream_id)
+        await send_data(self, stream_id)
+
+    monkeypatch.setattr(hypercorn_h2.H2Protocol, "_send_data", counting)
+    return sent
 
 
 @pytest.fixture
@@ -422,18 +556,26 @@ async def fetch(
         writer.close()
 
 
-async def test_streamed_chunks_arrive_whole_and_in_order(flavour: str, pushes: list[int]) -> None:
+async def test_streamed_chunks_arrive_whole_and_in_order(
+    flavour: str, pushes: list[int], send_task: list[int], tree_inserts: list[int]
+) -> None:
     async with serving(flavour) as port:
         headers, body = await fetch(port, "/")
     assert headers[b":status"] == b"200"
     assert body == b"".join(CHUNKS)
     if flavour == "tuned":
         assert pushes == []  # every chunk went out directly
+        assert send_task == []  # and so did the end of the stream
+        assert tree_inserts == []  # which never entered the priority tree
     else:
         assert len(pushes) == len(CHUNKS)
+        assert 1 in send_task
+        assert tree_inserts == [1]
 
 
-async def test_a_small_window_keeps_hypercorn_flow_control(flavour: str, pushes: list[int]) -> None:
+async def test_a_small_window_keeps_hypercorn_flow_control(
+    flavour: str, pushes: list[int], send_task: list[int], tree_inserts: list[int]
+) -> None:
     # 25-byte chunks against a 10-byte window: none fits, so the tuned
     # protocol hands each one to Hypercorn's send task, which waits for
     # the client's WINDOW_UPDATEs.
@@ -442,6 +584,8 @@ async def test_a_small_window_keeps_hypercorn_flow_control(flavour: str, pushes:
     assert headers[b":status"] == b"200"
     assert body == b"".join(CHUNKS)
     assert len(pushes) == len(CHUNKS)
+    assert 1 in send_task
+    assert tree_inserts == [1]
 
 
 async def test_response_headers_are_lower_cased_and_hop_by_hop_dropped() -> None:
