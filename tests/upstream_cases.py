@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from lakehouse import errors
 from lakehouse.plugin_api import ProviderContext
 from lakehouse.wire import ChatRequest, ImagePart, ImageURL, Message, StreamDelta, TextPart
-from tests.support import mock_upstream
+from tests.support import builtin_plugin, mock_upstream
 
 HI = [Message("system", "be brief"), Message("user", "hi")]
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
@@ -49,6 +50,15 @@ def provider_fixture(build: Callable[[], Any]) -> Any:
     return provider
 
 
+def keyed_plugin(name: str, base_url: str) -> Any:
+    """The built-in plugin ``name``, checked to need a key and to default to
+    ``base_url``."""
+    plugin = builtin_plugin(name)
+    assert plugin.default_base_url == base_url
+    assert plugin.needs_key is True
+    return plugin
+
+
 def only_request(mock: mock_upstream) -> Any:
     """The one request ``mock`` received."""
     (sent,) = [c for cs in mock.requests.values() for c in cs]
@@ -64,6 +74,22 @@ async def exchange(
         mock.post(url, **reply)
         out = await provider.chat(request or ChatRequest(model="m", messages=HI), model)
         return out, only_request(mock)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound by the OS, then let go."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def check_timeout(provider: Any, url: str, request: Any) -> None:
+    """An upstream that does not answer in time is an UpstreamTimeout."""
+    with mock_upstream() as mock:
+        mock.post(url, exception=TimeoutError())
+        with pytest.raises(errors.UpstreamTimeout):
+            await provider.chat(request, "m")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ meets them; split the error cases out if they grow."""
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -363,20 +362,14 @@ async def test_redirect_is_not_followed(provider: OpenAICompatProvider) -> None:
 
 
 async def test_connection_refused_is_unreachable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    async with cases.started(make(base=f"http://127.0.0.1:{port}/v1")) as p:
+    async with cases.started(make(base=f"http://127.0.0.1:{cases.closed_port()}/v1")) as p:
         with pytest.raises(errors.UpstreamUnreachable) as info:
             await p.chat(request(), "m")
     assert KEY not in info.value.message
 
 
 async def test_timeout_is_upstream_timeout(provider: OpenAICompatProvider) -> None:
-    with mock_upstream() as mock:
-        mock.post(URL, exception=TimeoutError())
-        with pytest.raises(errors.UpstreamTimeout):
-            await provider.chat(request(), "m")
+    await cases.check_timeout(provider, URL, request())
 
 
 @pytest.mark.parametrize(
