@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,14 +73,6 @@ async def exchange(
         mock.post(url, **reply)
         out = await provider.chat(request or ChatRequest(model="m", messages=HI), model)
         return out, only_request(mock)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: bound by the OS, then let go."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def check_timeout(provider: Any, url: str, request: Any) -> None:

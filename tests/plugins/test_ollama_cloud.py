@@ -14,6 +14,7 @@ from lakehouse.loader import BUILTIN_DIR, import_plugin_file
 from lakehouse.wire import ChatRequest, Message
 from tests import upstream_cases as cases
 from tests.support import build_provider, mock_upstream
+from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -280,7 +281,7 @@ async def test_redirect_is_not_followed() -> None:
 
 
 async def test_connection_refused_and_timeout(provider: Any) -> None:
-    p = build_provider("ollama_cloud", f"http://127.0.0.1:{cases.closed_port()}", key=KEY)
+    p = build_provider("ollama_cloud", f"http://127.0.0.1:{free_port()}", key=KEY)
     async with cases.started(p):
         with pytest.raises(errors.UpstreamUnreachable):
             await p.chat(request(), "m")

@@ -22,6 +22,7 @@ from lakehouse.plugin_api import (
 )
 from tests import upstream_cases as cases
 from tests.support import mock_upstream
+from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -362,7 +363,7 @@ async def test_redirect_is_not_followed(provider: OpenAICompatProvider) -> None:
 
 
 async def test_connection_refused_is_unreachable() -> None:
-    async with cases.started(make(base=f"http://127.0.0.1:{cases.closed_port()}/v1")) as p:
+    async with cases.started(make(base=f"http://127.0.0.1:{free_port()}/v1")) as p:
         with pytest.raises(errors.UpstreamUnreachable) as info:
             await p.chat(request(), "m")
     assert KEY not in info.value.message
