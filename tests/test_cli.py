@@ -29,15 +29,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def chatd(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def chatd(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``chatd *args`` run to its end, with no provider key in its
+    environment but those in ``env``."""
     return subprocess.run(
         [sys.executable, "-m", "lakehouse.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
-        env=clean_env(),
-        **kw,  # type: ignore[call-overload]
+        env=clean_env(**env),
     )
 
 
@@ -47,6 +48,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def startup_failure(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a process that cannot start stops with (exit 2)."""
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
 def test_check_shipped_config_without_keys_registers_only_ollama() -> None:
     done = chatd("--check")
     assert done.returncode == 0, done.stderr
@@ -54,14 +63,7 @@ def test_check_shipped_config_without_keys_registers_only_ollama() -> None:
 
 
 def test_check_with_a_key_registers_that_provider() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=clean_env(OPENROUTER_API_KEY="sk-or-v1-" + "x" * 30),
-    )
+    done = chatd("--check", OPENROUTER_API_KEY="sk-or-v1-" + "x" * 30)
     assert done.returncode == 0, done.stderr
     assert "providers: ollama, openrouter" in done.stdout
     assert "sk-or-v1-" not in done.stdout + done.stderr
@@ -85,12 +87,9 @@ def test_check_with_a_key_registers_that_provider() -> None:
 def test_bad_config_stops_startup_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    done = chatd("--config", str(path))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert needle in lines[0]
-    assert lines[0].startswith("chatd: config error:")
+    line = startup_failure(chatd("--config", str(path)))
+    assert needle in line
+    assert line.startswith("chatd: config error:")
 
 
 class Server:
@@ -258,10 +257,7 @@ def test_every_start_up_failure_is_one_line_blaming_its_source(
     flags: list[str], needle: str, check: bool
 ) -> None:
     done = chatd(*(["--check"] if check else []), *flags)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("chatd: config error: " + needle)
+    assert startup_failure(done).startswith("chatd: config error: " + needle)
     assert "config ok" not in done.stdout and "serving" not in done.stderr
 
 
@@ -279,10 +275,8 @@ def listening_socket() -> socket.socket:
 def test_a_port_in_use_is_one_line_and_exit_2(command: list[str]) -> None:
     with listening_socket() as taken:
         done = chatd(*command, "--bind", f"127.0.0.1:{taken.getsockname()[1]}")
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "cannot listen on 127.0.0.1:" in lines[0] and "already in use" in lines[0]
+    line = startup_failure(done)
+    assert "cannot listen on 127.0.0.1:" in line and "already in use" in line
     assert "serving" not in done.stderr
 
 
@@ -318,10 +312,7 @@ def test_tls_check_names_a_bad_certificate_and_warns_of_an_expired_one(tmp_path:
     garbage.write_text("not a certificate\n")
     for check in (["--check"], []):
         done = chatd(*check, *tls, "--set", f'chatd.server.certfile="{garbage}"')
-        assert done.returncode == 2
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1, done.stderr
-        assert str(garbage) in lines[0]
+        assert str(garbage) in startup_failure(done)
 
 
 def test_with_a_certificate_the_banner_says_https_and_h2(tmp_path: Path) -> None:
