@@ -90,87 +90,82 @@ async def test_usage_inside_the_choice(provider: Any) -> None:
     assert (out.prompt_tokens, out.completion_tokens) == (9, 10)
 
 
-def kimi_error(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_}}
-
-
 @pytest.mark.parametrize(
-    "case",
+    ("status", "message", "kind", "error"),
     [
-        cases.ErrorReply(
+        (
             401,
-            kimi_error(
-                "The API Key appears to be invalid or may have expired",
-                "invalid_authentication_error",
-            ),
+            "The API Key appears to be invalid or may have expired",
+            "invalid_authentication_error",
             errors.UpstreamAuth,
         ),
-        cases.ErrorReply(
+        (
             402,
-            kimi_error("We were unable to verify your membership benefits"),
+            "We were unable to verify your membership benefits",
+            "invalid_request_error",
             errors.UpstreamQuota,
         ),
-        cases.ErrorReply(
+        (
             403,
-            kimi_error(
-                "Kimi For Coding is currently only available for Coding Agents such "
-                "as Kimi CLI, Claude Code, Roo Code, Kilo Code, etc.",
-                "access_terminated_error",
-            ),
+            "Kimi For Coding is currently only available for Coding Agents such "
+            "as Kimi CLI, Claude Code, Roo Code, Kilo Code, etc.",
+            "access_terminated_error",
             errors.UpstreamAuth,
         ),
-        cases.ErrorReply(
+        (
             403,
-            kimi_error(
-                "You've reached your usage limit for this billing cycle", "access_terminated_error"
-            ),
+            "You've reached your usage limit for this billing cycle",
+            "access_terminated_error",
             errors.UpstreamQuota,
         ),
-        cases.ErrorReply(
-            403, kimi_error("Access terminated", "access_terminated_error"), errors.UpstreamQuota
-        ),
-        cases.ErrorReply(
+        (403, "Access terminated", "access_terminated_error", errors.UpstreamQuota),
+        (
             429,
-            kimi_error(
-                "The engine is currently overloaded, please try again later",
-                "engine_overloaded_error",
-            ),
+            "The engine is currently overloaded, please try again later",
+            "engine_overloaded_error",
             errors.UpstreamRateLimited,
         ),
-        cases.ErrorReply(
+        (
             429,
-            kimi_error(
-                "We're receiving too many requests at the moment", "rate_limit_reached_error"
-            ),
+            "We're receiving too many requests at the moment",
+            "rate_limit_reached_error",
             errors.UpstreamRateLimited,
         ),
-        cases.ErrorReply(
-            429, kimi_error("You've reached your usage limit for this period"), errors.UpstreamQuota
+        (
+            429,
+            "You've reached your usage limit for this period",
+            "invalid_request_error",
+            errors.UpstreamQuota,
         ),
-        cases.ErrorReply(
-            429, kimi_error("You've reached kimi monthly usage limit"), errors.UpstreamQuota
+        (
+            429,
+            "You've reached kimi monthly usage limit",
+            "invalid_request_error",
+            errors.UpstreamQuota,
         ),
-        cases.ErrorReply(
+        (
             400,
-            kimi_error("invalid temperature: only 1 is allowed for this model"),
+            "invalid temperature: only 1 is allowed for this model",
+            "invalid_request_error",
             errors.UpstreamRejected,
         ),
-        cases.ErrorReply(
+        (
             400,
-            kimi_error("Your request exceeded model token limit: 262144"),
+            "Your request exceeded model token limit: 262144",
+            "invalid_request_error",
             errors.UpstreamRejected,
         ),
-        cases.ErrorReply(
+        (
             404,
-            kimi_error(
-                "Not found the model kimi-for-coding or Permission denied",
-                "resource_not_found_error",
-            ),
+            "Not found the model kimi-for-coding or Permission denied",
+            "resource_not_found_error",
             errors.UpstreamRejected,
         ),
-        cases.ErrorReply(500, kimi_error("internal error", "server_error"), errors.UpstreamError),
+        (500, "internal error", "server_error", errors.UpstreamError),
     ],
-    ids=cases.error_id,
 )
-async def test_documented_errors(provider: Any, case: cases.ErrorReply) -> None:
-    await case.check(call(provider, **case.reply), case.body["error"]["message"])
+async def test_documented_errors(
+    provider: Any, status: int, message: str, kind: str, error: type[errors.ChatdError]
+) -> None:
+    case = cases.ErrorReply(status, {"error": {"message": message, "type": kind}}, error)
+    await case.check(call(provider, **case.reply), message)

@@ -208,38 +208,29 @@ def anthropic(kind: str, text: str = "nope") -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": text}, "request_id": "req_1"}
 
 
-def quoting_the_key(kind: str) -> dict[str, Any]:
-    return anthropic(kind, f"{KEY} {kind}")
-
-
 @pytest.mark.parametrize(
-    "case",
+    ("status", "kind", "headers", "error", "retry_after"),
     [
-        cases.ErrorReply(400, quoting_the_key("invalid_request_error"), errors.UpstreamRejected),
-        cases.ErrorReply(401, quoting_the_key("authentication_error"), errors.UpstreamAuth),
-        cases.ErrorReply(403, quoting_the_key("permission_error"), errors.UpstreamAuth),
-        cases.ErrorReply(402, quoting_the_key("billing_error"), errors.UpstreamQuota),
-        cases.ErrorReply(404, quoting_the_key("not_found_error"), errors.UpstreamRejected),
-        cases.ErrorReply(
-            429,
-            quoting_the_key("rate_limit_error"),
-            errors.UpstreamRateLimited,
-            12.0,
-            {"retry-after": "12"},
-        ),
-        cases.ErrorReply(500, quoting_the_key("api_error"), errors.UpstreamError),
-        cases.ErrorReply(
-            529,
-            quoting_the_key("overloaded_error"),
-            errors.UpstreamError,
-            3.0,
-            {"retry-after": "3"},
-        ),
+        (400, "invalid_request_error", {}, errors.UpstreamRejected, None),
+        (401, "authentication_error", {}, errors.UpstreamAuth, None),
+        (403, "permission_error", {}, errors.UpstreamAuth, None),
+        (402, "billing_error", {}, errors.UpstreamQuota, None),
+        (404, "not_found_error", {}, errors.UpstreamRejected, None),
+        (429, "rate_limit_error", {"retry-after": "12"}, errors.UpstreamRateLimited, 12.0),
+        (500, "api_error", {}, errors.UpstreamError, None),
+        (529, "overloaded_error", {"retry-after": "3"}, errors.UpstreamError, 3.0),
     ],
-    ids=cases.error_id,
 )
-async def test_errors(provider: AnthropicMessagesProvider, case: cases.ErrorReply) -> None:
-    kind = case.body["error"]["type"]
+async def test_errors(
+    provider: AnthropicMessagesProvider,
+    status: int,
+    kind: str,
+    headers: dict[str, str],
+    error: type[errors.ChatdError],
+    retry_after: float | None,
+) -> None:
+    # The reply quotes the key back: the error keeps the kind, not the key.
+    case = cases.ErrorReply(status, anthropic(kind, f"{KEY} {kind}"), error, retry_after, headers)
     raised = await case.check(call(provider, **case.reply), kind)
     assert KEY not in raised.message
 
