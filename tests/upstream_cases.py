@@ -125,19 +125,20 @@ def sent_body(provider: Any, **kw: Any) -> Any:
     return json.loads(provider.body(ChatRequest(model="m", messages=messages, **kw), "m"))
 
 
-def check_refused_by_name(provider: Any, field: dict[str, Any], protocol: str) -> None:
-    """A request ``field`` the protocol cannot carry is a 400 naming it."""
+def check_refused_by_name(provider: Any, refused: dict[str, Any], protocol: str) -> None:
+    """A request field the protocol cannot carry (``refused``, one field and
+    its value) is a 400 naming it."""
     with pytest.raises(errors.BadRequest) as info:
-        sent_body(provider, **field)
-    (name,) = field
+        sent_body(provider, **refused)
+    (name,) = refused
     assert info.value.path == f"$.{name}"
     assert protocol in info.value.message
 
 
-def image_refused_outside_user_turns(provider: Any, role: str) -> errors.BadRequest:
+def image_refused_outside_user_turns(provider: Any, role: Any) -> errors.BadRequest:
     """An image in a ``role`` turn, which the protocol cannot carry there, is
     a 400 naming where it is rather than dropped; the error, for more checks."""
-    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(PNG))])  # type: ignore[arg-type]
+    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(PNG))])
     with pytest.raises(errors.BadRequest) as info:
         sent_body(provider, messages=[seeing, Message("user", "hi")])
     assert info.value.path == "$.messages[0].content"
