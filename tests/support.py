@@ -12,6 +12,7 @@ from typing import Any
 from unittest.mock import patch
 
 import aiohttp
+import pytest
 from aioresponses import aioresponses
 
 from lakehouse import config as configuration
@@ -48,14 +49,22 @@ async def running_chatd(
     source: Callable[[], configuration.Config] | None = None,
 ) -> AsyncIterator[str]:
     """Serve chatd on a real socket; yields its base URL."""
+    async with serving(create_app(config, environ=environ or {}, source=source), config) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: Any, config: configuration.Config, ready: str = "/ready"
+) -> AsyncIterator[str]:
+    """Serve the ASGI ``app`` as chatd serves one (lakehouse.server.serve)
+    on a real socket; yields its base URL once ``ready`` answers 200."""
     sock = bound_socket()
-    port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     stop = asyncio.Event()
-    app = create_app(config, environ=environ or {}, source=source)
     task = asyncio.create_task(serve(app, config, sock, stop.wait))
-    base = f"http://127.0.0.1:{port}"
     try:
-        await _wait_ready(base, task)
+        await _wait_ready(base, task, ready)
         yield base
     finally:
         stop.set()
@@ -64,22 +73,43 @@ async def running_chatd(
         sock.detach()
 
 
-async def _wait_ready(base: str, task: asyncio.Task[None]) -> None:
-    import aiohttp
-
+async def _wait_ready(base: str, task: asyncio.Task[None], ready: str = "/ready") -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             if task.done():
                 task.result()
-                raise RuntimeError("chatd stopped before it was ready")
+                raise RuntimeError("the server stopped before it was ready")
             try:
-                async with session.get(base + "/ready") as resp:
+                async with session.get(base + ready) as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.02)
-    raise RuntimeError("chatd did not become ready")
+    raise RuntimeError(f"{base}{ready} did not answer 200")
+
+
+def module_fixtures(
+    opened: Callable[[], contextlib.AbstractAsyncContextManager[Any]], name: str = "world"
+) -> tuple[Any, Any]:
+    """The fixtures of a test module whose tests share one served world:
+    ``name``, what ``opened()`` yields, opened once for the module, and
+    the module-scoped ``anyio_backend`` such a fixture needs (the
+    conftest's is per test). In the module::
+
+        anyio_backend, world = module_fixtures(lambda: stub_world(OVERRIDES))
+    """
+
+    @pytest.fixture(scope="module", name="anyio_backend")
+    def backend() -> str:
+        return "asyncio"
+
+    @pytest.fixture(scope="module", name=name)
+    async def shared() -> AsyncIterator[Any]:
+        async with opened() as value:
+            yield value
+
+    return backend, shared
 
 
 async def eventually(check: Callable[[], Any], within: float = 20.0, what: str = "") -> None:
