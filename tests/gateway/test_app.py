@@ -24,9 +24,8 @@ from aiohttp import web
 
 from lakehouse.config import Config
 from lakehouse.gateway.app import create_gateway
-from lakehouse.server import bound_socket, serve
 from lakehouse.stubs import StubUpstream
-from tests.support import ROOT, make_config, provider_table, running_chatd
+from tests.support import ROOT, make_config, provider_table, running_chatd, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -50,26 +49,8 @@ def gateway_config(routes: dict[str, str], **overrides: Any) -> Config:
 @contextlib.asynccontextmanager
 async def running_gateway(config: Config) -> AsyncIterator[str]:
     """Serve the gateway on a real socket; yields its base URL."""
-    sock = bound_socket()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(create_gateway(config), config, sock, stop.wait))
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the gateway stopped before it was ready")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(base + "/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.02)
+    async with serving(create_gateway(config), config, ready="/health") as base:
         yield base
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        # Hypercorn took the descriptor over (fd:// bind) and closed it.
-        sock.detach()
 
 
 def h2(base: str) -> httpx.AsyncClient:
