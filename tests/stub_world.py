@@ -103,10 +103,14 @@ async def stub_world(
             await stub.stop()
 
 
+# What one_stub yields: chatd's base URL and the stub.
+OneStub = tuple[str, StubUpstream]
+
+
 @contextlib.asynccontextmanager
 async def one_stub(
     name: str, overrides: Mapping[str, Any] | None = None, **stub_options: Any
-) -> AsyncIterator[tuple[str, StubUpstream]]:
+) -> AsyncIterator[OneStub]:
     """chatd in front of provider ``name``'s stub alone (with its key from
     KEYS, if it takes one), probes off; yields chatd's base URL and the
     stub."""

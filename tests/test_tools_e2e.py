@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.stub_world import MODELS, World, stub_world
+from tests.support import module_fixtures
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -46,22 +47,12 @@ ASK_PARALLEL = [{"role": "user", "content": "parallel Paris"}]
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    async with stub_world() as w:
-        yield w
+anyio_backend, world = module_fixtures(stub_world)
 
 
 @pytest.fixture
 async def http(world: World) -> AsyncIterator[httpx.AsyncClient]:
-    for stub in world.stubs.values():
-        stub.clear_faults()
-        stub.received.clear()
+    world.reset()
     async with httpx.AsyncClient(base_url=world.base, timeout=30) as client:
         yield client
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ from lakehouse.stubs import Fault
 from lakehouse.stubs.replies import reply_text
 from tests.h2_client import RawH2, exchange
 from tests.stub_world import MODELS, World, stub_world
+from tests.support import module_fixtures
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -29,29 +29,20 @@ HELLO = [{"role": "user", "content": SAID}]
 KEEPALIVE = b": keep-alive"
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    overrides = {
-        "chatd.timeout_secs": 0.8,
-        "chatd.sse_keepalive_secs": 0.15,
-        # Chains on tiers only: the plain model names have none.
-        "models.local": "qwen3.5:latest",
-        "models.coder": "kimi/kimi-for-coding",
-        "chatd.fallbacks": {"local": ["opencode/glm-5.2"], "coder": ["openrouter/openai/gpt-5"]},
-    }
-    async with stub_world(overrides) as w:
-        yield w
+OVERRIDES = {
+    "chatd.timeout_secs": 0.8,
+    "chatd.sse_keepalive_secs": 0.15,
+    # Chains on tiers only: the plain model names have none.
+    "models.local": "qwen3.5:latest",
+    "models.coder": "kimi/kimi-for-coding",
+    "chatd.fallbacks": {"local": ["opencode/glm-5.2"], "coder": ["openrouter/openai/gpt-5"]},
+}
+anyio_backend, world = module_fixtures(lambda: stub_world(OVERRIDES))
 
 
 @pytest.fixture(autouse=True)
-def no_faults(world: World) -> None:
-    for stub in world.stubs.values():
-        stub.clear_faults()
+def fresh(world: World) -> None:
+    world.reset()
 
 
 async def ndjson(base: str, model: str, **extra: Any) -> tuple[int, list[Any]]:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
+from tests.stub_world import one_stub
 from tests.support import eventually, make_config, provider_table, running_chatd
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
@@ -27,20 +28,8 @@ GOOD = {"model": "qwen3.5:latest", "messages": HELLO}
 
 @pytest.fixture
 async def chatd() -> AsyncIterator[tuple[str, StubUpstream]]:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={
-            **provider_table("ollama", url),
-            "chatd.max_request_bytes": 4 * 1024 * 1024,
-            "chatd.probe_interval_secs": 0,
-        }
-    )
-    try:
-        async with running_chatd(config) as base:
-            yield base, stub
-    finally:
-        await stub.stop()
+    async with one_stub("ollama", {"chatd.max_request_bytes": 4 * 1024 * 1024}) as (base, stub):
+        yield base, stub
 
 
 async def post(

@@ -25,7 +25,8 @@ from aiohttp import web
 from lakehouse.config import Config
 from lakehouse.gateway.app import create_gateway
 from lakehouse.stubs import StubUpstream
-from tests.support import ROOT, make_config, provider_table, running_chatd, serving
+from tests.stub_world import one_stub
+from tests.support import ROOT, make_config, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -65,20 +66,8 @@ def free_port() -> int:
 
 @pytest.fixture
 async def chatd() -> AsyncIterator[tuple[str, StubUpstream]]:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={
-            **provider_table("ollama", url),
-            "chatd.max_request_bytes": 4 * MIB,
-            "chatd.probe_interval_secs": 0,
-        }
-    )
-    try:
-        async with running_chatd(config) as base:
-            yield base, stub
-    finally:
-        await stub.stop()
+    async with one_stub("ollama", {"chatd.max_request_bytes": 4 * MIB}) as (base, stub):
+        yield base, stub
 
 
 @pytest.fixture
