@@ -137,12 +137,22 @@ MID_STREAM = [
 ]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize(("kind", "fault", "code"), MID_STREAM, ids=[m[0] for m in MID_STREAM])
-async def test_a_failure_mid_stream_ends_the_native_stream_with_an_error_line(
-    world: World, name: str, kind: str, fault: Fault, code: str
-) -> None:
+@pytest.fixture(
+    params=[(name, *case) for case in MID_STREAM for name in MODELS],
+    ids=[f"{case[0]}-{name}" for case in MID_STREAM for name in MODELS],
+)
+def mid_stream(request: pytest.FixtureRequest, world: World) -> tuple[str, str, str]:
+    """Provider ``name``'s next stream fails mid-answer as MID_STREAM says
+    (the autouse ``fresh`` has run first); (name, kind, code)."""
+    name, kind, fault, code = request.param
     world.stubs[name].fail_next(fault)
+    return name, kind, code
+
+
+async def test_a_failure_mid_stream_ends_the_native_stream_with_an_error_line(
+    world: World, mid_stream: tuple[str, str, str]
+) -> None:
+    name, _, code = mid_stream
     status, lines = await ndjson(world.base, MODELS[name])
     assert status == 200
     assert lines[-1] == {
@@ -152,12 +162,10 @@ async def test_a_failure_mid_stream_ends_the_native_stream_with_an_error_line(
     assert await in_flight(world.base, name) == 0
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize(("kind", "fault", "code"), MID_STREAM, ids=[m[0] for m in MID_STREAM])
 async def test_a_failure_mid_stream_ends_the_sse_stream_with_an_error_event(
-    world: World, name: str, kind: str, fault: Fault, code: str
+    world: World, mid_stream: tuple[str, str, str]
 ) -> None:
-    world.stubs[name].fail_next(fault)
+    name, kind, code = mid_stream
     status, events = await sse(world.base, MODELS[name])
     assert status == 200
     payloads = data(events)
