@@ -109,7 +109,10 @@ OneStub = tuple[str, StubUpstream]
 
 @contextlib.asynccontextmanager
 async def one_stub(
-    name: str, overrides: Mapping[str, Any] | None = None, **stub_options: Any
+    name: str,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **stub_options: Any,
 ) -> AsyncIterator[OneStub]:
     """chatd in front of provider ``name``'s stub alone (with its key from
     KEYS, if it takes one), probes off; yields chatd's base URL and the
@@ -121,7 +124,8 @@ async def one_stub(
             "chatd.probe_interval_secs": 0,
             **(overrides or {}),
         }
-        async with running_chatd(make_config(overrides=settings), ENV) as base:
+        config = make_config(overrides=settings)
+        async with running_chatd(config, {**ENV, **(environ or {})}) as base:
             yield base, stub
     finally:
         await stub.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -137,6 +138,15 @@ async def eventually(check: Callable[[], Any], within: float = 20.0, what: str =
         if loop.time() > deadline:
             raise AssertionError(f"not within {within:g} s: {what or check}")
         await asyncio.sleep(0.02)
+
+
+def config_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a chatd process that refused its config wrote (it
+    exits with 2)."""
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
 
 
 def provider_table(name: str, base_url: str, **extra: Any) -> dict[str, Any]:

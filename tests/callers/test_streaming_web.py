@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx
@@ -137,42 +137,47 @@ MID_STREAM = [
 ]
 
 
+class MidStream(NamedTuple):
+    name: str  # the provider
+    kind: str  # as in MID_STREAM
+    code: str  # the error code the caller gets
+
+
 @pytest.fixture(
     params=[(name, *case) for case in MID_STREAM for name in MODELS],
     ids=[f"{case[0]}-{name}" for case in MID_STREAM for name in MODELS],
 )
-def mid_stream(request: pytest.FixtureRequest, world: World) -> tuple[str, str, str]:
-    """Provider ``name``'s next stream fails mid-answer as MID_STREAM says
-    (the autouse ``fresh`` has run first); (name, kind, code)."""
+def mid_stream(request: pytest.FixtureRequest, world: World) -> MidStream:
+    """A provider whose next stream fails mid-answer as MID_STREAM says
+    (the autouse ``fresh`` has run first)."""
     name, kind, fault, code = request.param
     world.stubs[name].fail_next(fault)
-    return name, kind, code
+    return MidStream(name, kind, code)
 
 
 async def test_a_failure_mid_stream_ends_the_native_stream_with_an_error_line(
-    world: World, mid_stream: tuple[str, str, str]
+    world: World, mid_stream: MidStream
 ) -> None:
-    name, _, code = mid_stream
-    status, lines = await ndjson(world.base, MODELS[name])
+    status, lines = await ndjson(world.base, MODELS[mid_stream.name])
     assert status == 200
+    error = lines[-1]["error"]
     assert lines[-1] == {
-        "error": {"code": code, "message": lines[-1]["error"]["message"], "provider": name}
+        "error": {"code": mid_stream.code, "message": error["message"], "provider": mid_stream.name}
     }
     assert not any(line.get("done") for line in lines)
-    assert await in_flight(world.base, name) == 0
+    assert await in_flight(world.base, mid_stream.name) == 0
 
 
 async def test_a_failure_mid_stream_ends_the_sse_stream_with_an_error_event(
-    world: World, mid_stream: tuple[str, str, str]
+    world: World, mid_stream: MidStream
 ) -> None:
-    name, kind, code = mid_stream
-    status, events = await sse(world.base, MODELS[name])
+    status, events = await sse(world.base, MODELS[mid_stream.name])
     assert status == 200
     payloads = data(events)
-    assert payloads[-1]["error"]["code"] == code
+    assert payloads[-1]["error"]["code"] == mid_stream.code
     assert set(payloads[-1]["error"]) == {"message", "type", "code", "param"}
     assert "[DONE]" not in payloads
-    if kind == "stall":
+    if mid_stream.kind == "stall":
         # 0.8 s of silence against a 0.15 s keep-alive: comments kept it open.
         assert KEEPALIVE in events
 

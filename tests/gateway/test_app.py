@@ -26,7 +26,7 @@ from lakehouse.config import Config
 from lakehouse.gateway.app import create_gateway
 from lakehouse.stubs import StubUpstream
 from tests.stub_world import one_stub
-from tests.support import ROOT, make_config, serving
+from tests.support import ROOT, config_error, make_config, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -403,12 +403,9 @@ def test_bad_gateway_config_stops_startup_with_one_line(
 ) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    done = gateway_process("--config", str(path))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("chatd gateway: config error:")
-    assert needle in lines[0]
+    line = config_error(gateway_process("--config", str(path)))
+    assert line.startswith("chatd gateway: config error:")
+    assert needle in line
 
 
 async def test_gateway_process_proxies_to_a_running_chatd(
