@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import ROOT, eventually
+from tests.support import ROOT, config_error, eventually
 
 GOOD = {"model": "qwen3.5:latest", "messages": [{"role": "user", "content": "hi"}]}
 KEY_VARS = ("OLLAMA_CLOUD_KEY", "OPENROUTER_API_KEY", "OPENCODE_API_KEY", "KIMI_API_KEY")
@@ -46,14 +46,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def startup_failure(done: subprocess.CompletedProcess[str]) -> str:
-    """The one line a process that cannot start stops with (exit 2)."""
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    return lines[0]
 
 
 def test_check_shipped_config_without_keys_registers_only_ollama() -> None:
@@ -87,7 +79,7 @@ def test_check_with_a_key_registers_that_provider() -> None:
 def test_bad_config_stops_startup_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    line = startup_failure(chatd("--config", str(path)))
+    line = config_error(chatd("--config", str(path)))
     assert needle in line
     assert line.startswith("chatd: config error:")
 
@@ -257,7 +249,7 @@ def test_every_start_up_failure_is_one_line_blaming_its_source(
     flags: list[str], needle: str, check: bool
 ) -> None:
     done = chatd(*(["--check"] if check else []), *flags)
-    assert startup_failure(done).startswith("chatd: config error: " + needle)
+    assert config_error(done).startswith("chatd: config error: " + needle)
     assert "config ok" not in done.stdout and "serving" not in done.stderr
 
 
@@ -275,7 +267,7 @@ def listening_socket() -> socket.socket:
 def test_a_port_in_use_is_one_line_and_exit_2(command: list[str]) -> None:
     with listening_socket() as taken:
         done = chatd(*command, "--bind", f"127.0.0.1:{taken.getsockname()[1]}")
-    line = startup_failure(done)
+    line = config_error(done)
     assert "cannot listen on 127.0.0.1:" in line and "already in use" in line
     assert "serving" not in done.stderr
 
@@ -312,7 +304,7 @@ def test_tls_check_names_a_bad_certificate_and_warns_of_an_expired_one(tmp_path:
     garbage.write_text("not a certificate\n")
     for check in (["--check"], []):
         done = chatd(*check, *tls, "--set", f'chatd.server.certfile="{garbage}"')
-        assert str(garbage) in startup_failure(done)
+        assert str(garbage) in config_error(done)
 
 
 def test_with_a_certificate_the_banner_says_https_and_h2(tmp_path: Path) -> None:
