@@ -15,7 +15,7 @@ from lakehouse.errors import ConfigError
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
 from lakehouse.upstreams.http import HTTPClient
-from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, FlavouredProvider
+from lakehouse.upstreams.openai_chat import Flavour, FlavouredProvider
 from lakehouse.upstreams.provider import options_as
 from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
 
@@ -85,17 +85,13 @@ class EventStreamProvider(FlavouredProvider):
         async with self._http.stream_post(
             self.path, body, self._auth, error=self.classify
         ) as upstream:
-            if upstream.content_type == "application/json":
-                # An upstream (or proxy) that ignored "stream" answers whole;
-                # its tool calls go out with the final reply.
-                data = await upstream.read(MAX_WHOLE_BODY)
-                whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
+            whole = await self.answered_whole(upstream, model)
+            if whole is not None:
+                # Its tool calls go out with the final reply.
                 if whole.content or whole.reasoning:
                     yield StreamDelta(whole.content, whole.reasoning or "")
                 yield whole
                 return
-            if upstream.content_type not in ("text/event-stream", ""):
-                raise upstream.refuse(await upstream.read(300), "an event stream")
             fold = self.fold(model, upstream.status)
             async with aclosing(iter_sse(upstream, provider=self.name)) as events:
                 async for data in events:

@@ -24,7 +24,7 @@ from lakehouse.tool_calls import answer_reason, mint_call_id, parse_arguments
 from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
 from lakehouse.upstreams.failures import decode_json
 from lakehouse.upstreams.framing import SSE_DONE, iter_sse
-from lakehouse.upstreams.http import HTTPClient
+from lakehouse.upstreams.http import HTTPClient, UpstreamStream
 from lakehouse.upstreams.openai_chat_errors import (
     OPENAI_ERROR_KINDS,
     QUOTA_PHRASES,
@@ -183,6 +183,17 @@ class FlavouredProvider(HTTPProvider):
             raise self.classify(reply)
         return self.parse(reply, model)
 
+    async def answered_whole(self, upstream: UpstreamStream, model: str) -> ChatResponse | None:
+        """The whole reply of an upstream (or proxy) that ignored ``stream``
+        and answered JSON; None when it streams events; any other content
+        type is refused."""
+        if upstream.content_type == "application/json":
+            data = await upstream.read(MAX_WHOLE_BODY)
+            return self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
+        if upstream.content_type not in ("text/event-stream", ""):
+            raise upstream.refuse(await upstream.read(300), "an event stream")
+        return None
+
     def classify(self, reply: UpstreamReply) -> ChatdError:
         return classify_error(
             reply,
@@ -243,18 +254,14 @@ class OpenAICompatProvider(FlavouredProvider):
         async with self._http.stream_post(
             self.path, body, self._auth, error=self.classify
         ) as upstream:
-            if upstream.content_type == "application/json":
-                # An upstream (or proxy) that ignored "stream" answers whole.
-                data = await upstream.read(MAX_WHOLE_BODY)
-                whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
+            whole = await self.answered_whole(upstream, model)
+            if whole is not None:
                 if whole.content or whole.reasoning or whole.tool_calls:
                     yield StreamDelta(
                         whole.content, whole.reasoning or "", whole_chunks(whole), whole.logprobs
                     )
                 yield whole
                 return
-            if upstream.content_type not in ("text/event-stream", ""):
-                raise upstream.refuse(await upstream.read(300), "an event stream")
             fold = ChunkFold(self.name, model, self._key, status=upstream.status)
             done = False
             async with aclosing(iter_sse(upstream, provider=self.name)) as events:
