@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lakehouse.smoke import start_chatd
 from lakehouse.stubs import Fault, StubUpstream
 from tests.support import ROOT, config_error, eventually
 
@@ -91,27 +92,8 @@ class Server:
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lakehouse.cli", *args, "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env or clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
-        try:
-            if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                return Server(proc, base)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("chatd did not become ready")
+    base, proc = start_chatd(args, env or clean_env(), cwd=str(ROOT), stdout=subprocess.PIPE)
+    return Server(proc, base)
 
 
 @pytest.fixture
