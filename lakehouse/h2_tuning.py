@@ -1,8 +1,10 @@
 """How chatd has Hypercorn's HTTP/2 layer run: per-message costs removed.
 
-Both stand in for parts of Hypercorn's ``H2Protocol`` (hypercorn 0.18,
-``hypercorn/protocol/h2.py``) over the h2 4.x library. This module imports
-h2 and hpack only: ``lakehouse.connections.install_h2`` builds the subclass
+Its parts stand in for parts of Hypercorn's ``H2Protocol`` (hypercorn 0.18,
+``hypercorn/protocol/h2.py``) over the h2 4.x library. ~470 lines: every
+lever is a piece of that one class and shares its contract tests. This
+module imports h2 and the libraries under it (hpack, hyperframe,
+priority), never Hypercorn: ``lakehouse.connections.install_h2`` builds the subclass
 and has Hypercorn use it for the connections of a tuned server
 (``chatd.server.tuned``; stock ``H2Protocol`` otherwise, or when the
 installed Hypercorn or h2 is not a version the contract tests passed on),
@@ -43,6 +45,12 @@ every time, so they fill that table without ever matching. Sent as plain
 literals that are never indexed (RFC 7541 allows either) a response head is
 ~40 bytes longer and much cheaper to make (``PlainEncoder``).
 
+Frames received without their repr. h2 logs every frame it receives
+through its no-op logger, making ``repr(frame)`` first (flags sorted,
+payload escaped): ``receive_frame`` is h2 4.x's ``_receive_frame`` less
+that line, bound to connections whose logger is h2's no-op one; a test
+holds h2's source to the version copied.
+
 Request headers checked once. h2 validates each request's header block in
 another chain of generators, with Python loops over every byte of every
 name and value. ``request_headers_ok`` applies the same RFC 9113 rules
@@ -60,11 +68,13 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import hpack
 from hpack import NeverIndexedHeaderTuple
+from hyperframe.frame import Frame, RstStreamFrame
 from priority.priority import DuplicateStreamError, PriorityTree
 
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); ``te`` is
@@ -327,6 +337,38 @@ class LazyPriorityTree(PriorityTree):
         return stream_id
 
 
+def receive_frame(connection: Any, frame: Frame) -> list[h2.events.Event]:
+    """h2 4.x's ``H2Connection._receive_frame`` without its first line,
+    ``self.config.logger.trace("Received frame: %s", repr(frame))``: the
+    repr of every frame received (its flags sorted, its payload escaped),
+    made for a logger that does nothing. The rest is h2's, line for line;
+    ``tests/test_h2_tuning.py`` holds h2's source to the one copied."""
+    events: list[h2.events.Event]
+    try:
+        frames, events = connection._frame_dispatch_table[frame.__class__](frame)
+    except h2.exceptions.StreamClosedError as e:
+        if connection._stream_is_closed_by_reset(e.stream_id):
+            f = RstStreamFrame(e.stream_id)
+            f.error_code = e.error_code
+            connection._prepare_for_sending([f])
+            events = e._events
+        else:
+            raise
+    except h2.exceptions.StreamIDTooLowError as e:
+        if connection._stream_is_closed_by_reset(e.stream_id):
+            f = RstStreamFrame(e.stream_id)
+            f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+            connection._prepare_for_sending([f])
+            events = []
+        elif connection._stream_is_closed_by_end(e.stream_id):
+            raise h2.exceptions.StreamClosedError(e.stream_id) from e
+        else:
+            raise
+    else:
+        connection._prepare_for_sending(frames)
+    return events
+
+
 RECEIVED_HEADERS = (h2.events.RequestReceived, h2.events.TrailersReceived)
 MALFORMED = h2.errors.ErrorCodes.PROTOCOL_ERROR
 
@@ -349,6 +391,9 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
             config.validate_outbound_headers = False
             config.validate_inbound_headers = False
             self.connection.encoder = PlainEncoder()
+            if isinstance(self.connection.config.logger, h2.config.DummyLogger):
+                # (bound to this connection: h2 calls self._receive_frame)
+                self.connection._receive_frame = receive_frame.__get__(self.connection)
 
         async def _handle_events(self, events: list[h2.events.Event]) -> None:
             refused: set[int] = set()
