@@ -261,7 +261,7 @@ def h2_budget(
             verdict_of(med(ratio) <= BUDGET_H2_CPU_RATIO if ratio else None),
         ))  # fmt: skip
     for row in srows:
-        if row.proxy != "schatd":
+        if not row.via_chatd or row.proxy != "schatd":
             continue
         ratio = [x.chatd_us / x.stub_us for x in row.samples if x.chatd_us and x.stub_us]
         out.append((
@@ -289,7 +289,7 @@ def h2_budget(
     if levels:
         top = levels[-1]
         for row in srows:
-            if row.streams != top or row.proxy != "schatd":
+            if row.streams != top or not row.via_chatd or row.proxy != "schatd":
                 continue
             added = added_chunk_p99(list(srows), row)
             out.append((
@@ -299,7 +299,7 @@ def h2_budget(
                 verdict_of(med(added) <= BUDGET_ADDED_CHUNK_P99_MS if added else None),
             ))  # fmt: skip
         for row in srows:
-            if row.streams != top or row.proxy != "schatd":
+            if row.streams != top or not row.via_chatd or row.proxy != "schatd":
                 continue
             kb = rss_per_stream(row, idle_mb)
             out.append((
