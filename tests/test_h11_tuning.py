@@ -257,3 +257,116 @@ async def test_a_body_with_a_length_stays_with_h11(flavour: str, through_h11: li
         [raw] = await raw_get(port, "/length", times=1)
     assert raw.endswith(b"\r\n\r\n" + b"".join(CHUNKS))
     assert sorted(through_h11) == sorted(len(c) for c in CHUNKS)
+
+
+class FakeWriter:
+    """What ``chatd_write_now`` reads of a connection's StreamWriter."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.buffered = 0
+        self.closing = False
+        self.broken = False
+        self.transport = self
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            raise ConnectionResetError
+        self.written.append(data)
+
+
+def test_a_frame_is_written_at_once_only_with_nothing_gathered_and_the_peer_keeping_up() -> None:
+    tcp = object.__new__(connections.TunedTCPServer)
+    writer = FakeWriter()
+    tcp.writer = writer  # type: ignore[assignment]
+    tcp._chatd_pending = None
+    assert tcp.chatd_write_now(b"a") is True and writer.written == [b"a"]
+    tcp._chatd_pending = [b"gathered"]  # would overtake what this turn gathered
+    assert tcp.chatd_write_now(b"b") is False
+    tcp._chatd_pending = None
+    writer.buffered = 1  # the peer is behind: protocol_send waits in drain()
+    assert tcp.chatd_write_now(b"c") is False
+    writer.buffered, writer.closing = 0, True
+    assert tcp.chatd_write_now(b"d") is False
+    writer.closing, writer.broken = False, True
+    assert tcp.chatd_write_now(b"e") is False
+    assert writer.written == [b"a"]
+
+
+@pytest.fixture
+def written_at_once(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each ``chatd_write_now`` call answered."""
+    answers: list[bool] = []
+    write_now = connections.TunedTCPServer.chatd_write_now
+
+    def counting(self: connections.TunedTCPServer, data: bytes) -> bool:
+        answers.append(write_now(self, data))
+        return answers[-1]
+
+    monkeypatch.setattr(connections.TunedTCPServer, "chatd_write_now", counting)
+    return answers
+
+
+async def test_chunks_go_out_at_once_on_a_tuned_connection(
+    flavour: str, written_at_once: list[bool]
+) -> None:
+    async with serving(flavour) as port:
+        [raw] = await raw_get(port, "/chunked", times=1)
+    assert body_of(raw)[1] == b"".join(CHUNKS)
+    if flavour == "tuned":
+        assert len(written_at_once) == len(CHUNKS) and any(written_at_once)
+    else:
+        assert written_at_once == []
+
+
+BIG = [bytes([65 + i % 26]) * 200_000 for i in range(12)]
+
+
+async def big_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await streaming_app(scope, receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for chunk in BIG:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def test_a_slow_reader_gets_every_byte_in_order(
+    flavour: str, written_at_once: list[bool]
+) -> None:
+    # 2.4 MB to a client that reads 4 KB at a time: the transport's buffer
+    # fills, so writes fall back to protocol_send (gathering, drain()) and
+    # must still come out in order.
+    sock = server.bound_socket()
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    config = make_config(overrides={"chatd.server.tuned": flavour == "tuned"})
+    task = asyncio.create_task(server.serve(big_app, config, sock, stop.wait))
+    try:
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            await asyncio.sleep(0.02)
+        writer.write(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        raw = bytearray()
+        async with asyncio.timeout(60):
+            while not raw.endswith(b"\r\n0\r\n\r\n"):
+                data = await reader.read(4096)
+                assert data
+                raw += data
+        writer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        sock.detach()
+    assert body_of(bytes(raw))[1] == b"".join(BIG)
+    if flavour == "tuned":
+        assert False in written_at_once  # the fallback was taken
