@@ -210,24 +210,6 @@ class TunedTCPServer(tcp_server.TCPServer):
                 except (ConnectionError, RuntimeError):
                     await self.protocol.handle(Closed())
 
-    def chatd_write_now(self, data: bytes) -> bool:
-        """Write ``data`` at once, when nothing is gathered and the peer
-        keeps up (``lakehouse.h11_tuning``: a streamed chunk, alone in its
-        loop turn, gains nothing from waiting for the turn's end); False,
-        with nothing written, otherwise: ``protocol_send`` then takes it."""
-        writer = self.writer
-        if (
-            self._chatd_pending is not None
-            or writer.is_closing()
-            or writer.transport.get_write_buffer_size()
-        ):
-            return False
-        try:
-            writer.write(data)
-        except (ConnectionError, RuntimeError):
-            return False  # protocol_send's flush meets it again and closes
-        return True
-
     def _flush(self) -> None:
         pending, self._chatd_pending = self._chatd_pending, None
         if not pending or self.writer.is_closing():

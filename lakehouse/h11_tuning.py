@@ -10,18 +10,9 @@ that leaves every state as it was (``Data`` in ``SEND_BODY`` goes back to
 ``SEND_BODY``) and three writes of a chunk's size line, its bytes and a
 CRLF. When the response is chunked (h11 picked its ``ChunkedWriter``) and
 ours is in ``SEND_BODY``, a body message here becomes the same frame,
-made in one step. Anything else (a response with a length, the head, the
-end of the body, an empty chunk, a connection in another state) takes
-Hypercorn's own path.
-
-Written at once. The tuned connection gathers a loop turn's writes and
-sends them at the turn's end (``lakehouse.connections.TunedTCPServer``):
-a scheduled callback, a list and a wrapped event per write. A streamed
-chunk comes alone in its turn (it waited for the upstream), so the frame
-goes straight to the transport when nothing is gathered and the peer
-keeps up (``chatd_write_now``); otherwise, and on a stock connection, it
-goes through the connection's send like any raw data, which keeps the
-order and waits for a slow reader.
+made in one step, and goes to the connection's send as raw data. Anything
+else (a response with a length, the head, the end of the body, an empty
+chunk, a connection in another state) takes Hypercorn's own path.
 
 This module imports h11 only: ``lakehouse.connections.install_protocols``
 builds the subclass (given Hypercorn's class and event types) and has
@@ -63,20 +54,9 @@ def tuned_h11_protocol(base: type[Any], events: ModuleType, raw_data: type[Any])
     body = events.Body
 
     class TunedH11Protocol(base):  # type: ignore[misc]
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
-            # The tuned connection's write-at-once, when ``send`` is its
-            # protocol_send (lakehouse.connections.TunedTCPServer).
-            self.chatd_write_now = getattr(
-                getattr(self.send, "__self__", None), "chatd_write_now", None
-            )
-
         async def stream_send(self, event: Any) -> None:
             if type(event) is body and event.data and direct_chunks_possible(self.connection):
-                frame = chunk_frame(event.data)
-                write_now = self.chatd_write_now
-                if write_now is None or not write_now(frame):
-                    await self.send(raw_data(data=frame))
+                await self.send(raw_data(data=chunk_frame(event.data)))
                 return
             await super().stream_send(event)
 
