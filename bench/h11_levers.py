@@ -6,9 +6,8 @@ loop turn as a relayed stream sends them, through
 - stock: Hypercorn's ``H11Protocol.stream_send`` (h11's state machine and
   chunked writer) into ``TunedTCPServer.protocol_send`` (gathered, sent
   at the turn's end);
-- framed: ``h11_tuning``'s one-step frame, still through ``protocol_send``;
-- framed + at once: the frame written to the transport at once
-  (``TunedTCPServer.chatd_write_now``), as chatd runs it.
+- framed: ``h11_tuning``'s one-step frame, through ``protocol_send``, as
+  chatd runs it.
 
 The transport is a stand-in whose ``write`` keeps nothing, so the figures
 are the Python work only. Best of 5 runs of 50,000 chunks, µs per chunk,
@@ -53,15 +52,13 @@ class Writer:
         return False
 
 
-def connection(kind: type[Any], direct: bool) -> Any:
+def connection(kind: type[Any]) -> Any:
     tcp = object.__new__(TunedTCPServer)
     tcp.writer = Writer()  # type: ignore[assignment]
     tcp._chatd_pending = None
     tcp._chatd_pending_bytes = 0
     protocol = kind(None, Config(), WorkerContext(None), None, None, False, None, None,
                     tcp.protocol_send)  # fmt: skip
-    if not direct:
-        protocol.chatd_write_now = None
     conn = protocol.connection
     conn.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     conn.next_event()
@@ -85,9 +82,8 @@ async def main() -> None:
     tuned = tuned_h11_protocol(H11Protocol, events, RawData)
     bare = await per_chunk(None)
     for label, protocol in (
-        ("stock (h11 + gathered write)", connection(H11Protocol, False)),
-        ("framed, gathered write", connection(tuned, False)),
-        ("framed, written at once", connection(tuned, True)),
+        ("stock (h11)", connection(H11Protocol)),
+        ("framed (h11_tuning)", connection(tuned)),
     ):
         print(f"{label:<30} {await per_chunk(protocol) - bare:5.2f} µs per chunk")
 
