@@ -178,6 +178,21 @@ def main() -> None:
                                 proxy=key,
                             )
                         )
+                        if args.h2:
+                            rows.append(
+                                StreamRow(
+                                    f"{name}-h2/{n}",
+                                    f"floor {name} h2c",
+                                    f"{url}/",
+                                    n,
+                                    ms,
+                                    body,
+                                    stub_name,
+                                    True,
+                                    h2=True,
+                                    proxy=key,
+                                )
+                            )
             pids.setdefault("schatd", next(iter(pids.values())))
             for rnd in range(args.runs):
                 shift = rnd % len(rows)
