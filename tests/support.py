@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from typing import Any
 from unittest.mock import patch
 
 import aiohttp
+import pytest
 from aioresponses import aioresponses
 
 from lakehouse import config as configuration
@@ -48,14 +50,22 @@ async def running_chatd(
     source: Callable[[], configuration.Config] | None = None,
 ) -> AsyncIterator[str]:
     """Serve chatd on a real socket; yields its base URL."""
+    async with serving(create_app(config, environ=environ or {}, source=source), config) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: Any, config: configuration.Config, ready: str = "/ready"
+) -> AsyncIterator[str]:
+    """Serve the ASGI ``app`` as chatd serves one (lakehouse.server.serve)
+    on a real socket; yields its base URL once ``ready`` answers 200."""
     sock = bound_socket()
-    port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     stop = asyncio.Event()
-    app = create_app(config, environ=environ or {}, source=source)
     task = asyncio.create_task(serve(app, config, sock, stop.wait))
-    base = f"http://127.0.0.1:{port}"
     try:
-        await _wait_ready(base, task)
+        await _wait_ready(base, task, ready)
         yield base
     finally:
         stop.set()
@@ -64,22 +74,54 @@ async def running_chatd(
         sock.detach()
 
 
-async def _wait_ready(base: str, task: asyncio.Task[None]) -> None:
-    import aiohttp
+async def _wait_ready(base: str, task: asyncio.Task[None], ready: str = "/ready") -> None:
+    for _ in range(300):
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped before it was ready")
+        if await _answers_200(base, ready):
+            return
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"{base}{ready} did not answer 200")
 
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if task.done():
-                task.result()
-                raise RuntimeError("chatd stopped before it was ready")
+
+async def _answers_200(base: str, path: str) -> bool:
+    # A bare socket, not an HTTP client library: a test may count what
+    # aiohttp or httpx does, and the readiness check must not add to it.
+    host, port = base.removeprefix("http://").split(":")
+    try:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection(host, int(port))
             try:
-                async with session.get(base + "/ready") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.02)
-    raise RuntimeError("chatd did not become ready")
+                writer.write(f"GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+                return (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+
+
+def module_fixtures(
+    opened: Callable[[], contextlib.AbstractAsyncContextManager[Any]], name: str = "world"
+) -> tuple[Any, Any]:
+    """The fixtures of a test module whose tests share one served world:
+    ``name``, what ``opened()`` yields, opened once for the module, and
+    the module-scoped ``anyio_backend`` such a fixture needs (the
+    conftest's is per test). In the module::
+
+        anyio_backend, world = module_fixtures(lambda: stub_world(OVERRIDES))
+    """
+
+    @pytest.fixture(scope="module", name="anyio_backend")
+    def backend() -> str:
+        return "asyncio"
+
+    @pytest.fixture(scope="module", name=name)
+    async def shared() -> AsyncIterator[Any]:
+        async with opened() as value:
+            yield value
+
+    return backend, shared
 
 
 async def eventually(check: Callable[[], Any], within: float = 20.0, what: str = "") -> None:
@@ -96,6 +138,15 @@ async def eventually(check: Callable[[], Any], within: float = 20.0, what: str =
         if loop.time() > deadline:
             raise AssertionError(f"not within {within:g} s: {what or check}")
         await asyncio.sleep(0.02)
+
+
+def config_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a chatd process that refused its config wrote (it
+    exits with 2)."""
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
 
 
 def provider_table(name: str, base_url: str, **extra: Any) -> dict[str, Any]:

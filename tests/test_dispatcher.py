@@ -180,18 +180,21 @@ async def test_retry_after_beyond_budget_moves_to_the_next_link_at_once() -> Non
     d = dispatcher(a, b, max_retry_after=1, fallbacks={"a/m": ["b/m"]})
     started = time.monotonic()
     out = await d.chat(ask("a/m"))
-    assert time.monotonic() - started < 0.5
+    # Not the 30 s asked for, nor the 1 s budget.
+    assert time.monotonic() - started < 1
     assert (out.provider, len(a.calls)) == ("b", 1)
 
 
 async def test_deadline_covers_retries_and_fallbacks() -> None:
-    a = Scripted("a", 0.4, 0.4)
+    # Each step alone outlasts the bound asserted below (generous for a
+    # loaded machine): only a deadline over the whole chain meets it.
+    a = Scripted("a", 5.0, 5.0)
     b = Scripted("b", 5.0)
     d = dispatcher(a, b, deadline=30, fallbacks={"a/m": ["b/m"]})
     started = time.monotonic()
     with pytest.raises(errors.DeadlineExceeded) as info:
         await d.chat(ask("a/m", deadline_secs=0.2))
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 3
     assert info.value.status == 504
     # The config's cap wins over a longer request.
     d = dispatcher(Scripted("a", 1.0), deadline=0.2)

@@ -32,6 +32,7 @@ from lakehouse.server import tune_h2 as server_tune_h2
 from lakehouse.stubs import Fault
 from tests.h2_client import RawH2
 from tests.stub_world import MODELS, World, stub_world
+from tests.support import module_fixtures
 
 # The attacks run on both stacks: the guard is a fix, in front of the tuned
 # and the stock H2Protocol alike.
@@ -261,19 +262,11 @@ async def test_a_closed_connection_releases_every_streams_last_send() -> None:
 # -- the attacks, through the real server ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    overrides = {
-        "chatd.timeout_secs": 60,
-        "chatd.server.h2_max_concurrent_streams": 16,
-    }
-    async with stub_world(overrides) as w:
-        yield w
+OVERRIDES = {
+    "chatd.timeout_secs": 60,
+    "chatd.server.h2_max_concurrent_streams": 16,
+}
+anyio_backend, world = module_fixtures(lambda: stub_world(OVERRIDES))
 
 
 async def until_true(check: Any, within: float) -> None:

@@ -27,6 +27,8 @@ from hypercorn.protocol import h2 as hypercorn_h2
 
 from lakehouse import connections, server
 from lakehouse.h2_tuning import PlainEncoder, outbound_headers, request_headers_ok
+from tests import support
+from tests.h2_client import exchange
 from tests.support import make_config
 
 pytestmark = pytest.mark.anyio
@@ -295,23 +297,10 @@ def pushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def serving(flavour: str) -> AsyncIterator[int]:
-    sock = server.bound_socket()
-    port = sock.getsockname()[1]
-    stop = asyncio.Event()
     config = make_config(overrides={"chatd.server.tuned": flavour == "tuned"})
-    task = asyncio.create_task(server.serve(streaming_app, config, sock, stop.wait))
-    try:
-        for _ in range(300):
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            await asyncio.sleep(0.02)
-        yield port
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        sock.detach()
+    # streaming_app answers every path; the readiness check is HTTP/1.1.
+    async with support.serving(streaming_app, config, ready="/") as base:
+        yield int(base.rsplit(":", 1)[1])
 
 
 async def fetch(
@@ -320,34 +309,8 @@ async def fetch(
     """GET ``path`` over h2c; the response headers and body. With ``window``,
     the client advertises that small a stream window and opens it again
     only as it reads."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
-    conn.initiate_connection()
-    if window is not None:
-        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
-    conn.send_headers(1, [(b":method", b"GET"), (b":path", path.encode()), (b":scheme", b"http"),
-                          (b":authority", b"t")], end_stream=True)  # fmt: skip
-    writer.write(conn.data_to_send())
-    headers: dict[bytes, bytes] = {}
-    body = bytearray()
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                data = await reader.read(65536)
-                assert data, "connection closed before the stream ended"
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived):
-                        headers = dict(event.headers)
-                    elif isinstance(event, h2.events.DataReceived):
-                        body += event.data
-                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
-                    elif isinstance(event, h2.events.StreamEnded):
-                        return headers, bytes(body)
-                    elif isinstance(event, h2.events.StreamReset):
-                        raise AssertionError("stream reset")
-                writer.write(conn.data_to_send())
-    finally:
-        writer.close()
+    headers, body, _ = await exchange(f"http://127.0.0.1:{port}", "GET", path, window=window)
+    return headers, body
 
 
 async def test_streamed_chunks_arrive_whole_and_in_order(flavour: str, pushes: list[int]) -> None:

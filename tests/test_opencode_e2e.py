@@ -8,7 +8,6 @@ images: tests/test_opencode_tools_e2e.py."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 from lakehouse.stubs import Fault, StubUpstream
 from lakehouse.stubs.replies import reply_text
 from lakehouse.upstreams.anthropic_messages_request import JSON_INSTRUCTION
-from tests.support import ROOT, make_config, running_chatd
+from tests.support import ROOT, make_config, module_fixtures, running_chatd
 from tests.zen_world import HELLO, KIMI_KEY, SAID, ZEN_KEY, World, zen_world
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
@@ -31,15 +30,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    async with zen_world() as w:
-        yield w
+anyio_backend, world = module_fixtures(zen_world)
 
 
 @pytest.fixture(autouse=True)

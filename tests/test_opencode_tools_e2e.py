@@ -6,7 +6,6 @@ official ``openai`` SDK."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -14,20 +13,13 @@ import pytest
 
 from lakehouse.stubs.replies import reply_text
 from lakehouse.stubs.tool_use import results_answer
+from tests.support import module_fixtures
 from tests.zen_world import SAID, World, zen_world
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    async with zen_world() as w:
-        yield w
+anyio_backend, world = module_fixtures(zen_world)
 
 
 @pytest.fixture(autouse=True)

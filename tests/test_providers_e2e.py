@@ -6,81 +6,44 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
+from tests.stub_world import ENV, KEYS, World, one_stub, provider, stub_world
 from tests.support import eventually, make_config, running_chatd
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
-KEYS = {
-    "ollama_cloud": "ollama-cloud-key-0123456789",
-    "openrouter": "sk-or-v1-0123456789abcdef",
-    "opencode": "zen-key-0123456789abcdef",
-    "kimi": "sk-kimi-0123456789abcdef",
-}
-ENV = {f"{name.upper()}_KEY": key for name, key in KEYS.items()}
 HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
-
-
-@dataclass
-class World:
-    base: str
-    stubs: dict[str, StubUpstream]
-
-    async def chat(self, model: str, **extra: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.base, timeout=30) as client:
-            return await client.post("/chat", json={"model": model, "messages": HELLO, **extra})
+# The extra model ROUTES reach, and kimi's client gate turned on.
+STUB_OPTIONS = {
+    "ollama_cloud": {"models": ["kimi-k2.6", "gpt-oss:120b", "qwen3-coder:480b"]},
+    "kimi": {"require_user_agent": "chatd-test/"},
+}
+HEADERS = {
+    "chatd.providers.kimi.headers": {"User-Agent": "chatd-test/1.0"},
+    "chatd.providers.openrouter.headers": {
+        "HTTP-Referer": "https://lake.example",
+        "X-Title": "lakehouse",
+    },
+}
 
 
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
-    stubs = {
-        "ollama": StubUpstream("ollama"),
-        "ollama_cloud": StubUpstream(
-            "ollama_cloud",
-            key=KEYS["ollama_cloud"],
-            models=["kimi-k2.6", "gpt-oss:120b", "qwen3-coder:480b"],
-        ),
-        "openrouter": StubUpstream(
-            "openrouter",
-            key=KEYS["openrouter"],
-            models=["anthropic/claude-opus-4-7", "openai/gpt-5"],
-            thinking=["openai/gpt-5"],
-        ),
-        "opencode": StubUpstream("opencode", key=KEYS["opencode"], models=["glm-5.2"]),
-        "kimi": StubUpstream(
-            "kimi", key=KEYS["kimi"], models=["kimi-for-coding"], require_user_agent="chatd-test/"
-        ),
-    }
-    # One call per request: these tests check how each failure maps;
-    # retries and fallbacks have tests of their own (test_dispatcher_e2e).
-    overrides: dict[str, Any] = {
-        "chatd.probe_interval_secs": 0,
-        "chatd.timeout_secs": 1.5,
-        "chatd.retry.attempts": 0,
-        "chatd.failure_threshold": 1000,
-    }
-    for name, stub in stubs.items():
-        overrides[f"chatd.providers.{name}.base_url"] = await stub.start()
-        if name in KEYS:
-            overrides[f"chatd.providers.{name}.key_env"] = f"{name.upper()}_KEY"
-    overrides["chatd.providers.kimi.headers"] = {"User-Agent": "chatd-test/1.0"}
-    overrides["chatd.providers.openrouter.headers"] = {
-        "HTTP-Referer": "https://lake.example",
-        "X-Title": "lakehouse",
-    }
-    config = make_config(overrides=overrides)
-    try:
-        async with running_chatd(config, ENV) as base:
-            yield World(base, stubs)
-    finally:
-        for stub in stubs.values():
-            await stub.stop()
+    # One call per request (stub_world): these tests check how each
+    # failure maps; retries and fallbacks have tests of their own
+    # (test_dispatcher_e2e).
+    async with stub_world(HEADERS, stub_options=STUB_OPTIONS) as w:
+        yield w
+
+
+async def chat(world: World, model: str, **extra: Any) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=world.base, timeout=30) as client:
+        return await client.post("/chat", json={"model": model, "messages": HELLO, **extra})
 
 
 ROUTES = [
@@ -104,7 +67,7 @@ ROUTES = [
 async def test_each_routing_form_reaches_the_right_upstream(
     world: World, model: str, name: str, path: str, upstream_model: str
 ) -> None:
-    resp = await world.chat(model, max_tokens=50, format="json")
+    resp = await chat(world, model, max_tokens=50, format="json")
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["provider"] == name
@@ -133,7 +96,7 @@ async def test_each_routing_form_reaches_the_right_upstream(
 
 
 async def test_ollama_cloud_flattens_roles_into_system_and_prompt(world: World) -> None:
-    resp = await world.chat("kimi-k2.6:cloud")
+    resp = await chat(world, "kimi-k2.6:cloud")
     assert resp.status_code == 200
     sent = world.stubs["ollama_cloud"].chats[-1].json
     assert sent["system"] == "be brief"
@@ -141,17 +104,17 @@ async def test_ollama_cloud_flattens_roles_into_system_and_prompt(world: World) 
 
 
 async def test_extra_headers_from_config(world: World) -> None:
-    await world.chat("openrouter/openai/gpt-5")
+    await chat(world, "openrouter/openai/gpt-5")
     sent = world.stubs["openrouter"].chats[-1].headers
     assert (sent["http-referer"], sent["x-title"]) == ("https://lake.example", "lakehouse")
-    resp = await world.chat("kimi/kimi-for-coding")
+    resp = await chat(world, "kimi/kimi-for-coding")
     assert resp.status_code == 200
     assert world.stubs["kimi"].chats[-1].headers["user-agent"] == "chatd-test/1.0"
 
 
 async def test_reasoning_is_kept_out_of_content(world: World) -> None:
     for model in ("openrouter/openai/gpt-5", "kimi/kimi-for-coding"):
-        body = (await world.chat(model, max_tokens=500)).json()
+        body = (await chat(world, model, max_tokens=500)).json()
         assert body.get("reasoning"), body
         assert body["reasoning"] not in body["content"]
 
@@ -211,7 +174,7 @@ async def test_failure_modes_through_the_server(
 ) -> None:
     stub = world.stubs[stub_for(model)]
     stub.fail_next(fault)
-    resp = await world.chat(model)
+    resp = await chat(world, model)
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
     assert error["code"] == code
@@ -221,24 +184,24 @@ async def test_failure_modes_through_the_server(
         # Not followed: nothing but the one POST reached the upstream.
         assert [r.method for r in stub.chats] == ["POST"]
     # The server keeps serving that provider.
-    assert (await world.chat(model)).status_code == 200
+    assert (await chat(world, model)).status_code == 200
 
 
 async def test_timeout_releases_the_upstream_connection(world: World) -> None:
     stub = world.stubs["ollama"]
     stub.fail_next(Fault(kind="delay", seconds=30), times=3)
-    answers = await asyncio.gather(*(world.chat("qwen3.5:latest") for _ in range(3)))
+    answers = await asyncio.gather(*(chat(world, "qwen3.5:latest") for _ in range(3)))
     assert [r.status_code for r in answers] == [504, 504, 504]
     await eventually(lambda: stub.open_connections == 0, what="upstream connections closed")
 
 
 async def test_retry_after_is_passed_on(world: World) -> None:
     world.stubs["openrouter"].fail_next(Fault(kind="status", status=429, retry_after="7"))
-    resp = await world.chat("openrouter/openai/gpt-5")
+    resp = await chat(world, "openrouter/openai/gpt-5")
     assert (resp.status_code, resp.headers["retry-after"]) == (502, "7")
     assert resp.json()["error"]["code"] == "upstream_rate_limited"
     world.stubs["opencode"].fail_next(Fault(kind="status", status=503, retry_after_ms="2500"))
-    resp = await world.chat("opencode/glm-5.2")
+    resp = await chat(world, "opencode/glm-5.2")
     assert resp.headers["retry-after"] == "3"
 
 
@@ -247,34 +210,25 @@ async def test_a_key_echoed_by_the_upstream_is_redacted(world: World) -> None:
     world.stubs["openrouter"].fail_next(
         Fault(kind="status", status=401, message=f"Invalid API key {key} (check it)")
     )
-    resp = await world.chat("openrouter/openai/gpt-5")
+    resp = await chat(world, "openrouter/openai/gpt-5")
     assert resp.status_code == 502
     assert key not in resp.text
     assert "check it" in resp.json()["error"]["message"]
 
 
 async def test_wrong_key_and_unknown_model(world: World) -> None:
-    resp = await world.chat("ollama_cloud/no-such-model")
+    resp = await chat(world, "ollama_cloud/no-such-model")
     assert (resp.status_code, resp.json()["error"]["code"]) == (502, "upstream_rejected")
-    resp = await world.chat("openrouter/nobody/nothing")
+    resp = await chat(world, "openrouter/nobody/nothing")
     assert resp.status_code == 502
 
 
 async def test_kimi_gate_without_an_allowed_user_agent() -> None:
-    stub = StubUpstream("kimi", key=KEYS["kimi"], require_user_agent="KimiCLI/")
-    url = await stub.start()
-    config = make_config(
-        overrides={
-            "chatd.providers.kimi.base_url": url,
-            "chatd.providers.kimi.key_env": "KIMI_KEY",
-            "chatd.probe_interval_secs": 0,
-        }
-    )
-    try:
-        async with running_chatd(config, ENV) as base, httpx.AsyncClient(base_url=base) as c:
-            resp = await c.post("/chat", json={"model": "kimi/kimi-for-coding", "messages": HELLO})
-    finally:
-        await stub.stop()
+    async with (
+        one_stub("kimi", require_user_agent="KimiCLI/") as (base, _),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        resp = await c.post("/chat", json={"model": "kimi/kimi-for-coding", "messages": HELLO})
     assert (resp.status_code, resp.json()["error"]["code"]) == (502, "upstream_auth")
     assert "Coding Agents" in resp.json()["error"]["message"]
 
@@ -283,13 +237,7 @@ async def test_unreachable_upstream_names_the_provider_not_the_key() -> None:
     stub = StubUpstream("openrouter")
     url = await stub.start()
     await stub.stop()
-    config = make_config(
-        overrides={
-            "chatd.providers.openrouter.base_url": url,
-            "chatd.providers.openrouter.key_env": "OPENROUTER_KEY",
-            "chatd.probe_interval_secs": 0,
-        }
-    )
+    config = make_config(overrides={**provider("openrouter", url), "chatd.probe_interval_secs": 0})
     async with running_chatd(config, ENV) as base, httpx.AsyncClient(base_url=base) as c:
         resp = await c.post("/chat", json={"model": "openrouter/x/y", "messages": HELLO})
     assert resp.status_code == 502

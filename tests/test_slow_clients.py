@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import h11
 import hypercorn.protocol as hypercorn_protocols
@@ -16,8 +15,8 @@ from hypercorn.protocol.h11 import H11Protocol
 
 from lakehouse.connections import SLOW_CLIENT_NEEDS, installed_h11
 from lakehouse.server import install_guards
-from lakehouse.stubs import StubUpstream
-from tests.support import make_config, provider_table, running_chatd
+from tests.stub_world import OneStub, one_stub
+from tests.support import module_fixtures
 
 # Both stacks: the read timeout is a fix, not part of the tuning.
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
@@ -26,32 +25,14 @@ LIMIT = 1.0
 BODY = json.dumps({"model": "qwen3.5:latest", "messages": [{"role": "user", "content": "hi"}]})
 HEAD = b"POST /chat HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
 
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def base() -> AsyncIterator[str]:
-    stub = StubUpstream("ollama")
-    await stub.start()
-    config = make_config(
-        overrides={
-            **provider_table("ollama", stub.base_url),
-            "chatd.probe_interval_secs": 0,
-            "chatd.server.read_timeout_secs": LIMIT,
-        }
-    )
-    try:
-        async with running_chatd(config) as url:
-            yield url
-    finally:
-        await stub.stop()
+# One chatd on the Ollama stub for the module, its read timeout LIMIT.
+anyio_backend, chatd = module_fixtures(
+    lambda: one_stub("ollama", {"chatd.server.read_timeout_secs": LIMIT}), name="chatd"
+)
 
 
-async def connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = base.removeprefix("http://").split(":")
+async def connect(chatd: OneStub) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = chatd[0].removeprefix("http://").split(":")
     return await asyncio.open_connection(host, int(port))
 
 
@@ -63,8 +44,8 @@ async def answer_then_eof(reader: asyncio.StreamReader) -> tuple[bytes, float]:
     return data, loop.time() - started
 
 
-async def test_a_head_that_dribbles_past_the_limit_gets_408_and_closed(base: str) -> None:
-    reader, writer = await connect(base)
+async def test_a_head_that_dribbles_past_the_limit_gets_408_and_closed(chatd: OneStub) -> None:
+    reader, writer = await connect(chatd)
     writer.write(b"POST /chat HTTP/1.1\r\n")
     closed = asyncio.create_task(answer_then_eof(reader))
     for _ in range(20):  # a header byte every 0.2 s: never a pause of 1 s
@@ -79,8 +60,8 @@ async def test_a_head_that_dribbles_past_the_limit_gets_408_and_closed(base: str
 
 
 @pytest.mark.parametrize("declared", [100, 1048576])
-async def test_a_body_that_stops_gets_408_and_closed(base: str, declared: int) -> None:
-    reader, writer = await connect(base)
+async def test_a_body_that_stops_gets_408_and_closed(chatd: OneStub, declared: int) -> None:
+    reader, writer = await connect(chatd)
     writer.write(HEAD + b"content-length: %d\r\n\r\n" % declared + b"{" * 10)
     data, waited = await answer_then_eof(reader)
     assert data.startswith(b"HTTP/1.1 408 ")
@@ -88,8 +69,8 @@ async def test_a_body_that_stops_gets_408_and_closed(base: str, declared: int) -
     writer.close()
 
 
-async def test_a_body_that_keeps_coming_is_served_however_long(base: str) -> None:
-    reader, writer = await connect(base)
+async def test_a_body_that_keeps_coming_is_served_however_long(chatd: OneStub) -> None:
+    reader, writer = await connect(chatd)
     body = BODY.encode()
     writer.write(HEAD + b"content-length: %d\r\n\r\n" % len(body))
     for i in range(0, len(body), len(body) // 4 + 1):  # 4 pieces, 0.4 s apart
@@ -100,8 +81,8 @@ async def test_a_body_that_keeps_coming_is_served_however_long(base: str) -> Non
     writer.close()
 
 
-async def test_idle_keep_alive_is_unchanged(base: str) -> None:
-    reader, writer = await connect(base)
+async def test_idle_keep_alive_is_unchanged(chatd: OneStub) -> None:
+    reader, writer = await connect(chatd)
     body = BODY.encode()
     request = HEAD + b"content-length: %d\r\n\r\n" % len(body) + body
     for _ in range(2):

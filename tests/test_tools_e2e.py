@@ -14,8 +14,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
 from tests.stub_world import MODELS, World, stub_world
+from tests.support import module_fixtures
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -46,22 +48,12 @@ ASK_PARALLEL = [{"role": "user", "content": "parallel Paris"}]
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    async with stub_world() as w:
-        yield w
+anyio_backend, world = module_fixtures(stub_world)
 
 
 @pytest.fixture
 async def http(world: World) -> AsyncIterator[httpx.AsyncClient]:
-    for stub in world.stubs.values():
-        stub.clear_faults()
-        stub.received.clear()
+    world.reset()
     async with httpx.AsyncClient(base_url=world.base, timeout=30) as client:
         yield client
 
@@ -79,6 +71,30 @@ def sent(world: World, name: str) -> dict[str, Any]:
     return body
 
 
+async def chat(
+    http: httpx.AsyncClient,
+    name: str,
+    messages: list[Any] = ASK,
+    *,
+    status: int = 200,
+    **fields: Any,
+) -> httpx.Response:
+    """A native /chat to provider ``name``'s model, its status checked."""
+    reply = await http.post("/chat", json={"model": MODELS[name], "messages": messages, **fields})
+    assert reply.status_code == status, reply.text
+    return reply
+
+
+async def sdk_chat(
+    sdk: openai.AsyncOpenAI, name: str, messages: Any = ASK, **fields: Any
+) -> ChatCompletion:
+    """A completion from provider ``name``'s model through the SDK."""
+    completion: ChatCompletion = await sdk.chat.completions.create(
+        model=MODELS[name], messages=messages, **fields
+    )
+    return completion
+
+
 def ndjson(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line]
 
@@ -88,11 +104,7 @@ def ndjson(text: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("name", PROVIDERS)
 async def test_native_single_call(http: httpx.AsyncClient, world: World, name: str) -> None:
-    reply = await http.post(
-        "/chat", json={"model": MODELS[name], "messages": ASK, "tools": [WEATHER, TIME]}
-    )
-    assert reply.status_code == 200, reply.text
-    body = reply.json()
+    body = (await chat(http, name, tools=[WEATHER, TIME])).json()
     assert body["done_reason"] == "tool_calls"
     (call,) = body["tool_calls"]
     assert call["id"] and call["type"] == "function"
@@ -107,16 +119,7 @@ async def test_native_single_call(http: httpx.AsyncClient, world: World, name: s
 async def test_native_parallel_calls_streamed(
     http: httpx.AsyncClient, world: World, name: str
 ) -> None:
-    reply = await http.post(
-        "/chat",
-        json={
-            "model": MODELS[name],
-            "messages": ASK_PARALLEL,
-            "tools": [WEATHER, TIME],
-            "stream": True,
-        },
-    )
-    assert reply.status_code == 200, reply.text
+    reply = await chat(http, name, ASK_PARALLEL, tools=[WEATHER, TIME], stream=True)
     lines = ndjson(reply.text)
     streamed = [c for line in lines[:-1] for c in line.get("tool_calls", [])]
     done = lines[-1]
@@ -134,15 +137,7 @@ async def test_native_parallel_calls_streamed(
 async def test_native_no_parallel_calls_when_asked(
     http: httpx.AsyncClient, world: World, name: str
 ) -> None:
-    reply = await http.post(
-        "/chat",
-        json={
-            "model": MODELS[name],
-            "messages": ASK_PARALLEL,
-            "tools": [WEATHER, TIME],
-            "parallel_tool_calls": False,
-        },
-    )
+    reply = await chat(http, name, ASK_PARALLEL, tools=[WEATHER, TIME], parallel_tool_calls=False)
     assert [c["function"]["name"] for c in reply.json()["tool_calls"]] == ["get_weather"]
 
 
@@ -160,19 +155,26 @@ def second_turn(call_id: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("name", OLLAMA_STYLE)
-async def test_native_second_turn_reaches_ollama_in_its_format(
+@pytest.mark.parametrize("name", PROVIDERS)
+async def test_native_arguments_as_json_text_work_on_every_provider(
     http: httpx.AsyncClient, world: World, name: str
 ) -> None:
-    reply = await http.post(
-        "/chat", json={"model": MODELS[name], "messages": second_turn("c7"), "tools": [WEATHER]}
-    )
-    assert reply.status_code == 200, reply.text
+    # OpenAI's form of the arguments (JSON text) in a native request: every
+    # provider takes it, Ollama's too (as the object it wants).
+    messages = second_turn("c7")
+    messages[1]["tool_calls"][0]["function"]["arguments"] = '{"city": "Paris"}'
+    reply = await chat(http, name, messages, tools=[WEATHER])
     assert reply.json()["content"] == "The tools said: sunny, 21 C"
-    assert reply.json()["done_reason"] == "stop"
-    body = sent(world, name)
-    assert world.stubs[name].chats[-1].path == "/api/chat"
-    assert body["messages"][1:] == [
+    arguments = sent(world, name)["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    if name in OLLAMA_STYLE:
+        assert arguments == {"city": "Paris"}
+    else:
+        assert json.loads(arguments) == {"city": "Paris"}
+
+
+# The second turn (second_turn("c7")) as each kind of upstream receives it.
+SECOND_TURN_SENT = {
+    "ollama": [
         {
             "role": "assistant",
             "content": "",
@@ -186,39 +188,8 @@ async def test_native_second_turn_reaches_ollama_in_its_format(
             "tool_name": "get_weather",
             "tool_call_id": "c7",
         },
-    ]
-
-
-@pytest.mark.parametrize("name", PROVIDERS)
-async def test_native_arguments_as_json_text_work_on_every_provider(
-    http: httpx.AsyncClient, world: World, name: str
-) -> None:
-    # OpenAI's form of the arguments (JSON text) in a native request: every
-    # provider takes it, Ollama's too (as the object it wants).
-    messages = second_turn("c7")
-    messages[1]["tool_calls"][0]["function"]["arguments"] = '{"city": "Paris"}'
-    reply = await http.post(
-        "/chat", json={"model": MODELS[name], "messages": messages, "tools": [WEATHER]}
-    )
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["content"] == "The tools said: sunny, 21 C"
-    arguments = sent(world, name)["messages"][1]["tool_calls"][0]["function"]["arguments"]
-    if name in OLLAMA_STYLE:
-        assert arguments == {"city": "Paris"}
-    else:
-        assert json.loads(arguments) == {"city": "Paris"}
-
-
-@pytest.mark.parametrize("name", OPENAI_STYLE)
-async def test_native_second_turn_reaches_openai_style_in_its_format(
-    http: httpx.AsyncClient, world: World, name: str
-) -> None:
-    reply = await http.post(
-        "/chat", json={"model": MODELS[name], "messages": second_turn("c7"), "tools": [WEATHER]}
-    )
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["content"] == "The tools said: sunny, 21 C"
-    assert sent(world, name)["messages"][1:] == [
+    ],
+    "openai": [
         {
             "role": "assistant",
             "tool_calls": [
@@ -230,21 +201,31 @@ async def test_native_second_turn_reaches_openai_style_in_its_format(
             ],
         },
         {"role": "tool", "content": "sunny, 21 C", "tool_call_id": "c7"},
-    ]
+    ],
+}
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+async def test_native_second_turn_reaches_each_upstream_in_its_format(
+    http: httpx.AsyncClient, world: World, name: str
+) -> None:
+    reply = await chat(http, name, second_turn("c7"), tools=[WEATHER])
+    assert reply.json()["content"] == "The tools said: sunny, 21 C"
+    assert reply.json()["done_reason"] == "stop"
+    style = "ollama" if name in OLLAMA_STYLE else "openai"
+    assert sent(world, name)["messages"][1:] == SECOND_TURN_SENT[style]
+    if style == "ollama":  # with tools, Ollama Cloud too takes /api/chat
+        assert world.stubs[name].chats[-1].path == "/api/chat"
 
 
 async def test_ollama_cloud_takes_tools_to_api_chat(http: httpx.AsyncClient, world: World) -> None:
-    plain = await http.post("/chat", json={"model": MODELS["ollama_cloud"], "messages": ASK})
-    assert plain.status_code == 200
+    await chat(http, "ollama_cloud")
     assert world.stubs["ollama_cloud"].chats[-1].path == "/api/generate"
     for extra in (
         {"tools": [WEATHER]},
         {"messages": [{"role": "user", "content": "x", "images": [PNG]}]},
     ):
-        reply = await http.post(
-            "/chat", json={"model": MODELS["ollama_cloud"], "messages": ASK, **extra}
-        )
-        assert reply.status_code == 200, reply.text
+        await chat(http, "ollama_cloud", **extra)
         assert world.stubs["ollama_cloud"].chats[-1].path == "/api/chat"
 
 
@@ -256,9 +237,7 @@ async def test_images_reach_ollama_as_bare_base64(
         {"type": "text", "text": "what is this"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
     ]
-    messages = [{"role": "user", "content": content, "images": [PNG]}]
-    reply = await http.post("/chat", json={"model": MODELS[name], "messages": messages})
-    assert reply.status_code == 200, reply.text
+    await chat(http, name, [{"role": "user", "content": content, "images": [PNG]}])
     (message,) = sent(world, name)["messages"]
     assert message == {"role": "user", "content": "what is this", "images": [PNG, PNG]}
 
@@ -268,8 +247,7 @@ async def test_an_image_url_is_refused_for_ollama(
     http: httpx.AsyncClient, world: World, name: str
 ) -> None:
     messages = [{"role": "user", "content": "x", "images": ["https://example.test/cat.png"]}]
-    reply = await http.post("/chat", json={"model": MODELS[name], "messages": messages})
-    assert reply.status_code == 400
+    reply = await chat(http, name, messages, status=400)
     assert reply.json()["error"]["path"] == "$.messages[0].images[0]"
     assert "fetch" in reply.json()["error"]["message"]
     assert world.stubs[name].chats == []
@@ -282,8 +260,7 @@ async def test_images_reach_openai_style_as_image_url_parts(
     messages = [
         {"role": "user", "content": "what are these", "images": [PNG, "https://example.test/c.png"]}
     ]
-    reply = await http.post("/chat", json={"model": MODELS[name], "messages": messages})
-    assert reply.status_code == 200, reply.text
+    await chat(http, name, messages)
     (message,) = sent(world, name)["messages"]
     assert message == {
         "role": "user",
@@ -332,22 +309,12 @@ async def test_images_reach_openai_style_as_image_url_parts(
 async def test_native_bad_tools_and_orphan_results_are_refused(
     http: httpx.AsyncClient, fields: dict[str, Any], path: str
 ) -> None:
-    reply = await http.post("/chat", json={"model": MODELS["ollama"], "messages": ASK, **fields})
-    assert reply.status_code == 400
+    reply = await chat(http, "ollama", **fields, status=400)
     assert reply.json()["error"]["path"] == path
 
 
 async def test_ollama_refuses_a_tool_choice_it_cannot_enforce(http: httpx.AsyncClient) -> None:
-    reply = await http.post(
-        "/chat",
-        json={
-            "model": MODELS["ollama"],
-            "messages": ASK,
-            "tools": [WEATHER],
-            "tool_choice": "required",
-        },
-    )
-    assert reply.status_code == 400
+    reply = await chat(http, "ollama", tools=[WEATHER], tool_choice="required", status=400)
     assert reply.json()["error"]["path"] == "$.tool_choice"
 
 
@@ -355,16 +322,7 @@ async def test_ollama_refuses_a_tool_choice_it_cannot_enforce(http: httpx.AsyncC
 async def test_penalties_reach_every_upstream(
     http: httpx.AsyncClient, world: World, name: str
 ) -> None:
-    reply = await http.post(
-        "/chat",
-        json={
-            "model": MODELS[name],
-            "messages": ASK,
-            "presence_penalty": 0.5,
-            "frequency_penalty": -0.5,
-        },
-    )
-    assert reply.status_code == 200, reply.text
+    await chat(http, name, presence_penalty=0.5, frequency_penalty=-0.5)
     body = sent(world, name)
     where = body["options"] if name in OLLAMA_STYLE else body
     assert (where["presence_penalty"], where["frequency_penalty"]) == (0.5, -0.5)
@@ -373,10 +331,7 @@ async def test_penalties_reach_every_upstream(
 async def test_kimi_refuses_penalties_itself(http: httpx.AsyncClient, world: World) -> None:
     # Kimi's K2.5+ models take only 0 (the kimi stub answers as they do): its refusal is
     # relayed, not pre-empted, since other Kimi models may take them.
-    reply = await http.post(
-        "/chat", json={"model": MODELS["kimi"], "messages": ASK, "presence_penalty": 0.5}
-    )
-    assert reply.status_code == 502
+    reply = await chat(http, "kimi", presence_penalty=0.5, status=502)
     assert "presence_penalty" in reply.json()["error"]["message"]
     assert sent(world, "kimi")["presence_penalty"] == 0.5
 
@@ -386,11 +341,7 @@ async def test_kimi_refuses_penalties_itself(http: httpx.AsyncClient, world: Wor
 
 @pytest.mark.parametrize("name", PROVIDERS)
 async def test_sdk_parses_tool_calls(sdk: openai.AsyncOpenAI, name: str) -> None:
-    completion = await sdk.chat.completions.create(
-        model=MODELS[name],
-        messages=ASK_PARALLEL,
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
-    )
+    completion = await sdk_chat(sdk, name, ASK_PARALLEL, tools=[WEATHER, TIME])
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     calls = choice.message.tool_calls or []
@@ -444,11 +395,7 @@ async def test_openai_style_fragments_are_relayed_as_they_arrive(
 async def test_sdk_second_turn_with_an_image(
     sdk: openai.AsyncOpenAI, world: World, name: str
 ) -> None:
-    first = await sdk.chat.completions.create(
-        model=MODELS[name],
-        messages=ASK,
-        tools=[WEATHER],  # type: ignore[list-item]
-    )
+    first = await sdk_chat(sdk, name, tools=[WEATHER])
     message = first.choices[0].message
     (call,) = message.tool_calls or []
     image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}
@@ -457,11 +404,7 @@ async def test_sdk_second_turn_with_an_image(
         message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
     ]
-    second = await sdk.chat.completions.create(
-        model=MODELS[name],
-        messages=history,
-        tools=[WEATHER],  # type: ignore[list-item]
-    )
+    second = await sdk_chat(sdk, name, history, tools=[WEATHER])
     assert second.choices[0].message.content == "The tools said: sunny"
     assert second.choices[0].finish_reason == "stop"
     user, assistant, tool = sent(world, name)["messages"]
@@ -477,18 +420,17 @@ async def test_sdk_second_turn_with_an_image(
 
 async def test_sdk_bad_tool_and_orphan_result_name_the_field(sdk: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        await sdk.chat.completions.create(
-            model=MODELS["ollama"],
-            messages=ASK,
+        await sdk_chat(
+            sdk,
+            "ollama",
             tools=[
                 {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
             ],
         )
     assert bad.value.param == "tools[0].function.parameters.type"
     with pytest.raises(openai.BadRequestError) as bad:
-        await sdk.chat.completions.create(
-            model=MODELS["ollama"],
-            messages=[*ASK, {"role": "tool", "tool_call_id": "nope", "content": "x"}],
+        await sdk_chat(
+            sdk, "ollama", [*ASK, {"role": "tool", "tool_call_id": "nope", "content": "x"}]
         )
     assert bad.value.param == "messages[1].tool_call_id"
 
@@ -520,8 +462,5 @@ async def test_logprobs_pass_through(
 
 async def test_native_logprobs(http: httpx.AsyncClient) -> None:
     for name in ("ollama", "openrouter"):
-        reply = await http.post(
-            "/chat", json={"model": MODELS[name], "messages": ASK, "logprobs": True}
-        )
-        body = reply.json()
+        body = (await chat(http, name, logprobs=True)).json()
         assert "".join(t["token"] for t in body["logprobs"]) == body["content"]

@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from lakehouse.stubs.catalog import Catalog
+from lakehouse.stubs import replies
+from lakehouse.stubs.dialect import DialectAPI
 from lakehouse.stubs.faults import Fault
-from lakehouse.stubs.flavours import Flavour
 from lakehouse.stubs.openai import decode_body
 from lakehouse.stubs.received import Received, Route
-from lakehouse.stubs.replies import (
-    Generation,
-    count_prompt,
-    generate,
-    json_content,
-    part_text,
-    reply_text,
-    thinking_text,
-)
 from lakehouse.stubs.reply import JSON, SSE, Failure, Rejected, Reply, encode, json_reply, reject
 from lakehouse.stubs.tool_use import Call, choose, results_answer
 
@@ -55,7 +45,7 @@ def _results(message: Mapping[str, Any]) -> list[str]:
     content = message.get("content")
     if message.get("role") != "user" or not isinstance(content, list):
         return []
-    return [part_text(b.get("content")) for b in content
+    return [replies.part_text(b.get("content")) for b in content
             if isinstance(b, dict) and b.get("type") == "tool_result"]
 
 
@@ -65,31 +55,20 @@ def _text(content: Any) -> str:
         parts = []
         for block in content:
             if isinstance(block, dict) and block.get("type") == "tool_result":
-                parts.append(part_text(block.get("content")))
-        return " ".join([part_text(content), *parts]).strip()
-    return part_text(content)
+                parts.append(replies.part_text(block.get("content")))
+        return " ".join([replies.part_text(content), *parts]).strip()
+    return replies.part_text(content)
 
 
-class MessagesAPI:
-    def __init__(self, flavour: Flavour, catalog: Catalog) -> None:
-        self.flavour = flavour
-        self.catalog = catalog
-        self._ids = itertools.count(1)
-
+class MessagesAPI(DialectAPI):
     def routes(self) -> list[Route]:
-        return [Route("POST", f"{self.flavour.base_path}/messages", self.messages,
+        return [Route("POST", f"{self.flavour.base_path}/messages", self.answer,
                       chat=True, auth="x-api-key", error=self.error)]
 
     def error(self, failure: Failure) -> Reply:
         body = self.flavour.messages_error(
             failure.status, failure.message, failure.error_type, failure.metadata)
         return json_reply(failure.status, body, JSON, failure.headers)
-
-    def messages(self, call: Received, fault: Fault | None) -> Reply:
-        try:
-            return self._answer(call, fault)
-        except Rejected as exc:
-            return self.error(exc.failure)
 
     def _check(self, data: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]], int]:
         model = data.get("model")
@@ -209,16 +188,17 @@ class MessagesAPI:
         if not isinstance(stream, bool):
             raise reject(400, "stream: Input should be a valid boolean", INVALID)
         budget = self._thinking_budget(data, cap)
-        system = part_text(data.get("system"))
+        system = replies.part_text(data.get("system"))
         users = [m for m in messages if m.get("role") == "user"]
         user_text = _text(users[-1].get("content")) if users else ""
         results = _results(messages[-1])
-        text = results_answer(results) if results else reply_text(user_text)
+        text = results_answer(results) if results else replies.reply_text(user_text)
         if "JSON" in system:
-            text = json_content(text)
+            text = replies.json_content(text)
         # Thinking spends at most its budget; the rest of the cap is the answer's.
-        gen = generate(text, thinking=thinking_text(user_text) if budget else None, budget=cap)
-        prompt = count_prompt([system, *(_text(m.get("content")) for m in messages)])
+        thinking = replies.thinking_text(user_text) if budget else None
+        gen = replies.generate(text, thinking=thinking, budget=cap)
+        prompt = replies.count_prompt([system, *(_text(m.get("content")) for m in messages)])
         ident = f"msg_stub{next(self._ids):06d}"
         kind = fault.kind if fault is not None else None
         calls = self._calls(data, messages, user_text)
@@ -277,10 +257,10 @@ class MessagesAPI:
                      headers={"Cache-Control": "no-cache"})
 
     @staticmethod
-    def _stop(gen: Generation) -> str:
+    def _stop(gen: replies.Generation) -> str:
         return "max_tokens" if gen.finish == "length" else "end_turn"
 
-    def _whole(self, ident: str, model: str, gen: Generation, prompt: int,
+    def _whole(self, ident: str, model: str, gen: replies.Generation, prompt: int,
                kind: str | None) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
         if gen.thinking:
@@ -296,7 +276,7 @@ class MessagesAPI:
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         }
 
-    def _stream(self, ident: str, model: str, gen: Generation,
+    def _stream(self, ident: str, model: str, gen: replies.Generation,
                 prompt: int) -> tuple[bytes, ...]:
         start: dict[str, Any] = {
             "id": ident, "type": "message", "role": "assistant", "model": model,

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from lakehouse.stubs.catalog import Catalog
+from lakehouse.stubs import replies
+from lakehouse.stubs.dialect import DialectAPI
 from lakehouse.stubs.faults import Fault
-from lakehouse.stubs.flavours import Flavour
 from lakehouse.stubs.received import Received, Route
-from lakehouse.stubs.replies import (
-    Generation,
-    count_prompt,
-    generate,
-    json_content,
-    part_text,
-    reply_text,
-    thinking_text,
-    token_logprobs,
-)
 from lakehouse.stubs.reply import (
     JSON,
     SSE,
@@ -100,7 +89,7 @@ def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _usage(prompt: int, gen: Generation) -> dict[str, Any]:
+def _usage(prompt: int, gen: replies.Generation) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": gen.count,
@@ -110,17 +99,12 @@ def _usage(prompt: int, gen: Generation) -> dict[str, Any]:
     }
 
 
-class OpenAIAPI:
-    def __init__(self, flavour: Flavour, catalog: Catalog) -> None:
-        self.flavour = flavour
-        self.catalog = catalog
-        self._ids = itertools.count(1)
-
+class OpenAIAPI(DialectAPI):
     def routes(self) -> list[Route]:
         base = self.flavour.base_path
         return [
             Route("GET", f"{base}/models", self.models),
-            Route("POST", f"{base}/chat/completions", self.chat, chat=True),
+            Route("POST", f"{base}/chat/completions", self.answer, chat=True),
         ]
 
     def models(self, call: Received, fault: Fault | None) -> Reply:
@@ -139,12 +123,6 @@ class OpenAIAPI:
             for name in self.catalog.names
         ]
         return json_reply(200, {"object": "list", "data": data})
-
-    def chat(self, call: Received, fault: Fault | None) -> Reply:
-        try:
-            return self._answer(call, fault)
-        except Rejected as exc:
-            return self.flavour.error(exc.failure)
 
     def _model(self, data: Mapping[str, Any]) -> str:
         model = data.get("model")
@@ -175,7 +153,7 @@ class OpenAIAPI:
                              "invalid_request_error")
 
     def _content(self, data: Mapping[str, Any], user_text: str) -> str:
-        text = reply_text(user_text)
+        text = replies.reply_text(user_text)
         fmt = data.get("response_format")
         if fmt is None:
             return text
@@ -183,13 +161,13 @@ class OpenAIAPI:
         if kind == "text":
             return text
         if kind == "json_object":
-            return json_content(text)
+            return replies.json_content(text)
         if kind == "json_schema":
             spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
             if not isinstance(spec, dict) or not spec.get("name"):
                 raise reject(400, "response_format.json_schema.name is required",
                              "invalid_request_error")
-            return json_content(text, spec.get("schema") or {})
+            return replies.json_content(text, spec.get("schema") or {})
         raise reject(400, "response_format.type must be text, json_object or json_schema",
                      "invalid_request_error")
 
@@ -203,9 +181,9 @@ class OpenAIAPI:
         self._check_sampling(data)
         _check_conversation(data, messages)
         budget = self._budget(data)
-        texts = [part_text(m.get("content")) for m in messages]
+        texts = [replies.part_text(m.get("content")) for m in messages]
         users = [m for m in messages if m.get("role") == "user"]
-        user_text = part_text(users[-1].get("content")) if users else ""
+        user_text = replies.part_text(users[-1].get("content")) if users else ""
         answered = results_answer(messages)
         content = self._content(data, user_text) if answered is None else answered
         calls = [
@@ -217,9 +195,9 @@ class OpenAIAPI:
         if calls:
             content, thinks = "", False
         top = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
-        gen = generate(content, thinking=thinking_text(user_text) if thinks else None,
-                       budget=budget)
-        usage = _usage(count_prompt(texts), gen)
+        thinking = replies.thinking_text(user_text) if thinks else None
+        gen = replies.generate(content, thinking=thinking, budget=budget)
+        usage = _usage(replies.count_prompt(texts), gen)
         hidden = self.flavour.reasoning_hidden(data)
         ident = f"{self.flavour.id_prefix}{int(time.time())}-{next(self._ids):06d}"
         head = {"id": ident, "created": int(time.time()), "model": model,
@@ -245,15 +223,15 @@ class OpenAIAPI:
         """The choice's ``logprobs``; ``top`` None: not asked for."""
         if top is None:
             return {}
-        return {"logprobs": {"content": token_logprobs(pieces, top), "refusal": None}}
+        return {"logprobs": {"content": replies.token_logprobs(pieces, top), "refusal": None}}
 
-    def _message(self, gen: Generation, hidden: bool) -> dict[str, Any]:
+    def _message(self, gen: replies.Generation, hidden: bool) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": gen.content_text}
         if gen.thinking and not hidden:
             message[self.flavour.reasoning_field] = gen.thinking_text
         return message
 
-    def _whole(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
+    def _whole(self, head: dict[str, Any], gen: replies.Generation, usage: dict[str, Any],
                hidden: bool, fault: Fault | None, headers: Mapping[str, str],
                calls: list[dict[str, Any]], top: int | None) -> Reply:
         kind = fault.kind if fault is not None else None
@@ -283,7 +261,7 @@ class OpenAIAPI:
         return sse_event({**head, "object": "chat.completion.chunk", "choices": choices,
                           **extra})
 
-    def _stream(self, head: dict[str, Any], gen: Generation, usage: dict[str, Any],
+    def _stream(self, head: dict[str, Any], gen: replies.Generation, usage: dict[str, Any],
                 hidden: bool, include_usage: bool, kind: str | None,
                 calls: list[dict[str, Any]], top: int | None) -> tuple[bytes, ...]:
         frames = list(self.flavour.stream_preamble)

@@ -10,20 +10,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lakehouse.stubs.catalog import Catalog
+from lakehouse.stubs import replies
+from lakehouse.stubs.dialect import DialectAPI
 from lakehouse.stubs.faults import Fault
-from lakehouse.stubs.flavours import Flavour
 from lakehouse.stubs.openai import MIDSTREAM_ERROR, decode_body
 from lakehouse.stubs.received import Received, Route
-from lakehouse.stubs.replies import (
-    Generation,
-    count_prompt,
-    generate,
-    json_content,
-    part_text,
-    reply_text,
-    thinking_text,
-)
 from lakehouse.stubs.reply import SSE, Failure, Rejected, Reply, encode, json_reply, reject
 from lakehouse.stubs.tool_use import Call, choose, results_answer
 
@@ -72,7 +63,7 @@ def _input_texts(data: Mapping[str, Any]) -> tuple[list[str], str]:
             if item.get("role") not in ("user", "assistant", "system", "developer"):
                 raise reject(400, f"Invalid value for 'input[{i}].role'.", INVALID)
             _check_images(i, item.get("content"))
-            text = part_text(_parts(item.get("content")))
+            text = replies.part_text(_parts(item.get("content")))
             if item.get("role") == "user":
                 user = text
         elif kind == "function_call":
@@ -137,21 +128,10 @@ def _parts(content: Any) -> Any:
     return content
 
 
-class ResponsesAPI:
-    def __init__(self, flavour: Flavour, catalog: Catalog) -> None:
-        self.flavour = flavour
-        self.catalog = catalog
-        self._ids = itertools.count(1)
-
+class ResponsesAPI(DialectAPI):
     def routes(self) -> list[Route]:
-        return [Route("POST", f"{self.flavour.base_path}/responses", self.responses,
+        return [Route("POST", f"{self.flavour.base_path}/responses", self.answer,
                       chat=True)]
-
-    def responses(self, call: Received, fault: Fault | None) -> Reply:
-        try:
-            return self._answer(call, fault)
-        except Rejected as exc:
-            return self.flavour.error(exc.failure)
 
     def _check(self, data: Mapping[str, Any]) -> tuple[str, int | None]:
         model = data.get("model")
@@ -172,19 +152,19 @@ class ResponsesAPI:
 
     def _text(self, data: Mapping[str, Any], user: str) -> str:
         results = _results(data)
-        text = results_answer(results) if results else reply_text(user)
+        text = results_answer(results) if results else replies.reply_text(user)
         spec = data.get("text")
         fmt = spec.get("format") if isinstance(spec, dict) else None
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         if kind is None or kind == "text":
             return text
         if kind == "json_object":
-            return json_content(text)
+            return replies.json_content(text)
         if kind == "json_schema":
             assert isinstance(fmt, dict)
             if not fmt.get("name"):
                 raise reject(400, "Missing required parameter: 'text.format.name'.", INVALID)
-            return json_content(text, fmt.get("schema") or {})
+            return replies.json_content(text, fmt.get("schema") or {})
         raise reject(400, "Invalid value for 'text.format.type'.", INVALID)
 
     def _answer(self, call: Received, fault: Fault | None) -> Reply:
@@ -198,10 +178,10 @@ class ResponsesAPI:
         reasoning = data.get("reasoning")
         thinks = self.catalog.thinks(model) or isinstance(reasoning, dict)
         shown = isinstance(reasoning, dict) and reasoning.get("summary") is not None
-        gen = generate(self._text(data, user),
-                       thinking=thinking_text(user) if thinks else None, budget=cap)
+        gen = replies.generate(self._text(data, user),
+                       thinking=replies.thinking_text(user) if thinks else None, budget=cap)
         ident = f"resp_stub{next(self._ids):06d}"
-        final = self._response(ident, model, gen, count_prompt(texts), shown)
+        final = self._response(ident, model, gen, replies.count_prompt(texts), shown)
         calls = _calls(data, user)
         if calls:
             return self._called(final, ident, calls, stream)
@@ -220,7 +200,7 @@ class ResponsesAPI:
             frames = (*frames[:keep], self._failure(final, fault, keep))
         return Reply(200, SSE, frames, stream=True, headers={"Cache-Control": "no-cache"})
 
-    def _response(self, ident: str, model: str, gen: Generation, prompt: int,
+    def _response(self, ident: str, model: str, gen: replies.Generation, prompt: int,
                   shown: bool) -> dict[str, Any]:
         output: list[dict[str, Any]] = []
         if gen.thinking:
@@ -280,7 +260,7 @@ class ResponsesAPI:
         body = {"type": kind, "sequence_number": seq, **fields}
         return b"event: " + kind.encode() + b"\ndata: " + encode(body) + b"\n\n"
 
-    def _stream(self, final: dict[str, Any], gen: Generation,
+    def _stream(self, final: dict[str, Any], gen: replies.Generation,
                 shown: bool) -> tuple[bytes, ...]:
         seq = itertools.count()
         pending = {**final, "status": "in_progress", "output": [], "usage": None,

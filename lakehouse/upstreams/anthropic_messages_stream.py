@@ -126,8 +126,10 @@ class MessagesFold(StreamFold):
             return StreamDelta(reasoning=delta.thinking)
         return None
 
-    def result(self) -> ChatResponse:
-        """The whole reply, once the stream has ended with ``message_stop``."""
+    def result(self, *, done: bool = False) -> ChatResponse:
+        """The whole reply, once the stream has ended with ``message_stop``
+        (``done``, a ``[DONE]`` seen, is not this protocol's end and says
+        nothing)."""
         if not self._started:
             raise UpstreamBadResponse(
                 f"{self.provider} streamed no message_start",

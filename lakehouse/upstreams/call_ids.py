@@ -6,6 +6,7 @@ dialects that pair them by id (Anthropic's ``tool_use_id``, Responses'
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,20 @@ from lakehouse.wire import Message
 # (Kimi's "functions.get_weather:0") are rewritten the same way on both
 # sides, so the pairs still match.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_MAX = 64
 
 
 def safe_id(raw: str) -> str:
-    return _UNSAFE.sub("_", raw)[:64] or "call"
+    """``raw`` when it is a safe id already; else its safe characters and
+    a digest of the whole, so ids that differ only where they are unsafe
+    (``c.1``, ``c_1``) or past the 64th character stay apart: Anthropic
+    refuses a conversation with two tool_use blocks of one id."""
+    if not raw:
+        return "call"
+    if len(raw) <= _MAX and not _UNSAFE.search(raw):
+        return raw
+    digest = hashlib.blake2s(raw.encode(), digest_size=4).hexdigest()
+    return f"{_UNSAFE.sub('_', raw)[: _MAX - 9]}_{digest}"
 
 
 @dataclass

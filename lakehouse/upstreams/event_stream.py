@@ -1,38 +1,23 @@
-"""What the Anthropic Messages and OpenAI Responses clients share: one
-``POST {base_url}<path>`` that answers whole (JSON) or, with ``stream:
-true``, as SSE events that a dialect's fold reads into deltas and the final
-reply. A dialect supplies its path, auth headers, body, whole-reply parser
-and fold; the posting, relaying and error classification are here, once.
+"""What the Anthropic Messages and OpenAI Responses clients share beyond
+``FlavouredProvider`` (which posts, relays an SSE stream through a dialect's
+fold and classifies errors for every SSE dialect, Chat Completions too): a
+key that must be there, fixed auth headers, a probe path. A dialect supplies
+its path, body, whole-reply parser and fold.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
-from typing import Protocol, TypeVar
+from collections.abc import Mapping
+from typing import TypeVar
 
 from lakehouse.errors import ConfigError
-from lakehouse.upstreams.contract import PluginOptions, ProviderContext, UpstreamReply
-from lakehouse.upstreams.framing import SSE_DONE, iter_sse
+from lakehouse.upstreams.contract import PluginOptions, ProviderContext
 from lakehouse.upstreams.http import HTTPClient
-from lakehouse.upstreams.openai_chat import MAX_WHOLE_BODY, Flavour, FlavouredProvider
+from lakehouse.upstreams.openai_chat import Flavour, FlavouredProvider
 from lakehouse.upstreams.provider import options_as
-from lakehouse.wire import ChatRequest, ChatResponse, StreamDelta
+from lakehouse.wire import ChatResponse, StreamDelta
 
 Options = TypeVar("Options", bound=PluginOptions)
-
-
-class Fold(Protocol):
-    """A dialect's reading of one stream."""
-
-    @property
-    def done(self) -> bool:
-        """Whether the stream's terminal event has come."""
-        ...
-
-    def add(self, payload: bytes) -> StreamDelta | None: ...
-
-    def result(self) -> ChatResponse: ...
 
 
 def keyed_options(ctx: ProviderContext, kind: type[Options]) -> tuple[Options, str]:
@@ -64,48 +49,10 @@ class EventStreamProvider(FlavouredProvider):
         self.flavour = flavour
         self.probe_path, self.probe_timeout = probe
 
-    # -- what a dialect supplies ----------------------------------------------
+    # A dialect supplies body, parse and fold (FlavouredProvider's).
 
-    def body(self, request: ChatRequest, model: str, *, stream: bool = False) -> bytes:
-        raise NotImplementedError
-
-    def parse(self, reply: UpstreamReply, model: str) -> ChatResponse:
-        """The answer of a whole (non-streamed) 2xx reply."""
-        raise NotImplementedError
-
-    def fold(self, model: str, status: int) -> Fold:
-        raise NotImplementedError
-
-    # -- shared ---------------------------------------------------------------
-
-    async def stream(
-        self, request: ChatRequest, model: str
-    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
-        body = self.body(request, model, stream=True)
-        async with self._http.stream_post(
-            self.path, body, self._auth, error=self.classify
-        ) as upstream:
-            if upstream.content_type == "application/json":
-                # An upstream (or proxy) that ignored "stream" answers whole;
-                # its tool calls go out with the final reply.
-                data = await upstream.read(MAX_WHOLE_BODY)
-                whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
-                if whole.content or whole.reasoning:
-                    yield StreamDelta(whole.content, whole.reasoning or "")
-                yield whole
-                return
-            if upstream.content_type not in ("text/event-stream", ""):
-                raise upstream.refuse(await upstream.read(300), "an event stream")
-            fold = self.fold(model, upstream.status)
-            async with aclosing(iter_sse(upstream, provider=self.name)) as events:
-                async for data in events:
-                    # Not these protocols' ending; a relay may add it anyway.
-                    if data == SSE_DONE:
-                        break
-                    delta = fold.add(data)
-                    if delta is not None:
-                        yield delta
-                    if fold.done:
-                        break
-            yield fold.result()
-            await upstream.drain()
+    def whole_delta(self, whole: ChatResponse) -> StreamDelta | None:
+        # Its tool calls go out with the final reply.
+        if whole.content or whole.reasoning:
+            return StreamDelta(whole.content, whole.reasoning or "")
+        return None

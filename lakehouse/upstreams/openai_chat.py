@@ -7,6 +7,10 @@ flavour reads all three error-body shapes and both usage locations, since
 Zen relays its routed upstream's bodies unchanged and OpenRouter relays
 upstream errors: a per-flavour switch would only be a way to be wrong.
 
+Its ``FlavouredProvider`` is also the Anthropic Messages and OpenAI
+Responses clients' base (``event_stream``): one relay of an SSE stream
+through a dialect's fold, one reading of a whole reply.
+
 Plugins reach this module through ``lakehouse.plugin_api``.
 """
 
@@ -35,6 +39,7 @@ from lakehouse.upstreams.openai_chat_errors import (
 from lakehouse.upstreams.openai_chat_messages import OpenAIMessage, openai_messages
 from lakehouse.upstreams.openai_chat_stream import ChoiceLogprobs, ChunkFold, Usage, whole_chunks
 from lakehouse.upstreams.provider import HTTPProvider, bearer, options_as
+from lakehouse.upstreams.stream_fold import Fold
 from lakehouse.wire import (
     ChatRequest,
     ChatResponse,
@@ -177,11 +182,55 @@ class FlavouredProvider(HTTPProvider):
         """The answer of a whole (non-streamed) 2xx reply."""
         raise NotImplementedError
 
+    def fold(self, model: str, status: int) -> Fold:
+        """The reading of one event stream."""
+        raise NotImplementedError
+
+    def whole_delta(self, whole: ChatResponse) -> StreamDelta | None:
+        """What a stream relays of an upstream's whole answer (one that
+        ignored ``stream``) before its final reply."""
+        raise NotImplementedError
+
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
         reply = await self._http.post_json(self.path, self.body(request, model), self._auth)
         if not 200 <= reply.status < 300:
             raise self.classify(reply)
         return self.parse(reply, model)
+
+    async def stream(
+        self, request: ChatRequest, model: str
+    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
+        body = self.body(request, model, stream=True)
+        async with self._http.stream_post(
+            self.path, body, self._auth, error=self.classify
+        ) as upstream:
+            if upstream.content_type == "application/json":
+                # An upstream (or proxy) that ignored "stream" answers whole.
+                data = await upstream.read(MAX_WHOLE_BODY)
+                whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
+                delta = self.whole_delta(whole)
+                if delta is not None:
+                    yield delta
+                yield whole
+                return
+            if upstream.content_type not in ("text/event-stream", ""):
+                raise upstream.refuse(await upstream.read(300), "an event stream")
+            fold = self.fold(model, upstream.status)
+            ended = False
+            async with aclosing(iter_sse(upstream, provider=self.name)) as events:
+                async for data in events:
+                    # Chat Completions' end; a relay may add it to the other
+                    # dialects' streams too.
+                    if data == SSE_DONE:
+                        ended = True
+                        break
+                    delta = fold.add(data)
+                    if delta is not None:
+                        yield delta
+                    if fold.done:
+                        break
+            yield fold.result(done=ended)
+            await upstream.drain()
 
     def classify(self, reply: UpstreamReply) -> ChatdError:
         return classify_error(
@@ -236,37 +285,15 @@ class OpenAICompatProvider(FlavouredProvider):
             )
         )
 
-    async def stream(
-        self, request: ChatRequest, model: str
-    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
-        body = self.body(request, model, stream=True)
-        async with self._http.stream_post(
-            self.path, body, self._auth, error=self.classify
-        ) as upstream:
-            if upstream.content_type == "application/json":
-                # An upstream (or proxy) that ignored "stream" answers whole.
-                data = await upstream.read(MAX_WHOLE_BODY)
-                whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
-                if whole.content or whole.reasoning or whole.tool_calls:
-                    yield StreamDelta(
-                        whole.content, whole.reasoning or "", whole_chunks(whole), whole.logprobs
-                    )
-                yield whole
-                return
-            if upstream.content_type not in ("text/event-stream", ""):
-                raise upstream.refuse(await upstream.read(300), "an event stream")
-            fold = ChunkFold(self.name, model, self._key, status=upstream.status)
-            done = False
-            async with aclosing(iter_sse(upstream, provider=self.name)) as events:
-                async for data in events:
-                    if data == SSE_DONE:
-                        done = True
-                        break
-                    delta = fold.add(data)
-                    if delta is not None:
-                        yield delta
-            yield fold.result(done=done)
-            await upstream.drain()
+    def fold(self, model: str, status: int) -> ChunkFold:
+        return ChunkFold(self.name, model, self._key, status=status)
+
+    def whole_delta(self, whole: ChatResponse) -> StreamDelta | None:
+        if whole.content or whole.reasoning or whole.tool_calls:
+            return StreamDelta(
+                whole.content, whole.reasoning or "", whole_chunks(whole), whole.logprobs
+            )
+        return None
 
     def parse(self, reply: UpstreamReply, model: str) -> ChatResponse:
         data = decode_json(_completion_decoder, reply, self.name)

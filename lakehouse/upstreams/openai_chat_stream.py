@@ -71,6 +71,9 @@ _chunk_decoder = msgspec.json.Decoder(_Chunk)
 class ChunkFold(StreamFold):
     """What one streamed completion has said so far."""
 
+    # A completion's stream ends with [DONE] (or the body's end), no event.
+    done = False
+
     def __init__(
         self, provider: str, model: str, key: str | None = None, *, status: int = 200
     ) -> None:

@@ -113,8 +113,9 @@ class ResponsesFold(StreamFold):
         # call that came without one, so the relayed call and the final agree.
         return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
-    def result(self) -> ChatResponse:
-        """The whole reply, once a terminal event has arrived."""
+    def result(self, *, done: bool = False) -> ChatResponse:
+        """The whole reply, once a terminal event has arrived (``done``,
+        a ``[DONE]`` seen, is not this protocol's end and says nothing)."""
         if self._final is None:
             raise UpstreamBadResponse(
                 f"{self.provider} ended the stream without response.completed",

@@ -4,7 +4,27 @@ key, the text and reasoning said so far, and the tool calls being built."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from lakehouse.tool_calls import CallFold
+from lakehouse.wire import ChatResponse, StreamDelta
+
+
+class Fold(Protocol):
+    """A dialect's reading of one event stream."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream's terminal event has come (never, in a dialect
+        that ends with ``[DONE]``)."""
+        ...
+
+    def add(self, payload: bytes) -> StreamDelta | None: ...
+
+    def result(self, *, done: bool) -> ChatResponse:
+        """The whole reply, once the stream has ended (``done``: with
+        ``[DONE]``)."""
+        ...
 
 
 class StreamFold:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from lakehouse.stubs import Fault
 from tests.h2_client import RawH2
 from tests.stub_world import MODELS, World, stub_world
+from tests.support import module_fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -21,36 +22,24 @@ HELLO = [{"role": "user", "content": "hello"}]
 MODEL = MODELS["openrouter"]
 # Ten plain and ten streamed requests, on both surfaces.
 PATHS = ["/chat", "/v1/chat/completions"]
-BODIES = [
-    (PATHS[i % 2], {"model": MODEL, "messages": HELLO, "stream": i >= 10}) for i in range(20)
-]
+BODIES = [(PATHS[i % 2], {"model": MODEL, "messages": HELLO, "stream": i >= 10}) for i in range(20)]
 SLOTS = 5
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    overrides = {
-        "chatd.timeout_secs": 60,
-        "chatd.retry.attempts": 2,
-        "chatd.retry.backoff_secs": 2,
-        # Five run, the rest wait in the queue.
-        "chatd.providers.openrouter.max_concurrency": SLOTS,
-        "chatd.fallbacks": {MODEL: ["opencode/glm-5.2"]},
-    }
-    async with stub_world(overrides) as w:
-        yield w
+OVERRIDES = {
+    "chatd.timeout_secs": 60,
+    "chatd.retry.attempts": 2,
+    "chatd.retry.backoff_secs": 2,
+    # Five run, the rest wait in the queue.
+    "chatd.providers.openrouter.max_concurrency": SLOTS,
+    "chatd.fallbacks": {MODEL: ["opencode/glm-5.2"]},
+}
+anyio_backend, world = module_fixtures(lambda: stub_world(OVERRIDES))
 
 
 @pytest.fixture(autouse=True)
 def fresh(world: World) -> None:
-    for stub in world.stubs.values():
-        stub.clear_faults()
-        stub.received.clear()
+    world.reset()
 
 
 async def metrics(base: str) -> str:

@@ -13,6 +13,7 @@ from lakehouse.stubs import Fault
 from lakehouse.stubs.replies import reply_text
 from tests.gateway.test_app import gateway_config, running_gateway
 from tests.stub_world import KEYS, MODELS, World, stub_world
+from tests.support import module_fixtures
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -28,26 +29,17 @@ TIERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    overrides = {
-        **TIERS,
-        "chatd.max_request_bytes": 64 * 1024,
-        "chatd.suffix_routes": {":cloud": "ollama_cloud", ":gone": "nowhere"},
-    }
-    async with stub_world(overrides) as w:
-        yield w
+OVERRIDES = {
+    **TIERS,
+    "chatd.max_request_bytes": 64 * 1024,
+    "chatd.suffix_routes": {":cloud": "ollama_cloud", ":gone": "nowhere"},
+}
+anyio_backend, world = module_fixtures(lambda: stub_world(OVERRIDES))
 
 
 @pytest.fixture
 async def client(world: World) -> AsyncIterator[openai.AsyncOpenAI]:
-    for stub in world.stubs.values():
-        stub.clear_faults()
+    world.reset()
     async with sdk(world.base, max_retries=0) as client:
         yield client
 

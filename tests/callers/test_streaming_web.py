@@ -8,23 +8,19 @@ provider and failure mode; the fixtures they share keep them in one file."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
 import httpx
 import pytest
 
 from lakehouse.stubs import Fault
 from lakehouse.stubs.replies import reply_text
+from tests.h2_client import RawH2, exchange
 from tests.stub_world import MODELS, World, stub_world
+from tests.support import module_fixtures
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -33,29 +29,20 @@ HELLO = [{"role": "user", "content": SAID}]
 KEEPALIVE = b": keep-alive"
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def world() -> AsyncIterator[World]:
-    overrides = {
-        "chatd.timeout_secs": 0.8,
-        "chatd.sse_keepalive_secs": 0.15,
-        # Chains on tiers only: the plain model names have none.
-        "models.local": "qwen3.5:latest",
-        "models.coder": "kimi/kimi-for-coding",
-        "chatd.fallbacks": {"local": ["opencode/glm-5.2"], "coder": ["openrouter/openai/gpt-5"]},
-    }
-    async with stub_world(overrides) as w:
-        yield w
+OVERRIDES = {
+    "chatd.timeout_secs": 0.8,
+    "chatd.sse_keepalive_secs": 0.15,
+    # Chains on tiers only: the plain model names have none.
+    "models.local": "qwen3.5:latest",
+    "models.coder": "kimi/kimi-for-coding",
+    "chatd.fallbacks": {"local": ["opencode/glm-5.2"], "coder": ["openrouter/openai/gpt-5"]},
+}
+anyio_backend, world = module_fixtures(lambda: stub_world(OVERRIDES))
 
 
 @pytest.fixture(autouse=True)
-def no_faults(world: World) -> None:
-    for stub in world.stubs.values():
-        stub.clear_faults()
+def fresh(world: World) -> None:
+    world.reset()
 
 
 async def ndjson(base: str, model: str, **extra: Any) -> tuple[int, list[Any]]:
@@ -150,34 +137,47 @@ MID_STREAM = [
 ]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize(("kind", "fault", "code"), MID_STREAM, ids=[m[0] for m in MID_STREAM])
-async def test_a_failure_mid_stream_ends_the_native_stream_with_an_error_line(
-    world: World, name: str, kind: str, fault: Fault, code: str
-) -> None:
+class MidStream(NamedTuple):
+    name: str  # the provider
+    kind: str  # as in MID_STREAM
+    code: str  # the error code the caller gets
+
+
+@pytest.fixture(
+    params=[(name, *case) for case in MID_STREAM for name in MODELS],
+    ids=[f"{case[0]}-{name}" for case in MID_STREAM for name in MODELS],
+)
+def mid_stream(request: pytest.FixtureRequest, world: World) -> MidStream:
+    """A provider whose next stream fails mid-answer as MID_STREAM says
+    (the autouse ``fresh`` has run first)."""
+    name, kind, fault, code = request.param
     world.stubs[name].fail_next(fault)
-    status, lines = await ndjson(world.base, MODELS[name])
+    return MidStream(name, kind, code)
+
+
+async def test_a_failure_mid_stream_ends_the_native_stream_with_an_error_line(
+    world: World, mid_stream: MidStream
+) -> None:
+    status, lines = await ndjson(world.base, MODELS[mid_stream.name])
     assert status == 200
+    error = lines[-1]["error"]
     assert lines[-1] == {
-        "error": {"code": code, "message": lines[-1]["error"]["message"], "provider": name}
+        "error": {"code": mid_stream.code, "message": error["message"], "provider": mid_stream.name}
     }
     assert not any(line.get("done") for line in lines)
-    assert await in_flight(world.base, name) == 0
+    assert await in_flight(world.base, mid_stream.name) == 0
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize(("kind", "fault", "code"), MID_STREAM, ids=[m[0] for m in MID_STREAM])
 async def test_a_failure_mid_stream_ends_the_sse_stream_with_an_error_event(
-    world: World, name: str, kind: str, fault: Fault, code: str
+    world: World, mid_stream: MidStream
 ) -> None:
-    world.stubs[name].fail_next(fault)
-    status, events = await sse(world.base, MODELS[name])
+    status, events = await sse(world.base, MODELS[mid_stream.name])
     assert status == 200
     payloads = data(events)
-    assert payloads[-1]["error"]["code"] == code
+    assert payloads[-1]["error"]["code"] == mid_stream.code
     assert set(payloads[-1]["error"]) == {"message", "type", "code", "param"}
     assert "[DONE]" not in payloads
-    if kind == "stall":
+    if mid_stream.kind == "stall":
         # 0.8 s of silence against a 0.15 s keep-alive: comments kept it open.
         assert KEEPALIVE in events
 
@@ -274,81 +274,15 @@ async def test_stream_outcomes_are_counted(world: World) -> None:
     assert 'chatd_upstream_errors_total{code="upstream_error",provider="opencode"}' in text
 
 
-class H2Caller:
-    """Just enough h2c (prior knowledge) to start streams and cancel them
-    mid-answer with RST_STREAM, which httpx does not send when a response
-    is closed early."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self._conn = h2.connection.H2Connection(config)
-        self._reader, self._writer = reader, writer
-        self._first: dict[int, asyncio.Future[int]] = {}
-        self._status: dict[int, int] = {}
-        self._conn.initiate_connection()
-        # Room for every stream's data, including what follows a reset.
-        self._conn.increment_flow_control_window(2**30)
-        self._flush()
-        self._pump = asyncio.create_task(self._read())
-
-    @classmethod
-    async def connect(cls, base: str) -> H2Caller:
-        host, port = base.removeprefix("http://").split(":")
-        return cls(*await asyncio.open_connection(host, int(port)))
-
-    def _flush(self) -> None:
-        self._writer.write(self._conn.data_to_send())
-
-    async def _read(self) -> None:
-        while data := await self._reader.read(65536):
-            for event in self._conn.receive_data(data):
-                sid = getattr(event, "stream_id", None)
-                waiter = self._first.get(sid) if sid is not None else None
-                if isinstance(event, h2.events.ResponseReceived):
-                    self._status[event.stream_id] = int(dict(event.headers)[b":status"])
-                elif isinstance(event, h2.events.DataReceived):
-                    self._conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(self._status[event.stream_id])
-                elif (
-                    isinstance(event, h2.events.StreamEnded | h2.events.StreamReset)
-                    and waiter is not None
-                    and not waiter.done()
-                ):
-                    waiter.set_exception(AssertionError("stream ended before it was cut"))
-            self._flush()
-
-    async def start_then_cancel(self, path: str, body: bytes) -> int:
-        """The status of a stream cancelled on its first data."""
-        sid = self._conn.get_next_available_stream_id()
-        headers = [
-            (b":method", b"POST"),
-            (b":path", path.encode()),
-            (b":scheme", b"http"),
-            (b":authority", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        self._first[sid] = asyncio.get_running_loop().create_future()
-        self._conn.send_headers(sid, headers)
-        self._conn.send_data(sid, body, end_stream=True)
-        self._flush()
-        try:
-            return await asyncio.wait_for(self._first[sid], 10)
-        finally:
-            del self._first[sid]
-            self._conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-            self._flush()
-
-    async def close(self) -> None:
-        self._conn.close_connection()
-        self._flush()
-        self._writer.close()
-        self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await self._pump
+async def start_then_cancel(caller: RawH2, path: str, body: bytes) -> int:
+    """The status of a stream cancelled with RST_STREAM on its first data
+    (httpx sends none when a response is closed early)."""
+    sid = caller.start("POST", path, body)
+    try:
+        assert await caller.until_data(sid), "stream ended before it was cut"
+        return caller.status[sid]
+    finally:
+        caller.reset(sid)
 
 
 async def test_a_thousand_streams_abandoned_mid_answer_leak_nothing() -> None:
@@ -370,12 +304,12 @@ async def test_a_thousand_streams_abandoned_mid_answer_leak_nothing() -> None:
 
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(base_url=world.base, timeout=10, limits=limits) as client:
-            h2s = [await H2Caller.connect(world.base) for _ in range(2)]
+            h2s = [await RawH2.connect(world.base) for _ in range(2)]
             try:
                 for _ in range(10):
                     h1_calls = [over_h1(client, *bodies[i % 2]) for i in range(50)]
                     h2_calls = [
-                        h2s[i % 2].start_then_cancel(bodies[i % 2][0], bodies[i % 2][1].encode())
+                        start_then_cancel(h2s[i % 2], bodies[i % 2][0], bodies[i % 2][1].encode())
                         for i in range(50)
                     ]
                     statuses = await asyncio.gather(*h1_calls, *h2_calls)
@@ -393,57 +327,16 @@ async def test_a_thousand_streams_abandoned_mid_answer_leak_nothing() -> None:
         assert status == 200 and data(events)[-1] == "[DONE]"
 
 
-async def h2_exchange(
-    base: str, path: str, body: dict[str, Any], extra: list[tuple[str, str]]
-) -> tuple[dict[bytes, bytes], bytes, dict[bytes, bytes]]:
-    """One HTTP/2 request on its own connection: response headers, body and
-    trailers (httpx reads no trailers)."""
-    host, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    payload = json.dumps(body).encode()
-    conn.send_headers(
-        1,
-        [
-            (":method", "POST"), (":scheme", "http"), (":authority", f"{host}:{port}"),
-            (":path", path), ("content-type", "application/json"), *extra,
-        ],
-    )  # fmt: skip
-    conn.send_data(1, payload, end_stream=True)
-    writer.write(conn.data_to_send())
-    headers: dict[bytes, bytes] = {}
-    trailers: dict[bytes, bytes] = {}
-    data = b""
-    ended = False
-    try:
-        while not ended:
-            chunk = await asyncio.wait_for(reader.read(65536), 20)
-            assert chunk, "connection closed before the stream ended"
-            for event in conn.receive_data(chunk):
-                if isinstance(event, h2.events.ResponseReceived):
-                    headers = dict(event.headers)
-                elif isinstance(event, h2.events.DataReceived):
-                    data += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
-                elif isinstance(event, h2.events.TrailersReceived):
-                    trailers = dict(event.headers)
-                elif isinstance(event, h2.events.StreamEnded):
-                    ended = True
-            writer.write(conn.data_to_send())
-    finally:
-        writer.close()
-    return headers, data, trailers
-
-
 @pytest.mark.parametrize("path", ["/chat", "/v1/chat/completions"])
 async def test_streams_send_server_timing_as_a_trailer_over_h2(world: World, path: str) -> None:
-    body = {"model": "qwen3.5:latest", "messages": HELLO, "stream": True}
-    headers, data, trailers = await h2_exchange(world.base, path, body, [("te", "trailers")])
+    payload = json.dumps({"model": "qwen3.5:latest", "messages": HELLO, "stream": True}).encode()
+    headers, data, trailers = await exchange(
+        world.base, "POST", path, payload, [(b"te", b"trailers")]
+    )
     assert headers[b":status"] == b"200" and headers[b"trailer"] == b"server-timing"
     assert data
     timing = dict(part.strip().split(b";dur=") for part in trailers[b"server-timing"].split(b","))
     assert float(timing[b"upstream"]) > 0 and float(timing[b"chatd"]) >= 0
     # A caller that did not offer TE: trailers gets none, and no promise of one.
-    headers, data, trailers = await h2_exchange(world.base, path, body, [])
+    headers, data, trailers = await exchange(world.base, "POST", path, payload)
     assert b"trailer" not in headers and trailers == {} and data

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
+from tests.stub_world import one_stub
 from tests.support import eventually, make_config, provider_table, running_chatd
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
@@ -27,20 +28,8 @@ GOOD = {"model": "qwen3.5:latest", "messages": HELLO}
 
 @pytest.fixture
 async def chatd() -> AsyncIterator[tuple[str, StubUpstream]]:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={
-            **provider_table("ollama", url),
-            "chatd.max_request_bytes": 4 * 1024 * 1024,
-            "chatd.probe_interval_secs": 0,
-        }
-    )
-    try:
-        async with running_chatd(config) as base:
-            yield base, stub
-    finally:
-        await stub.stop()
+    async with one_stub("ollama", {"chatd.max_request_bytes": 4 * 1024 * 1024}) as (base, stub):
+        yield base, stub
 
 
 async def post(
@@ -353,54 +342,42 @@ async def test_h2_connection_dropped_mid_request_leaves_no_request_behind() -> N
     import h2.config
     import h2.connection
 
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    stub.fail_always(Fault(kind="delay", seconds=2))
-    config = make_config(
-        overrides={
-            **provider_table("ollama", url),
-            "chatd.probe_interval_secs": 0,
-            "chatd.server.send_stall_secs": 0.3,
-        }
-    )
-    try:
-        async with (
-            running_chatd(config) as base,
-            httpx.AsyncClient(http1=False, http2=True, base_url=base) as client,
-        ):
-            _, writer = await _raw_connection(base)
-            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-            conn.initiate_connection()
-            body = json.dumps(GOOD).encode()
-            for _ in range(4):
-                sid = conn.get_next_available_stream_id()
-                conn.send_headers(
-                    sid,
-                    [
-                        (":method", "POST"),
-                        (":path", "/chat"),
-                        (":scheme", "http"),
-                        (":authority", "x"),
-                        ("content-length", str(len(body))),
-                    ],
-                )
-                conn.send_data(sid, body, end_stream=True)
-            writer.write(conn.data_to_send())
-            await writer.drain()
-            await eventually(lambda: len(stub.chats) == 4, what="all four upstream")
-            assert await requests_in_flight(client) == 4
-            writer.transport.abort()  # gone while all four are waiting upstream
-            # Each of the four ends: the callers' leaving cancels the
-            # requests, with or without the send bound.
+    async with (
+        one_stub("ollama", {"chatd.server.send_stall_secs": 0.3}) as (base, stub),
+        httpx.AsyncClient(http1=False, http2=True, base_url=base) as client,
+    ):
+        stub.fail_always(Fault(kind="delay", seconds=2))
+        _, writer = await _raw_connection(base)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        body = json.dumps(GOOD).encode()
+        for _ in range(4):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(
+                sid,
+                [
+                    (":method", "POST"),
+                    (":path", "/chat"),
+                    (":scheme", "http"),
+                    (":authority", "x"),
+                    ("content-length", str(len(body))),
+                ],
+            )
+            conn.send_data(sid, body, end_stream=True)
+        writer.write(conn.data_to_send())
+        await writer.drain()
+        await eventually(lambda: len(stub.chats) == 4, what="all four upstream")
+        assert await requests_in_flight(client) == 4
+        writer.transport.abort()  # gone while all four are waiting upstream
+        # Each of the four ends: the callers' leaving cancels the
+        # requests, with or without the send bound.
 
-            async def none_in_flight() -> bool:
-                return await requests_in_flight(client) == 0
+        async def none_in_flight() -> bool:
+            return await requests_in_flight(client) == 0
 
-            await eventually(none_in_flight, what="no request in flight")
-            stub.clear_faults()
-            assert (await client.post("/chat", json=GOOD)).status_code == 200
-    finally:
-        await stub.stop()
+        await eventually(none_in_flight, what="no request in flight")
+        stub.clear_faults()
+        assert (await client.post("/chat", json=GOOD)).status_code == 200
 
 
 async def test_405_answers_say_which_methods_are_allowed(chatd: tuple[str, StubUpstream]) -> None:
@@ -419,27 +396,19 @@ async def test_405_answers_say_which_methods_are_allowed(chatd: tuple[str, StubU
 
 
 async def test_a_wrong_method_on_a_protected_route_is_answered_after_auth() -> None:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
-    )
-    try:
-        async with (
-            running_chatd(config, environ={"CHATD_TOKENS": "caller-token-1"}) as base,
-            httpx.AsyncClient(base_url=base) as client,
-        ):
-            for path in ("/chat", "/v1/chat/completions", "/chat/completions", "/admin/reload"):
-                method = "GET" if path == "/admin/reload" else "DELETE"
-                resp = await client.request(method, path)
-                assert resp.status_code == 401, path
-                assert "allow" not in resp.headers
-                authorized = await client.request(
-                    method, path, headers={"Authorization": "Bearer caller-token-1"}
-                )
-                assert authorized.status_code == 405, path
-    finally:
-        await stub.stop()
+    async with (
+        one_stub("ollama", environ={"CHATD_TOKENS": "caller-token-1"}) as (base, _),
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        for path in ("/chat", "/v1/chat/completions", "/chat/completions", "/admin/reload"):
+            method = "GET" if path == "/admin/reload" else "DELETE"
+            resp = await client.request(method, path)
+            assert resp.status_code == 401, path
+            assert "allow" not in resp.headers
+            authorized = await client.request(
+                method, path, headers={"Authorization": "Bearer caller-token-1"}
+            )
+            assert authorized.status_code == 405, path
 
 
 async def lifespan(app: Any) -> tuple[asyncio.Task[None], Any]:

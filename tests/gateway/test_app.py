@@ -24,9 +24,9 @@ from aiohttp import web
 
 from lakehouse.config import Config
 from lakehouse.gateway.app import create_gateway
-from lakehouse.server import bound_socket, serve
 from lakehouse.stubs import StubUpstream
-from tests.support import ROOT, make_config, provider_table, running_chatd
+from tests.stub_world import one_stub
+from tests.support import ROOT, config_error, make_config, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stacks]
 
@@ -50,26 +50,8 @@ def gateway_config(routes: dict[str, str], **overrides: Any) -> Config:
 @contextlib.asynccontextmanager
 async def running_gateway(config: Config) -> AsyncIterator[str]:
     """Serve the gateway on a real socket; yields its base URL."""
-    sock = bound_socket()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(create_gateway(config), config, sock, stop.wait))
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the gateway stopped before it was ready")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(base + "/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.02)
+    async with serving(create_gateway(config), config, ready="/health") as base:
         yield base
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        # Hypercorn took the descriptor over (fd:// bind) and closed it.
-        sock.detach()
 
 
 def h2(base: str) -> httpx.AsyncClient:
@@ -84,20 +66,8 @@ def free_port() -> int:
 
 @pytest.fixture
 async def chatd() -> AsyncIterator[tuple[str, StubUpstream]]:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={
-            **provider_table("ollama", url),
-            "chatd.max_request_bytes": 4 * MIB,
-            "chatd.probe_interval_secs": 0,
-        }
-    )
-    try:
-        async with running_chatd(config) as base:
-            yield base, stub
-    finally:
-        await stub.stop()
+    async with one_stub("ollama", {"chatd.max_request_bytes": 4 * MIB}) as (base, stub):
+        yield base, stub
 
 
 @pytest.fixture
@@ -433,12 +403,9 @@ def test_bad_gateway_config_stops_startup_with_one_line(
 ) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    done = gateway_process("--config", str(path))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("chatd gateway: config error:")
-    assert needle in lines[0]
+    line = config_error(gateway_process("--config", str(path)))
+    assert line.startswith("chatd gateway: config error:")
+    assert needle in line
 
 
 async def test_gateway_process_proxies_to_a_running_chatd(

@@ -5,12 +5,11 @@ the old ones, and a bad config leaves the running routes alone."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,32 +18,11 @@ import pytest
 from lakehouse import config as configuration
 from lakehouse.errors import ConfigError
 from lakehouse.gateway.app import Gateway
-from lakehouse.server import bound_socket, serve
 from tests.gateway.test_app import Tiny, free_port, gateway_config
-from tests.support import ROOT
+from tests.support import ROOT, serving
 from tests.test_sd_notify import WAIT, accepts, notify_socket, states
 
 pytestmark = pytest.mark.anyio
-
-
-@contextlib.asynccontextmanager
-async def served(gateway: Gateway, config: configuration.Config) -> AsyncIterator[str]:
-    sock = bound_socket()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(gateway, config, sock, stop.wait))
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(base + "/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.02)
-        yield base
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        sock.detach()
 
 
 async def test_reload_swaps_routes_and_lets_requests_under_way_finish() -> None:
@@ -59,7 +37,10 @@ async def test_reload_swaps_routes_and_lets_requests_under_way_finish() -> None:
 
     gateway = Gateway(source(), source)
     try:
-        async with served(gateway, source()) as base, httpx.AsyncClient(base_url=base) as client:
+        async with (
+            serving(gateway, source(), ready="/health") as base,
+            httpx.AsyncClient(base_url=base) as client,
+        ):
             async with client.stream("GET", "/v1/tiny/drip") as under_way:
                 chunks = under_way.aiter_text()
                 assert await anext(chunks) == "first\n"

@@ -143,20 +143,22 @@ def test_consecutive_tool_results_share_one_user_turn() -> None:
         list[Message],
     )
     sent = body(make(), messages=messages)
+    # Ids are made safe for Anthropic, the same way on both sides.
+    a_1 = sent["messages"][1]["content"][1]["id"]
+    assert a_1.startswith("a_1_")
     assert sent["messages"][1:] == [
         {
             "role": "assistant",
             "content": [
                 {"type": "text", "text": "calling"},
-                # Ids are made safe for Anthropic, the same way on both sides.
-                {"type": "tool_use", "id": "a_1", "name": "f", "input": {"x": 1}},
+                {"type": "tool_use", "id": a_1, "name": "f", "input": {"x": 1}},
                 {"type": "tool_use", "id": "b", "name": "g", "input": {"arguments": "not json"}},
             ],
         },
         {
             "role": "user",
             "content": [
-                {"type": "tool_result", "tool_use_id": "a_1", "content": "one"},
+                {"type": "tool_result", "tool_use_id": a_1, "content": "one"},
                 {"type": "tool_result", "tool_use_id": "b", "content": "two"},
             ],
         },
