@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lakehouse import config as configuration
@@ -156,18 +156,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_dev() -> tuple[str, subprocess.Popen[bytes]]:
-    config = configuration.load(configuration.default_config_path())
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {p.key_env for p in config.chatd.providers.values()}
-    }
+def start_chatd(
+    args: list[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str | None = None,
+    stdout: int = subprocess.DEVNULL,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """chatd run with ``args`` on a free loopback port, returned once
+    ``/ready`` answers 200; RuntimeError (with its stderr) when it exits
+    first or is not ready within 30 s."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakehouse.cli", "--dev", "--bind", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "lakehouse.cli", *args, "--bind", f"127.0.0.1:{port}"],
+        cwd=cwd,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
@@ -175,15 +179,28 @@ def start_dev() -> tuple[str, subprocess.Popen[bytes]]:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
-            raise SystemExit(f"chatd --dev exited with {proc.returncode}:\n{err}")
+            raise RuntimeError(f"chatd {' '.join(args)} exited with {proc.returncode}:\n{err}")
         try:
             if call(base, "GET", "/ready")[0] == 200:
                 return base, proc
         except OSError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.kill()
-    raise SystemExit("chatd --dev did not become ready in 30s")
+    raise RuntimeError(f"chatd {' '.join(args)} did not become ready in 30s")
+
+
+def start_dev() -> tuple[str, subprocess.Popen[bytes]]:
+    config = configuration.load(configuration.default_config_path())
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {p.key_env for p in config.chatd.providers.values()}
+    }
+    try:
+        return start_chatd(["--dev"], env)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lakehouse.smoke import start_chatd
 from lakehouse.stubs import Fault, StubUpstream
-from tests.support import ROOT, eventually
+from tests.support import ROOT, config_error, eventually
 
 GOOD = {"model": "qwen3.5:latest", "messages": [{"role": "user", "content": "hi"}]}
 KEY_VARS = ("OLLAMA_CLOUD_KEY", "OPENROUTER_API_KEY", "OPENCODE_API_KEY", "KIMI_API_KEY")
@@ -29,15 +30,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def chatd(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def chatd(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``chatd *args`` run to its end, with no provider key in its
+    environment but those in ``env``."""
     return subprocess.run(
         [sys.executable, "-m", "lakehouse.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
-        env=clean_env(),
-        **kw,  # type: ignore[call-overload]
+        env=clean_env(**env),
     )
 
 
@@ -54,14 +56,7 @@ def test_check_shipped_config_without_keys_registers_only_ollama() -> None:
 
 
 def test_check_with_a_key_registers_that_provider() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=clean_env(OPENROUTER_API_KEY="sk-or-v1-" + "x" * 30),
-    )
+    done = chatd("--check", OPENROUTER_API_KEY="sk-or-v1-" + "x" * 30)
     assert done.returncode == 0, done.stderr
     assert "providers: ollama, openrouter" in done.stdout
     assert "sk-or-v1-" not in done.stdout + done.stderr
@@ -85,12 +80,9 @@ def test_check_with_a_key_registers_that_provider() -> None:
 def test_bad_config_stops_startup_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    done = chatd("--config", str(path))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert needle in lines[0]
-    assert lines[0].startswith("chatd: config error:")
+    line = config_error(chatd("--config", str(path)))
+    assert needle in line
+    assert line.startswith("chatd: config error:")
 
 
 class Server:
@@ -100,27 +92,8 @@ class Server:
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lakehouse.cli", *args, "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env or clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
-        try:
-            if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                return Server(proc, base)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("chatd did not become ready")
+    base, proc = start_chatd(args, env or clean_env(), cwd=str(ROOT), stdout=subprocess.PIPE)
+    return Server(proc, base)
 
 
 @pytest.fixture
@@ -258,10 +231,7 @@ def test_every_start_up_failure_is_one_line_blaming_its_source(
     flags: list[str], needle: str, check: bool
 ) -> None:
     done = chatd(*(["--check"] if check else []), *flags)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("chatd: config error: " + needle)
+    assert config_error(done).startswith("chatd: config error: " + needle)
     assert "config ok" not in done.stdout and "serving" not in done.stderr
 
 
@@ -279,10 +249,8 @@ def listening_socket() -> socket.socket:
 def test_a_port_in_use_is_one_line_and_exit_2(command: list[str]) -> None:
     with listening_socket() as taken:
         done = chatd(*command, "--bind", f"127.0.0.1:{taken.getsockname()[1]}")
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "cannot listen on 127.0.0.1:" in lines[0] and "already in use" in lines[0]
+    line = config_error(done)
+    assert "cannot listen on 127.0.0.1:" in line and "already in use" in line
     assert "serving" not in done.stderr
 
 
@@ -318,10 +286,7 @@ def test_tls_check_names_a_bad_certificate_and_warns_of_an_expired_one(tmp_path:
     garbage.write_text("not a certificate\n")
     for check in (["--check"], []):
         done = chatd(*check, *tls, "--set", f'chatd.server.certfile="{garbage}"')
-        assert done.returncode == 2
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1, done.stderr
-        assert str(garbage) in lines[0]
+        assert str(garbage) in config_error(done)
 
 
 def test_with_a_certificate_the_banner_says_https_and_h2(tmp_path: Path) -> None:

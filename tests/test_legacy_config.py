@@ -4,9 +4,6 @@ as provider tables, everything else in it left alone or still strict."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,9 +15,9 @@ from lakehouse.loader import base_url, load_plugin, plugin_dirs
 from lakehouse.registry import build_registry
 from lakehouse.stubs import StubUpstream
 from tests.support import ROOT, builtin_plugin, make_config, running_chatd
+from tests.test_cli import chatd
 
 FIXTURE = ROOT / "tests" / "fixtures" / "go_lakehouse.toml"
-KEY_VARS = ("OLLAMA_CLOUD_KEY", "OPENROUTER_API_KEY", "OPENCODE_API_KEY", "KIMI_API_KEY")
 OPENROUTER_KEY = "sk-or-v1-" + "e" * 40
 KIMI_KEY = "sk-kimi-" + "f" * 40
 OPENCODE_KEY = "sk-zen-" + "g" * 40
@@ -46,19 +43,6 @@ LEGACY_KEYS = [
         for p in ("ollama_cloud", "openrouter", "opencode", "kimi")
     ),
 ]
-
-
-def chatd(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
-    clean.pop("LAKEHOUSE_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**clean, **env},
-    )
 
 
 def deployed(tmp_path: Path, ollama_url: str | None = None) -> Path:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +42,79 @@ def value(scraped: dict[Any, float], name: str, **labels: str) -> float:
     return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[str, StubUpstream]]:
+def chat_requests(
+    scraped: dict[Any, float], status: int, provider: str = "ollama", tier: str = ""
+) -> float:
+    """chatd_requests_total on /chat for one provider, tier and status."""
+    labels = {"route": "chat", "provider": provider, "tier": tier, "status": str(status)}
+    return value(scraped, "chatd_requests_total", **labels)
+
+
+def server_timing(resp: httpx.Response) -> dict[str, str]:
+    return dict(part.strip().split(";dur=") for part in resp.headers["server-timing"].split(","))
+
+
+def access_lines(err: str) -> list[dict[str, Any]]:
+    """The access log's lines in what chatd wrote to stderr."""
+    return [json.loads(line) for line in err.splitlines() if '"chatd.access"' in line]
+
+
+@contextlib.contextmanager
+def access_logged() -> Iterator[None]:
+    access = logging.getLogger("chatd.access")
+    access.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        access.setLevel(logging.NOTSET)
+
+
+@contextlib.asynccontextmanager
+async def chatd_on_a_stub(
+    text: str = "", probe_interval: float = 0, **table: Any
+) -> AsyncIterator[tuple[str, StubUpstream]]:
+    """chatd on 127.0.0.1 (config ``text``) in front of one Ollama stub
+    (``table``: more of its provider table); its base URL, and the stub."""
     stub = StubUpstream("ollama")
     url = await stub.start()
-    config = make_config(
-        '[models]\nlocal_fast = "qwen3.5:latest"\n',
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0},
-    )
+    overrides = {
+        **provider_table("ollama", url, **table),
+        "chatd.probe_interval_secs": probe_interval,
+    }
     try:
-        async with running_chatd(config) as base:
+        async with running_chatd(make_config(text, overrides=overrides)) as base:
             yield base, stub
     finally:
         await stub.stop()
+
+
+@contextlib.contextmanager
+def two_workers(tmp_path: Path, probe_interval: float) -> Iterator[tuple[Any, Any]]:
+    """``chatd --workers 2`` in front of an Ollama stub on a thread of its
+    own, its metrics under ``tmp_path / "m"``; the server and the stub."""
+    from lakehouse.stubs import StubThread
+
+    upstream = StubThread("ollama")
+    url = upstream.start()
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f"[chatd]\nprobe_interval_secs = {probe_interval}\n"
+        f'[chatd.server]\nmetrics_dir = "{tmp_path / "m"}"\n'
+        f'[chatd.providers.ollama]\nbase_url = "{url}"\n'
+    )
+    server = start(["--config", str(path), "--workers", "2"])
+    try:
+        yield server, upstream
+    finally:
+        server.proc.terminate()
+        server.proc.wait(30)
+        upstream.stop()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[str, StubUpstream]]:
+    async with chatd_on_a_stub('[models]\nlocal_fast = "qwen3.5:latest"\n') as world:
+        yield world
 
 
 async def test_metrics_after_known_traffic(served: tuple[str, StubUpstream]) -> None:
@@ -73,37 +134,11 @@ async def test_metrics_after_known_traffic(served: tuple[str, StubUpstream]) -> 
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     scraped = samples(resp.text)
-    assert (
-        value(
-            scraped, "chatd_requests_total", route="chat", provider="ollama", tier="", status="200"
-        )
-        == 3
-    )
-    assert (
-        value(
-            scraped,
-            "chatd_requests_total",
-            route="chat",
-            provider="ollama",
-            tier="local_fast",
-            status="200",
-        )
-        == 1
-    )
-    assert (
-        value(scraped, "chatd_requests_total", route="chat", provider="", tier="", status="400")
-        == 1
-    )
-    assert (
-        value(
-            scraped, "chatd_requests_total", route="chat", provider="ollama", tier="", status="502"
-        )
-        == 1
-    )
-    assert (
-        value(scraped, "chatd_requests_total", route="chat", provider="", tier="", status="404")
-        == 1
-    )
+    assert chat_requests(scraped, 200) == 3
+    assert chat_requests(scraped, 200, tier="local_fast") == 1
+    assert chat_requests(scraped, 400, provider="") == 1
+    assert chat_requests(scraped, 502) == 1
+    assert chat_requests(scraped, 404, provider="") == 1
     # Two failed calls (the first try and its retry), one failed request.
     assert (
         value(scraped, "chatd_upstream_errors_total", provider="ollama", code="upstream_error") == 2
@@ -135,9 +170,7 @@ async def test_request_ids_and_server_timing(served: tuple[str, StubUpstream]) -
         resp = await client.post("/chat", json=GOOD, headers={"X-Request-ID": "job-42.step-7"})
         assert resp.headers["x-request-id"] == "job-42.step-7"
         assert stub.received[-1].headers["x-request-id"] == "job-42.step-7"
-        timing = dict(
-            part.strip().split(";dur=") for part in resp.headers["server-timing"].split(",")
-        )
+        timing = server_timing(resp)
         assert set(timing) == {"upstream", "chatd"}
         assert float(timing["upstream"]) > 0 and float(timing["chatd"]) >= 0
 
@@ -159,15 +192,8 @@ async def test_request_ids_and_server_timing(served: tuple[str, StubUpstream]) -
 
 
 async def test_one_access_log_line_per_request(capfd: pytest.CaptureFixture[str]) -> None:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
-    )
-    access = logging.getLogger("chatd.access")
-    access.setLevel(logging.INFO)
-    try:
-        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+    with access_logged():
+        async with chatd_on_a_stub() as (base, _), httpx.AsyncClient(base_url=base) as client:
             await client.post(
                 "/chat",
                 json=GOOD,
@@ -176,11 +202,8 @@ async def test_one_access_log_line_per_request(capfd: pytest.CaptureFixture[str]
             await client.post(
                 "/chat", json={**GOOD, "model": "nope:cloud"}, headers={"X-Request-ID": "rid-2"}
             )
-    finally:
-        access.setLevel(logging.NOTSET)
-        await stub.stop()
     err = capfd.readouterr().err
-    lines = [json.loads(line) for line in err.splitlines() if '"chatd.access"' in line]
+    lines = access_lines(err)
     assert len(lines) == 2, err
     ok, missing = lines
     assert (ok["level"], ok["msg"]) == ("info", "request")
@@ -215,120 +238,81 @@ def test_json_formatter_carries_extra_fields_and_the_request_id() -> None:
 
 
 async def test_in_flight_counts_the_requests_being_served() -> None:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    stub.fail_next(Fault(kind="delay", seconds=3))
-    config = make_config(
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
-    )
-    try:
-        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+    async with chatd_on_a_stub() as (base, stub), httpx.AsyncClient(base_url=base) as client:
+        stub.fail_next(Fault(kind="delay", seconds=3))
 
-            async def in_flight() -> float:
-                scraped = samples((await client.get("/metrics")).text)
-                return value(scraped, "chatd_in_flight_requests")
+        async def in_flight() -> float:
+            scraped = samples((await client.get("/metrics")).text)
+            return value(scraped, "chatd_in_flight_requests")
 
-            held = asyncio.create_task(client.post("/chat", json=GOOD, timeout=30))
-            await eventually(lambda: len(stub.chats) == 1)
-            assert await in_flight() == 1
-            assert (await held).status_code == 200
-            assert await in_flight() == 0
-    finally:
-        await stub.stop()
+        held = asyncio.create_task(client.post("/chat", json=GOOD, timeout=30))
+        await eventually(lambda: len(stub.chats) == 1)
+        assert await in_flight() == 1
+        assert (await held).status_code == 200
+        assert await in_flight() == 0
 
 
 async def test_probe_flips_availability() -> None:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0.2}
-    )
-    try:
-        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+    async with (
+        chatd_on_a_stub(probe_interval=0.2) as (base, stub),
+        httpx.AsyncClient(base_url=base) as client,
+    ):
 
-            async def listed() -> bool:
-                return bool((await client.get("/chat/providers")).json()["providers"]["ollama"])
+        async def listed() -> bool:
+            return bool((await client.get("/chat/providers")).json()["providers"]["ollama"])
 
-            async def not_listed() -> bool:
-                return not await listed()
+        async def not_listed() -> bool:
+            return not await listed()
 
-            assert await listed()
-            stub.set_down(True)
-            await eventually(not_listed, what="probe marks it down")
-            assert not await listed()
-            resp = await client.post("/chat", json=GOOD)
-            assert (resp.status_code, resp.json()["error"]["code"]) == (503, "provider_unavailable")
-            scraped = samples((await client.get("/metrics")).text)
-            assert value(scraped, "chatd_provider_available", provider="ollama") == 0
-            stub.set_down(False)
-            await eventually(listed, what="probe marks it up")
-            assert (await client.post("/chat", json=GOOD)).status_code == 200
-    finally:
-        await stub.stop()
+        assert await listed()
+        stub.set_down(True)
+        await eventually(not_listed, what="probe marks it down")
+        assert not await listed()
+        resp = await client.post("/chat", json=GOOD)
+        assert (resp.status_code, resp.json()["error"]["code"]) == (503, "provider_unavailable")
+        scraped = samples((await client.get("/metrics")).text)
+        assert value(scraped, "chatd_provider_available", provider="ollama") == 0
+        stub.set_down(False)
+        await eventually(listed, what="probe marks it up")
+        assert (await client.post("/chat", json=GOOD)).status_code == 200
 
 
 def test_two_workers_merge_their_metrics(tmp_path: Path) -> None:
-    from lakehouse.stubs import StubThread
-
-    upstream = StubThread("ollama")
-    url = upstream.start()
-    path = tmp_path / "c.toml"
-    path.write_text(
-        f'[chatd]\nprobe_interval_secs = 0\n[chatd.server]\nmetrics_dir = "{tmp_path / "m"}"\n'
-        f'[chatd.providers.ollama]\nbase_url = "{url}"\n'
-    )
-    server = start(["--config", str(path), "--workers", "2"])
-    try:
-        with httpx.Client(base_url=server.base) as client:
-            pids = set()
-            for _ in range(40):
-                # New connections, so both workers get some of the traffic.
-                resp = httpx.post(server.base + "/chat", json=GOOD)
-                assert resp.status_code == 200
-            for _ in range(5):
-                # Whichever worker answers the scrape reports all of them.
-                scraped = samples(client.get("/metrics").text)
-                assert (
-                    value(
-                        scraped,
-                        "chatd_requests_total",
-                        route="chat",
-                        provider="ollama",
-                        tier="",
-                        status="200",
-                    )
-                    == 40
-                )
-                assert (
-                    value(scraped, "chatd_upstream_duration_seconds_count", provider="ollama") == 40
-                )
-                assert value(scraped, "chatd_overhead_seconds_count", route="chat") == 40
-                assert (
-                    value(scraped, "chatd_tokens_total", provider="ollama", kind="completion") > 0
-                )
-                assert value(scraped, "chatd_in_flight_requests") == 0
-                assert value(scraped, "chatd_provider_available", provider="ollama") == 1
-            pids = {f.name for f in (tmp_path / "m").iterdir()}
-            # A request held upstream is in flight whichever worker serves it
-            # and whichever answers the scrape (livesum over the workers).
-            upstream.stub.fail_next(Fault(kind="delay", seconds=3))
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                held = pool.submit(httpx.post, server.base + "/chat", json=GOOD, timeout=30)
-                deadline = time.monotonic() + 30
-                while len(upstream.stub.chats) < 41:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.02)
-                for _ in range(5):
-                    scraped = samples(httpx.get(server.base + "/metrics").text)
-                    assert value(scraped, "chatd_in_flight_requests") == 1
-                assert held.result().status_code == 200
+    with (
+        two_workers(tmp_path, probe_interval=0) as (server, upstream),
+        httpx.Client(base_url=server.base) as client,
+    ):
+        pids = set()
+        for _ in range(40):
+            # New connections, so both workers get some of the traffic.
+            resp = httpx.post(server.base + "/chat", json=GOOD)
+            assert resp.status_code == 200
+        for _ in range(5):
+            # Whichever worker answers the scrape reports all of them.
             scraped = samples(client.get("/metrics").text)
+            assert chat_requests(scraped, 200) == 40
+            assert value(scraped, "chatd_upstream_duration_seconds_count", provider="ollama") == 40
+            assert value(scraped, "chatd_overhead_seconds_count", route="chat") == 40
+            assert value(scraped, "chatd_tokens_total", provider="ollama", kind="completion") > 0
             assert value(scraped, "chatd_in_flight_requests") == 0
-        assert len({name.rsplit("_", 1)[-1] for name in pids if name.startswith("counter")}) == 2
-    finally:
-        server.proc.terminate()
-        server.proc.wait(30)
-        upstream.stop()
+            assert value(scraped, "chatd_provider_available", provider="ollama") == 1
+        pids = {f.name for f in (tmp_path / "m").iterdir()}
+        # A request held upstream is in flight whichever worker serves it
+        # and whichever answers the scrape (livesum over the workers).
+        upstream.stub.fail_next(Fault(kind="delay", seconds=3))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(httpx.post, server.base + "/chat", json=GOOD, timeout=30)
+            deadline = time.monotonic() + 30
+            while len(upstream.stub.chats) < 41:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            for _ in range(5):
+                scraped = samples(httpx.get(server.base + "/metrics").text)
+                assert value(scraped, "chatd_in_flight_requests") == 1
+            assert held.result().status_code == 200
+        scraped = samples(client.get("/metrics").text)
+        assert value(scraped, "chatd_in_flight_requests") == 0
+    assert len({name.rsplit("_", 1)[-1] for name in pids if name.startswith("counter")}) == 2
 
 
 async def wait_for(check: Any, what: str) -> None:
@@ -370,17 +354,10 @@ async def test_in_flight_gauge_follows_requests_being_served(
 async def test_waits_are_their_own_histogram_not_overhead(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
-    )
     throttled = Fault(kind="status", status=429, message="slow down", retry_after="2")
-    access = logging.getLogger("chatd.access")
-    access.setLevel(logging.INFO)
-    try:
+    with access_logged():
         async with (
-            running_chatd(config) as base,
+            chatd_on_a_stub() as (base, stub),
             httpx.AsyncClient(base_url=base, timeout=30) as client,
         ):
             stub.fail_next(throttled)
@@ -388,50 +365,35 @@ async def test_waits_are_their_own_histogram_not_overhead(
             stub.fail_next(throttled)
             streamed = await client.post("/chat", json={**GOOD, "stream": True})
             scraped = samples((await client.get("/metrics")).text)
-    finally:
-        access.setLevel(logging.NOTSET)
-        await stub.stop()
     assert (plain.status_code, streamed.status_code) == (200, 200)
     assert value(scraped, "chatd_wait_seconds_count", reason="retry_after") == 2
     assert value(scraped, "chatd_wait_seconds_sum", reason="retry_after") >= 3.9
     # The 4 s of Retry-After are waits, not chatd's own time.
     assert value(scraped, "chatd_overhead_seconds_count", route="chat") == 2
     assert value(scraped, "chatd_overhead_seconds_sum", route="chat") < 1.5
-    timing = dict(part.strip().split(";dur=") for part in plain.headers["server-timing"].split(","))
+    timing = server_timing(plain)
     assert float(timing["wait"]) >= 1900 and float(timing["chatd"]) < 1000
-    err = capfd.readouterr().err
-    lines = [json.loads(line) for line in err.splitlines() if '"chatd.access"' in line]
+    lines = access_lines(capfd.readouterr().err)
     assert [line["status"] for line in lines] == [200, 200]
     for line in lines:
         assert line["wait_ms"] >= 1900 and line["overhead_ms"] < 1000
 
 
 async def test_queueing_for_a_slot_is_a_wait() -> None:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={
-            **provider_table("ollama", url, max_concurrency=1),
-            "chatd.probe_interval_secs": 0,
-        }
-    )
-    stub.fail_next(Fault(kind="delay", seconds=1.5))
-    try:
-        async with (
-            running_chatd(config) as base,
-            httpx.AsyncClient(base_url=base, timeout=30) as client,
-        ):
-            first = asyncio.create_task(client.post("/chat", json=GOOD))
+    async with (
+        chatd_on_a_stub(max_concurrency=1) as (base, stub),
+        httpx.AsyncClient(base_url=base, timeout=30) as client,
+    ):
+        stub.fail_next(Fault(kind="delay", seconds=1.5))
+        first = asyncio.create_task(client.post("/chat", json=GOOD))
 
-            async def upstream_busy() -> bool:
-                return len(stub.chats) >= 1
+        async def upstream_busy() -> bool:
+            return len(stub.chats) >= 1
 
-            await wait_for(upstream_busy, "the first call to reach the upstream")
-            second = await client.post("/chat", json=GOOD)
-            assert ((await first).status_code, second.status_code) == (200, 200)
-            scraped = samples((await client.get("/metrics")).text)
-    finally:
-        await stub.stop()
+        await wait_for(upstream_busy, "the first call to reach the upstream")
+        second = await client.post("/chat", json=GOOD)
+        assert ((await first).status_code, second.status_code) == (200, 200)
+        scraped = samples((await client.get("/metrics")).text)
     assert value(scraped, "chatd_wait_seconds_count", reason="queue") == 1
     assert value(scraped, "chatd_wait_seconds_sum", reason="queue") > 0.5
     assert value(scraped, "chatd_overhead_seconds_sum", route="chat") < 1.0
@@ -440,17 +402,15 @@ async def test_queueing_for_a_slot_is_a_wait() -> None:
 async def test_a_down_provider_is_logged_once_and_probe_failures_only_at_debug() -> None:
     from tests.test_health import Records
 
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0.05}
-    )
     records = Records()
     logger = logging.getLogger("chatd")
     logger.addHandler(records)
     logger.setLevel(logging.DEBUG)
     try:
-        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+        async with (
+            chatd_on_a_stub(probe_interval=0.05) as (base, stub),
+            httpx.AsyncClient(base_url=base) as client,
+        ):
 
             async def probes() -> int:
                 return len([r for r in stub.received if r.path == "/api/version"])
@@ -470,7 +430,6 @@ async def test_a_down_provider_is_logged_once_and_probe_failures_only_at_debug()
     finally:
         logger.removeHandler(records)
         logger.setLevel(logging.NOTSET)
-        await stub.stop()
     [down] = records.said("provider down")
     assert down.reason.startswith("probe ")  # type: ignore[attr-defined]
     [up] = records.said("provider up")
@@ -482,22 +441,12 @@ async def test_a_down_provider_is_logged_once_and_probe_failures_only_at_debug()
 async def test_access_line_of_a_failed_request_carries_the_upstreams_message(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    stub = StubUpstream("ollama")
-    url = await stub.start()
-    config = make_config(
-        overrides={**provider_table("ollama", url), "chatd.probe_interval_secs": 0}
-    )
-    access = logging.getLogger("chatd.access")
-    access.setLevel(logging.INFO)
-    stub.fail_next(Fault(kind="status", status=500, message="model runner has crashed"), times=2)
-    try:
-        async with running_chatd(config) as base, httpx.AsyncClient(base_url=base) as client:
+    crashed = Fault(kind="status", status=500, message="model runner has crashed")
+    with access_logged():
+        async with chatd_on_a_stub() as (base, stub), httpx.AsyncClient(base_url=base) as client:
+            stub.fail_next(crashed, times=2)
             assert (await client.post("/chat", json=GOOD)).status_code == 502
-    finally:
-        access.setLevel(logging.NOTSET)
-        await stub.stop()
-    err = capfd.readouterr().err
-    [line] = [json.loads(line) for line in err.splitlines() if '"chatd.access"' in line]
+    [line] = access_lines(capfd.readouterr().err)
     assert (line["status"], line["error"]) == (502, "upstream_error")
     assert "model runner has crashed" in line["message"]
 
@@ -573,8 +522,7 @@ async def test_two_workers_every_family_is_the_whole_instance(
     for scraped in scrapes:
         assert scraped == first
     for (provider, status), count in sent.items():
-        labels = {"route": "chat", "provider": provider, "tier": "", "status": str(status)}
-        assert value(first, "chatd_requests_total", **labels) == count
+        assert chat_requests(first, status, provider) == count
     requests = [k for k in first if k[0] == "chatd_requests_total"]
     assert sum(first[k] for k in requests) == sum(sent.values()) == 48
     for (provider, code), count in codes.items():
@@ -602,37 +550,22 @@ async def test_two_workers_every_family_is_the_whole_instance(
 
 
 def test_two_workers_log_a_provider_going_down_and_up_once(tmp_path: Path) -> None:
-    from lakehouse.stubs import StubThread
-
-    upstream = StubThread("ollama")
-    url = upstream.start()
-    path = tmp_path / "c.toml"
-    path.write_text(
-        f'[chatd]\nprobe_interval_secs = 0.1\n[chatd.server]\nmetrics_dir = "{tmp_path / "m"}"\n'
-        f'[chatd.providers.ollama]\nbase_url = "{url}"\n'
-    )
-    server = start(["--config", str(path), "--workers", "2"])
-
-    def listed(up: bool) -> None:
+    def listed(base: str, up: bool) -> None:
         deadline = time.monotonic() + 30
         # Fresh connections, so both workers answer some of these.
         while any(
-            httpx.get(server.base + "/chat/providers").json()["providers"]["ollama"] != up
+            httpx.get(base + "/chat/providers").json()["providers"]["ollama"] != up
             for _ in range(6)
         ):
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
-    try:
+    with two_workers(tmp_path, probe_interval=0.1) as (server, upstream):
         upstream.stub.set_down(True)
-        listed(False)
+        listed(server.base, False)
         time.sleep(1)  # ten more failed probes: none may log again
         upstream.stub.set_down(False)
-        listed(True)
-    finally:
-        server.proc.terminate()
-        server.proc.wait(30)
-        upstream.stop()
+        listed(server.base, True)
     assert server.proc.stderr is not None
     logged = [
         json.loads(line)

@@ -30,11 +30,18 @@ async def test_limiter_caps_queues_and_refuses() -> None:
     assert limiter.active == 0
 
 
-async def test_cancelled_waiter_leaves_the_queue() -> None:
-    limiter = Limiter("p", limit=1, queue=2)
+async def taken_with_waiters(waiters: int, queue: int) -> tuple[Limiter, list[asyncio.Task[None]]]:
+    """A one-slot limiter, its slot taken, with ``waiters`` tasks queued."""
+    limiter = Limiter("p", limit=1, queue=queue)
     await limiter.acquire()
-    waiter = asyncio.create_task(limiter.acquire())
+    tasks = [asyncio.create_task(limiter.acquire()) for _ in range(waiters)]
     await asyncio.sleep(0)
+    assert limiter.waiting == waiters
+    return limiter, tasks
+
+
+async def test_cancelled_waiter_leaves_the_queue() -> None:
+    limiter, [waiter] = await taken_with_waiters(1, queue=2)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -46,11 +53,7 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
 
 
 async def test_slot_handed_to_a_waiter_that_was_cancelled_is_passed_on() -> None:
-    limiter = Limiter("p", limit=1, queue=2)
-    await limiter.acquire()
-    first = asyncio.create_task(limiter.acquire())
-    second = asyncio.create_task(limiter.acquire())
-    await asyncio.sleep(0)
+    limiter, [first, second] = await taken_with_waiters(2, queue=2)
     limiter.release()  # hands the slot to `first`...
     first.cancel()  # ...which gives up before running
     with pytest.raises(asyncio.CancelledError):
@@ -62,12 +65,7 @@ async def test_slot_handed_to_a_waiter_that_was_cancelled_is_passed_on() -> None
 async def test_a_waiter_cancelled_in_the_same_turn_as_a_release_leaves_quietly() -> None:
     # Release pops the already-cancelled waiter before its task runs; the
     # task must still end cancelled (a 499), not with a ValueError (a 500).
-    limiter = Limiter("p", limit=1, queue=3)
-    await limiter.acquire()
-    first = asyncio.create_task(limiter.acquire())
-    second = asyncio.create_task(limiter.acquire())
-    await asyncio.sleep(0)
-    assert limiter.waiting == 2
+    limiter, [first, second] = await taken_with_waiters(2, queue=3)
     first.cancel()
     limiter.release()
     with pytest.raises(asyncio.CancelledError):

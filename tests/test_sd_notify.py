@@ -18,6 +18,7 @@ import pytest
 
 from lakehouse import sd_notify
 from tests.support import ROOT
+from tests.test_cli import free_port
 
 FIXTURE = ROOT / "tests" / "fixtures" / "go_lakehouse.toml"
 # Generous: a loaded 2-core CI starts Python processes slowly.
@@ -64,12 +65,6 @@ def test_a_socket_that_is_gone_is_not_an_error(tmp_path: Path) -> None:
     assert sd_notify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}) is False
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start(args: list[str], notify: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "LAKEHOUSE_CONFIG"}
     env["NOTIFY_SOCKET"] = notify
@@ -88,6 +83,23 @@ def accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def chatd_args(port: int, *extra: str) -> list[str]:
+    """chatd on ``port`` with the Go lakehouse's file, as the unit starts it."""
+    bind = ["--config", str(FIXTURE), "--bind", f"127.0.0.1:{port}"]
+    return [*bind, *extra, "--set", "chatd.probe_interval_secs=0"]
+
+
+def check_ready(sock: socket.socket, port: int) -> None:
+    assert states(sock) == {"READY": "1"}
+    # READY=1 means the port accepts now, not after a retry.
+    assert accepts(port)
+
+
+def check_stopping(sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+    terminate(proc)
+    assert states(sock) == {"STOPPING": "1"}
 
 
 def stop(proc: subprocess.Popen[bytes]) -> str:
@@ -110,22 +122,9 @@ def test_chatd_says_ready_once_it_accepts_reloading_on_sighup_stopping_on_sigter
 ) -> None:
     port = free_port()
     with notify_socket(tmp_path, abstract) as (sock, value):
-        # The Go lakehouse's file, as the unit starts chatd with it.
-        proc = start(
-            [
-                "--config",
-                str(FIXTURE),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--set",
-                "chatd.probe_interval_secs=0",
-            ],
-            value,
-        )
+        proc = start(chatd_args(port), value)
         try:
-            assert states(sock) == {"READY": "1"}
-            # READY=1 means the port accepts now, not after a retry.
-            assert accepts(port)
+            check_ready(sock, port)
 
             proc.send_signal(signal.SIGHUP)
             reloading = states(sock)
@@ -133,9 +132,7 @@ def test_chatd_says_ready_once_it_accepts_reloading_on_sighup_stopping_on_sigter
             assert int(reloading["MONOTONIC_USEC"]) > 0
             assert states(sock) == {"READY": "1"}
             assert proc.poll() is None
-
-            terminate(proc)
-            assert states(sock) == {"STOPPING": "1"}
+            check_stopping(sock, proc)
         finally:
             err = stop(proc)
     assert proc.returncode == 0, err
@@ -147,10 +144,8 @@ def test_the_gateway_says_ready_and_stopping(tmp_path: Path) -> None:
     with notify_socket(tmp_path, abstract=False) as (sock, value):
         proc = start(["gateway", "--config", str(FIXTURE), "--bind", f"127.0.0.1:{port}"], value)
         try:
-            assert states(sock) == {"READY": "1"}
-            assert accepts(port)
-            terminate(proc)
-            assert states(sock) == {"STOPPING": "1"}
+            check_ready(sock, port)
+            check_stopping(sock, proc)
         finally:
             err = stop(proc)
     assert proc.returncode == 0, err
@@ -171,29 +166,15 @@ def test_without_notify_socket_the_app_is_not_wrapped() -> None:
 def test_with_workers_the_supervisor_speaks_for_the_pool(tmp_path: Path) -> None:
     port = free_port()
     with notify_socket(tmp_path, abstract=False) as (sock, value):
-        proc = start(
-            [
-                "--config",
-                str(FIXTURE),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-                "--set",
-                "chatd.probe_interval_secs=0",
-            ],
-            value,
-        )
+        proc = start(chatd_args(port, "--workers", "2"), value)
         try:
             # Once, when both workers serve; the workers themselves say nothing.
-            assert states(sock) == {"READY": "1"}
-            assert accepts(port)
+            check_ready(sock, port)
             proc.send_signal(signal.SIGHUP)
             assert states(sock)["RELOADING"] == "1"
             # READY=1 again once both workers have been replaced.
             assert states(sock) == {"READY": "1"}
-            terminate(proc)
-            assert states(sock) == {"STOPPING": "1"}
+            check_stopping(sock, proc)
             sock.settimeout(1)
             with pytest.raises(TimeoutError):
                 sock.recv(4096)

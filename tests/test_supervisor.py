@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -47,6 +47,54 @@ async def upstream() -> AsyncIterator[StubUpstream]:
     await stub.start()
     yield stub
     await stub.stop()
+
+
+@pytest.fixture
+async def pool(tmp_path: Path, upstream: StubUpstream, pools: list[Pool]) -> Pool:
+    """Two workers in front of ``upstream``, all serving."""
+    started = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
+    pools.append(started)
+    return started
+
+
+async def chat_stream(
+    client: httpx.AsyncClient, begun: asyncio.Event | None = None
+) -> list[dict[str, object]]:
+    """A streamed chat's lines; ``begun`` is set once the first arrives."""
+    async with client.stream("POST", "/chat", json=STREAM) as resp:
+        lines = []
+        async for line in resp.aiter_lines():
+            lines.append(json.loads(line))
+            if begun is not None:
+                begun.set()
+        return lines
+
+
+async def check_closed(base: str) -> None:
+    """Nothing listens at ``base`` any more."""
+    with pytest.raises(httpx.ConnectError):
+        await fresh_get(base, "/health")
+
+
+def pool_command(tmp_path: Path) -> list[str]:
+    """``chatd --workers 2`` on a free port, with a config whose upstream
+    is never asked (nothing listens on port 9)."""
+    config = tmp_path / "c.toml"
+    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
+    return [
+        *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
+        *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
+    ]
+
+
+@contextlib.contextmanager
+def killed_at_the_end(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def requests_total(text: str) -> float:
@@ -114,11 +162,9 @@ def listen_queue(port: int) -> int:
 
 @pytest.mark.anyio
 async def test_a_killed_worker_costs_only_its_own_requests(
-    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+    upstream: StubUpstream, pool: Pool
 ) -> None:
     upstream.fail_always(Fault(kind="delay", seconds=0.2))
-    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    pools.append(pool)
     first = pool.workers()
     assert len(first) == 2
     assert listen_queue(int(pool.base.rsplit(":", 1)[1])) == 1024
@@ -178,20 +224,7 @@ async def test_a_killed_worker_costs_only_its_own_requests(
 
 
 @pytest.mark.anyio
-async def test_sigterm_drains_every_worker(
-    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
-) -> None:
-    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    pools.append(pool)
-
-    async def stream(client: httpx.AsyncClient, begun: asyncio.Event) -> list[dict[str, object]]:
-        async with client.stream("POST", "/chat", json=STREAM) as resp:
-            lines = []
-            async for line in resp.aiter_lines():
-                lines.append(json.loads(line))
-                begun.set()
-            return lines
-
+async def test_sigterm_drains_every_worker(upstream: StubUpstream, pool: Pool) -> None:
     # Streams of different lengths (1 to 4.5 s) on their own connections,
     # however they fall, leave one worker done well before the other (or
     # idle): the one that finishes first must not cut the rest. (HTTP/1.1:
@@ -201,7 +234,7 @@ async def test_sigterm_drains_every_worker(
     for i in range(6):
         upstream.fail_next(Fault(kind="stall", seconds=1 + 0.7 * i, after=1))
         begun = asyncio.Event()
-        tasks.append(asyncio.create_task(stream(client, begun)))
+        tasks.append(asyncio.create_task(chat_stream(client, begun)))
         await asyncio.wait_for(begun.wait(), 30)
     pool.proc.send_signal(signal.SIGTERM)
     answers = await asyncio.gather(*tasks)
@@ -209,28 +242,19 @@ async def test_sigterm_drains_every_worker(
     for lines in answers:
         assert lines[-1].get("done") is True, lines
     assert await asyncio.to_thread(pool.proc.wait, 30) == 0
-    with pytest.raises(httpx.ConnectError):
-        await fresh_get(pool.base, "/health")
+    await check_closed(pool.base)
 
 
 @pytest.mark.anyio
 async def test_sighup_rolls_workers_with_the_port_accepting(
-    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+    upstream: StubUpstream, pool: Pool
 ) -> None:
-    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    pools.append(pool)
     first = pool.workers()
     upstream.fail_always(Fault(kind="stall", seconds=8, after=1))
 
-    async def stream() -> dict[str, object]:
-        async with (
-            httpx.AsyncClient(base_url=pool.base, timeout=60) as client,
-            client.stream("POST", "/chat", json=STREAM) as resp,
-        ):
-            last: dict[str, object] = {}
-            async for line in resp.aiter_lines():
-                last = json.loads(line)
-            return last
+    async def stream() -> list[dict[str, object]]:
+        async with httpx.AsyncClient(base_url=pool.base, timeout=60) as client:
+            return await chat_stream(client)
 
     streams = [asyncio.create_task(stream()) for _ in range(6)]
     await until(lambda: len(upstream.chats) >= 6)
@@ -252,7 +276,7 @@ async def test_sighup_rolls_workers_with_the_port_accepting(
         await asyncio.to_thread(prober.join, 30)
     assert prober.failures == [], prober.failures[:3]
     finished = await asyncio.gather(*streams)
-    assert all(last.get("done") is True for last in finished)
+    assert all(lines[-1].get("done") is True for lines in finished)
     assert len(pool.workers()) == 2 and not first & pool.workers()
     baseline, rolling = prober.latencies[:before], prober.latencies[before:]
     # The p99 over hundreds of connections: a few stalls of a loaded
@@ -316,11 +340,7 @@ class NewConnections(threading.Thread):
 
 
 @pytest.mark.anyio
-async def test_workers_leave_when_the_supervisor_is_killed(
-    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
-) -> None:
-    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    pools.append(pool)
+async def test_workers_leave_when_the_supervisor_is_killed(pool: Pool) -> None:
     workers = pool.workers()
     pool.proc.kill()
     pool.proc.wait(10)
@@ -334,16 +354,11 @@ async def test_workers_leave_when_the_supervisor_is_killed(
 
     # Their lifeline pipe reads EOF: they drain (nothing in flight) and exit.
     await until(lambda: all(gone(pid) for pid in workers), timeout=30)
-    with pytest.raises(httpx.ConnectError):
-        await fresh_get(pool.base, "/health")
+    await check_closed(pool.base)
 
 
 @pytest.mark.anyio
-async def test_a_roll_onto_a_broken_config_is_abandoned(
-    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
-) -> None:
-    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    pools.append(pool)
+async def test_a_roll_onto_a_broken_config_is_abandoned(tmp_path: Path, pool: Pool) -> None:
     first = pool.workers()
     config = tmp_path / "c.toml"
     config.write_text(config.read_text() + "[chatd]\ntimeout_sec = 1\n")
@@ -362,14 +377,10 @@ def worker_index(pid: int) -> str:
 
 
 @pytest.mark.anyio
-async def test_a_second_sighup_during_a_roll_leaves_one_worker_per_slot(
-    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
-) -> None:
+async def test_a_second_sighup_during_a_roll_leaves_one_worker_per_slot(pool: Pool) -> None:
     """A reload asked for while a roll is starting its first new worker:
     every worker ends up on the newest file, and there are still N of them,
     one per slot (two in one slot would hold two shares of the limits)."""
-    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    pools.append(pool)
     first = pool.workers()
     pool.proc.send_signal(signal.SIGHUP)
     await until(lambda: "rolling workers" in pool.log.read_text())
@@ -400,21 +411,11 @@ def test_the_default_metrics_folder_goes_with_the_pool(tmp_path: Path) -> None:
     and removes it when it stops: runs and restarts leave nothing behind."""
     temp = tmp_path / "tmp"
     temp.mkdir()
-    config = tmp_path / "c.toml"
-    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
     log = tmp_path / "chatd.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
-                *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
-            ],
-            cwd=ROOT,
-            env={**clean_env(), "TMPDIR": str(temp)},
-            stdout=out,
-            stderr=out,
-        )
-    try:
+        env = {**clean_env(), "TMPDIR": str(temp)}
+        proc = subprocess.Popen(pool_command(tmp_path), cwd=ROOT, env=env, stdout=out, stderr=out)
+    with killed_at_the_end(proc):
         deadline = time.monotonic() + 60
         while served(log) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -425,10 +426,6 @@ def test_the_default_metrics_folder_goes_with_the_pool(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert list(temp.iterdir()) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def log_lines(log: Path, msg: str) -> list[dict[str, object]]:
@@ -438,13 +435,11 @@ def log_lines(log: Path, msg: str) -> list[dict[str, object]]:
 
 @pytest.mark.anyio
 async def test_a_worker_dying_soon_after_it_serves_is_replaced_with_a_growing_pause(
-    tmp_path: Path, upstream: StubUpstream, pools: list[Pool]
+    pool: Pool,
 ) -> None:
     """A worker that serves and then dies at once, again and again (a bad
     request retried by its client, a crashing extension), must not be
     restarted in a tight loop: each start costs a second of CPU."""
-    pool = await asyncio.to_thread(start_pool, tmp_path, upstream.base_url)
-    pools.append(pool)
     gaps: list[float] = []
     for round_ in range(4):
         serving = log_lines(pool.log, "worker serving")
@@ -466,31 +461,17 @@ def test_sigterm_while_workers_start_is_a_clean_stop(tmp_path: Path) -> None:
     """systemd may stop a unit that is still starting: the pool drains what
     started and exits 0, as for any asked-for stop (1 would mark the unit
     failed and, with Restart=on-failure, could start it again)."""
-    config = tmp_path / "c.toml"
-    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
     log = tmp_path / "chatd.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
-                *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
-            ],
-            cwd=ROOT,
-            env=clean_env(),
-            stdout=out,
-            stderr=out,
-        )
-    try:
+        command = pool_command(tmp_path)
+        proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), stdout=out, stderr=out)
+    with killed_at_the_end(proc):
         deadline = time.monotonic() + 60
         while len(log_lines(log, "worker started")) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_pool_whose_workers_cannot_start_exits_1(tmp_path: Path) -> None:
@@ -500,13 +481,8 @@ def test_a_pool_whose_workers_cannot_start_exits_1(tmp_path: Path) -> None:
     (site / "sitecustomize.py").write_text(
         "import os, sys\nif os.environ.get('CHATD_WORKER_INDEX'):\n    sys.exit(3)\n"
     )
-    config = tmp_path / "c.toml"
-    config.write_text('[chatd.providers.ollama]\nbase_url = "http://127.0.0.1:9"\n')
     proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "lakehouse.cli", "--config", str(config)),
-            *("--workers", "2", "--bind", f"127.0.0.1:{free_port()}"),
-        ],
+        pool_command(tmp_path),
         cwd=ROOT,
         env={**clean_env(), "PYTHONPATH": str(site)},
         capture_output=True,
@@ -541,15 +517,8 @@ async def test_a_graceful_timeout_raised_by_a_reload_holds_at_sigterm(
     begun = asyncio.Event()
 
     async def stream() -> list[dict[str, object]]:
-        async with (
-            httpx.AsyncClient(base_url=pool.base, timeout=60) as client,
-            client.stream("POST", "/chat", json=STREAM) as resp,
-        ):
-            lines = []
-            async for line in resp.aiter_lines():
-                lines.append(json.loads(line))
-                begun.set()
-            return lines
+        async with httpx.AsyncClient(base_url=pool.base, timeout=60) as client:
+            return await chat_stream(client, begun)
 
     task = asyncio.create_task(stream())
     await asyncio.wait_for(begun.wait(), 30)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from lakehouse.timeouts import Bound
+from tests.cancelling import cancel_once
 
 pytestmark = pytest.mark.anyio
 
@@ -77,11 +78,7 @@ async def test_someone_elses_cancellation_passes_through() -> None:
         finally:
             bound.close()
 
-    task = asyncio.create_task(waiting())
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_once(started, waiting())
 
 
 async def test_close_disarms_the_timer() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgspec
 import pytest
@@ -10,16 +11,7 @@ from lakehouse.wire import ChatRequest, ChatResponse, chat_request_decoder, enco
 
 
 def test_a_stamped_zero_latency_is_still_sent_and_extras_are_omitted() -> None:
-    response = ChatResponse(
-        model="m",
-        provider="p",
-        content="",
-        done_reason="stop",
-        prompt_tokens=0,
-        completion_tokens=0,
-        latency_ms=0,
-    )
-    assert json.loads(encoder.encode(response)) == {
+    fields: dict[str, Any] = {
         "model": "m",
         "provider": "p",
         "content": "",
@@ -28,6 +20,8 @@ def test_a_stamped_zero_latency_is_still_sent_and_extras_are_omitted() -> None:
         "completion_tokens": 0,
         "latency_ms": 0,
     }
+    response = ChatResponse(**fields)
+    assert json.loads(encoder.encode(response)) == fields
     response.tier, response.reasoning, response.fallback, response.attempts = "t", "r", "f", 2
     assert json.loads(encoder.encode(response))["fallback"] == "f"
 

@@ -4,14 +4,14 @@ documented error strings."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from lakehouse import errors
 from lakehouse.wire import ChatRequest
-from tests.support import build_provider, builtin_plugin, chat_request, mock_upstream
+from tests import upstream_cases as cases
+from tests.support import build_provider, chat_request
 
 pytestmark = pytest.mark.anyio
 
@@ -20,12 +20,7 @@ BASE = "https://api.kimi.com/coding/v1"
 URL = BASE + "/chat/completions"
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[Any]:
-    p = build_provider("kimi", BASE, key=KEY)
-    await p.start()
-    yield p
-    await p.close()
+provider = cases.provider_fixture(lambda: build_provider("kimi", BASE, key=KEY))
 
 
 def completion(content: str | None = "Hi!", finish: str = "stop", **extra: Any) -> dict[str, Any]:
@@ -45,17 +40,11 @@ def completion(content: str | None = "Hi!", finish: str = "stop", **extra: Any) 
 
 
 async def call(provider: Any, req: ChatRequest | None = None, **reply: Any) -> tuple[Any, Any]:
-    with mock_upstream() as mock:
-        mock.post(URL, **reply)
-        out = await provider.chat(req or chat_request(), "kimi-for-coding")
-        (sent,) = [c for cs in mock.requests.values() for c in cs]
-        return out, sent
+    return await cases.exchange(provider, URL, req or chat_request(), "kimi-for-coding", **reply)
 
 
 def test_plugin_defaults() -> None:
-    plugin = builtin_plugin("kimi")
-    assert plugin.default_base_url == BASE
-    assert plugin.needs_key is True
+    cases.keyed_plugin("kimi", BASE)
 
 
 async def test_cap_is_max_completion_tokens_and_no_client_impersonation(provider: Any) -> None:
@@ -75,17 +64,14 @@ async def test_cap_is_max_completion_tokens_and_no_client_impersonation(provider
 
 async def test_operator_chosen_user_agent_is_sent() -> None:
     p = build_provider("kimi", BASE, key=KEY, headers={"User-Agent": "lakehouse-chatd/1"})
-    await p.start()
-    _, sent = await call(p, payload=completion())
-    await p.close()
+    async with cases.started(p):
+        _, sent = await call(p, payload=completion())
     assert sent.kwargs["headers"]["User-Agent"] == "lakehouse-chatd/1"
 
 
 async def test_drop_temperature_for_fixed_sampling_models() -> None:
-    p = build_provider("kimi", BASE, key=KEY, drop_temperature=True)
-    await p.start()
-    _, sent = await call(p, chat_request(temperature=0.5), payload=completion())
-    await p.close()
+    async with cases.started(build_provider("kimi", BASE, key=KEY, drop_temperature=True)) as p:
+        _, sent = await call(p, chat_request(temperature=0.5), payload=completion())
     assert "temperature" not in json.loads(sent.kwargs["data"])
 
 
@@ -104,86 +90,82 @@ async def test_usage_inside_the_choice(provider: Any) -> None:
     assert (out.prompt_tokens, out.completion_tokens) == (9, 10)
 
 
-def kimi_error(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_}}
-
-
 @pytest.mark.parametrize(
-    ("status", "body", "error"),
+    ("status", "message", "kind", "error"),
     [
         (
             401,
-            kimi_error(
-                "The API Key appears to be invalid or may have expired",
-                "invalid_authentication_error",
-            ),
+            "The API Key appears to be invalid or may have expired",
+            "invalid_authentication_error",
             errors.UpstreamAuth,
         ),
         (
             402,
-            kimi_error("We were unable to verify your membership benefits"),
+            "We were unable to verify your membership benefits",
+            "invalid_request_error",
             errors.UpstreamQuota,
         ),
         (
             403,
-            kimi_error(
-                "Kimi For Coding is currently only available for Coding Agents such "
-                "as Kimi CLI, Claude Code, Roo Code, Kilo Code, etc.",
-                "access_terminated_error",
-            ),
+            "Kimi For Coding is currently only available for Coding Agents such "
+            "as Kimi CLI, Claude Code, Roo Code, Kilo Code, etc.",
+            "access_terminated_error",
             errors.UpstreamAuth,
         ),
         (
             403,
-            kimi_error(
-                "You've reached your usage limit for this billing cycle", "access_terminated_error"
-            ),
+            "You've reached your usage limit for this billing cycle",
+            "access_terminated_error",
             errors.UpstreamQuota,
         ),
-        (403, kimi_error("Access terminated", "access_terminated_error"), errors.UpstreamQuota),
+        (403, "Access terminated", "access_terminated_error", errors.UpstreamQuota),
         (
             429,
-            kimi_error(
-                "The engine is currently overloaded, please try again later",
-                "engine_overloaded_error",
-            ),
+            "The engine is currently overloaded, please try again later",
+            "engine_overloaded_error",
             errors.UpstreamRateLimited,
         ),
         (
             429,
-            kimi_error(
-                "We're receiving too many requests at the moment", "rate_limit_reached_error"
-            ),
+            "We're receiving too many requests at the moment",
+            "rate_limit_reached_error",
             errors.UpstreamRateLimited,
         ),
-        (429, kimi_error("You've reached your usage limit for this period"), errors.UpstreamQuota),
-        (429, kimi_error("You've reached kimi monthly usage limit"), errors.UpstreamQuota),
+        (
+            429,
+            "You've reached your usage limit for this period",
+            "invalid_request_error",
+            errors.UpstreamQuota,
+        ),
+        (
+            429,
+            "You've reached kimi monthly usage limit",
+            "invalid_request_error",
+            errors.UpstreamQuota,
+        ),
         (
             400,
-            kimi_error("invalid temperature: only 1 is allowed for this model"),
+            "invalid temperature: only 1 is allowed for this model",
+            "invalid_request_error",
             errors.UpstreamRejected,
         ),
         (
             400,
-            kimi_error("Your request exceeded model token limit: 262144"),
+            "Your request exceeded model token limit: 262144",
+            "invalid_request_error",
             errors.UpstreamRejected,
         ),
         (
             404,
-            kimi_error(
-                "Not found the model kimi-for-coding or Permission denied",
-                "resource_not_found_error",
-            ),
+            "Not found the model kimi-for-coding or Permission denied",
+            "resource_not_found_error",
             errors.UpstreamRejected,
         ),
-        (500, kimi_error("internal error", "server_error"), errors.UpstreamError),
+        (500, "internal error", "server_error", errors.UpstreamError),
     ],
 )
 async def test_documented_errors(
-    provider: Any, status: int, body: dict[str, Any], error: type[errors.ChatdError]
+    provider: Any, status: int, message: str, kind: str, error: type[errors.ChatdError]
 ) -> None:
-    with pytest.raises(errors.ChatdError) as info:
-        await call(provider, status=status, payload=body)
-    assert type(info.value) is error
-    assert body["error"]["message"] in info.value.message
-    assert info.value.upstream_status == status
+    case = cases.ErrorReply(status, {"error": {"message": message, "type": kind}}, error)
+    await case.check(call(provider, **case.reply), message)

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from lakehouse import errors
-from tests.support import build_provider, builtin_plugin, chat_request, mock_upstream
+from tests import upstream_cases as cases
+from tests.support import build_provider, chat_request, mock_upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -17,9 +18,7 @@ BASE = "https://api.kimi.com/coding/v1"
 
 
 def test_plugin_defaults() -> None:
-    plugin = builtin_plugin("kimi_anthropic")
-    assert plugin.default_base_url == BASE
-    assert plugin.needs_key is True
+    cases.keyed_plugin("kimi_anthropic", BASE)
 
 
 @pytest.mark.parametrize(
@@ -27,18 +26,14 @@ def test_plugin_defaults() -> None:
     [("x-api-key", "x-api-key", KEY), ("bearer", "Authorization", f"Bearer {KEY}")],
 )
 async def test_request_reaches_messages(auth: str, header: str, value: str) -> None:
-    p = build_provider("kimi_anthropic", BASE, key=KEY, auth=auth)
-    await p.start()
-    try:
-        with mock_upstream() as mock:
-            mock.post(
-                BASE + "/messages",
-                payload={"content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn"},
-            )
-            out = await p.chat(chat_request(max_tokens=20), "kimi-for-coding")
-            (sent,) = [c for cs in mock.requests.values() for c in cs]
-    finally:
-        await p.close()
+    async with cases.started(build_provider("kimi_anthropic", BASE, key=KEY, auth=auth)) as p:
+        out, sent = await cases.exchange(
+            p,
+            BASE + "/messages",
+            chat_request(max_tokens=20),
+            "kimi-for-coding",
+            payload={"content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn"},
+        )
     assert out.content == "Hi"
     assert sent.kwargs["headers"][header] == value
     assert json.loads(sent.kwargs["data"])["max_tokens"] == 20
@@ -81,25 +76,18 @@ async def test_request_reaches_messages(auth: str, header: str, value: str) -> N
     ],
 )
 async def test_errors(status: int, body: object, error: type[errors.ChatdError]) -> None:
-    p = build_provider("kimi_anthropic", BASE, key=KEY)
-    await p.start()
-    try:
+    async with cases.started(build_provider("kimi_anthropic", BASE, key=KEY)) as p:
         with mock_upstream() as mock, pytest.raises(errors.ChatdError) as info:
             mock.post(BASE + "/messages", status=status, payload=body)
             await p.chat(chat_request(), "kimi-for-coding")
-    finally:
-        await p.close()
     assert type(info.value) is error
 
 
 async def test_probe_carries_the_key() -> None:
     p = build_provider("kimi_anthropic", BASE, key=KEY, probe_path="/models")
-    await p.start()
-    try:
+    async with cases.started(p):
         with mock_upstream() as mock:
             mock.get(BASE + "/models", payload={"data": []})
             assert await p.probe() is True
-            (sent,) = [c for cs in mock.requests.values() for c in cs]
-    finally:
-        await p.close()
+            sent = cases.only_request(mock)
     assert sent.kwargs["headers"]["x-api-key"] == KEY

@@ -4,13 +4,13 @@ replies it understands, and how each failure maps."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from lakehouse import errors
 from lakehouse.wire import ChatRequest, Message
+from tests import upstream_cases as cases
 from tests.support import build_provider, mock_upstream
 
 pytestmark = pytest.mark.anyio
@@ -40,12 +40,7 @@ def reply(**kw: Any) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[Any]:
-    p = build_provider("ollama", BASE)
-    await p.start()
-    yield p
-    await p.close()
+provider = cases.provider_fixture(lambda: build_provider("ollama", BASE))
 
 
 def sent(mock: mock_upstream) -> dict[str, Any]:

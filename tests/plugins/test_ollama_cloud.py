@@ -4,8 +4,6 @@ alternative, model-name markers, and Ollama Cloud's failures."""
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -14,7 +12,9 @@ import pytest
 from lakehouse import errors
 from lakehouse.loader import BUILTIN_DIR, import_plugin_file
 from lakehouse.wire import ChatRequest, Message
+from tests import upstream_cases as cases
 from tests.support import build_provider, mock_upstream
+from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -28,12 +28,7 @@ def plugin_module() -> ModuleType:
     return import_plugin_file(BUILTIN_DIR / "ollama_cloud.py")
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[Any]:
-    p = build_provider("ollama_cloud", BASE, key=KEY)
-    await p.start()
-    yield p
-    await p.close()
+provider = cases.provider_fixture(lambda: build_provider("ollama_cloud", BASE, key=KEY))
 
 
 def request(*messages: tuple[str, str], **kw: Any) -> ChatRequest:
@@ -58,18 +53,11 @@ def generated(**kw: Any) -> dict[str, Any]:
 async def call(
     provider: Any, req: ChatRequest | None = None, model: str = "kimi-k2.6:cloud", **reply: Any
 ) -> tuple[Any, Any]:
-    with mock_upstream() as mock:
-        mock.post(GENERATE, **reply)
-        out = await provider.chat(req or request(), model)
-        (sent,) = [c for cs in mock.requests.values() for c in cs]
-        return out, sent
+    return await cases.exchange(provider, GENERATE, req or request(), model, **reply)
 
 
 def test_plugin_defaults() -> None:
-    plugin = plugin_module().PLUGIN
-    assert plugin.default_base_url == BASE
-    assert plugin.needs_key is True
-    assert plugin.options().endpoint == "generate"
+    assert cases.keyed_plugin("ollama_cloud", BASE).options().endpoint == "generate"
 
 
 async def test_single_user_message_is_the_prompt(provider: Any) -> None:
@@ -171,8 +159,6 @@ async def test_contradictory_markers_are_bad_requests(provider: Any, model: str)
 
 
 async def test_chat_endpoint_sends_native_messages() -> None:
-    p = build_provider("ollama_cloud", BASE, key=KEY, endpoint="chat")
-    await p.start()
     reply = {
         "model": "glm-5.2",
         "message": {"role": "assistant", "content": "Hey", "thinking": "greeting"},
@@ -180,11 +166,14 @@ async def test_chat_endpoint_sends_native_messages() -> None:
         "done_reason": "stop",
         "eval_count": 2,
     }
-    with mock_upstream() as mock:
-        mock.post(CHAT, payload=reply)
-        out = await p.chat(request(("system", "s"), ("user", "hi"), max_tokens=5), "glm-5.2:cloud")
-        (sent,) = [c for cs in mock.requests.values() for c in cs]
-    await p.close()
+    async with cases.started(build_provider("ollama_cloud", BASE, key=KEY, endpoint="chat")) as p:
+        out, sent = await cases.exchange(
+            p,
+            CHAT,
+            request(("system", "s"), ("user", "hi"), max_tokens=5),
+            "glm-5.2:cloud",
+            payload=reply,
+        )
     assert json.loads(sent.kwargs["data"]) == {
         "model": "glm-5.2",
         "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],
@@ -202,13 +191,13 @@ async def test_chat_endpoint_sends_native_messages() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "error"),
+    "case",
     [
-        (401, {"error": "unauthorized"}, errors.UpstreamAuth),
-        (403, {"error": "forbidden"}, errors.UpstreamAuth),
-        (404, {"error": 'model "kimi-k2.5" not found'}, errors.UpstreamRejected),
-        (400, {"error": "invalid think value"}, errors.UpstreamRejected),
-        (
+        cases.ErrorReply(401, {"error": "unauthorized"}, errors.UpstreamAuth),
+        cases.ErrorReply(403, {"error": "forbidden"}, errors.UpstreamAuth),
+        cases.ErrorReply(404, {"error": 'model "kimi-k2.5" not found'}, errors.UpstreamRejected),
+        cases.ErrorReply(400, {"error": "invalid think value"}, errors.UpstreamRejected),
+        cases.ErrorReply(
             429,
             {
                 "error": "you (alice) have reached your session usage limit, upgrade for higher "
@@ -216,21 +205,19 @@ async def test_chat_endpoint_sends_native_messages() -> None:
             },
             errors.UpstreamQuota,
         ),
-        (429, {"error": "you (alice) have reached your weekly usage limit"}, errors.UpstreamQuota),
-        (429, {"error": "too many concurrent requests"}, errors.UpstreamRateLimited),
-        (500, {"error": "internal error"}, errors.UpstreamError),
-        (503, {"error": "service unavailable"}, errors.UpstreamError),
+        cases.ErrorReply(
+            429, {"error": "you (alice) have reached your weekly usage limit"}, errors.UpstreamQuota
+        ),
+        cases.ErrorReply(
+            429, {"error": "too many concurrent requests"}, errors.UpstreamRateLimited
+        ),
+        cases.ErrorReply(500, {"error": "internal error"}, errors.UpstreamError),
+        cases.ErrorReply(503, {"error": "service unavailable"}, errors.UpstreamError),
     ],
+    ids=cases.error_id,
 )
-async def test_error_bodies(
-    provider: Any, status: int, body: dict[str, Any], error: type[errors.ChatdError]
-) -> None:
-    with pytest.raises(errors.ChatdError) as info:
-        await call(provider, status=status, payload=body)
-    assert type(info.value) is error
-    assert body["error"] in info.value.message
-    assert info.value.upstream_status == status
-    assert info.value.retry_after is None
+async def test_error_bodies(provider: Any, case: cases.ErrorReply) -> None:
+    await case.check(call(provider, **case.reply), case.body["error"])
 
 
 async def test_retry_after_is_kept_when_sent(provider: Any) -> None:
@@ -281,34 +268,24 @@ async def test_unusable_replies(
 async def test_redirect_is_not_followed() -> None:
     # api.ollama.com answers 301 to ollama.com; following would drop the body.
     p = build_provider("ollama_cloud", "https://api.ollama.com", key=KEY)
-    await p.start()
-    with mock_upstream() as mock:
-        mock.post(
-            "https://api.ollama.com/api/generate",
-            status=301,
-            headers={"Location": "https://ollama.com/api/generate"},
-        )
-        with pytest.raises(errors.UpstreamRedirect):
-            await p.chat(request(), "m")
-        assert len([c for cs in mock.requests.values() for c in cs]) == 1
-    await p.close()
+    async with cases.started(p):
+        with mock_upstream() as mock:
+            mock.post(
+                "https://api.ollama.com/api/generate",
+                status=301,
+                headers={"Location": "https://ollama.com/api/generate"},
+            )
+            with pytest.raises(errors.UpstreamRedirect):
+                await p.chat(request(), "m")
+            cases.only_request(mock)
 
 
 async def test_connection_refused_and_timeout(provider: Any) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    p = build_provider("ollama_cloud", f"http://127.0.0.1:{port}", key=KEY)
-    await p.start()
-    try:
+    p = build_provider("ollama_cloud", f"http://127.0.0.1:{free_port()}", key=KEY)
+    async with cases.started(p):
         with pytest.raises(errors.UpstreamUnreachable):
             await p.chat(request(), "m")
-    finally:
-        await p.close()
-    with mock_upstream() as mock:
-        mock.post(GENERATE, exception=TimeoutError())
-        with pytest.raises(errors.UpstreamTimeout):
-            await provider.chat(request(), "m")
+    await cases.check_timeout(provider, GENERATE, request())
 
 
 @pytest.mark.parametrize(
@@ -333,9 +310,7 @@ async def test_probe(provider: Any) -> None:
     with mock_upstream() as mock:
         mock.get(BASE + "/api/tags", status=503)
         assert await provider.probe() is False
-    p = build_provider("ollama_cloud", BASE, key=KEY, probe_path="")
-    await p.start()
-    with mock_upstream() as mock:
-        assert await p.probe() is True
-        assert not mock.requests
-    await p.close()
+    async with cases.started(build_provider("ollama_cloud", BASE, key=KEY, probe_path="")) as p:
+        with mock_upstream() as mock:
+            assert await p.probe() is True
+            assert not mock.requests

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,13 +10,8 @@ import pytest
 from lakehouse import errors
 from lakehouse.errors import ConfigError
 from lakehouse.registry import build_registry
-from tests.support import (
-    build_provider,
-    builtin_plugin,
-    chat_request,
-    make_config,
-    mock_upstream,
-)
+from tests import upstream_cases as cases
+from tests.support import build_provider, chat_request, make_config, mock_upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -26,12 +20,7 @@ BASE = "https://opencode.ai/zen/v1"
 URL = BASE + "/chat/completions"
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[Any]:
-    p = build_provider("opencode", BASE, key=KEY)
-    await p.start()
-    yield p
-    await p.close()
+provider = cases.provider_fixture(lambda: build_provider("opencode", BASE, key=KEY))
 
 
 def completion(**message: Any) -> dict[str, Any]:
@@ -53,17 +42,12 @@ def completion(**message: Any) -> dict[str, Any]:
 
 
 async def call(provider: Any, **reply: Any) -> tuple[Any, Any]:
-    with mock_upstream() as mock:
-        mock.post(URL, **reply)
-        out = await provider.chat(chat_request(max_tokens=50, format="json"), "glm-5.2")
-        (sent,) = [c for cs in mock.requests.values() for c in cs]
-        return out, sent
+    request = chat_request(max_tokens=50, format="json")
+    return await cases.exchange(provider, URL, request, "glm-5.2", **reply)
 
 
 def test_plugin_defaults() -> None:
-    plugin = builtin_plugin("opencode")
-    assert plugin.default_base_url == BASE
-    assert plugin.needs_key is True
+    cases.keyed_plugin("opencode", BASE)
 
 
 async def test_request_and_reply(provider: Any) -> None:
@@ -80,45 +64,45 @@ async def test_request_and_reply(provider: Any) -> None:
     assert (out.prompt_tokens, out.completion_tokens) == (4, 2)
 
 
-def zen(cls: str, message: str = "nope") -> dict[str, Any]:
-    return {"type": "error", "error": {"type": cls, "message": message}}
+def zen(cls: str, message: str | None = None) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": cls, "message": message or f"{cls} happened"}}
 
 
 @pytest.mark.parametrize(
-    ("status", "cls", "headers", "error", "retry_after"),
+    "case",
     [
-        (401, "AuthError", {}, errors.UpstreamAuth, None),
+        cases.ErrorReply(401, zen("AuthError"), errors.UpstreamAuth),
         # Zen's 401s that are not about the key.
-        (401, "CreditsError", {}, errors.UpstreamQuota, None),
-        (401, "MonthlyLimitError", {}, errors.UpstreamQuota, None),
-        (401, "UserLimitError", {}, errors.UpstreamQuota, None),
-        (401, "ModelError", {}, errors.UpstreamRejected, None),
+        cases.ErrorReply(401, zen("CreditsError"), errors.UpstreamQuota),
+        cases.ErrorReply(401, zen("MonthlyLimitError"), errors.UpstreamQuota),
+        cases.ErrorReply(401, zen("UserLimitError"), errors.UpstreamQuota),
+        cases.ErrorReply(401, zen("ModelError"), errors.UpstreamRejected),
         # A class Zen adds later is not proof of a dead key.
-        (401, "SomeNewError", {}, errors.UpstreamError, None),
-        (403, "RegionError", {}, errors.UpstreamAuth, None),
-        (429, "RateLimitError", {"retry-after": "30"}, errors.UpstreamRateLimited, 30.0),
-        (429, "RateLimitError", {}, errors.UpstreamRateLimited, None),
-        (429, "FreeUsageLimitError", {"retry-after": "3600"}, errors.UpstreamQuota, 3600.0),
-        (429, "GoUsageLimitError", {}, errors.UpstreamQuota, None),
-        (429, "BlackUsageLimitError", {}, errors.UpstreamQuota, None),
-        (500, "error", {}, errors.UpstreamError, None),
+        cases.ErrorReply(401, zen("SomeNewError"), errors.UpstreamError),
+        cases.ErrorReply(403, zen("RegionError"), errors.UpstreamAuth),
+        cases.ErrorReply(
+            429,
+            zen("RateLimitError"),
+            errors.UpstreamRateLimited,
+            30.0,
+            {"retry-after": "30"},
+        ),
+        cases.ErrorReply(429, zen("RateLimitError"), errors.UpstreamRateLimited),
+        cases.ErrorReply(
+            429,
+            zen("FreeUsageLimitError"),
+            errors.UpstreamQuota,
+            3600.0,
+            {"retry-after": "3600"},
+        ),
+        cases.ErrorReply(429, zen("GoUsageLimitError"), errors.UpstreamQuota),
+        cases.ErrorReply(429, zen("BlackUsageLimitError"), errors.UpstreamQuota),
+        cases.ErrorReply(500, zen("error"), errors.UpstreamError),
     ],
+    ids=cases.error_id,
 )
-async def test_zen_error_classes(
-    provider: Any,
-    status: int,
-    cls: str,
-    headers: dict[str, str],
-    error: type[errors.ChatdError],
-    retry_after: float | None,
-) -> None:
-    body = zen(cls, f"{cls} happened")
-    with pytest.raises(errors.ChatdError) as info:
-        await call(provider, status=status, payload=body, headers=headers)
-    assert type(info.value) is error
-    assert info.value.upstream_status == status
-    assert info.value.retry_after == retry_after
-    assert f"{cls} happened" in info.value.message
+async def test_zen_error_classes(provider: Any, case: cases.ErrorReply) -> None:
+    await case.check(call(provider, **case.reply), case.body["error"]["message"])
 
 
 async def test_relayed_upstream_errors_keep_their_shape(provider: Any) -> None:
@@ -161,8 +145,7 @@ async def test_rules_pick_the_path(model: str, path: str) -> None:
     p = build_provider(
         "opencode", BASE, key=KEY, routes=[{"match": "minimax-m3-*", "endpoint": "messages"}]
     )
-    await p.start()
-    try:
+    async with cases.started(p):
         reply = (
             {
                 "type": "message",
@@ -181,19 +164,14 @@ async def test_rules_pick_the_path(model: str, path: str) -> None:
             mock.post(BASE + path, payload=reply)
             out = await p.chat(chat_request(), model)
         assert out.content == "ok"
-    finally:
-        await p.close()
 
 
 async def test_default_routes_can_be_switched_off() -> None:
     p = build_provider("opencode", BASE, key=KEY, default_routes=False)
-    with mock_upstream() as mock:
-        mock.post(URL, payload=completion())
-        await p.start()
-        try:
-            out = await p.chat(chat_request(), "claude-opus-4-7")
-        finally:
-            await p.close()
+    async with cases.started(p):
+        out, _ = await cases.exchange(
+            p, URL, chat_request(), "claude-opus-4-7", payload=completion()
+        )
     assert out.content == "Hi!"
 
 
@@ -214,12 +192,9 @@ def test_a_bad_rule_stops_start_up_naming_it(routes: str, needle: str) -> None:
 
 async def test_probe_carries_the_key_on_the_shared_session() -> None:
     p = build_provider("opencode", BASE, key=KEY, probe_path="/models")
-    await p.start()
-    try:
+    async with cases.started(p):
         with mock_upstream() as mock:
             mock.get(BASE + "/models", payload={"object": "list", "data": []})
             assert await p.probe() is True
-            (sent,) = [c for cs in mock.requests.values() for c in cs]
-    finally:
-        await p.close()
+            sent = cases.only_request(mock)
     assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"

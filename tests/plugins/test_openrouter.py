@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from lakehouse import errors
-from tests.support import build_provider, builtin_plugin, chat_request, mock_upstream
+from tests import upstream_cases as cases
+from tests.support import build_provider, chat_request
 
 pytestmark = pytest.mark.anyio
 
@@ -19,12 +19,9 @@ URL = BASE + "/chat/completions"
 ATTRIBUTION = {"HTTP-Referer": "https://lakehouse.example", "X-Title": "lakehouse"}
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[Any]:
-    p = build_provider("openrouter", BASE, key=KEY, headers=ATTRIBUTION)
-    await p.start()
-    yield p
-    await p.close()
+provider = cases.provider_fixture(
+    lambda: build_provider("openrouter", BASE, key=KEY, headers=ATTRIBUTION)
+)
 
 
 def completion(**message: Any) -> dict[str, Any]:
@@ -46,17 +43,12 @@ def completion(**message: Any) -> dict[str, Any]:
 
 
 async def call(provider: Any, **reply: Any) -> tuple[Any, Any]:
-    with mock_upstream() as mock:
-        mock.post(URL, **reply)
-        out = await provider.chat(chat_request(max_tokens=100, temperature=0.2), "anthropic/x:free")
-        (sent,) = [c for cs in mock.requests.values() for c in cs]
-        return out, sent
+    request = chat_request(max_tokens=100, temperature=0.2)
+    return await cases.exchange(provider, URL, request, "anthropic/x:free", **reply)
 
 
 def test_plugin_defaults() -> None:
-    plugin = builtin_plugin("openrouter")
-    assert plugin.default_base_url == BASE
-    assert plugin.needs_key is True
+    cases.keyed_plugin("openrouter", BASE)
 
 
 async def test_request_uses_max_tokens_and_operator_headers(provider: Any) -> None:
@@ -76,10 +68,8 @@ async def test_request_uses_max_tokens_and_operator_headers(provider: Any) -> No
 
 
 async def test_no_attribution_headers_unless_configured() -> None:
-    p = build_provider("openrouter", BASE, key=KEY)
-    await p.start()
-    _, sent = await call(p, payload=completion())
-    await p.close()
+    async with cases.started(build_provider("openrouter", BASE, key=KEY)) as p:
+        _, sent = await call(p, payload=completion())
     assert "HTTP-Referer" not in sent.kwargs["headers"]
     assert "X-Title" not in sent.kwargs["headers"]
 
@@ -99,86 +89,63 @@ def or_error(code: int, message: str, **metadata: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "headers", "error", "retry_after"),
+    "case",
     [
-        (
-            400,
-            or_error(400, "anthropic/x is not a valid model ID"),
-            {},
-            errors.UpstreamRejected,
-            None,
+        cases.ErrorReply(
+            400, or_error(400, "anthropic/x is not a valid model ID"), errors.UpstreamRejected
         ),
-        (401, or_error(401, "No auth credentials found"), {}, errors.UpstreamAuth, None),
-        (
+        cases.ErrorReply(401, or_error(401, "No auth credentials found"), errors.UpstreamAuth),
+        cases.ErrorReply(
             402,
             or_error(402, "Insufficient credits", limit_source="openrouter_credits"),
-            {},
             errors.UpstreamQuota,
-            None,
         ),
-        (
+        cases.ErrorReply(
             402,
             or_error(402, "Key limit exceeded", limit_source="openrouter_key_limit"),
-            {},
             errors.UpstreamQuota,
-            None,
         ),
         # The in-flight budget clears by itself and says when.
-        (
+        cases.ErrorReply(
             402,
             or_error(402, "In-flight budget", limit_source="openrouter_in_flight_budget"),
-            {"Retry-After": "2"},
             errors.UpstreamRateLimited,
             2.0,
+            {"Retry-After": "2"},
         ),
-        (
+        cases.ErrorReply(
             403,
             or_error(403, "Input flagged", reasons=["x"], flagged_input="..."),
-            {},
             errors.UpstreamAuth,
-            None,
         ),
-        (408, or_error(408, "Request timed out"), {}, errors.UpstreamTimeout, None),
-        (
+        cases.ErrorReply(408, or_error(408, "Request timed out"), errors.UpstreamTimeout),
+        cases.ErrorReply(
             429,
             or_error(429, "Rate limit exceeded"),
-            {"Retry-After": "4"},
             errors.UpstreamRateLimited,
             4.0,
+            {"Retry-After": "4"},
         ),
-        (429, or_error(429, "Rate limit exceeded"), {}, errors.UpstreamRateLimited, None),
-        (
+        cases.ErrorReply(429, or_error(429, "Rate limit exceeded"), errors.UpstreamRateLimited),
+        cases.ErrorReply(
             502,
             or_error(
                 502, "Provider returned error", provider_name="DeepInfra", raw="model overloaded"
             ),
-            {},
             errors.UpstreamError,
-            None,
         ),
-        (
+        cases.ErrorReply(
             503,
             or_error(503, "No endpoints found"),
-            {"Retry-After": "10"},
             errors.UpstreamError,
             10.0,
+            {"Retry-After": "10"},
         ),
     ],
+    ids=cases.error_id,
 )
-async def test_error_statuses(
-    provider: Any,
-    status: int,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    error: type[errors.ChatdError],
-    retry_after: float | None,
-) -> None:
-    with pytest.raises(errors.ChatdError) as info:
-        await call(provider, status=status, payload=body, headers=headers)
-    assert type(info.value) is error
-    assert info.value.upstream_status == status
-    assert info.value.retry_after == retry_after
-    assert body["error"]["message"] in info.value.message
+async def test_error_statuses(provider: Any, case: cases.ErrorReply) -> None:
+    await case.check(call(provider, **case.reply), case.body["error"]["message"])
 
 
 async def test_relayed_raw_error_is_shown(provider: Any) -> None:

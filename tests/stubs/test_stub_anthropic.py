@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lakehouse.stubs import Fault, StubUpstream
+from lakehouse.stubs import Fault
 from lakehouse.stubs.replies import reply_text
-from tests.stubs.conftest import MakeStub
+from tests.stubs.conftest import MakeStub, poster
 
 pytestmark = pytest.mark.anyio
 
@@ -24,15 +24,7 @@ BODY = {
 }
 
 
-async def post(
-    http: aiohttp.ClientSession,
-    stub: StubUpstream,
-    body: Any,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any, bytes]:
-    sent = {"x-api-key": KEY} if headers is None else headers
-    async with http.post(stub.base_url + "/messages", json=body, headers=sent) as resp:
-        return resp.status, resp.headers, await resp.read()
+post = poster("/messages", {"x-api-key": KEY})
 
 
 def events(raw: bytes) -> list[tuple[str, Any]]:
@@ -81,6 +73,12 @@ async def test_stream_framing(make_stub: MakeStub, http: aiohttp.ClientSession) 
     assert text == reply_text("hi there")
 
 
+def one_image(media_type: str, data: str) -> dict[str, Any]:
+    """A request change: one user turn holding one base64 image."""
+    source = {"type": "base64", "media_type": media_type, "data": data}
+    return {"messages": [{"role": "user", "content": [{"type": "image", "source": source}]}]}
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
@@ -108,43 +106,12 @@ async def test_stream_framing(make_stub: MakeStub, http: aiohttp.ClientSession) 
             "tool_use_id",
         ),
         (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "image",
-                                "source": {
-                                    "type": "base64",
-                                    "media_type": "image/tiff",
-                                    "data": "AAAA",
-                                },
-                            }
-                        ],
-                    }
-                ]
-            },
+            one_image("image/tiff", "AAAA"),
             "media_type",
         ),
         (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "image",
-                                "source": {
-                                    "type": "base64",
-                                    "media_type": "image/jpeg",
-                                    "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB",
-                                },
-                            }
-                        ],
-                    }
-                ]
-            },
+            # PNG bytes said to be JPEG.
+            one_image("image/jpeg", "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"),
             "appears to be a image/png image",
         ),
     ],

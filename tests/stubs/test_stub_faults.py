@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from lakehouse.stubs import Fault, StubUpstream
+from tests.stubs.conftest import MakeStub, posted
 
 pytestmark = pytest.mark.anyio
 
-MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "user", "content": "hi there"}]
 CHAT = {
     "ollama": "/api/chat",
@@ -51,8 +51,7 @@ async def call(
     http: aiohttp.ClientSession, stub: StubUpstream, stream: bool = False, **kw: Any
 ) -> tuple[int, Any, bytes]:
     url, body = request(stub, stream)
-    async with http.post(url, json=body, **kw) as resp:
-        return resp.status, resp.headers, await resp.read()
+    return await posted(http, url, body, **kw)
 
 
 async def until_closed(stub: StubUpstream) -> int:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from lakehouse.stubs import Fault, StubUpstream
+from lakehouse.stubs import Fault
+from tests.stubs.conftest import MakeStub
 
 pytestmark = pytest.mark.anyio
 
-MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "user", "content": "hi there"}]
 
 

@@ -6,17 +6,14 @@ tables of documented bodies."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
-from lakehouse.stubs import StubUpstream
+from tests.stubs.conftest import MakeStub, poster
 
 pytestmark = pytest.mark.anyio
 
-MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi there"}]
 ANSWER = "Hello from the stub. You said: hi there"
 REASONING = {
@@ -28,31 +25,7 @@ MODEL = {"openrouter": "moonshotai/kimi-k2.6", "opencode": "kimi-k2.6", "kimi": 
 AUTH = {"Authorization": "Bearer k"}
 
 
-@pytest.fixture
-async def make_stub() -> AsyncIterator[MakeStub]:
-    stubs: list[StubUpstream] = []
-
-    async def make(flavour: str, **options: Any) -> StubUpstream:
-        stub = StubUpstream(flavour, **options)
-        await stub.start()
-        stubs.append(stub)
-        return stub
-
-    yield make
-    for stub in stubs:
-        await stub.stop()
-
-
-async def chat(
-    http: aiohttp.ClientSession,
-    stub: StubUpstream,
-    body: Any,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any, bytes]:
-    async with http.post(
-        stub.base_url + "/chat/completions", json=body, headers=headers or AUTH
-    ) as resp:
-        return resp.status, resp.headers, await resp.read()
+chat = poster("/chat/completions", AUTH)
 
 
 def events(raw: bytes) -> tuple[list[str], list[Any]]:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from lakehouse.stubs import Fault, Received, StubUpstream
+from tests.stubs.conftest import MakeStub
 
 pytestmark = pytest.mark.anyio
 
-MakeStub = Callable[..., Awaitable[StubUpstream]]
 HI = [{"role": "user", "content": "hi"}]
 
 

@@ -5,8 +5,6 @@ tests/test_opencode_e2e.py)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -16,43 +14,27 @@ from lakehouse import errors
 from lakehouse.plugin_api import (
     ANTHROPIC_ERROR_KINDS,
     AnthropicMessagesProvider,
-    ChatRequest,
     Flavour,
     Message,
     MessagesOptions,
-    ProviderContext,
 )
 from lakehouse.upstreams.anthropic_messages_request import thinking
 from lakehouse.upstreams.anthropic_messages_stream import MessagesFold
-from lakehouse.wire import ImagePart, ImageURL, StreamDelta, TextPart, ToolCallChunk
-from tests.support import mock_upstream
+from lakehouse.wire import ImagePart, ImageURL, StreamDelta, ToolCallChunk
+from tests import upstream_cases as cases
 
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-ant-test-0123456789SECRET"
 BASE = "https://claude.test/v1"
-URL = BASE + "/messages"
-HI = [Message("system", "be brief"), Message("user", "hi")]
 
 
 def make(**options: Any) -> AnthropicMessagesProvider:
-    ctx = ProviderContext(
-        name="claude", base_url=BASE, key=KEY, timeout=5, options=MessagesOptions(**options)
-    )
+    ctx = cases.context("claude", BASE, KEY, MessagesOptions(**options))
     return AnthropicMessagesProvider(ctx, Flavour(error_kinds=ANTHROPIC_ERROR_KINDS))
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[AnthropicMessagesProvider]:
-    p = make()
-    await p.start()
-    yield p
-    await p.close()
-
-
-def body(provider: AnthropicMessagesProvider, **kw: Any) -> Any:
-    messages = kw.pop("messages", HI)
-    return json.loads(provider.body(ChatRequest(model="m", messages=messages, **kw), "m"))
+provider = cases.provider_fixture(make)
 
 
 def message(*content: dict[str, Any], stop: str = "end_turn") -> dict[str, Any]:
@@ -76,7 +58,7 @@ def message(*content: dict[str, Any], stop: str = "end_turn") -> dict[str, Any]:
 
 
 def test_system_is_top_level_and_max_tokens_always_sent() -> None:
-    sent = body(make(default_max_tokens=321), stop=["X"], seed=5, presence_penalty=0.0)
+    sent = cases.sent_body(make(default_max_tokens=321), stop=["X"], seed=5, presence_penalty=0.0)
     assert sent == {
         "model": "m",
         "system": "be brief",
@@ -91,16 +73,12 @@ def test_system_is_top_level_and_max_tokens_always_sent() -> None:
     "field", [{"logprobs": True}, {"presence_penalty": 0.5}, {"frequency_penalty": -1.0}]
 )
 def test_what_messages_cannot_carry_is_refused_by_name(field: dict[str, Any]) -> None:
-    with pytest.raises(errors.BadRequest) as info:
-        body(make(), **field)
-    (name,) = field
-    assert info.value.path == f"$.{name}"
-    assert "Anthropic Messages" in info.value.message
+    cases.check_refused_by_name(make(), field, "Anthropic Messages")
 
 
 def test_only_system_messages_is_a_clear_400() -> None:
     with pytest.raises(errors.BadRequest, match="user or assistant"):
-        body(make(), messages=[Message("system", "x")])
+        cases.sent_body(make(), messages=[Message("system", "x")])
 
 
 @pytest.mark.parametrize(
@@ -121,10 +99,10 @@ def test_thinking_budget(think: Any, cap: int, budget: int | None) -> None:
 
 
 def test_sampling_dropped_with_thinking_on() -> None:
-    sent = body(make(), think=True, temperature=0.3, top_p=0.5, max_tokens=5000)
+    sent = cases.sent_body(make(), think=True, temperature=0.3, top_p=0.5, max_tokens=5000)
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
     assert "temperature" not in sent and "top_p" not in sent
-    sent = body(make(), temperature=0.3, top_p=0.5)
+    sent = cases.sent_body(make(), temperature=0.3, top_p=0.5)
     assert (sent["temperature"], sent["top_p"]) == (0.3, 0.5)
 
 
@@ -142,7 +120,7 @@ def test_consecutive_tool_results_share_one_user_turn() -> None:
         ],
         list[Message],
     )
-    sent = body(make(), messages=messages)
+    sent = cases.sent_body(make(), messages=messages)
     # Ids are made safe for Anthropic, the same way on both sides.
     a_1 = sent["messages"][1]["content"][1]["id"]
     assert a_1.startswith("a_1_")
@@ -165,6 +143,10 @@ def test_consecutive_tool_results_share_one_user_turn() -> None:
     ]
 
 
+async def call(provider: AnthropicMessagesProvider, **reply: Any) -> tuple[Any, Any]:
+    return await cases.exchange(provider, BASE + "/messages", **reply)
+
+
 @pytest.mark.parametrize(
     "options,sent",
     [
@@ -173,15 +155,8 @@ def test_consecutive_tool_results_share_one_user_turn() -> None:
     ],
 )
 async def test_key_in_x_api_key_or_bearer(options: dict[str, Any], sent: dict[str, str]) -> None:
-    provider = make(**options)
-    await provider.start()
-    try:
-        with mock_upstream() as mock:
-            mock.post(URL, payload=message({"type": "text", "text": "hi"}))
-            await provider.chat(ChatRequest(model="m", messages=HI), "m")
-            (request,) = next(iter(mock.requests.values()))
-    finally:
-        await provider.close()
+    async with cases.started(make(**options)) as provider:
+        _, request = await call(provider, payload=message({"type": "text", "text": "hi"}))
     headers = {k.lower(): v for k, v in request.kwargs["headers"].items()}
     assert headers["anthropic-version"] == "2023-06-01"
     for name, value in sent.items():
@@ -193,16 +168,10 @@ async def test_key_in_x_api_key_or_bearer(options: dict[str, Any], sent: dict[st
 # -- whole replies ----------------------------------------------------------------
 
 
-async def call(provider: AnthropicMessagesProvider, **reply: Any) -> Any:
-    with mock_upstream() as mock:
-        mock.post(URL, **reply)
-        return await provider.chat(ChatRequest(model="m", messages=HI), "m")
-
-
 async def test_reply_maps_content_reasoning_calls_and_tokens(
     provider: AnthropicMessagesProvider,
 ) -> None:
-    out = await call(
+    out, _ = await call(
         provider,
         payload=message(
             {"type": "thinking", "thinking": "hmm", "signature": "s"},
@@ -233,7 +202,7 @@ async def test_reply_maps_content_reasoning_calls_and_tokens(
     ],
 )
 async def test_stop_reasons(provider: AnthropicMessagesProvider, stop: str, done: str) -> None:
-    out = await call(provider, payload=message({"type": "text", "text": "x"}, stop=stop))
+    out, _ = await call(provider, payload=message({"type": "text", "text": "x"}, stop=stop))
     assert out.done_reason == done
 
 
@@ -262,14 +231,10 @@ async def test_errors(
     error: type[errors.ChatdError],
     retry_after: float | None,
 ) -> None:
-    with pytest.raises(errors.ChatdError) as info:
-        await call(
-            provider, status=status, payload=anthropic(kind, f"{KEY} {kind}"), headers=headers
-        )
-    assert type(info.value) is error
-    assert info.value.upstream_status == status
-    assert info.value.retry_after == retry_after
-    assert kind in info.value.message and KEY not in info.value.message
+    # The reply quotes the key back: the error keeps the kind, not the key.
+    case = cases.ErrorReply(status, anthropic(kind, f"{KEY} {kind}"), error, retry_after, headers)
+    raised = await case.check(call(provider, **case.reply), kind)
+    assert KEY not in raised.message
 
 
 async def test_a_200_with_an_error_body_is_an_error(provider: AnthropicMessagesProvider) -> None:
@@ -287,8 +252,7 @@ async def test_html_is_a_bad_response(provider: AnthropicMessagesProvider) -> No
 
 def fold_all(*events: dict[str, Any]) -> tuple[list[StreamDelta], MessagesFold]:
     fold = MessagesFold("claude", "m", KEY)
-    deltas = [d for e in events if (d := fold.add(msgspec.json.encode(e))) is not None]
-    return deltas, fold
+    return cases.fold_events(fold, *events), fold
 
 
 START = {"type": "message_start", "message": {"model": "claude-x", "usage": {"input_tokens": 9}}}
@@ -384,7 +348,7 @@ async def test_a_whole_reply_cut_off_in_a_tool_call_ends_in_length(
     provider: AnthropicMessagesProvider,
 ) -> None:
     use = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
-    out = await call(provider, payload=message(use, stop="max_tokens"))
+    out, _ = await call(provider, payload=message(use, stop="max_tokens"))
     assert out.done_reason == "length"
 
 
@@ -399,7 +363,7 @@ async def test_a_whole_reply_cut_off_in_a_tool_call_ends_in_length(
 )
 def test_image_media_type_is_what_the_bytes_say(url: str, media: str) -> None:
     seeing = Message("user", [ImagePart(ImageURL(url))])
-    (turn,) = body(make(), messages=[seeing])["messages"]
+    (turn,) = cases.sent_body(make(), messages=[seeing])["messages"]
     assert turn["content"][0]["source"]["media_type"] == media
 
 
@@ -414,23 +378,18 @@ def test_a_tool_use_without_an_id_is_relayed_with_the_id_of_the_final_answer() -
         {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}},
         {"type": "message_stop"},
     )
-    first = deltas[0].tool_calls
-    final = fold.result().tool_calls
-    assert first is not None and final is not None
-    assert first[0].id and first[0].id == final[0].id
+    cases.check_first_call_id_is_the_final_one(deltas, fold)
 
 
 @pytest.mark.parametrize("role", ["system", "assistant"])
 def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
     # Messages' system is text and an assistant turn holds no image: the
     # image would be lost on the way, so it is refused naming where it is.
-    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
-    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(png))])
-    with pytest.raises(errors.BadRequest) as info:
-        body(make(), messages=[seeing, Message("user", "hi")])
-    assert info.value.path == "$.messages[0].content"
+    cases.image_refused_outside_user_turns(make(), role)
     with pytest.raises(errors.BadRequest) as bare:
-        body(make(), messages=[Message(role, "look", images=[png]), Message("user", "hi")])
+        cases.sent_body(
+            make(), messages=[Message(role, "look", images=[cases.PNG]), Message("user", "hi")]
+        )
     assert bare.value.path == "$.messages[0].images"
 
 
@@ -449,11 +408,11 @@ def test_thinking_without_max_tokens_keeps_the_answers_room(
 ) -> None:
     # max_tokens counts thinking too: cutting the budget to fit the default
     # 4096 left the answer one token (budget 4095 of 4096).
-    sent = body(make(default_max_tokens=4096), think=think)
+    sent = cases.sent_body(make(default_max_tokens=4096), think=think)
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": budget}
     assert sent["max_tokens"] == cap
 
 
 def test_a_callers_max_tokens_is_kept_with_thinking() -> None:
-    sent = body(make(), think=True, max_tokens=5000)
+    sent = cases.sent_body(make(), think=True, max_tokens=5000)
     assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (5000, 4096)

@@ -4,7 +4,6 @@ badly. (The same against the real stub: tests/test_streaming_providers.py.)"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -12,6 +11,7 @@ import pytest
 
 from lakehouse import errors
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
+from tests import upstream_cases as cases
 from tests.support import build_provider, mock_upstream
 
 pytestmark = pytest.mark.anyio
@@ -42,12 +42,7 @@ DONE = {
 }
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[Any]:
-    p = build_provider("ollama", BASE)
-    await p.start()
-    yield p
-    await p.close()
+provider = cases.provider_fixture(lambda: build_provider("ollama", BASE))
 
 
 async def run(

@@ -8,8 +8,6 @@ meets them; split the error cases out if they grow."""
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,9 +19,10 @@ from lakehouse.plugin_api import (
     Message,
     OpenAICompatOptions,
     OpenAICompatProvider,
-    ProviderContext,
 )
+from tests import upstream_cases as cases
 from tests.support import mock_upstream
+from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -35,23 +34,13 @@ URL = BASE + "/chat/completions"
 def make(
     flavour: Flavour | None = None, base: str = BASE, key: str | None = KEY, **options: Any
 ) -> OpenAICompatProvider:
-    ctx = ProviderContext(
-        name="compat",
-        base_url=base,
-        key=key,
-        timeout=5,
-        headers={"X-Extra": "yes"},
-        options=OpenAICompatOptions(**options),
+    ctx = cases.context(
+        "compat", base, key, OpenAICompatOptions(**options), headers={"X-Extra": "yes"}
     )
     return OpenAICompatProvider(ctx, flavour or Flavour())
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[OpenAICompatProvider]:
-    p = make()
-    await p.start()
-    yield p
-    await p.close()
+provider = cases.provider_fixture(make)
 
 
 def request(**kw: Any) -> ChatRequest:
@@ -80,17 +69,8 @@ def completion(message: dict[str, Any] | None = None, **kw: Any) -> dict[str, An
     return out
 
 
-def only_call(mock: mock_upstream) -> Any:
-    calls = [c for cs in mock.requests.values() for c in cs]
-    assert len(calls) == 1
-    return calls[0]
-
-
 async def call(provider: OpenAICompatProvider, req: ChatRequest | None = None, **reply: Any) -> Any:
-    with mock_upstream() as mock:
-        mock.post(URL, **reply)
-        out = await provider.chat(req or request(), "vendor/model:free")
-        return out, only_call(mock)
+    return await cases.exchange(provider, URL, req or request(), "vendor/model:free", **reply)
 
 
 async def test_request_path_headers_and_minimal_body(provider: OpenAICompatProvider) -> None:
@@ -143,20 +123,16 @@ async def test_schema_format_becomes_json_schema(provider: OpenAICompatProvider)
 async def test_cap_field_from_flavour_or_option(
     flavour: Flavour, options: dict[str, Any], field: str
 ) -> None:
-    p = make(flavour, **options)
-    await p.start()
-    _, sent = await call(p, request(max_tokens=64), payload=completion())
-    await p.close()
+    async with cases.started(make(flavour, **options)) as p:
+        _, sent = await call(p, request(max_tokens=64), payload=completion())
     body = json.loads(sent.kwargs["data"])
     assert body[field] == 64
     assert {"max_tokens", "max_completion_tokens"} & set(body) == {field}
 
 
 async def test_drop_temperature_option() -> None:
-    p = make(drop_temperature=True)
-    await p.start()
-    _, sent = await call(p, request(temperature=0.5, max_tokens=5), payload=completion())
-    await p.close()
+    async with cases.started(make(drop_temperature=True)) as p:
+        _, sent = await call(p, request(temperature=0.5, max_tokens=5), payload=completion())
     assert "temperature" not in json.loads(sent.kwargs["data"])
 
 
@@ -270,100 +246,75 @@ def oai(message: str, type_: str | None = None, code: Any = None) -> dict[str, A
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "headers", "error", "retry_after"),
+    "case",
     [
-        (
+        cases.ErrorReply(
             401,
             oai("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
-            {},
             errors.UpstreamAuth,
-            None,
         ),
-        (403, oai("Forbidden in your region", "permission_error"), {}, errors.UpstreamAuth, None),
-        (
+        cases.ErrorReply(
+            403, oai("Forbidden in your region", "permission_error"), errors.UpstreamAuth
+        ),
+        cases.ErrorReply(
             402,
             {"error": {"code": 402, "message": "Insufficient credits", "metadata": {}}},
-            {},
             errors.UpstreamQuota,
-            None,
         ),
-        (
+        cases.ErrorReply(
             429,
             oai("Rate limit reached", "requests", "rate_limit_exceeded"),
-            {"Retry-After": "7"},
             errors.UpstreamRateLimited,
             7.0,
+            {"Retry-After": "7"},
         ),
-        (
+        cases.ErrorReply(
             429,
             oai("Rate limit reached", "rate_limit_reached_error"),
-            {"retry-after-ms": "1500", "Retry-After": "9"},
             errors.UpstreamRateLimited,
             1.5,
+            {"retry-after-ms": "1500", "Retry-After": "9"},
         ),
-        (429, oai("Slow down"), {}, errors.UpstreamRateLimited, None),
-        (
+        cases.ErrorReply(429, oai("Slow down"), errors.UpstreamRateLimited),
+        cases.ErrorReply(
             429,
             oai("You exceeded your current quota", "insufficient_quota", "insufficient_quota"),
-            {},
             errors.UpstreamQuota,
-            None,
         ),
-        (
+        cases.ErrorReply(
             429,
             oai("Your account is suspended", "exceeded_current_quota_error"),
-            {},
             errors.UpstreamQuota,
-            None,
         ),
-        (
-            429,
-            oai("You've reached your usage limit for this period"),
-            {},
-            errors.UpstreamQuota,
-            None,
+        cases.ErrorReply(
+            429, oai("You've reached your usage limit for this period"), errors.UpstreamQuota
         ),
-        (
-            403,
-            oai("You've reached your usage limit for this billing cycle"),
-            {},
-            errors.UpstreamQuota,
-            None,
+        cases.ErrorReply(
+            403, oai("You've reached your usage limit for this billing cycle"), errors.UpstreamQuota
         ),
-        (
+        cases.ErrorReply(
             400,
             oai("invalid temperature: only 1 is allowed for this model", "invalid_request_error"),
-            {},
             errors.UpstreamRejected,
-            None,
         ),
-        (
+        cases.ErrorReply(
             404,
             oai("The model `x` does not exist", "invalid_request_error", "model_not_found"),
-            {},
             errors.UpstreamRejected,
-            None,
         ),
-        (408, oai("Request timed out"), {}, errors.UpstreamTimeout, None),
-        (500, oai("The server had an error", "server_error"), {}, errors.UpstreamError, None),
-        (503, oai("No provider available"), {"Retry-After": "3"}, errors.UpstreamError, 3.0),
+        cases.ErrorReply(408, oai("Request timed out"), errors.UpstreamTimeout),
+        cases.ErrorReply(500, oai("The server had an error", "server_error"), errors.UpstreamError),
+        cases.ErrorReply(
+            503, oai("No provider available"), errors.UpstreamError, 3.0, {"Retry-After": "3"}
+        ),
     ],
+    ids=cases.error_id,
 )
 async def test_error_shapes_and_statuses(
-    provider: OpenAICompatProvider,
-    status: int,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    error: type[errors.ChatdError],
-    retry_after: float | None,
+    provider: OpenAICompatProvider, case: cases.ErrorReply
 ) -> None:
-    with pytest.raises(errors.ChatdError) as info:
-        await call(provider, status=status, payload=body, headers=headers)
-    assert type(info.value) is error
-    assert info.value.upstream_status == status
-    assert info.value.retry_after == retry_after
-    assert body["error"]["message"] in info.value.message
-    assert info.value.message.startswith(f"compat answered {status}")
+    raised = await case.check(call(provider, **case.reply), case.body["error"]["message"])
+    assert raised.message.startswith(f"compat answered {case.status}")
 
 
 @pytest.mark.parametrize(
@@ -412,24 +363,14 @@ async def test_redirect_is_not_followed(provider: OpenAICompatProvider) -> None:
 
 
 async def test_connection_refused_is_unreachable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    p = make(base=f"http://127.0.0.1:{port}/v1")
-    await p.start()
-    try:
+    async with cases.started(make(base=f"http://127.0.0.1:{free_port()}/v1")) as p:
         with pytest.raises(errors.UpstreamUnreachable) as info:
             await p.chat(request(), "m")
-    finally:
-        await p.close()
     assert KEY not in info.value.message
 
 
 async def test_timeout_is_upstream_timeout(provider: OpenAICompatProvider) -> None:
-    with mock_upstream() as mock:
-        mock.post(URL, exception=TimeoutError())
-        with pytest.raises(errors.UpstreamTimeout):
-            await provider.chat(request(), "m")
+    await cases.check_timeout(provider, URL, request())
 
 
 @pytest.mark.parametrize(
@@ -470,17 +411,15 @@ async def test_probe_is_free_unless_a_path_is_set(provider: OpenAICompatProvider
     with mock_upstream() as mock:
         assert await provider.probe() is True
         assert not mock.requests
-    p = make(probe_path="/models")
-    await p.start()
-    with mock_upstream() as mock:
-        mock.get(BASE + "/models", payload={"data": []})
-        assert await p.probe() is True
-        sent = only_call(mock)
-        assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
-    with mock_upstream() as mock:
-        mock.get(BASE + "/models", status=401, payload=oai("bad key"))
-        assert await p.probe() is False
-    await p.close()
+    async with cases.started(make(probe_path="/models")) as p:
+        with mock_upstream() as mock:
+            mock.get(BASE + "/models", payload={"data": []})
+            assert await p.probe() is True
+            sent = cases.only_request(mock)
+            assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+        with mock_upstream() as mock:
+            mock.get(BASE + "/models", status=401, payload=oai("bad key"))
+            assert await p.probe() is False
 
 
 def test_needs_a_key() -> None:

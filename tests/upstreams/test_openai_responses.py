@@ -5,52 +5,35 @@ tests/test_opencode_e2e.py)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import pytest
 
 from lakehouse import errors
 from lakehouse.plugin_api import (
     ChatRequest,
     Flavour,
-    Message,
     OpenAIResponsesProvider,
-    ProviderContext,
     ResponsesOptions,
 )
 from lakehouse.upstreams.openai_responses_stream import ResponsesFold
-from lakehouse.wire import ImagePart, ImageURL, StreamDelta, TextPart, ToolCallChunk
+from lakehouse.wire import StreamDelta, ToolCallChunk
+from tests import upstream_cases as cases
 from tests.support import mock_upstream
 
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-0123456789SECRET"
 BASE = "https://gpt.test/v1"
-URL = BASE + "/responses"
-HI = [Message("system", "be brief"), Message("user", "hi")]
 
 
 def make(**options: Any) -> OpenAIResponsesProvider:
-    ctx = ProviderContext(
-        name="gpt", base_url=BASE, key=KEY, timeout=5, options=ResponsesOptions(**options)
+    return OpenAIResponsesProvider(
+        cases.context("gpt", BASE, KEY, ResponsesOptions(**options)), Flavour()
     )
-    return OpenAIResponsesProvider(ctx, Flavour())
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[OpenAIResponsesProvider]:
-    p = make()
-    await p.start()
-    yield p
-    await p.close()
-
-
-def body(provider: OpenAIResponsesProvider, **kw: Any) -> Any:
-    messages = kw.pop("messages", HI)
-    return json.loads(provider.body(ChatRequest(model="m", messages=messages, **kw), "m"))
+provider = cases.provider_fixture(make)
 
 
 def response(*output: dict[str, Any], status: str = "completed", **extra: Any) -> dict[str, Any]:
@@ -77,7 +60,7 @@ REASONING = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "
 
 
 def test_body() -> None:
-    sent = body(make(), max_tokens=3, seed=1, temperature=0.4, format={"type": "object"})
+    sent = cases.sent_body(make(), max_tokens=3, seed=1, temperature=0.4, format={"type": "object"})
     assert sent == {
         "model": "m",
         "instructions": "be brief",
@@ -93,35 +76,31 @@ def test_body() -> None:
 
 
 def test_sampling_sent_when_not_dropped() -> None:
-    sent = body(make(drop_sampling=False), temperature=0.4, top_p=0.9)
+    sent = cases.sent_body(make(drop_sampling=False), temperature=0.4, top_p=0.9)
     assert (sent["temperature"], sent["top_p"]) == (0.4, 0.9)
 
 
 @pytest.mark.parametrize(("think", "effort"), [(True, "medium"), ("low", "low"), ("max", "high")])
 def test_think_is_reasoning_effort(think: Any, effort: str) -> None:
-    assert body(make(), think=think)["reasoning"] == {"effort": effort, "summary": "auto"}
-    assert "reasoning" not in body(make(), think=False)
+    assert cases.sent_body(make(), think=think)["reasoning"] == {
+        "effort": effort,
+        "summary": "auto",
+    }
+    assert "reasoning" not in cases.sent_body(make(), think=False)
 
 
 @pytest.mark.parametrize("field", [{"logprobs": True}, {"stop": ["X"]}, {"presence_penalty": 1.0}])
 def test_what_responses_cannot_carry_is_refused_by_name(field: dict[str, Any]) -> None:
-    with pytest.raises(errors.BadRequest) as info:
-        body(make(), **field)
-    (name,) = field
-    assert info.value.path == f"$.{name}"
-    assert "OpenAI Responses" in info.value.message
+    cases.check_refused_by_name(make(), field, "OpenAI Responses")
 
 
 # -- whole replies ----------------------------------------------------------------
 
 
 async def call(provider: OpenAIResponsesProvider, **reply: Any) -> Any:
-    with mock_upstream() as mock:
-        mock.post(URL, **reply)
-        out = await provider.chat(ChatRequest(model="m", messages=HI), "m")
-        (sent,) = [c for cs in mock.requests.values() for c in cs]
-        assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
-        return out
+    out, sent = await cases.exchange(provider, BASE + "/responses", **reply)
+    assert sent.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+    return out
 
 
 async def test_reply(provider: OpenAIResponsesProvider) -> None:
@@ -154,38 +133,37 @@ async def test_failed_is_an_upstream_error(provider: OpenAIResponsesProvider) ->
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "error"),
+    "case",
     [
-        (
+        cases.ErrorReply(
             400,
             {"error": {"message": "bad", "type": "invalid_request_error"}},
             errors.UpstreamRejected,
         ),
-        (
+        cases.ErrorReply(
             401,
             {"error": {"message": "bad key", "type": "invalid_request_error"}},
             errors.UpstreamAuth,
         ),
-        (429, {"error": {"message": "quota", "code": "insufficient_quota"}}, errors.UpstreamQuota),
-        (
+        cases.ErrorReply(
+            429, {"error": {"message": "quota", "code": "insufficient_quota"}}, errors.UpstreamQuota
+        ),
+        cases.ErrorReply(
             429,
             {"error": {"message": "slow down", "code": "rate_limit_exceeded"}},
             errors.UpstreamRateLimited,
         ),
-        (
+        cases.ErrorReply(
             401,
             {"type": "error", "error": {"type": "CreditsError", "message": "no"}},
             errors.UpstreamError,
         ),
-        (503, {"error": {"message": "down"}}, errors.UpstreamError),
+        cases.ErrorReply(503, {"error": {"message": "down"}}, errors.UpstreamError),
     ],
+    ids=cases.error_id,
 )
-async def test_errors(
-    provider: OpenAIResponsesProvider, status: int, body: Any, error: type[errors.ChatdError]
-) -> None:
-    with pytest.raises(errors.ChatdError) as info:
-        await call(provider, status=status, payload=body)
-    assert type(info.value) is error
+async def test_errors(provider: OpenAIResponsesProvider, case: cases.ErrorReply) -> None:
+    await case.check(call(provider, **case.reply), case.body["error"]["message"])
 
 
 # -- the stream fold --------------------------------------------------------------
@@ -193,8 +171,7 @@ async def test_errors(
 
 def fold_all(*events: dict[str, Any]) -> tuple[list[StreamDelta], ResponsesFold]:
     fold = ResponsesFold("gpt", "m", KEY)
-    deltas = [d for e in events if (d := fold.add(msgspec.json.encode(e))) is not None]
-    return deltas, fold
+    return cases.fold_events(fold, *events), fold
 
 
 def test_stream_fold() -> None:
@@ -258,8 +235,8 @@ async def test_a_done_sentinel_before_the_terminal_event_is_a_cut_stream(
 ) -> None:
     sse = b'data: {"type":"response.output_text.delta","delta":"H"}\n\ndata: [DONE]\n\n'
     with mock_upstream() as mock:
-        mock.post(URL, body=sse, content_type="text/event-stream")
-        stream = provider.stream(ChatRequest(model="m", messages=HI), "m")
+        mock.post(BASE + "/responses", body=sse, content_type="text/event-stream")
+        stream = provider.stream(ChatRequest(model="m", messages=cases.HI), "m")
         assert await anext(stream) == StreamDelta(content="H")
         with pytest.raises(errors.UpstreamBadResponse, match=r"without response\.completed"):
             await anext(stream)
@@ -287,21 +264,13 @@ def test_a_call_without_ids_is_relayed_with_the_id_of_the_final_answer() -> None
         {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": "{}"},
         {"type": "response.completed", "response": response({**item, "arguments": "{}"})},
     )
-    first = deltas[0].tool_calls
-    final = fold.result().tool_calls
-    assert first is not None and final is not None
-    assert first[0].id and first[0].id == final[0].id
+    cases.check_first_call_id_is_the_final_one(deltas, fold)
 
 
 @pytest.mark.parametrize("role", ["system", "assistant"])
 def test_images_outside_user_turns_are_refused_not_dropped(role: Any) -> None:
     # instructions are text, and an assistant item holds output text only.
-    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"
-    seeing = Message(role, [TextPart("look"), ImagePart(ImageURL(png))])
-    with pytest.raises(errors.BadRequest) as info:
-        body(make(), messages=[seeing, Message("user", "hi")])
-    assert info.value.path == "$.messages[0].content"
-    assert "OpenAI Responses" in info.value.message
+    assert "OpenAI Responses" in cases.image_refused_outside_user_turns(make(), role).message
 
 
 REFUSAL = {
