@@ -9,6 +9,14 @@ header made once a second, and the upstream call through
 ``HTTPClient`` (aiohttp without its session layer): what chatd could cost
 if its own work were free.
 
+A request whose body asks for a stream (``"stream":true``) gets the
+upstream's NDJSON stream relayed as it arrives: each chunk aiohttp reads
+goes out as one ASGI body message (``more_body``), nothing parsed or
+re-encoded (stock: ``ClientSession.post`` and ``content.iter_any()``;
+tuned: ``HTTPClient.stream_post``, chatd's own upstream stream with one
+read timer per stream). Over HTTP/1.1 or h2c, whichever the client
+speaks: the stream rows' floor.
+
     python bench/floor.py --port P --upstream http://127.0.0.1:S [--tuned]
 """
 
@@ -27,6 +35,7 @@ BODY = (
     b'{"model":"qwen3.5:latest","messages":[{"role":"user","content":"hi"}],'
     b'"stream":false,"think":false}'
 )
+STREAMED = b'"stream":true'
 
 
 def app_for(upstream: str, tuned: bool) -> Any:
@@ -52,9 +61,14 @@ def app_for(upstream: str, tuned: bool) -> Any:
                         await client.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        more = True
+        body, more = b"", True
         while more:
-            more = (await receive()).get("more_body", False)
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if STREAMED in body:
+            await relay(body, send)
+            return
         if clients:
             out = (await clients[0].post_json("/api/chat", BODY)).body
         else:
@@ -74,7 +88,31 @@ def app_for(upstream: str, tuned: bool) -> Any:
         )
         await send({"type": "http.response.body", "body": out})
 
+    async def relay(body: bytes, send: Any) -> None:
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/x-ndjson")],
+        }
+        if clients:
+            async with clients[0].stream_post("/api/chat", body, error=refused) as stream:
+                await send(start)
+                async for chunk in stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            async with sessions[0].post(
+                upstream + "/api/chat", data=body, headers={"Content-Type": "application/json"}
+            ) as resp:
+                await send(start)
+                async for chunk in resp.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
     return app
+
+
+def refused(reply: Any) -> Exception:
+    return RuntimeError(f"the stub answered {reply.status}")
 
 
 def main() -> None:

@@ -58,6 +58,27 @@ from stream_rows import (
 # --------------------------------------------------------------------------- main
 
 
+def start_floor(
+    cpu: str | None, upstream: str, extra: list[str]
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """``bench/floor.py`` relaying ``upstream``, pinned to ``cpu``, once it answers."""
+    port = free_port()
+    floor = subprocess.Popen(
+        pinned(cpu, [sys.executable, str(BENCH / "floor.py"), "--port", str(port),
+                     "--upstream", upstream, *extra]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if http("POST", f"{url}/", chat_body())[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return url, floor
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description="Benchmark chatd against a stub.")
     p.add_argument("--runs", type=int, help="rounds; each figure is their median (3)")
@@ -83,6 +104,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--chunks", type=int, help="chunks per streamed answer (50)")
     p.add_argument("--stream-duration", type=float, help="seconds of new streams per run (10)")
+    p.add_argument(
+        "--no-floor-streams",
+        dest="floor_streams",
+        action="store_false",
+        help="no floor stream rows (bare Hypercorn + aiohttp relaying the stub's stream)",
+    )
     p.add_argument("--chatd-cpu", default="0", help="CPU for chatd (taskset -c)")
     p.add_argument("--load-cpu", default="1", help="CPU for the stubs and load generators")
     args = p.parse_args(argv)
@@ -288,23 +315,26 @@ def main(argv: list[str]) -> int:
             floor_urls: dict[str, str] = {}
             floor_pids: dict[str, int] = {}
             for name, extra in (("floor", []), ("tuned", ["--tuned"])):
-                floor_port = free_port()
-                floor = subprocess.Popen(
-                    pinned(chatd_cpu, [sys.executable, str(BENCH / "floor.py"), "--port",
-                                       str(floor_port), "--upstream",
-                                       f"http://127.0.0.1:{fast_port}", *extra]),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                floor_urls[name], floor = start_floor(
+                    chatd_cpu, f"http://127.0.0.1:{fast_port}", extra
+                )
                 procs.insert(0, floor)
-                floor_urls[name] = f"http://127.0.0.1:{floor_port}"
                 floor_pids[name] = floor.pid
-                for _ in range(100):
-                    try:
-                        if http("POST", f"{floor_urls[name]}/", chat_body())[0] == 200:
-                            break
-                    except OSError:
-                        pass
-                    time.sleep(0.1)
+            # The stream rows' floors: one per kind and chunk pace, on chatd's
+            # core, each relaying that pace's stub; idle RSS after a few streams.
+            sfloor_urls: dict[str, dict[float, str]] = {"floor": {}, "tuned": {}}
+            sfloor_pids: dict[str, int] = {}
+            stream_idle = {"schatd": stream_idle_mb}
+            for name, extra in (("floor", []), ("tuned", ["--tuned"])):
+                for _, ms in args.stream_levels if args.floor_streams else ():
+                    url, sfloor = start_floor(chatd_cpu, stub_urls[ms], extra)
+                    procs.insert(0, sfloor)
+                    sfloor_urls[name][ms] = url
+                    sfloor_pids[f"{name}{ms:g}"] = sfloor.pid
+                    for _ in range(5):
+                        http("POST", f"{url}/", stream_body())
+                    time.sleep(0.5)
+                    stream_idle[f"{name}{ms:g}"] = rss_kb(sfloor.pid) / 1024
             # The gateway is not pinned: on two cores there is none to give it,
             # and the scheduler places it where there is room.
             gateway = start_gateway(None, config, gateway_port, out_dir / "gateway.log")
@@ -320,7 +350,10 @@ def main(argv: list[str]) -> int:
                 if row.tool in missing
             ]
             rows = [row for row in rows if row.tool not in missing]
-            srows = build_stream_rows(args, stub_urls, schatd_url, openai_ok)
+            srows = build_stream_rows(
+                args, stub_urls, schatd_url, openai_ok,
+                sfloor_urls if args.floor_streams else None,
+            )  # fmt: skip
             longest = args.chunks * max((ms for _, ms in args.stream_levels), default=0) / 1000
             total = len(rows) * args.runs * (args.duration + 0.5)
             total += len(srows) * args.runs * (args.stream_duration + longest + 1)
@@ -359,8 +392,9 @@ def main(argv: list[str]) -> int:
                 for row in every[shift:] + every[:shift]:
                     if isinstance(row, StreamRow):
                         stream = run_stream_row(
-                            row, args.stream_duration, load_cpu, schatd.pid, stub_pids
-                        )
+                            row, args.stream_duration, load_cpu,
+                            {"schatd": schatd.pid, **sfloor_pids}, stub_pids,
+                        )  # fmt: skip
                         row.samples.append(stream)
                         print(
                             f"  round {rnd + 1}/{args.runs} {row.label:<45} n={row.streams:<5}"
@@ -421,8 +455,8 @@ def main(argv: list[str]) -> int:
     stream_rss = (stream_idle_mb, stream_peak_mb)
     report = render(
         args, rows, skipped, idle_mb, peak_mb, started, pin, shutdown, stub_alone,
-        stream_lines(args, srows, stream_rss) + burst_lines(bursts),
-        h2_budget(rows, srows, stream_idle_mb),
+        stream_lines(args, srows, stream_rss, stream_idle) + burst_lines(bursts),
+        h2_budget(rows, srows, stream_idle),
         sum(s.errors for r in srows for s in r.samples),
     )  # fmt: skip
     report = report.replace("\n- stub alone:", f"\n{memory}\n- stub alone:", 1)

@@ -53,8 +53,10 @@ class StreamRow:
     tick_ms: float
     body: str
     stub: str
-    via_chatd: bool
+    via_chatd: bool  # through a proxy (chatd, or a floor): its CPU and RSS are counted
     h2: bool = False
+    # The process serving the row: the stream chatd, or a floor (bench/floor.py).
+    proxy: str = "schatd"
     samples: list[StreamSample] = field(default_factory=list)
 
 
@@ -70,10 +72,11 @@ def tick_name(ms: float) -> str:
 
 
 def run_stream_row(
-    row: StreamRow, duration: float, load_cpu: str | None, chatd_pid: int,
+    row: StreamRow, duration: float, load_cpu: str | None, proxy_pids: dict[str, int],
     stub_pids: dict[str, int],
 ) -> StreamSample:  # fmt: skip
     stub_pid = stub_pids[row.stub]
+    chatd_pid = proxy_pids[row.proxy]
     chatd0, stub0 = cpu_ticks(chatd_pid), cpu_ticks(stub_pid)
     argv = [
         sys.executable, str(STREAMS), "--url", row.url, "--streams", str(row.streams),
@@ -107,10 +110,13 @@ def run_stream_row(
 
 
 def build_stream_rows(
-    args: argparse.Namespace, stub_urls: dict[float, str], chatd_url: str, openai_ok: bool
-) -> list[StreamRow]:
-    """Per stream level: the stub directly, then chatd's native NDJSON and
-    OpenAI SSE over HTTP/1.1 and native NDJSON over h2c."""
+    args: argparse.Namespace, stub_urls: dict[float, str], chatd_url: str, openai_ok: bool,
+    floor_urls: dict[str, dict[float, str]] | None = None,
+) -> list[StreamRow]:  # fmt: skip
+    """Per stream level: the stub directly, the floors (``floor_urls``: the
+    stock and the tuned one's URL per chunk pace) over HTTP/1.1 and h2c,
+    then chatd's native NDJSON and OpenAI SSE over HTTP/1.1 and native
+    NDJSON over h2c."""
     rows: list[StreamRow] = []
     first_ms = args.stream_levels[0][1] if args.stream_levels else 0
     for n, ms in args.stream_levels:
@@ -122,6 +128,17 @@ def build_stream_rows(
             StreamRow(f"sdirect/s{n}", f"direct → stub NDJSON ({pace})",
                       f"{stub_urls[ms]}/api/chat", n, ms, body, stub, False)
         )  # fmt: skip
+        conns = -(-n // 100)
+        for name, url in (floor_urls or {}).items():
+            what = "floor: bare Hypercorn + aiohttp relay" if name == "floor" else "floor, tuned"
+            rows.append(
+                StreamRow(f"s{name}-h1/s{n}", f"{what} HTTP/1.1", f"{url[ms]}/", n, ms, body,
+                          stub, True, proxy=f"{name}{ms:g}")
+            )  # fmt: skip
+            rows.append(
+                StreamRow(f"s{name}-h2/s{n}", f"{what} h2c ({conns} conn)", f"{url[ms]}/", n,
+                          ms, body, stub, True, h2=True, proxy=f"{name}{ms:g}")
+            )  # fmt: skip
         rows.append(
             StreamRow(f"snative-h1/s{n}", "chatd /chat NDJSON HTTP/1.1", f"{chatd_url}/chat",
                       n, ms, body, stub, True)
@@ -131,7 +148,6 @@ def build_stream_rows(
                 StreamRow(f"ssse-h1/s{n}", "chatd /v1/chat/completions SSE HTTP/1.1",
                           f"{chatd_url}/v1/chat/completions", n, ms, body, stub, True)
             )  # fmt: skip
-        conns = -(-n // 100)
         rows.append(
             StreamRow(f"snative-h2/s{n}", f"chatd /chat NDJSON h2c ({conns} conn)",
                       f"{chatd_url}/chat", n, ms, body, stub, True, h2=True)
@@ -162,16 +178,16 @@ def added_chunk_p99(rows: list[StreamRow], row: StreamRow) -> list[float]:
     return [s.lat_p99_ms - d.lat_p99_ms for s, d in zip(row.samples, direct.samples, strict=False)]
 
 
-def rss_per_stream(row: StreamRow, idle_mb: float) -> list[float]:
-    """KB of RSS per open stream: the row's peak over chatd's idle RSS."""
+def rss_per_stream(row: StreamRow, idle_mb: dict[str, float]) -> list[float]:
+    """KB of RSS per open stream: the row's peak over its process's idle RSS."""
     return [
-        (s.peak_rss_mb - idle_mb) * 1024 / row.streams
+        (s.peak_rss_mb - idle_mb[row.proxy]) * 1024 / row.streams
         for s in row.samples
         if s.peak_rss_mb is not None
     ]
 
 
-def stream_table(rows: list[StreamRow], idle_mb: float) -> str:
+def stream_table(rows: list[StreamRow], idle_mb: dict[str, float]) -> str:
     lines = [STREAM_HEADER, "|" + "---|" * 13]
     for row in rows:
         s = row.samples
@@ -189,8 +205,9 @@ def stream_table(rows: list[StreamRow], idle_mb: float) -> str:
 
 
 def stream_lines(
-    args: argparse.Namespace, srows: Sequence[StreamRow], stream_rss: tuple[float, float]
-) -> list[str]:
+    args: argparse.Namespace, srows: Sequence[StreamRow], stream_rss: tuple[float, float],
+    idle_mb: dict[str, float],
+) -> list[str]:  # fmt: skip
     """The report's Streaming section."""
     if not srows:
         return []
@@ -208,9 +225,12 @@ def stream_lines(
         "row's, same round. RSS per open stream: (the row's peak RSS - chatd's idle "
         "RSS) ÷ N. These rows are served by a second chatd process (same config, "
         f"same core): idle RSS {stream_rss[0]:.1f} MB, peak RSS (VmHWM) "
-        f"{stream_rss[1]:.1f} MB.",
+        f"{stream_rss[1]:.1f} MB. The floor rows (`bench/floor.py`: the fixed stack "
+        "relaying the stub's bytes as they come, nothing parsed) run on a floor "
+        "process of their own per chunk pace, on chatd's core; their RSS per stream "
+        "is over that process's idle RSS.",
         "",
-        stream_table(list(srows), stream_rss[0]),
+        stream_table(list(srows), idle_mb),
     ]
 
 
@@ -219,7 +239,7 @@ def verdict_of(ok: bool | None) -> str:
 
 
 def h2_budget(
-    rows: list[Row], srows: Sequence[StreamRow], idle_mb: float
+    rows: list[Row], srows: Sequence[StreamRow], idle_mb: dict[str, float]
 ) -> list[tuple[str, str, str]]:
     """The budget lines of issue #18: h2c as cheap as HTTP/1.1, streaming at
     a few times the producer's own cost."""
@@ -241,7 +261,7 @@ def h2_budget(
             verdict_of(med(ratio) <= BUDGET_H2_CPU_RATIO if ratio else None),
         ))  # fmt: skip
     for row in srows:
-        if not row.via_chatd:
+        if not row.via_chatd or row.proxy != "schatd":
             continue
         ratio = [x.chatd_us / x.stub_us for x in row.samples if x.chatd_us and x.stub_us]
         out.append((
@@ -269,7 +289,7 @@ def h2_budget(
     if levels:
         top = levels[-1]
         for row in srows:
-            if row.streams != top or not row.via_chatd:
+            if row.streams != top or not row.via_chatd or row.proxy != "schatd":
                 continue
             added = added_chunk_p99(list(srows), row)
             out.append((
@@ -279,7 +299,7 @@ def h2_budget(
                 verdict_of(med(added) <= BUDGET_ADDED_CHUNK_P99_MS if added else None),
             ))  # fmt: skip
         for row in srows:
-            if row.streams != top or not row.via_chatd:
+            if row.streams != top or not row.via_chatd or row.proxy != "schatd":
                 continue
             kb = rss_per_stream(row, idle_mb)
             out.append((

@@ -72,6 +72,7 @@ from hypercorn.protocol.events import StreamClosed
 
 from lakehouse.h2_guard import GuardMixin
 from lakehouse.h2_tuning import tuned_h2_protocol
+from lakehouse.h11_tuning import tuned_h11_protocol
 from lakehouse.slow_clients import SlowClientMixin
 from lakehouse.tasks import wait_closed
 
@@ -79,6 +80,8 @@ from lakehouse.tasks import wait_closed
 CHECKED_VERSIONS = ("0.18.",)
 # h2 versions lakehouse.h2_tuning's contract tests passed on.
 CHECKED_H2_VERSIONS = ("4.",)
+# h11 versions lakehouse.h11_tuning's contract tests passed on.
+CHECKED_H11_VERSIONS = ("0.16.",)
 # H2Protocol's constructor, as hypercorn.protocol.ProtocolWrapper calls it.
 H2_PARAMETERS = (
     "app",
@@ -317,9 +320,10 @@ def _wrapper_problems() -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class H2Choice:
     """What ``hypercorn.protocol.ProtocolWrapper`` calls as ``H2Protocol``
-    once installed: each connection's protocol class, picked by its
-    server's config (``ServerConfig.chatd_tuned``), as ``server_for`` picks
-    the TCPServer; a process may serve tuned and stock servers at once."""
+    (and as ``H11Protocol``: both take the same arguments) once installed:
+    each connection's protocol class, picked by its server's config
+    (``ServerConfig.chatd_tuned``), as ``server_for`` picks the TCPServer;
+    a process may serve tuned and stock servers at once."""
 
     tuned: type[Any]
     stock: type[Any]
@@ -336,22 +340,58 @@ def installed_h2() -> H2Choice | None:
     return current if isinstance(current, H2Choice) else None
 
 
-def install_protocols(*, tuned_h2: bool, guarded: bool) -> None:
+def installed_h11() -> H2Choice | None:
+    """The HTTP/1.1 choice (an ``H2Choice`` of ``H11Protocol`` classes: both
+    take the same arguments), once ``install_protocols`` put one in."""
+    current = getattr(hypercorn_protocol, "H11Protocol", None)
+    return current if isinstance(current, H2Choice) else None
+
+
+def h11_contract_problems(version: str | None = None, h11_version: str | None = None) -> list[str]:
+    """What keeps ``lakehouse.h11_tuning``'s protocol from being used with
+    the installed Hypercorn and h11 (the versions stand in for theirs);
+    empty when nothing. ``tests/test_h11_tuning.py`` holds the contract."""
+    version = version or importlib.metadata.version("hypercorn")
+    h11_version = h11_version or importlib.metadata.version("h11")
+    problems = []
+    if not version.startswith(CHECKED_VERSIONS):
+        problems.append(f"Hypercorn {version} is not a version the h11 contract tests passed on")
+    if not h11_version.startswith(CHECKED_H11_VERSIONS):
+        problems.append(f"h11 {h11_version} is not a version the h11 contract tests passed on")
+    stock = hypercorn_h11.H11Protocol
+    params = tuple(inspect.signature(stock.__init__).parameters)[1:]
+    if params != H2_PARAMETERS:
+        problems.append(f"H11Protocol takes {params}, not {H2_PARAMETERS}")
+    if not inspect.iscoroutinefunction(getattr(stock, "stream_send", None)):
+        problems.append("H11Protocol.stream_send is not a coroutine function")
+    current = getattr(hypercorn_protocol, "H11Protocol", None)
+    plain = isinstance(current, type) and issubclass(current, stock)
+    if not (plain or isinstance(current, H2Choice)):
+        problems.append("hypercorn.protocol does not build HTTP/1.1 connections from H11Protocol")
+    return problems
+
+
+def install_protocols(*, tuned_h2: bool, guarded: bool, tuned_h11: bool = False) -> None:
     """Have Hypercorn build each connection's protocol as chatd runs it:
     its own classes, with ``lakehouse.h2_guard`` (HTTP/2) and
     ``lakehouse.slow_clients`` (HTTP/1.1) in front when ``guarded`` (fixes:
-    both stacks), and for a tuned server's HTTP/2 connections
-    ``lakehouse.h2_tuning``'s subclass underneath when ``tuned_h2``. The
+    both stacks), and for a tuned server's connections
+    ``lakehouse.h2_tuning``'s subclass underneath when ``tuned_h2`` (HTTP/2)
+    and ``lakehouse.h11_tuning``'s when ``tuned_h11`` (HTTP/1.1). The
     caller checks the contracts first (``guard_problems``,
-    ``h2_contract_problems``). Idempotent; once a process has the tuned
-    HTTP/2 protocol it keeps it (a stock server's connections never get it:
-    the choice is per connection)."""
+    ``h2_contract_problems``, ``h11_contract_problems``). Idempotent; once a
+    process has a tuned protocol it keeps it (a stock server's connections
+    never get it: the choice is per connection)."""
     current = installed_h2()
     has_tuned = current is not None and current.tuned is not current.stock
+    current11 = installed_h11()
+    has_tuned11 = current11 is not None and current11.tuned is not current11.stock
     if (
         current is not None
+        and current11 is not None
         and getattr(current.stock, "chatd_guarded", False) == guarded
         and (has_tuned or not tuned_h2)
+        and (has_tuned11 or not tuned_h11)
     ):
         return
     # The classes Hypercorn ships: only the package's names are replaced.
@@ -363,8 +403,13 @@ def install_protocols(*, tuned_h2: bool, guarded: bool) -> None:
         tuned = guard_h2(base) if guarded else base
     # ProtocolWrapper looks these names up in its module for each connection.
     hypercorn_protocol.H2Protocol = H2Choice(tuned, plain)  # type: ignore[attr-defined,assignment]
-    if guarded:
-        hypercorn_protocol.H11Protocol = guard_h11(hypercorn_h11.H11Protocol)  # type: ignore[attr-defined]
+    stock11: type[Any] = hypercorn_h11.H11Protocol
+    plain11 = guard_h11(stock11) if guarded else stock11
+    tuned11 = plain11
+    if tuned_h11 or has_tuned11:
+        base11 = tuned_h11_protocol(stock11, stream_events, RawData)
+        tuned11 = guard_h11(base11) if guarded else base11
+    hypercorn_protocol.H11Protocol = H2Choice(tuned11, plain11)  # type: ignore[attr-defined,assignment]
 
 
 def guard_h2(base: type[Any]) -> type[Any]:

@@ -145,69 +145,64 @@ class Dispatcher:
         ChatResponse. Retries and fallbacks happen only before the first
         item; after it, a failure ends the stream with its error. The
         deadline bounds every wait, first item included."""
+        # One generator from the provider's stream to the caller (no inner
+        # one to relay through): counted in flight from the first item asked.
         self.in_flight += 1
         try:
-            async with contextlib.aclosing(self._stream(request, info, deadline)) as items:
-                async for item in items:
+            info = info if info is not None else CallInfo()
+            budget = self.budget(deadline if deadline is not None else request.deadline_secs)
+            ends = asyncio.get_running_loop().time() + budget
+
+            async def first(
+                provider: Provider, model: str
+            ) -> tuple[Stream, StreamDelta | ChatResponse]:
+                gen = provider.stream(request, model)
+                try:
+                    return gen, await anext(gen)
+                except BaseException:
+                    await gen.aclose()
+                    raise
+
+            try:
+                async with asyncio.timeout_at(ends):
+                    (gen, item), tier, fallback = await self._walk(
+                        request.model, info, first, hold=True
+                    )
+            except TimeoutError:
+                raise self._late(budget, info) from None
+            name = info.provider
+            started = time.perf_counter()
+            # One timer for the whole stream, not one per chunk.
+            bound = Bound(until=ends)
+            try:
+                while not isinstance(item, ChatResponse):
                     yield item
+                    try:
+                        with bound:
+                            item = await anext(gen)
+                    except TimeoutError:
+                        raise self._late(budget, info) from None
+                    except StopAsyncIteration:
+                        raise UpstreamBadResponse(
+                            f"{name} ended its stream without a final answer", provider=name
+                        ) from None
+                    except ChatdError as exc:
+                        self.health.record(name, ok=not exc.provider_fault)
+                        self._failed(name, exc)
+                        raise
+                # Reading on to the end lets the connection go back to the pool.
+                with contextlib.suppress(ChatdError, TimeoutError):
+                    async with asyncio.timeout(1):
+                        async for _ in gen:
+                            pass
+            finally:
+                bound.close()
+                info.upstream_s += time.perf_counter() - started
+                await gen.aclose()
+                self.limiters[name].release()
+            yield self._stamp(item, info, tier, fallback)
         finally:
             self.in_flight -= 1
-
-    async def _stream(
-        self, request: ChatRequest, info: CallInfo | None, deadline: float | None
-    ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
-        info = info if info is not None else CallInfo()
-        budget = self.budget(deadline if deadline is not None else request.deadline_secs)
-        ends = asyncio.get_running_loop().time() + budget
-
-        async def first(
-            provider: Provider, model: str
-        ) -> tuple[Stream, StreamDelta | ChatResponse]:
-            gen = provider.stream(request, model)
-            try:
-                return gen, await anext(gen)
-            except BaseException:
-                await gen.aclose()
-                raise
-
-        try:
-            async with asyncio.timeout_at(ends):
-                (gen, item), tier, fallback = await self._walk(
-                    request.model, info, first, hold=True
-                )
-        except TimeoutError:
-            raise self._late(budget, info) from None
-        name = info.provider
-        started = time.perf_counter()
-        # One timer for the whole stream, not one per chunk.
-        bound = Bound(until=ends)
-        try:
-            while not isinstance(item, ChatResponse):
-                yield item
-                try:
-                    with bound:
-                        item = await anext(gen)
-                except TimeoutError:
-                    raise self._late(budget, info) from None
-                except StopAsyncIteration:
-                    raise UpstreamBadResponse(
-                        f"{name} ended its stream without a final answer", provider=name
-                    ) from None
-                except ChatdError as exc:
-                    self.health.record(name, ok=not exc.provider_fault)
-                    self._failed(name, exc)
-                    raise
-            # Reading on to the end lets the connection go back to the pool.
-            with contextlib.suppress(ChatdError, TimeoutError):
-                async with asyncio.timeout(1):
-                    async for _ in gen:
-                        pass
-        finally:
-            bound.close()
-            info.upstream_s += time.perf_counter() - started
-            await gen.aclose()
-            self.limiters[name].release()
-        yield self._stamp(item, info, tier, fallback)
 
     def _late(self, budget: float, info: CallInfo) -> DeadlineExceeded:
         return DeadlineExceeded(

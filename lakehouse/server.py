@@ -64,6 +64,7 @@ def tune_connections(version: str | None = None) -> bool:
         )
         return False
     tune_h2(version)
+    tune_h11(version)
     return True
 
 
@@ -83,6 +84,24 @@ def tune_h2(version: str | None = None, h2_version: str | None = None) -> bool:
         return False
     guarded = not connections.guard_problems(version)
     connections.install_protocols(tuned_h2=True, guarded=guarded)
+    return True
+
+
+def tune_h11(version: str | None = None, h11_version: str | None = None) -> bool:
+    """Have tuned servers' HTTP/1.1 connections run ``lakehouse.h11_tuning``'s
+    protocol (chosen per connection, like HTTP/2's); False, with a warning,
+    when the installed Hypercorn or h11 breaks that contract: then HTTP/1.1
+    runs stock. The versions stand in for the installed ones."""
+    problems = connections.h11_contract_problems(version, h11_version)
+    if problems:
+        log.warning(
+            "chatd.server.tuned is on but its HTTP/1.1 tuning cannot be honoured: %s; "
+            "serving HTTP/1.1 with Hypercorn's stock H11Protocol (see UPGRADING.md)",
+            "; ".join(problems),
+        )
+        return False
+    guarded = not connections.guard_problems(version)
+    connections.install_protocols(tuned_h2=False, tuned_h11=True, guarded=guarded)
     return True
 
 

@@ -80,10 +80,14 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
     assert samples or len(missing) == 2
     assert all(s["requests"] > 0 and s["errors"] == 0 for s in samples), samples
 
-    # The stream rows: the stub directly and chatd's NDJSON (HTTP/1.1 and
-    # h2c) and SSE surfaces, each with stamped chunks timed and no errors.
+    # The stream rows: the stub directly, the stock and tuned floors (HTTP/1.1
+    # and h2c) and chatd's NDJSON (HTTP/1.1 and h2c) and SSE surfaces, each
+    # with stamped chunks timed and no errors.
     streams = {row["key"]: row["samples"] for row in data["stream_rows"]}
     assert {"sdirect/s20", "snative-h1/s20", "ssse-h1/s20", "snative-h2/s20"} <= set(streams)
+    floors = {f"s{kind}-{proto}/s20" for kind in ("floor", "tuned") for proto in ("h1", "h2")}
+    assert floors <= set(streams), set(streams)
+    assert "| floor, tuned h2c" in proc.stdout
     for key, runs in streams.items():
         assert runs and all(s["chunks"] > 0 and s["errors"] == 0 for s in runs), (key, runs)
         assert all(0 < s["lat_p99_ms"] < 5000 for s in runs), (key, runs)

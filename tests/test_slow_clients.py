@@ -13,7 +13,7 @@ import hypercorn.protocol as hypercorn_protocols
 import pytest
 from hypercorn.protocol.h11 import H11Protocol
 
-from lakehouse.connections import SLOW_CLIENT_NEEDS
+from lakehouse.connections import SLOW_CLIENT_NEEDS, installed_h11
 from lakehouse.server import install_guards
 from tests.stub_world import OneStub, one_stub
 from tests.support import module_fixtures
@@ -104,8 +104,11 @@ def _headers(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def test_hypercorn_builds_each_http1_connection_from_the_timed_class() -> None:
     install_guards()
-    timed = getattr(hypercorn_protocols, "H11Protocol")  # noqa: B009
-    assert getattr(timed, "chatd_guarded", False) and issubclass(timed, H11Protocol)
+    # Picked per connection (tuned or stock server), guarded either way.
+    choice = installed_h11()
+    assert choice is not None and getattr(hypercorn_protocols, "H11Protocol") is choice  # noqa: B009
+    for timed in (choice.tuned, choice.stock):
+        assert getattr(timed, "chatd_guarded", False) and issubclass(timed, H11Protocol)
     assert all(hasattr(H11Protocol, name) for name in SLOW_CLIENT_NEEDS)
     # What the mixin reads of h11: a partial head is trailing data while
     # the client is IDLE; a partial body is SEND_BODY; IDLE/SEND_RESPONSE
