@@ -24,8 +24,14 @@ stays the only module importing Hypercorn):
   GOAWAY(ENHANCE_YOUR_CALM), as nginx, Go and nghttp2 do.
 - A reset stream's buffer is closed, so Hypercorn's sender drops it from
   the priority tree; a connection that closes closes every buffer, so no
-  send waits on it. A ``TooManyStreamsError`` left anyway (PRIORITY frames
-  for idle streams) is answered with the same GOAWAY, never a traceback.
+  send waits on it. A ``TooManyStreamsError`` left anyway is answered with
+  the same GOAWAY, never a traceback.
+- Priority signals (PRIORITY frames, HEADERS' priority fields) are ignored,
+  as RFC 9113 §5.3.2 lets a server do: every stream is scheduled with the
+  default weight under the root. Hypercorn hands them to the ``priority``
+  library's tree, and six PRIORITY frames for idle streams then a request
+  leave that tree looping forever when the request's stream is removed:
+  one client hung the whole worker (``tests/test_h2_guard.py``).
 
 It relies on H2Protocol's ``_handle_events``, ``_create_stream``,
 ``stream_send``, ``handle``, ``streams``, ``stream_buffers``, ``priority``,
@@ -139,6 +145,8 @@ class GuardMixin:
         limit = self.config.h2_max_concurrent_streams
         for event in events:
             kind = type(event)
+            if kind is h2.events.PriorityUpdated:
+                continue  # ignored (see the module doc)
             sid = getattr(event, "stream_id", 0)
             if sid in self._refused_ids:
                 if kind is h2.events.DataReceived:

@@ -8,6 +8,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import subprocess
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,10 +32,12 @@ from lakehouse.connections import H2_GUARD_NEEDS, installed_h2
 from lakehouse.h2_guard import RESET_BURST, ResetBudget
 from lakehouse.server import ServerConfig, install_guards
 from lakehouse.server import tune_h2 as server_tune_h2
+from lakehouse.smoke import start_chatd
 from lakehouse.stubs import Fault
 from tests.h2_client import RawH2
 from tests.stub_world import MODELS, World, stub_world
 from tests.support import module_fixtures
+from tests.test_cli import clean_env
 
 # The attacks run on both stacks: the guard is a fix, in front of the tuned
 # and the stock H2Protocol alike.
@@ -332,3 +337,55 @@ async def test_rapid_reset_of_health_checks_ends_in_goaway_not_a_traceback(
     assert "Traceback" not in caplog.text and "TooManyStreamsError" not in caplog.text
     async with httpx.AsyncClient(base_url=world.base, http1=False, http2=True) as client:
         assert (await client.get("/health")).status_code == 200
+
+
+# Six PRIORITY frames for idle streams, then a request on one of them (as
+# Hypercorn hands them to the priority library's tree): removing that
+# stream, once its response is sent, looped forever and hung the worker.
+LOOPING_PRIORITIES = [
+    (15, 21, 86, False),
+    (21, 33, 125, False),
+    (41, 21, 188, False),
+    (33, 21, 62, True),
+    (7, 33, 256, True),
+    (41, 7, 101, True),
+]
+
+
+@pytest.mark.parametrize("tuned", ["true", "false"])
+def test_priority_frames_cannot_hang_the_worker(tuned: str) -> None:
+    # A chatd process of its own: without the guard its loop never comes back.
+    base, proc = start_chatd(["--dev", "--set", f"chatd.server.tuned={tuned}"], clean_env())
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        for sid, parent, weight, exclusive in LOOPING_PRIORITIES:
+            client.prioritize(sid, weight=weight, depends_on=parent, exclusive=exclusive)
+        request = [
+            (":method", "GET"),
+            (":path", "/health"),
+            (":scheme", "http"),
+            (":authority", "x"),
+        ]
+        client.send_headers(41, request, end_stream=True)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(client.data_to_send())
+            ended = False
+            while not ended:
+                data = sock.recv(65536)
+                assert data, "the connection closed before the answer"
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        assert dict(event.headers)[b":status"] == b"200"
+                    ended = ended or isinstance(event, h2.events.StreamEnded)
+            # The worker still serves everyone else.
+            with urllib.request.urlopen(base + "/health", timeout=10) as other:
+                assert other.status == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:  # a hung loop handles no SIGTERM
+            proc.kill()
+            proc.wait(15)
