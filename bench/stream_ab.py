@@ -62,6 +62,24 @@ def start_arm(
     return url, port, proc
 
 
+
+def served_rows(
+    name: str, label: str, url: str, key: str, level: tuple[int, float, str, str], h2: bool
+) -> list[StreamRow]:
+    """The stream rows of one serving process (``key``): over HTTP/1.1, and
+    over h2c with ``h2``; ``level``: streams, ms between chunks, the body,
+    the stub serving that pace."""
+    n, ms, body, stub_name = level
+    kinds = [("h1", "h1", False), *([("h2", "h2c", True)] if h2 else [])]
+    rows = []
+    for tag, proto, on_h2 in kinds:
+        rows.append(
+            StreamRow(f"{name}-{tag}/{n}", f"{label} {proto}", url, n, ms, body, stub_name, True,
+                      h2=on_h2, proxy=key)
+        )  # fmt: skip
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arm", action="append", required=True)
@@ -127,34 +145,8 @@ def main() -> None:
                         http("POST", f"{url}/chat", body)
                     time.sleep(0.5)
                     idle[key] = rss_kb(proc.pid) / 1024
-                    rows.append(
-                        StreamRow(
-                            f"{name}-h1/{n}",
-                            f"{name} NDJSON h1",
-                            f"{url}/chat",
-                            n,
-                            ms,
-                            body,
-                            stub_name,
-                            True,
-                            proxy=key,
-                        )
-                    )
-                    if args.h2:
-                        rows.append(
-                            StreamRow(
-                                f"{name}-h2/{n}",
-                                f"{name} NDJSON h2c",
-                                f"{url}/chat",
-                                n,
-                                ms,
-                                body,
-                                stub_name,
-                                True,
-                                h2=True,
-                                proxy=key,
-                            )
-                        )
+                    level = (n, ms, body, stub_name)
+                    rows += served_rows(name, f"{name} NDJSON", f"{url}/chat", key, level, args.h2)
                 if args.floors:
                     for name, extra in (("floor", []), ("tuned", ["--tuned"])):
                         url, proc = start_floor("0", stub_url, extra)
@@ -165,34 +157,8 @@ def main() -> None:
                             http("POST", f"{url}/", body)
                         time.sleep(0.5)
                         idle[key] = rss_kb(proc.pid) / 1024
-                        rows.append(
-                            StreamRow(
-                                f"{name}-h1/{n}",
-                                f"floor {name} h1",
-                                f"{url}/",
-                                n,
-                                ms,
-                                body,
-                                stub_name,
-                                True,
-                                proxy=key,
-                            )
-                        )
-                        if args.h2:
-                            rows.append(
-                                StreamRow(
-                                    f"{name}-h2/{n}",
-                                    f"floor {name} h2c",
-                                    f"{url}/",
-                                    n,
-                                    ms,
-                                    body,
-                                    stub_name,
-                                    True,
-                                    h2=True,
-                                    proxy=key,
-                                )
-                            )
+                        level = (n, ms, body, stub_name)
+                        rows += served_rows(name, f"floor {name}", f"{url}/", key, level, args.h2)
             pids.setdefault("schatd", next(iter(pids.values())))
             for rnd in range(args.runs):
                 shift = rnd % len(rows)

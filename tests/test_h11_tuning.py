@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,17 +15,20 @@ import h11
 import pytest
 from h11._writers import ChunkedWriter
 from hypercorn import protocol as hypercorn_protocol
-from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol import h11 as hypercorn_h11
 
 from lakehouse import connections, server
 from lakehouse.h11_tuning import chunk_frame, direct_chunks_possible
+from tests.protocols import built, lifespan, picked_per_config, recording, stock_in_place, tuned_by
 from tests.support import make_config
 
 pytestmark = pytest.mark.anyio
 
 STOCK = hypercorn_h11.H11Protocol
+# The protocol Hypercorn builds for a connection of a config; whether it is chatd's.
+protocol_for = functools.partial(built, "H11Protocol")
+runs_tuned = functools.partial(tuned_by, "TunedH11Protocol")
 CHUNKS = [b"[%03d]" % i * (i % 7 + 1) for i in range(40)]  # 5 to 35 bytes
 SIZES = [1, 9, 10, 15, 16, 17, 255, 256, 4095, 4096, 65537]
 
@@ -69,54 +73,20 @@ def test_only_a_chunked_body_under_way_goes_direct() -> None:
     assert not direct_chunks_possible(object())  # Hypercorn's WebSocket stand-in
 
 
-def protocol_for(config: HypercornConfig) -> Any:
-    """The HTTP/1.1 protocol Hypercorn builds for a connection of ``config``."""
-    return hypercorn_protocol.H11Protocol(
-        None, config, WorkerContext(None), None, None, False, None, None, None
-    )
-
-
-def runs_tuned(protocol: Any) -> bool:
-    return "TunedH11Protocol" in [c.__name__ for c in type(protocol).__mro__]
-
-
 def test_hypercorn_picks_the_h11_protocol_by_its_module_name_per_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    wrapper = hypercorn_protocol.ProtocolWrapper
-    assert "H11Protocol" in wrapper.__init__.__code__.co_names
     # Hypercorn sends each body message as an h11.Data through this method.
     assert "_send_h11_event" in STOCK.stream_send.__code__.co_names
-    monkeypatch.setattr(hypercorn_protocol, "H11Protocol", STOCK)
+    stock_in_place(monkeypatch, "H11Protocol", STOCK)
     monkeypatch.setattr(hypercorn_protocol, "H2Protocol", hypercorn_protocol.H2Protocol)
     assert server.tune_connections() is True
-    tuned = protocol_for(server.ServerConfig())
-    assert isinstance(tuned, STOCK) and runs_tuned(tuned)
-    assert not runs_tuned(protocol_for(HypercornConfig()))
+    picked_per_config("H11Protocol", "TunedH11Protocol", STOCK)
     # The guards went in front of both, and installing again keeps it all.
     assert server.install_guards() is True
     assert getattr(type(protocol_for(HypercornConfig())), "chatd_guarded", False)
     assert runs_tuned(protocol_for(server.ServerConfig()))
     assert getattr(type(protocol_for(server.ServerConfig())), "chatd_guarded", False)
-
-
-@pytest.mark.parametrize(
-    ("hypercorn_version", "h11_version", "named"),
-    [("0.19.0", None, "Hypercorn 0.19.0"), (None, "0.17.0", "h11 0.17.0")],
-)
-def test_an_unchecked_version_serves_stock_http1_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    hypercorn_version: str | None,
-    h11_version: str | None,
-    named: str,
-) -> None:
-    monkeypatch.setattr(hypercorn_protocol, "H11Protocol", STOCK)
-    with caplog.at_level("WARNING", logger="chatd.server"):
-        assert server.tune_h11(hypercorn_version, h11_version) is False
-    assert hypercorn_protocol.H11Protocol is STOCK
-    [record] = [r for r in caplog.records if r.name == "chatd.server"]
-    assert named in record.getMessage() and "stock H11Protocol" in record.getMessage()
 
 
 def test_the_contract_names_what_the_tuning_relies_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,11 +105,8 @@ async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with CHUNKS, one body message each (and an empty one after
     each); chunked, or with a Content-Length on ``/length``."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        await lifespan(receive, send)
+        return
     length = scope["path"] == "/length"
     headers = [(b"content-type", b"text/plain")]
     if length:
@@ -152,23 +119,20 @@ async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-@pytest.fixture(params=["tuned", "stock"])
-def flavour(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# Which stack the server runs (chatd.server.tuned).
+STACKS = ["tuned", "stock"]
 
 
 @pytest.fixture
 def through_h11(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Bytes of body data that went through h11's Connection.send."""
     sent: list[int] = []
-    send = h11.Connection.send
 
-    def counting(self: h11.Connection, event: Any) -> bytes | None:
+    def record(event: Any) -> None:
         if type(event) is h11.Data:
             sent.append(len(event.data))
-        return send(self, event)
 
-    monkeypatch.setattr(h11.Connection, "send", counting)
+    recording(monkeypatch, h11.Connection, "send", record)
     return sent
 
 
@@ -235,6 +199,7 @@ def body_of(raw: bytes) -> tuple[bytes, bytes]:
         rest = rest[size + 2 :]
 
 
+@pytest.mark.parametrize("flavour", STACKS)
 async def test_a_chunked_stream_is_the_same_bytes_on_either_stack(
     flavour: str, through_h11: list[int]
 ) -> None:
@@ -252,6 +217,7 @@ async def test_a_chunked_stream_is_the_same_bytes_on_either_stack(
         assert sorted(through_h11) == sorted([len(c) for c in CHUNKS] * 2)
 
 
+@pytest.mark.parametrize("flavour", STACKS)
 async def test_a_body_with_a_length_stays_with_h11(flavour: str, through_h11: list[int]) -> None:
     async with serving(flavour) as port:
         [raw] = await raw_get(port, "/length", times=1)

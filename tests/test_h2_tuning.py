@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import random
@@ -41,11 +42,15 @@ from lakehouse.h2_tuning import (
 )
 from tests import support
 from tests.h2_client import exchange
+from tests.protocols import built, lifespan, picked_per_config, recording, stock_in_place, tuned_by
 from tests.support import make_config
 
 pytestmark = pytest.mark.anyio
 
 STOCK = hypercorn_h2.H2Protocol
+# The protocol Hypercorn builds for a connection of a config; whether it is chatd's.
+protocol_for = functools.partial(built, "H2Protocol")
+runs_tuned = functools.partial(tuned_by, "TunedH2Protocol")
 CHUNKS = [b"[%03d]" % i * 5 for i in range(40)]  # 25 bytes each
 ODD_HEADERS = [
     (b"X-Custom", b"yes"),
@@ -59,34 +64,16 @@ ODD_HEADERS = [
 # --------------------------------------------------------------------------- contract
 
 
-def protocol_for(config: HypercornConfig) -> Any:
-    """The HTTP/2 protocol Hypercorn builds for a connection of ``config``."""
-    return hypercorn_protocol.H2Protocol(
-        None, config, WorkerContext(None), None, None, False, None, None, None
-    )
-
-
-def runs_tuned(protocol: Any) -> bool:
-    """Whether ``protocol`` (chatd's fixes in front or not) is the tuned one."""
-    return "TunedH2Protocol" in [c.__name__ for c in type(protocol).__mro__]
-
-
 def test_hypercorn_picks_the_h2_protocol_by_its_module_name_per_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # tune_h2 swaps the name in hypercorn.protocol; ProtocolWrapper must
-    # look it up there when a connection starts (also on an h2c upgrade).
-    wrapper = hypercorn_protocol.ProtocolWrapper
-    assert "H2Protocol" in wrapper.__init__.__code__.co_names
-    assert "H2Protocol" in wrapper.handle.__code__.co_names
-    monkeypatch.setattr(hypercorn_protocol, "H2Protocol", STOCK)
+    # look it up there when a connection starts, and on an h2c upgrade.
+    assert "H2Protocol" in hypercorn_protocol.ProtocolWrapper.handle.__code__.co_names
+    stock_in_place(monkeypatch, "H2Protocol", STOCK)
     assert server.tune_h2() is True
-    # Chosen per connection by its config, as the TCPServer is: a tuned
-    # server's connections get the subclass, a stock server's Hypercorn's own.
-    tuned = protocol_for(server.ServerConfig())
-    assert isinstance(tuned, STOCK) and runs_tuned(tuned)
+    tuned = picked_per_config("H2Protocol", "TunedH2Protocol", STOCK)
     assert tuned.connection.config.validate_inbound_headers is False
-    assert not runs_tuned(protocol_for(HypercornConfig()))
     assert server.tune_h2() is True  # idempotent
     assert not runs_tuned(protocol_for(HypercornConfig()))
     assert runs_tuned(protocol_for(server.ServerConfig()))
@@ -99,27 +86,6 @@ def test_every_serving_process_gets_the_tuned_protocol(monkeypatch: pytest.Monke
     assert server.tune_connections() is True
     assert hypercorn_protocol.H2Protocol is not STOCK
     assert runs_tuned(protocol_for(server.ServerConfig()))
-
-
-@pytest.mark.parametrize(
-    ("hypercorn_version", "h2_version", "named"),
-    [("0.19.0", None, "Hypercorn 0.19.0"), (None, "5.0.0", "h2 5.0.0")],
-)
-def test_an_unchecked_version_serves_stock_http2_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    hypercorn_version: str | None,
-    h2_version: str | None,
-    named: str,
-) -> None:
-    monkeypatch.setattr(hypercorn_protocol, "H2Protocol", STOCK)
-    with caplog.at_level("WARNING", logger="chatd.server"):
-        assert server.tune_h2(hypercorn_version, h2_version) is False
-    assert hypercorn_protocol.H2Protocol is STOCK
-    assert type(protocol_for(server.ServerConfig())) is STOCK
-    [record] = [r for r in caplog.records if r.name == "chatd.server"]
-    assert record.levelname == "WARNING"
-    assert named in record.getMessage() and "stock H2Protocol" in record.getMessage()
 
 
 def test_the_contract_names_what_the_tuning_relies_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -452,15 +418,8 @@ def test_a_dormant_parent_shadows_its_child_as_in_the_tree() -> None:
         assert {next(tree) for _ in range(5)} == {1}  # now it goes first
 
 
-def test_a_stream_that_never_queues_stays_out_of_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
-    inserted: list[int] = []
-    insert = priority.PriorityTree.insert_stream
-
-    def counting(self: Any, stream_id: int, *args: Any, **kwargs: Any) -> None:
-        inserted.append(stream_id)
-        insert(self, stream_id, *args, **kwargs)
-
-    monkeypatch.setattr(priority.PriorityTree, "insert_stream", counting)
+def test_a_stream_that_never_queues_stays_out_of_the_tree(tree_inserts: list[int]) -> None:
+    inserted = tree_inserts
     tree = LazyPriorityTree()
     tree.insert_stream(1)
     tree.block(1)
@@ -481,11 +440,8 @@ def test_a_stream_that_never_queues_stays_out_of_the_tree(monkeypatch: pytest.Mo
 async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers every request with CHUNKS, one body message each."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        await lifespan(receive, send)
+        return
     headers = [(b"content-type", b"text/plain")]
     if scope["path"] == "/odd-headers":
         headers += ODD_HEADERS
@@ -506,13 +462,11 @@ def flavour(request: pytest.FixtureRequest) -> str:
 def tree_inserts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Streams put in a priority tree itself (not only noted as dormant)."""
     inserted: list[int] = []
-    insert = priority.PriorityTree.insert_stream
 
-    def counting(self: Any, stream_id: int, *args: Any, **kwargs: Any) -> None:
+    def record(stream_id: int, *args: Any, **kwargs: Any) -> None:
         inserted.append(stream_id)
-        insert(self, stream_id, *args, **kwargs)
 
-    monkeypatch.setattr(priority.PriorityTree, "insert_stream", counting)
+    recording(monkeypatch, priority.PriorityTree, "insert_stream", record)
     return inserted
 
 
@@ -535,13 +489,7 @@ def frame_reprs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def send_task(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Streams Hypercorn's send task sent for (data or the end)."""
     sent: list[int] = []
-    send_data = hypercorn_h2.H2Protocol._send_data
-
-    async def counting(self: Any, stream_id: int) -> None:
-        sent.append(stream_id)
-        await send_data(self, stream_id)
-
-    monkeypatch.setattr(hypercorn_h2.H2Protocol, "_send_data", counting)
+    recording(monkeypatch, hypercorn_h2.H2Protocol, "_send_data", sent.append)
     return sent
 
 
@@ -549,13 +497,7 @@ def send_task(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def pushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Bytes queued in Hypercorn's stream buffers (its send-task path)."""
     queued: list[int] = []
-    push = hypercorn_h2.StreamBuffer.push
-
-    async def counting(self: Any, data: bytes) -> None:
-        queued.append(len(data))
-        await push(self, data)
-
-    monkeypatch.setattr(hypercorn_h2.StreamBuffer, "push", counting)
+    recording(monkeypatch, hypercorn_h2.StreamBuffer, "push", lambda data: queued.append(len(data)))
     return queued
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import hypercorn.protocol.h2 as hypercorn_h2
+import hypercorn.protocol.h11 as hypercorn_h11
 import pytest
 from hypercorn.config import Config as HypercornConfig
 
 from lakehouse import server
+from tests.protocols import built, refused_tuning
 from tests.support import make_config
 
 
@@ -119,3 +124,26 @@ def test_the_listen_backlog_takes_a_burst_of_connections() -> None:
     assert server.hypercorn_config(make_config()).backlog == 1024
     config = make_config(overrides={"chatd.server.backlog": 2048})
     assert server.hypercorn_config(config).backlog == 2048
+
+
+@pytest.mark.parametrize(
+    ("tune", "name", "versions", "named"),
+    [
+        (server.tune_h11, "H11Protocol", ("0.19.0", None), "Hypercorn 0.19.0"),
+        (server.tune_h11, "H11Protocol", (None, "0.17.0"), "h11 0.17.0"),
+        (server.tune_h2, "H2Protocol", ("0.19.0", None), "Hypercorn 0.19.0"),
+        (server.tune_h2, "H2Protocol", (None, "5.0.0"), "h2 5.0.0"),
+    ],
+)
+def test_an_unchecked_version_serves_that_protocol_stock_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tune: Callable[..., bool],
+    name: str,
+    versions: tuple[str | None, str | None],
+    named: str,
+) -> None:
+    stock = {"H11Protocol": hypercorn_h11.H11Protocol, "H2Protocol": hypercorn_h2.H2Protocol}[name]
+    warning = refused_tuning(monkeypatch, caplog, name, stock, functools.partial(tune, *versions))
+    assert type(built(name, server.ServerConfig())) is stock
+    assert named in warning and f"stock {name}" in warning
