@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import start_floor
@@ -62,14 +63,34 @@ def start_arm(
     return url, port, proc
 
 
+@dataclass
+class Served:
+    """What the run keeps of its serving processes: pid and idle RSS (MB)
+    by key."""
+
+    pids: dict[str, int]
+    idle: dict[str, float]
+
 
 def served_rows(
-    name: str, label: str, url: str, key: str, level: tuple[int, float, str, str], h2: bool
+    served: Served,
+    name: str,
+    label: str,
+    url: str,
+    proc: subprocess.Popen[bytes],
+    level: tuple[int, float, str, str],
+    h2: bool,
 ) -> list[StreamRow]:
-    """The stream rows of one serving process (``key``): over HTTP/1.1, and
-    over h2c with ``h2``; ``level``: streams, ms between chunks, the body,
-    the stub serving that pace."""
+    """The stream rows of one serving process, once warmed up (its idle RSS
+    taken): over HTTP/1.1, and over h2c with ``h2``; ``level``: streams, ms
+    between chunks, the body, the stub serving that pace."""
     n, ms, body, stub_name = level
+    key = f"{name}{ms:g}"
+    served.pids[key] = proc.pid
+    for _ in range(20):
+        http("POST", url, body)
+    time.sleep(0.5)
+    served.idle[key] = rss_kb(proc.pid) / 1024
     kinds = [("h1", "h1", False), *([("h2", "h2c", True)] if h2 else [])]
     rows = []
     for tag, proto, on_h2 in kinds:
@@ -97,8 +118,8 @@ def main() -> None:
     out = BENCH / "out"
     out.mkdir(exist_ok=True)
     rows: list[StreamRow] = []
-    pids: dict[str, int] = {}
-    idle: dict[str, float] = {}
+    served = Served({}, {})
+    pids, idle = served.pids, served.idle
     stub_pids: dict[str, int] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,26 +160,16 @@ def main() -> None:
                         out / f"ab-{name}.log",
                     )
                     procs.append(proc)
-                    key = f"{name}{ms:g}"
-                    pids[key] = proc.pid
-                    for _ in range(20):
-                        http("POST", f"{url}/chat", body)
-                    time.sleep(0.5)
-                    idle[key] = rss_kb(proc.pid) / 1024
                     level = (n, ms, body, stub_name)
-                    rows += served_rows(name, f"{name} NDJSON", f"{url}/chat", key, level, args.h2)
+                    label = f"{name} NDJSON"
+                    rows += served_rows(served, name, label, f"{url}/chat", proc, level, args.h2)
                 if args.floors:
                     for name, extra in (("floor", []), ("tuned", ["--tuned"])):
                         url, proc = start_floor("0", stub_url, extra)
                         procs.append(proc)
-                        key = f"{name}{ms:g}"
-                        pids[key] = proc.pid
-                        for _ in range(5):
-                            http("POST", f"{url}/", body)
-                        time.sleep(0.5)
-                        idle[key] = rss_kb(proc.pid) / 1024
                         level = (n, ms, body, stub_name)
-                        rows += served_rows(name, f"floor {name}", f"{url}/", key, level, args.h2)
+                        label = f"floor {name}"
+                        rows += served_rows(served, name, label, f"{url}/", proc, level, args.h2)
             pids.setdefault("schatd", next(iter(pids.values())))
             for rnd in range(args.runs):
                 shift = rnd % len(rows)

@@ -271,23 +271,41 @@ def h2_contract_problems(version: str | None = None, h2_version: str | None = No
     """What keeps ``lakehouse.h2_tuning``'s protocol from being used with the
     installed Hypercorn and h2 (the versions stand in for theirs); empty
     when nothing. ``tests/test_h2_tuning.py`` holds the contract."""
-    version = version or importlib.metadata.version("hypercorn")
-    h2_version = h2_version or importlib.metadata.version("h2")
-    problems = []
-    if not version.startswith(CHECKED_VERSIONS):
-        problems.append(f"Hypercorn {version} is not a version the h2 contract tests passed on")
-    if not h2_version.startswith(CHECKED_H2_VERSIONS):
-        problems.append(f"h2 {h2_version} is not a version the h2 contract tests passed on")
     stock = hypercorn_h2.H2Protocol
-    params = tuple(inspect.signature(stock.__init__).parameters)[1:]
-    if params != H2_PARAMETERS:
-        problems.append(f"H2Protocol takes {params}, not {H2_PARAMETERS}")
+    problems = _protocol_problems("h2", stock, version, h2_version, CHECKED_H2_VERSIONS)
     for name in ("stream_send", "_flush", "_send_data", "send_task", "_handle_events"):
         if not inspect.iscoroutinefunction(getattr(stock, name, None)):
             problems.append(f"H2Protocol.{name} is not a coroutine function")
     if not callable(getattr(hypercorn_h2.StreamBuffer, "pop", None)):
         problems.append("H2Protocol's StreamBuffer has no pop")
     problems += _wrapper_problems()
+    return problems
+
+
+def _protocol_problems(
+    library: str,
+    stock: type[Any],
+    version: str | None,
+    library_version: str | None,
+    checked: tuple[str, ...],
+) -> list[str]:
+    """What every protocol tuning needs: a Hypercorn and a ``library`` (h2,
+    h11) of versions its contract tests passed on, and Hypercorn's ``stock``
+    protocol built with the arguments it was written against."""
+    version = version or importlib.metadata.version("hypercorn")
+    library_version = library_version or importlib.metadata.version(library)
+    problems = []
+    if not version.startswith(CHECKED_VERSIONS):
+        problems.append(
+            f"Hypercorn {version} is not a version the {library} contract tests passed on"
+        )
+    if not library_version.startswith(checked):
+        problems.append(
+            f"{library} {library_version} is not a version the {library} contract tests passed on"
+        )
+    params = tuple(inspect.signature(stock.__init__).parameters)[1:]
+    if params != H2_PARAMETERS:
+        problems.append(f"{stock.__name__} takes {params}, not {H2_PARAMETERS}")
     return problems
 
 
@@ -351,17 +369,8 @@ def h11_contract_problems(version: str | None = None, h11_version: str | None = 
     """What keeps ``lakehouse.h11_tuning``'s protocol from being used with
     the installed Hypercorn and h11 (the versions stand in for theirs);
     empty when nothing. ``tests/test_h11_tuning.py`` holds the contract."""
-    version = version or importlib.metadata.version("hypercorn")
-    h11_version = h11_version or importlib.metadata.version("h11")
-    problems = []
-    if not version.startswith(CHECKED_VERSIONS):
-        problems.append(f"Hypercorn {version} is not a version the h11 contract tests passed on")
-    if not h11_version.startswith(CHECKED_H11_VERSIONS):
-        problems.append(f"h11 {h11_version} is not a version the h11 contract tests passed on")
     stock = hypercorn_h11.H11Protocol
-    params = tuple(inspect.signature(stock.__init__).parameters)[1:]
-    if params != H2_PARAMETERS:
-        problems.append(f"H11Protocol takes {params}, not {H2_PARAMETERS}")
+    problems = _protocol_problems("h11", stock, version, h11_version, CHECKED_H11_VERSIONS)
     if not inspect.iscoroutinefunction(getattr(stock, "stream_send", None)):
         problems.append("H11Protocol.stream_send is not a coroutine function")
     current = getattr(hypercorn_protocol, "H11Protocol", None)
@@ -371,7 +380,7 @@ def h11_contract_problems(version: str | None = None, h11_version: str | None = 
     return problems
 
 
-def install_protocols(*, tuned_h2: bool, guarded: bool, tuned_h11: bool = False) -> None:
+def install_protocols(*, guarded: bool, tuned_h2: bool = False, tuned_h11: bool = False) -> None:
     """Have Hypercorn build each connection's protocol as chatd runs it:
     its own classes, with ``lakehouse.h2_guard`` (HTTP/2) and
     ``lakehouse.slow_clients`` (HTTP/1.1) in front when ``guarded`` (fixes:

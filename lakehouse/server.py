@@ -75,16 +75,7 @@ def tune_h2(version: str | None = None, h2_version: str | None = None) -> bool:
     contract: then HTTP/2 runs stock. The versions stand in for the
     installed ones."""
     problems = connections.h2_contract_problems(version, h2_version)
-    if problems:
-        log.warning(
-            "chatd.server.tuned is on but its HTTP/2 tuning cannot be honoured: %s; "
-            "serving HTTP/2 with Hypercorn's stock H2Protocol (see UPGRADING.md)",
-            "; ".join(problems),
-        )
-        return False
-    guarded = not connections.guard_problems(version)
-    connections.install_protocols(tuned_h2=True, guarded=guarded)
-    return True
+    return _tuned("HTTP/2", "H2Protocol", problems, version, tuned_h2=True)
 
 
 def tune_h11(version: str | None = None, h11_version: str | None = None) -> bool:
@@ -93,15 +84,26 @@ def tune_h11(version: str | None = None, h11_version: str | None = None) -> bool
     when the installed Hypercorn or h11 breaks that contract: then HTTP/1.1
     runs stock. The versions stand in for the installed ones."""
     problems = connections.h11_contract_problems(version, h11_version)
+    return _tuned("HTTP/1.1", "H11Protocol", problems, version, tuned_h11=True)
+
+
+def _tuned(
+    protocol: str, stock: str, problems: list[str], version: str | None, **tuning: bool
+) -> bool:
+    """Install a protocol tuning (``tuning``: install_protocols' switch for
+    it), or, with ``problems``, warn and leave ``protocol`` stock."""
     if problems:
         log.warning(
-            "chatd.server.tuned is on but its HTTP/1.1 tuning cannot be honoured: %s; "
-            "serving HTTP/1.1 with Hypercorn's stock H11Protocol (see UPGRADING.md)",
+            "chatd.server.tuned is on but its %s tuning cannot be honoured: %s; "
+            "serving %s with Hypercorn's stock %s (see UPGRADING.md)",
+            protocol,
             "; ".join(problems),
+            protocol,
+            stock,
         )
         return False
     guarded = not connections.guard_problems(version)
-    connections.install_protocols(tuned_h2=False, tuned_h11=True, guarded=guarded)
+    connections.install_protocols(guarded=guarded, **tuning)
     return True
 
 
