@@ -1,7 +1,7 @@
 """How chatd has Hypercorn's HTTP/2 layer run: per-message costs removed.
 
 Its parts stand in for parts of Hypercorn's ``H2Protocol`` (hypercorn 0.18,
-``hypercorn/protocol/h2.py``) over the h2 4.x library. ~470 lines: every
+``hypercorn/protocol/h2.py``) over the h2 4.x library. ~450 lines: every
 lever is a piece of that one class and shares its contract tests. This
 module imports h2 and the libraries under it (hpack, hyperframe,
 priority), never Hypercorn: ``lakehouse.connections.install_h2`` builds the subclass
@@ -236,66 +236,55 @@ class LazyPriorityTree(PriorityTree):
     when a body message is queued, and removes it when it ends; the tree
     keeps each parent's children in a heap it rebuilds on every removal.
     A stream inserted with default priority is only noted here ("dormant")
-    and enters the tree when it is first unblocked, reprioritised or named
-    as a parent, or when the tree is asked for the next stream while it is
-    still unblocked, so the tree schedules as it would have. A stream that
-    never queues anything (its body and end sent directly) never enters.
-    Dormant streams are not counted against ``maximum_streams``: they are
-    the connection's open streams, which h2 and ``lakehouse.h2_guard``
-    bound.
+    and enters the tree when it is first unblocked, or when the tree is
+    asked for the next stream while it is still unblocked, so the tree
+    schedules as it would have. A stream that never queues anything (its
+    body and end sent directly) never enters. Any other priority signal (an
+    insert with a parent, weight or exclusive flag, a reprioritisation)
+    places every dormant stream and makes the tree a plain one from then
+    on: with ``lakehouse.h2_guard`` in front, which drops clients' priority
+    signals, none comes. Dormant streams are not counted against
+    ``maximum_streams``: they are the connection's open streams, which h2
+    and ``lakehouse.h2_guard`` bound.
     """
 
     def __init__(self, maximum_streams: int = 1000) -> None:
         super().__init__(maximum_streams)
-        self._dormant: set[int] = set()
+        self._dormant: dict[int, None] = {}  # in insertion order
         self._unblocked: set[int] = set()  # dormant, and not blocked yet
         self._placed: set[int] = set()  # in the tree itself
-        self._inside = False  # within the tree's own code
+        self._plain = False
 
-    def _place(self, stream_id: int | None) -> None:
+    def _place(self, stream_id: int) -> None:
         """Put a dormant stream in the tree as it would be there."""
         if stream_id not in self._dormant:
             return
-        self._dormant.discard(stream_id)
-        self._tree_insert(stream_id)
+        del self._dormant[stream_id]
+        super().insert_stream(stream_id)
+        self._placed.add(stream_id)
         if stream_id in self._unblocked:
             self._unblocked.discard(stream_id)
         else:
             super().block(stream_id)
 
-    def _place_under(self, parent: int | None, exclusive: bool) -> None:
-        """Place what a stream's new place in the tree involves: its
-        parent, and for an exclusive child of the root (whose children
-        then become its children) every dormant stream, a root child."""
-        if exclusive and not parent:
-            for stream_id in list(self._dormant):
-                self._place(stream_id)
-        else:
-            self._place(parent)
-
-    def _tree_insert(
-        self, stream_id: int, depends_on: int | None = None, weight: int = 16,
-        exclusive: bool = False,
-    ) -> None:  # fmt: skip
-        inside, self._inside = self._inside, True
-        try:
-            super().insert_stream(stream_id, depends_on, weight, exclusive)
-        finally:
-            self._inside = inside
-        self._placed.add(stream_id)
+    def _become_plain(self) -> None:
+        for stream_id in list(self._dormant):
+            self._place(stream_id)
+        self._plain = True
 
     def insert_stream(
         self, stream_id: int, depends_on: int | None = None, weight: int = 16,
         exclusive: bool = False,
     ) -> None:  # fmt: skip
-        if stream_id in self._dormant or stream_id in self._placed:
-            raise DuplicateStreamError(f"Stream {stream_id} already in tree")
-        if self._inside or depends_on or weight != 16 or exclusive:
-            self._place_under(depends_on, exclusive)
-            self._tree_insert(stream_id, depends_on, weight, exclusive)
-        else:
-            self._dormant.add(stream_id)
-            self._unblocked.add(stream_id)
+        if not self._plain:
+            if stream_id in self._dormant or stream_id in self._placed:
+                raise DuplicateStreamError(f"Stream {stream_id} already in tree")
+            if not (depends_on or weight != 16 or exclusive):
+                self._dormant[stream_id] = None
+                self._unblocked.add(stream_id)
+                return
+            self._become_plain()
+        super().insert_stream(stream_id, depends_on, weight, exclusive)
 
     def block(self, stream_id: int) -> None:
         if stream_id in self._dormant:
@@ -314,17 +303,13 @@ class LazyPriorityTree(PriorityTree):
         self, stream_id: int, depends_on: int | None = None, weight: int = 16,
         exclusive: bool = False,
     ) -> None:  # fmt: skip
-        self._place(stream_id)
-        self._place_under(depends_on, exclusive)
-        inside, self._inside = self._inside, True
-        try:
-            super().reprioritize(stream_id, depends_on, weight, exclusive)
-        finally:
-            self._inside = inside
+        if not self._plain:
+            self._become_plain()
+        super().reprioritize(stream_id, depends_on, weight, exclusive)
 
     def remove_stream(self, stream_id: int) -> None:
         if stream_id in self._dormant:
-            self._dormant.discard(stream_id)
+            del self._dormant[stream_id]
             self._unblocked.discard(stream_id)
         else:
             super().remove_stream(stream_id)
