@@ -81,7 +81,7 @@ class ServerConfig(Strict):
     # clients connects at once (the kernel caps it at net.core.somaxconn).
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     # An HTTP/2 response send blocked this long means the peer is gone
-    # (works around a Hypercorn 0.18 h2 hang; see web.BoundedSend); 0: off.
+    # (works around a Hypercorn 0.18 h2 hang; see callers.send_stall); 0: off.
     send_stall_secs: Annotated[float, msgspec.Meta(ge=0)] = 10 * SECONDS
     # Where workers (> 1) keep Prometheus multiprocess files; emptied at
     # start-up. Default: a fresh folder under the system temp dir.

@@ -31,11 +31,11 @@ from lakehouse.callers import openai_replies, openapi
 from lakehouse.callers.chat_flow import ChatFlow, Native, OpenAI
 from lakehouse.callers.http_io import error_response
 from lakehouse.callers.openai_errors import openai_error_response
+from lakehouse.callers.send_stall import BoundedSend, PeerGone, StallSweep
 from lakehouse.config import Config
 from lakehouse.errors import ChatdError, Forbidden, MethodNotAllowed, NotFound, ReloadRefused
 from lakehouse.plain_asgi import send_json
 from lakehouse.runtime import ConfigSource, Runtime
-from lakehouse.timeouts import Bound
 from lakehouse.upstreams.pool import hosts_listing
 from lakehouse.wire import ProvidersListing, encoder
 
@@ -181,6 +181,10 @@ def create_app(
     ``source`` re-reads the config for ``POST /admin/reload`` (and SIGHUP
     when ``handle_sighup``)."""
 
+    # The HTTP/2 send stall bound (see send_stall): one sweep for the app.
+    stall = config.chatd.server.send_stall_secs
+    sweep = StallSweep(stall) if stall else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = await Runtime.start(config, environ, source=source, handle_sighup=handle_sighup)
@@ -188,6 +192,8 @@ def create_app(
         try:
             yield
         finally:
+            if sweep is not None:
+                sweep.close()
             await runtime.close()
 
     spec = msgspec.json.encode(openapi.document())
@@ -220,70 +226,24 @@ def create_app(
     completions = ChatFlow(app.state, OpenAI())
     others = guarded(app, app.state)
 
-    stall = config.chatd.server.send_stall_secs
-
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await others(scope, receive, send)
             return
-        bounded = None
-        if stall and scope.get("http_version") == "2":
-            send = bounded = BoundedSend(send, stall)
+        if sweep is not None and scope.get("http_version") == "2":
+            send = BoundedSend(send, sweep)
         in_flight = app.state.runtime.metrics.in_flight
-        try:
-            if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
-                with contextlib.suppress(PeerGone), in_flight.track_inprogress():
-                    await chat(scope, receive, send)
-                return
-            if scope["path"] in COMPLETIONS_PATHS:
-                with contextlib.suppress(PeerGone), in_flight.track_inprogress():
-                    await completions(scope, receive, send)
-                return
-            await others(scope, receive, send)
-        finally:
-            if bounded is not None:
-                bounded.close()
+        if scope["method"] == "POST" and scope["path"] in CHAT_PATHS:
+            with contextlib.suppress(PeerGone), in_flight.track_inprogress():
+                await chat(scope, receive, send)
+            return
+        if scope["path"] in COMPLETIONS_PATHS:
+            with contextlib.suppress(PeerGone), in_flight.track_inprogress():
+                await completions(scope, receive, send)
+            return
+        await others(scope, receive, send)
 
     return asgi
-
-
-class PeerGone(Exception):
-    """A send on an HTTP/2 stream stalled past ``send_stall_secs``."""
-
-
-class BoundedSend:
-    """``send`` that gives up after ``limit`` seconds, and at once after that.
-
-    Hypercorn 0.18 leaves a stream's final send waiting forever when its
-    HTTP/2 connection closes under it (``StreamBuffer.drain`` is never
-    released): the request's task would leak until shutdown, and shutdown
-    would wait out its whole grace period. Our bodies are small, so a send
-    that waits this long is waiting on a peer that is gone. One timer
-    bounds all the sends of a request (a stream's chunks too); ``close()``
-    it when the request is done.
-    """
-
-    def __init__(self, send: Send, limit: float) -> None:
-        self._send = send
-        self._limit = limit
-        self._bound: Bound | None = None
-        self._gone = False
-
-    async def __call__(self, message: Message) -> None:
-        if self._gone:
-            raise PeerGone
-        if self._bound is None:
-            self._bound = Bound(limit=self._limit)
-        try:
-            with self._bound:
-                await self._send(message)
-        except TimeoutError:
-            self._gone = True
-            raise PeerGone from None
-
-    def close(self) -> None:
-        if self._bound is not None:
-            self._bound.close()
 
 
 async def _never(request: Request) -> Response:
