@@ -64,6 +64,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+import time
 from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
@@ -358,12 +360,48 @@ RECEIVED_HEADERS = (h2.events.RequestReceived, h2.events.TrailersReceived)
 MALFORMED = h2.errors.ErrorCodes.PROTOCOL_ERROR
 
 
-def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
-    """A subclass of Hypercorn's ``H2Protocol`` (``base``) with the two
-    changes above; ``events`` is ``hypercorn.protocol.events``."""
+def tuned_h2_protocol(base: type[Any], events: ModuleType, streams: ModuleType) -> type[Any]:
+    """A subclass of Hypercorn's ``H2Protocol`` (``base``) with the changes
+    above; ``events`` is ``hypercorn.protocol.events``, ``streams``
+    ``hypercorn.protocol.http_stream``."""
     body_events = (events.Body, events.Data)
     end_events = (events.EndBody, events.EndData)
     header_events = (events.Response, events.InformationalResponse, events.Trailers)
+    stream_closed = events.StreamClosed
+    responding = streams.ASGIHTTPState.RESPONSE
+    done = streams.ASGIHTTPState.CLOSED
+    suppress_body = streams.suppress_body
+    # Hypercorn's h2 module: what its _create_stream uses.
+    stock = sys.modules[base.__module__]
+    stream_buffer, filter_pseudo_headers = stock.StreamBuffer, stock.filter_pseudo_headers
+
+    @dataclasses.dataclass(frozen=True)
+    class LastBody(events.Body):  # type: ignore[misc,name-defined]
+        """A response's last body message: its data, then its end."""
+
+    class TunedHTTPStream(streams.HTTPStream):  # type: ignore[misc,name-defined]
+        """Hypercorn's stream, sending a response's last non-empty body
+        message as one event (``LastBody``) where it sends ``Body`` and
+        ``EndBody``; the rest as ``HTTPStream._send_closed`` does."""
+
+        async def app_send(self, message: Any) -> None:
+            if (
+                message is not None
+                and message["type"] == "http.response.body"
+                and self.state is responding  # type: ignore[has-type]
+                and not message.get("more_body", False)
+                and not self.response.get("trailers", False)
+                and message.get("body", b"") != b""
+                and not suppress_body(self.scope["method"], int(self.response["status"]))
+            ):
+                await self.send(LastBody(stream_id=self.stream_id, data=bytes(message["body"])))
+                self.state = done
+                await self.config.log.access(
+                    self.scope, self.response, time.time() - self.start_time
+                )
+                await self.send(stream_closed(stream_id=self.stream_id))
+                return
+            await super().app_send(message)
 
     class TunedH2Protocol(base):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -398,8 +436,51 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
                 kept.append(event)
             await super()._handle_events(kept)
 
+        async def _create_stream(self, request: h2.events.RequestReceived) -> None:
+            # Hypercorn's, line for line, with TunedHTTPStream for HTTPStream;
+            # tests/test_h2_tuning.py holds Hypercorn's source to the one copied.
+            for name, value in request.headers:
+                if name == b":method":
+                    method = value.decode("ascii").upper()
+                elif name == b":path":
+                    raw_path = value
+            if method == "CONNECT":
+                await super()._create_stream(request)
+                return
+            self.streams[request.stream_id] = TunedHTTPStream(
+                self.app, self.config, self.context, self.task_group, self.ssl, self.client,
+                self.server, self.stream_send, request.stream_id,
+            )  # fmt: skip
+            self.stream_buffers[request.stream_id] = stream_buffer(self.context.event_class)
+            try:
+                self.priority.insert_stream(request.stream_id)
+            except DuplicateStreamError:
+                pass  # (a PRIORITY frame before the HEADERS frame)
+            else:
+                self.priority.block(request.stream_id)
+            await self.streams[request.stream_id].handle(
+                events.Request(
+                    stream_id=request.stream_id,
+                    headers=filter_pseudo_headers(request.headers),
+                    http_version="2",
+                    method=method,
+                    raw_path=raw_path,
+                    state=self.connection_state,
+                )
+            )
+            self.keep_alive_requests += 1
+            await self.context.mark_request()
+
         async def stream_send(self, event: Any) -> None:
             kind = type(event)
+            if kind is LastBody:
+                if not await self._send_now(event.stream_id, event.data, end=True):
+                    # Hypercorn's way: the data queued, then its end.
+                    await TunedH2Protocol.stream_send(
+                        self, events.Body(event.stream_id, event.data)
+                    )
+                    await TunedH2Protocol.stream_send(self, events.EndBody(event.stream_id))
+                return
             if kind in body_events and await self._send_now(event.stream_id, event.data):
                 return
             if kind in end_events and await self._end_now(event.stream_id):
@@ -409,18 +490,22 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
                 event = dataclasses.replace(event, headers=outbound_headers(event.headers))
             await super().stream_send(event)
 
-        async def _send_now(self, stream_id: int, data: bytes) -> bool:
+        async def _send_now(self, stream_id: int, data: bytes, end: bool = False) -> bool:
             """Send ``data`` as a DATA frame at once if nothing stands in
-            its way; False leaves it to Hypercorn's send task."""
+            its way, with END_STREAM when ``end`` (and the send task is not
+            sending the stream); False leaves it to Hypercorn's send task."""
             queued = self.stream_buffers.get(stream_id)
             connection = self.connection
-            if queued is None or queued.buffer:
+            if queued is None or queued.buffer or (end and stream_id == self._sending):
                 return False
             try:
                 window = connection.local_flow_control_window(stream_id)
                 if len(data) > min(window, connection.max_outbound_frame_size):
                     return False
-                connection.send_data(stream_id, data)
+                if end:
+                    del self.stream_buffers[stream_id]
+                    self.priority.remove_stream(stream_id)
+                connection.send_data(stream_id, data, end_stream=end)
             except SEND_ERRORS:
                 # The stream or connection has closed under the sender, as
                 # Hypercorn's own path treats it: nothing to send.
@@ -442,6 +527,17 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType) -> type[Any]:
                 return True
             await self._flush()
             return True
+
+        async def _close_stream(self, stream_id: int) -> None:
+            # Hypercorn wakes its send task on every stream's close; a
+            # stream whose end went out directly has nothing there (no
+            # buffer, not in the tree), so the wake-up would find nothing.
+            if stream_id in self.stream_buffers or self.closed:
+                await super()._close_stream(stream_id)
+                return
+            stream = self.streams.pop(stream_id, None)
+            if stream is not None:
+                await stream.handle(stream_closed(stream_id=stream_id))
 
         async def _send_data(self, stream_id: int) -> None:
             self._sending = stream_id

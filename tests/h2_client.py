@@ -38,6 +38,8 @@ class RawH2:
         self.ended: dict[int, asyncio.Future[int]] = {}
         # Streams that ended with END_STREAM (not reset, not cut off).
         self.finished: set[int] = set()
+        # Streams whose END_STREAM came on a DATA frame that carried data.
+        self.ended_on_data: set[int] = set()
         # Who waits for a stream's first data (made only when asked).
         self._data: dict[int, asyncio.Future[bool]] = {}
         # Streams the server reset, by error code.
@@ -93,6 +95,8 @@ class RawH2:
         elif isinstance(event, h2.events.DataReceived):
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             self.body[event.stream_id] = self.body.get(event.stream_id, b"") + event.data
+            if event.stream_ended is not None and event.data:
+                self.ended_on_data.add(event.stream_id)
             waiter = self._data.get(event.stream_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)

@@ -225,6 +225,28 @@ async def test_busy_and_idle_updates_do_not_split_a_turns_writes() -> None:
         assert writes == [b"first second third"]
 
 
+async def test_only_a_change_between_busy_and_idle_reaches_the_keep_alive_watcher() -> None:
+    # HTTP/2 says "busy" for each new stream and as each stream but the
+    # last closes: repeats that would move the keep-alive mark for nothing.
+    async with tuned_connection() as (server, _, _):
+        seen: list[str] = []
+        watch = server.idle_task
+        stop, restart = watch.stop, watch.restart
+
+        async def stopping() -> None:
+            seen.append("busy")
+            await stop()
+
+        async def restarting(*args: Any) -> None:
+            seen.append("idle")
+            await restart(*args)
+
+        watch.stop, watch.restart = stopping, restarting  # type: ignore[method-assign]
+        for idle in (False, False, False, True, True, False, True):
+            await server.protocol_send(Updated(idle=idle))
+        assert seen == ["busy", "idle", "busy", "idle"]
+
+
 async def test_closing_first_sends_what_is_gathered() -> None:
     async with tuned_connection() as (server, reader, _):
         await server.protocol_send(RawData(data=b"last bytes"))

@@ -28,9 +28,10 @@ import priority
 import pytest
 from hpack import NeverIndexedHeaderTuple
 from hypercorn import protocol as hypercorn_protocol
-from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.asyncio.worker_context import EventWrapper, WorkerContext
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol import h2 as hypercorn_h2
+from hypercorn.protocol import http_stream
 
 from lakehouse import connections, server
 from lakehouse.h2_tuning import (
@@ -41,7 +42,7 @@ from lakehouse.h2_tuning import (
     request_headers_ok,
 )
 from tests import support
-from tests.h2_client import exchange
+from tests.h2_client import RawH2, exchange
 from tests.protocols import built, lifespan, picked_per_config, recording, stock_in_place, tuned_by
 from tests.support import make_config
 
@@ -52,6 +53,7 @@ STOCK = hypercorn_h2.H2Protocol
 protocol_for = functools.partial(built, "H2Protocol")
 runs_tuned = functools.partial(tuned_by, "TunedH2Protocol")
 CHUNKS = [b"[%03d]" % i * 5 for i in range(40)]  # 25 bytes each
+WHOLE = b"one body message, " * 8  # 144 bytes
 ODD_HEADERS = [
     (b"X-Custom", b"yes"),
     (b"connection", b"close"),
@@ -93,6 +95,17 @@ def test_the_contract_names_what_the_tuning_relies_on(monkeypatch: pytest.Monkey
     monkeypatch.delattr(hypercorn_h2.H2Protocol, "_send_data")
     [problem] = connections.h2_contract_problems()
     assert problem == "H2Protocol._send_data is not a coroutine function"
+
+
+def test_the_contract_names_the_stream_parts_the_tuning_relies_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(http_stream.HTTPStream, "app_send")
+    monkeypatch.delattr(hypercorn_h2.H2Protocol, "_close_stream")
+    assert connections.h2_contract_problems() == [
+        "H2Protocol._close_stream is not a coroutine function",
+        "HTTPStream.app_send is not a coroutine function",
+    ]
 
 
 def test_stock_h2_protocol_has_what_the_tuning_relies_on() -> None:
@@ -315,6 +328,27 @@ def test_h2s_receive_frame_is_the_one_copied() -> None:
     assert "self._receive_frame(frame)" in inspect.getsource(h2.connection.H2Connection)
 
 
+# Hypercorn 0.18.0's code the tuned stream stands in for: H2Protocol's
+# _create_stream (copied, with TunedHTTPStream for HTTPStream) and
+# _close_stream (bypassed for streams that ended directly), HTTPStream's
+# app_send and _send_closed (what a response's last body message does). A
+# new Hypercorn changing one fails here: compare h2_tuning's parts again.
+HYPERCORN_SHA256 = {
+    "H2Protocol._create_stream": "91eb123ddf247ede84f6766ae1ecb49ab0a7d2fad59490f1adfe7694c738b686",
+    "H2Protocol._close_stream": "a292549791640b651dc636a981d58eb25117578cc09d85929bef25d12fc425ed",
+    "HTTPStream.app_send": "c806044b997369855904b5496ef44bd2bf273f599e686647500ce507c1b0250b",
+    "HTTPStream._send_closed": "9aaf2e1ac611e51c85bb587cc9ca28f7db77e8ec03b43231ee0efc42a4c40393",
+}
+
+
+def test_hypercorns_stream_code_is_the_one_the_tuning_follows() -> None:
+    for name, digest in HYPERCORN_SHA256.items():
+        owner, method = name.split(".")
+        module = hypercorn_h2 if owner == "H2Protocol" else http_stream
+        source = inspect.getsource(getattr(getattr(module, owner), method))
+        assert hashlib.sha256(source.encode()).hexdigest() == digest, source
+
+
 def frames_after_a_reset(quiet: bool) -> tuple[list[str], bytes]:
     """A server connection's events and output for: a request on stream 1,
     the server resetting it, a request on stream 3, then the client's
@@ -443,6 +477,10 @@ async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await lifespan(receive, send)
         return
     headers = [(b"content-type", b"text/plain")]
+    if scope["path"] == "/whole":
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": WHOLE, "more_body": False})
+        return
     if scope["path"] == "/odd-headers":
         headers += ODD_HEADERS
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -556,6 +594,66 @@ async def test_a_small_window_keeps_hypercorn_flow_control(
     assert len(pushes) == len(CHUNKS)
     assert 1 in send_task
     assert tree_inserts == [1]
+
+
+async def test_a_one_message_body_goes_out_with_its_end_in_one_frame(
+    flavour: str, pushes: list[int], send_task: list[int]
+) -> None:
+    async with serving(flavour) as port:
+        client = await RawH2.connect(f"http://127.0.0.1:{port}")
+        try:
+            sid = client.start("GET", "/whole")
+            assert await client.wait(sid) == 200
+        finally:
+            await client.close()
+    assert client.body[sid] == WHOLE
+    assert sid in client.finished
+    if flavour == "tuned":
+        assert sid in client.ended_on_data  # DATA with END_STREAM, no empty DATA after
+        assert pushes == [] and send_task == []
+    else:
+        assert sid not in client.ended_on_data
+        assert pushes == [len(WHOLE)]
+
+
+async def test_a_one_message_body_over_the_window_keeps_hypercorn_flow_control(
+    flavour: str, pushes: list[int], send_task: list[int]
+) -> None:
+    async with serving(flavour) as port:
+        headers, body = await fetch(port, "/whole", window=10)
+    assert headers[b":status"] == b"200"
+    assert body == WHOLE
+    assert pushes == [len(WHOLE)]
+    assert 1 in send_task
+
+
+async def test_a_head_request_gets_no_body_and_its_end(flavour: str) -> None:
+    async with serving(flavour) as port:
+        headers, body, _ = await exchange(f"http://127.0.0.1:{port}", "HEAD", "/whole")
+    assert headers[b":status"] == b"200"
+    assert body == b""
+
+
+async def test_streams_that_end_directly_do_not_wake_the_send_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Hypercorn wakes its send task as each stream closes; for a stream
+    # whose end went out directly there is nothing for it to do.
+    waits: list[None] = []
+    requests = 10
+    recording(monkeypatch, EventWrapper, "wait", lambda: waits.append(None))
+    async with serving("tuned") as port:
+        client = await RawH2.connect(f"http://127.0.0.1:{port}")
+        try:
+            for _ in range(requests):
+                sid = client.start("GET", "/whole")
+                assert await client.wait(sid) == 200
+                assert client.body[sid] == WHOLE
+        finally:
+            await client.close()
+    # A few waits whatever the count (the send task's first, the server's
+    # own); one more per request when each close wakes the send task.
+    assert len(waits) < requests, len(waits)
 
 
 async def test_response_headers_are_lower_cased_and_hop_by_hop_dropped() -> None:
