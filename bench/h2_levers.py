@@ -25,6 +25,7 @@ import h2.events
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lakehouse.h2_tuning import PlainEncoder, outbound_headers, request_headers_ok
+from lakehouse.hpack_lean import LeanDecoder
 
 REQUEST = [
     (b":method", b"POST"), (b":path", b"/chat"), (b":scheme", b"http"),
@@ -43,7 +44,9 @@ def response(i: int) -> list[tuple[bytes, bytes]]:
     ]  # fmt: skip
 
 
-def run(*, own_in: bool = False, own_out: bool = False, plain: bool = False) -> tuple[float, float]:
+def run(
+    *, own_in: bool = False, own_out: bool = False, plain: bool = False, lean: bool = False
+) -> tuple[float, float]:
     """µs per request: (receive, respond)."""
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(
@@ -53,6 +56,8 @@ def run(*, own_in: bool = False, own_out: bool = False, plain: bool = False) -> 
     )  # fmt: skip
     if plain:
         server.encoder = PlainEncoder()
+    if lean:
+        server.decoder = LeanDecoder()
     client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
     client.initiate_connection()
     server.initiate_connection()
@@ -95,7 +100,8 @@ def main() -> None:
         ("request headers checked once", {"own_in": True}),
         ("response headers checked once", {"own_out": True}),
         ("plain HPACK literals", {"plain": True}),
-        ("all three", {"own_in": True, "own_out": True, "plain": True}),
+        ("lean HPACK decoding", {"lean": True}),
+        ("all four", {"own_in": True, "own_out": True, "plain": True, "lean": True}),
     ]
     print("| h2 setting | receive µs/request | respond µs/request | total |")
     print("|---|---|---|---|")

@@ -1,8 +1,9 @@
 """How chatd has Hypercorn's HTTP/2 layer run: per-message costs removed.
 
 Its parts stand in for parts of Hypercorn's ``H2Protocol`` (hypercorn 0.18,
-``hypercorn/protocol/h2.py``) over the h2 4.x library. ~450 lines: every
-lever is a piece of that one class and shares its contract tests. This
+``hypercorn/protocol/h2.py``) over the h2 4.x library. ~570 lines: every
+lever is a piece of that one class (and of the stream class it builds)
+and shares its contract tests. This
 module imports h2 and the libraries under it (hpack, hyperframe,
 priority), never Hypercorn: ``lakehouse.connections.install_h2`` builds the subclass
 and has Hypercorn use it for the connections of a tuned server
@@ -28,6 +29,19 @@ connection no longer flushes its gathered writes on each stream's
 idle/busy update: with that flush, it cost a write per stream (+17% CPU
 a request), which the send task's batching had hidden.
 
+The last body message and the end in one frame. Hypercorn's stream
+turns an answer's last body message into two events, the data and then
+the end, which go out as a DATA frame and an empty DATA frame with
+END_STREAM: two trips through h2's stream state machine and framing,
+and two through the protocol's send path. ``TunedHTTPStream`` (built by
+the protocol's ``_create_stream``, Hypercorn's line for line otherwise)
+sends them as one event, ``LastBody``, and the protocol sends one DATA
+frame with END_STREAM when the direct path above can take it (else the
+data and the end go Hypercorn's way, one after the other). A stream
+ended directly is also closed without waking the send task, which
+Hypercorn does for every stream's close and which would find nothing of
+it. Hypercorn's code these stand in for is held by a hash in the tests.
+
 Response headers checked once. h2 normalises and validates every header
 block it sends in a chain of generators (lower-case names, strip, drop
 connection headers, mark secrets never-indexed; then refuse what is left
@@ -44,6 +58,9 @@ its dynamic table; a response's request id and Server-Timing are new
 every time, so they fill that table without ever matching. Sent as plain
 literals that are never indexed (RFC 7541 allows either) a response head is
 ~40 bytes longer and much cheaper to make (``PlainEncoder``).
+
+Header blocks received decoded leanly: ``lakehouse.hpack_lean``'s
+``LeanDecoder`` stands in for the connection's hpack decoder.
 
 Frames received without their repr. h2 logs every frame it receives
 through its no-op logger, making ``repr(frame)`` first (flags sorted,
@@ -78,6 +95,8 @@ import hpack
 from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, RstStreamFrame
 from priority.priority import DuplicateStreamError, PriorityTree
+
+from lakehouse.hpack_lean import LeanDecoder
 
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); ``te`` is
 # allowed only as "trailers".
@@ -414,6 +433,10 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType, streams: ModuleType) 
             config.validate_outbound_headers = False
             config.validate_inbound_headers = False
             self.connection.encoder = PlainEncoder()
+            stock = self.connection.decoder  # (nothing decoded yet)
+            self.connection.decoder = LeanDecoder(stock.max_header_list_size)
+            self.connection.decoder.max_allowed_table_size = stock.max_allowed_table_size
+            self.connection.decoder.header_table_size = stock.header_table_size
             if isinstance(self.connection.config.logger, h2.config.DummyLogger):
                 # (bound to this connection: h2 calls self._receive_frame)
                 self.connection._receive_frame = receive_frame.__get__(self.connection)

@@ -41,6 +41,7 @@ from lakehouse.h2_tuning import (
     receive_frame,
     request_headers_ok,
 )
+from lakehouse.hpack_lean import LeanDecoder
 from tests import support
 from tests.h2_client import RawH2, exchange
 from tests.protocols import built, lifespan, picked_per_config, recording, stock_in_place, tuned_by
@@ -314,6 +315,42 @@ def test_h2_connection_encodes_with_its_encoder_attribute() -> None:
     conn.data_to_send()
     conn.send_headers(1, [(b":status", b"200"), (b"x-request-id", b"c4ec3c6100000001")])
     assert b"c4ec3c6100000001" in conn.data_to_send()
+
+
+def test_h2_connection_decodes_with_its_decoder_attribute() -> None:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    assert type(conn.decoder) is hpack.Decoder
+    decoded: list[bytes] = []
+
+    class Recording(LeanDecoder):
+        def decode(self, data: bytes, raw: bool = False) -> Any:
+            decoded.append(data)
+            return super().decode(data, raw)
+
+    conn.decoder = Recording()
+    conn.initiate_connection()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+    client.initiate_connection()
+    client.send_headers(1, GET, end_stream=True)
+    [_, received, _] = conn.receive_data(client.data_to_send())
+    assert isinstance(received, h2.events.RequestReceived)
+    assert received.headers == GET
+    assert len(decoded) == 1
+
+
+def test_a_tuned_connection_decodes_with_the_lean_decoder_and_h2s_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stock_in_place(monkeypatch, "H2Protocol", STOCK)
+    assert server.tune_h2() is True
+    proto = protocol_for(server.ServerConfig())
+    assert runs_tuned(proto)
+    decoder = proto.connection.decoder
+    assert type(decoder) is LeanDecoder
+    stock = h2.connection.H2Connection().decoder
+    assert decoder.max_header_list_size == stock.max_header_list_size
+    assert decoder.max_allowed_table_size == stock.max_allowed_table_size
+    assert decoder.header_table_size == stock.header_table_size
 
 
 # h2 4.4.1's H2Connection._receive_frame, which receive_frame copies less
