@@ -2,7 +2,8 @@
 
 ``asyncio.timeout`` around each wait makes a timer and cancels it again:
 for a stream that is a timer per chunk on every layer that bounds its
-waits (the upstream read, the request's deadline, the send to the caller).
+waits (the upstream read, the request's deadline; the HTTP/2 send to the
+caller has one sweep per worker instead, ``lakehouse.callers.send_stall``).
 ``Bound`` gives each wait the same guarantee from a single timer that is
 armed once and, when it fires while no wait is overdue, moved to the
 earliest moment one could be (so it fires about once per ``limit`` of a
