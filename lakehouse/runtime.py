@@ -3,7 +3,8 @@
 Each job has its own object: ``generations`` (the current config's
 generation, reloads, retiring ones), ``prober`` (the health probe loop),
 ``log`` (metrics and the access line of each request), ``mint`` (request
-IDs), ``heap`` (freed C heap given back to the OS). Built in the app's lifespan, never at import.
+IDs), ``heap`` (freed C heap given back to the OS), ``collector`` (when the
+garbage collector walks the whole heap). Built in the app's lifespan, never at import.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lakehouse import sd_notify
 from lakehouse.auth import Gate
 from lakehouse.config import Config
 from lakehouse.dispatcher import Dispatcher
+from lakehouse.gc_pacing import CollectionPacer
 from lakehouse.generations import ConfigSource, Generation, Generations
 from lakehouse.health import Health
 from lakehouse.heap_trim import HeapTrimmer
@@ -42,6 +44,7 @@ class Runtime:
         self.log = RequestLog(metrics)
         self.prober = Prober(generations)
         self.heap = HeapTrimmer()
+        self.collector = CollectionPacer(lambda: self.dispatcher.in_flight > 0)
         self.mint = Minter()
         self.ready = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -93,6 +96,7 @@ class Runtime:
         holder.append(runtime)
         runtime.prober.start(config.chatd.probe_interval_secs)
         runtime.heap.start()
+        runtime.collector.start()
         if metrics.multiprocess:
             runtime._spawn(metrics.publish_forever())
         if handle_sighup and source is not None:
@@ -135,6 +139,7 @@ class Runtime:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.prober.stop()
         await self.heap.stop()
+        await self.collector.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
