@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -353,6 +354,26 @@ async def test_a_client_gone_mid_stream_frees_its_connection(stub: StubUpstream)
         await eventually(lambda: len(asyncio.all_tasks()) <= baseline, 15, "tasks ended")
 
 
+
+
+def tuned_servers() -> int:
+    return sum(type(o) is TunedTCPServer for o in gc.get_objects())
+
+
+async def test_a_closed_connection_is_freed_without_the_collector(stub: StubUpstream) -> None:
+    # (gc_pacing leaves full collections rare while calls are in flight.)
+    async with running_chatd(config_for(stub, tuned=True)) as base:
+        # The readiness check's connection: gone, however it goes.
+        await eventually(lambda: gc.collect() >= 0 and tuned_servers() == 0, 15, "a quiet start")
+        gc.disable()
+        try:
+            reader, writer = await connect(base)
+            assert b" 200 " in await exchange(reader, writer)
+            assert tuned_servers() == 1
+            writer.close()
+            await eventually(lambda: tuned_servers() == 0, 15, "the connection's objects freed")
+        finally:
+            gc.enable()
 
 
 def watchers() -> int:
