@@ -24,11 +24,12 @@ long at most. Objects frozen at start-up (``asgi``) are never walked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Callable
+
+from lakehouse.tasks import wait_closed
 
 log = logging.getLogger("chatd")
 
@@ -69,9 +70,7 @@ class CollectionPacer:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await wait_closed(task)
         # Unless someone set others since (another pacer in the same
         # process, as in tests, that stopped first and put its own back).
         if self._saved is not None and gc.get_threshold() == (*YOUNG, NEVER):

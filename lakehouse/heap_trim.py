@@ -18,12 +18,13 @@ closing. Elsewhere than glibc 2.33+ it does nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import time
+
+from lakehouse.tasks import wait_closed
 
 log = logging.getLogger("chatd")
 
@@ -95,9 +96,7 @@ class HeapTrimmer:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await wait_closed(task)
 
     async def _watch(self) -> None:
         glibc = self._glibc
