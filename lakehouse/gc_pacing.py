@@ -6,19 +6,21 @@ the last full one. A full collection walks every object the collector
 tracks, with the event loop stopped: at 1,000 open streams a worker tracks
 ~230,000 objects (coroutines, futures, tasks, protocol objects: ~230 a
 stream), and a full collection took 50-80 ms of CPU, every few seconds
-while streams kept starting. Every chunk due in that time waits; that was
-the largest share of chatd's inter-chunk p99 at 1,000 streams. It finds
-almost nothing: chatd's objects go by reference counting, and the few
-cycles (a closed connection's protocol objects) mostly die young, where
-the young collections find them.
+while streams kept starting. Every chunk due in that time waits: pacing
+them halved the NDJSON relay's chunk delay p99 at 1,000 streams (35 to 16
+ms; bench/README.md, "Collector pauses"). They find almost nothing:
+chatd's objects go by reference counting, a tuned connection lets go of
+its objects when it closes (``connections.TunedTCPServer.run``), and the
+few cycles left mostly die young, where the young collections find them.
 
 So a worker leaves the young generations to CPython, smaller than its
 defaults (700 and 10: a collection of the middle one took 4 ms of CPU on
 average and up to 15 ms at that load; with 400 and 3, 1.3 ms and 5.8 ms),
-and paces the full ones itself: as CPython would (after ``FULL_AFTER`` middle collections) when no
-chat call is in flight, and at most once every ``busy_every`` seconds
-while one is. Cyclic garbage that reached the oldest generation waits that
-long at most. Objects frozen at start-up (``asgi``) are never walked.
+and paces the full ones itself: as CPython would (after ``FULL_AFTER``
+middle collections) when no chat call is in flight, and at most once every
+``busy_every`` seconds while one is. Cyclic garbage that reached the oldest
+generation waits that long at most. Objects frozen at start-up (``asgi``)
+are never walked.
 """
 
 from __future__ import annotations
