@@ -42,12 +42,13 @@ async def test_a_stalled_send_ends_the_request_and_every_send_after_it() -> None
 
 
 async def test_each_send_gets_the_whole_limit_from_its_own_start() -> None:
-    # Sends of 0.3 s each under a 0.5 s limit, 1.5 s in all: a bound on
-    # the request rather than on each send would end it.
-    sweep = StallSweep(0.5)
+    # Sends of 0.5 s each under a 2 s limit, 2.5 s in all: a bound on the
+    # request rather than on each send would end it (and a loaded CI has
+    # 1.5 s of slack per send).
+    sweep = StallSweep(2.0)
 
     async def slow(message: Any) -> None:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
 
     send = BoundedSend(slow, sweep)
     for _ in range(5):
