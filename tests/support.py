@@ -140,6 +140,22 @@ async def eventually(check: Callable[[], Any], within: float = 20.0, what: str =
         await asyncio.sleep(0.02)
 
 
+def timers_armed(monkeypatch: pytest.MonkeyPatch, method: str) -> list[float]:
+    """The first argument (a delay or a loop time) of every timer the
+    running loop's ``method`` (``call_later`` or ``call_at``) arms from now
+    on; the timers are armed as before."""
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    arm = getattr(loop, method)
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return arm(when, callback, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(loop, method, counting)
+    return armed
+
+
 def config_error(done: subprocess.CompletedProcess[str]) -> str:
     """The one line a chatd process that refused its config wrote (it
     exits with 2)."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from lakehouse.timeouts import Bound
 from tests.cancelling import cancel_once
+from tests.support import timers_armed
 
 pytestmark = pytest.mark.anyio
 
@@ -50,14 +50,7 @@ async def test_until_bounds_every_wait_and_refuses_new_ones_after_it() -> None:
 
 async def test_many_waits_arm_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
-    armed: list[float] = []
-    call_at = loop.call_at
-
-    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        armed.append(when)
-        return call_at(when, callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", counting)
+    armed = timers_armed(monkeypatch, "call_at")
     bound = Bound(limit=60, until=loop.time() + 120)
     for _ in range(200):
         with bound:

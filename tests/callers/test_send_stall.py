@@ -11,7 +11,7 @@ import pytest
 from lakehouse.callers.send_stall import SWEEPS, BoundedSend, PeerGone, StallSweep
 from tests.h2_client import RawH2
 from tests.stub_world import one_stub
-from tests.support import eventually
+from tests.support import eventually, timers_armed
 
 pytestmark = pytest.mark.anyio
 
@@ -79,15 +79,7 @@ async def test_a_cancellation_from_elsewhere_passes_through_untouched() -> None:
 async def test_sends_that_do_not_wait_arm_no_timer_per_send(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    armed: list[float] = []
-    call_later = loop.call_later
-
-    def counting(delay: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        armed.append(delay)
-        return call_later(delay, callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_later", counting)
+    armed = timers_armed(monkeypatch, "call_later")
     sweep = StallSweep(10)
     for _ in range(100):
         send = BoundedSend(sent, sweep)
