@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from lakehouse.gc_pacing import FULL_AFTER, NEVER, YOUNG, CollectionPacer
+from tests.support import make_config, running_chatd
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +116,10 @@ def test_nothing_runs_before_a_full_collection_is_due(thresholds: None) -> None:
     assert not pacer.step()
     gc.collect(1)
     assert pacer.step()
+
+
+async def test_a_running_chatd_paces_its_collector_and_puts_it_back(thresholds: None) -> None:
+    gc.set_threshold(700, 10, 10)
+    async with running_chatd(make_config("")):
+        assert gc.get_threshold() == (*YOUNG, NEVER)
+    assert gc.get_threshold() == (700, 10, 10)
