@@ -356,7 +356,9 @@ def main(argv: list[str]) -> int:
             )  # fmt: skip
             longest = args.chunks * max((ms for _, ms in args.stream_levels), default=0) / 1000
             total = len(rows) * args.runs * (args.duration + 0.5)
-            total += len(srows) * args.runs * (args.stream_duration + longest + 1)
+            # Each stream row: the streams' starts spread over one answer, the
+            # counted window, the last answers' drain.
+            total += len(srows) * args.runs * (args.stream_duration + 2 * longest + 1)
             print(
                 f"bench: {len(rows)} rows and {len(srows)} stream rows x {args.runs} runs "
                 f"x {args.duration:g} s "
@@ -392,7 +394,7 @@ def main(argv: list[str]) -> int:
                 for row in every[shift:] + every[:shift]:
                     if isinstance(row, StreamRow):
                         stream = run_stream_row(
-                            row, args.stream_duration, load_cpu,
+                            row, args.stream_duration, args.chunks * row.tick_ms, load_cpu,
                             {"schatd": schatd.pid, **sfloor_pids}, stub_pids,
                         )  # fmt: skip
                         row.samples.append(stream)

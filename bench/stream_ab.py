@@ -5,7 +5,7 @@ interleaved round by round, with the floors beside them.
 
     .venv/bin/python bench/stream_ab.py --arm base=/tmp/base --arm new=. \\
         [--arm stock=.:chatd.server.tuned=false] [--floors] [--runs 3] \\
-        [--streams 200:20] [--duration 8]
+        [--streams 200:20] [--duration 8] [--h2] [--sse] [--burst]
 
 An arm is NAME=TREE[:KEY=VALUE,...]: chatd started from TREE (its
 ``lakehouse`` package, this venv's libraries), with each KEY=VALUE given as
@@ -80,10 +80,12 @@ def served_rows(
     proc: subprocess.Popen[bytes],
     level: tuple[int, float, str, str],
     h2: bool,
+    sse_url: str | None = None,
 ) -> list[StreamRow]:
     """The stream rows of one serving process, once warmed up (its idle RSS
-    taken): over HTTP/1.1, and over h2c with ``h2``; ``level``: streams, ms
-    between chunks, the body, the stub serving that pace."""
+    taken): over HTTP/1.1, over h2c with ``h2``, and the OpenAI route's SSE
+    over HTTP/1.1 at ``sse_url``; ``level``: streams, ms between chunks,
+    the body, the stub serving that pace."""
     n, ms, body, stub_name = level
     key = f"{name}{ms:g}"
     served.pids[key] = proc.pid
@@ -98,6 +100,11 @@ def served_rows(
             StreamRow(f"{name}-{tag}/{n}", f"{label} {proto}", url, n, ms, body, stub_name, True,
                       h2=on_h2, proxy=key)
         )  # fmt: skip
+    if sse_url:
+        rows.append(
+            StreamRow(f"{name}-sse/{n}", f"{name} SSE h1", sse_url, n, ms, body, stub_name, True,
+                      proxy=key)
+        )  # fmt: skip
     return rows
 
 
@@ -110,6 +117,12 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=50)
     p.add_argument("--duration", type=float, default=8)
     p.add_argument("--h2", action="store_true", help="also the h2c rows")
+    p.add_argument("--sse", action="store_true", help="also the OpenAI route's SSE rows")
+    p.add_argument(
+        "--burst", action="store_true",
+        help="start the streams over one chunk interval (all restart together), "
+        "not over one answer",
+    )  # fmt: skip
     args = p.parse_args()
     levels = [
         (int(n), float(ms)) for n, _, ms in (x.partition(":") for x in args.streams.split(","))
@@ -162,7 +175,10 @@ def main() -> None:
                     procs.append(proc)
                     level = (n, ms, body, stub_name)
                     label = f"{name} NDJSON"
-                    rows += served_rows(served, name, label, f"{url}/chat", proc, level, args.h2)
+                    sse = f"{url}/v1/chat/completions" if args.sse else None
+                    rows += served_rows(
+                        served, name, label, f"{url}/chat", proc, level, args.h2, sse
+                    )
                 if args.floors:
                     for name, extra in (("floor", []), ("tuned", ["--tuned"])):
                         url, proc = start_floor("0", stub_url, extra)
@@ -174,7 +190,8 @@ def main() -> None:
             for rnd in range(args.runs):
                 shift = rnd % len(rows)
                 for row in rows[shift:] + rows[:shift]:
-                    s = run_stream_row(row, args.duration, "1", pids, stub_pids)
+                    spread = row.tick_ms * (1 if args.burst else args.chunks)
+                    s = run_stream_row(row, args.duration, spread, "1", pids, stub_pids)
                     row.samples.append(s)
                     print(
                         f"  round {rnd + 1} {row.label:<28} n={row.streams:<5} "

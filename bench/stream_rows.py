@@ -33,7 +33,8 @@ class StreamSample:
     """One run of one stream row."""
 
     streams: int  # streams completed
-    chunks: int  # stamped chunks received
+    chunks: int  # stamped chunks received while all streams were open
+    chunks_all: int  # every stamped chunk, ramp and drain included
     errors: int
     elapsed_s: float
     lat_p50_ms: float  # stamp-to-arrival time of each chunk
@@ -72,15 +73,17 @@ def tick_name(ms: float) -> str:
 
 
 def run_stream_row(
-    row: StreamRow, duration: float, load_cpu: str | None, proxy_pids: dict[str, int],
-    stub_pids: dict[str, int],
+    row: StreamRow, duration: float, spread_ms: float, load_cpu: str | None,
+    proxy_pids: dict[str, int], stub_pids: dict[str, int],
 ) -> StreamSample:  # fmt: skip
+    """One run of ``row``: its streams started over ``spread_ms`` (one
+    answer's length in ``bench/run``), then ``duration`` s counted."""
     stub_pid = stub_pids[row.stub]
     chatd_pid = proxy_pids[row.proxy]
     chatd0, stub0 = cpu_ticks(chatd_pid), cpu_ticks(stub_pid)
     argv = [
         sys.executable, str(STREAMS), "--url", row.url, "--streams", str(row.streams),
-        "--duration", f"{duration:g}", "--body", row.body, "--stagger-ms", f"{row.tick_ms:g}",
+        "--duration", f"{duration:g}", "--body", row.body, "--stagger-ms", f"{spread_ms:g}",
         *(["--h2"] if row.h2 else []),
     ]  # fmt: skip
     with rss_sampler(chatd_pid if row.via_chatd else None) as peak:
@@ -94,10 +97,11 @@ def run_stream_row(
         why = f"{out.stdout}\n{out.stderr}"
         raise SystemExit(f"bench: streams.py failed ({out.returncode}):\n{why}")
     r = json.loads(match.group(1))
-    chunks = max(int(r["chunks"]), 1)
+    chunks = max(int(r["chunks_all"]), 1)
     return StreamSample(
         streams=r["streams"],
         chunks=r["chunks"],
+        chunks_all=r["chunks_all"],
         errors=r["errors"],
         elapsed_s=r["elapsed_s"],
         lat_p50_ms=r["lat_p50_ms"],
@@ -215,10 +219,14 @@ def stream_lines(
         "",
         "## Streaming",
         "",
-        f"Each stream row keeps N streams open for {args.stream_duration:g} s (each "
-        f"started again as it ends; starts spread over one chunk interval), "
-        f"{args.chunks} chunks per answer from the stub. CPU per chunk: the process's "
-        "CPU over the row ÷ chunks received (stream set-up included). Chunk delay: "
+        "Each stream row starts N streams spread over one answer's length "
+        f"({args.chunks} chunks from the stub, at the row's interval), each started "
+        "again as it ends, so stream set-ups come steadily (N ÷ that length a "
+        "second) as from independent callers, not as a burst of N every answer; "
+        f"what is counted arrives in the {args.stream_duration:g} s after the last "
+        "start, all N open. CPU per chunk: the process's "
+        "CPU over the whole run ÷ every chunk received (set-ups, ramp and drain "
+        "included). Chunk delay: "
         "the stub stamps each chunk with the monotonic clock as it writes it; the "
         "client (`bench/streams.py`, CPU "
         f"{args.load_cpu}) takes arrival - stamp. Added p99: chatd's p99 - the direct "

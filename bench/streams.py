@@ -14,10 +14,17 @@ streams straight from the stub give the floor to subtract. Only a content
 that is exactly one stamp counts, so chatd's final NDJSON line (all the
 contents joined) is not counted again.
 
-Streams start spread over ``--stagger-ms`` (one chunk interval), as
-independent callers would, not in lock step. The line printed:
-``STREAMS_JSON {"streams", "chunks", "errors", "lat_p50_ms", "lat_p99_ms",
-"ttfc_p50_ms", "ttfc_p99_ms", "elapsed_s"}``.
+Streams start spread over ``--stagger-ms``, as independent callers would,
+not in lock step; ``bench/run`` spreads them over one answer's length, so
+that once all are open they also end and start again spread out (N / that
+length stream set-ups a second), not as a burst of N every answer. What is
+counted is what arrives while all N are open: from the last start for
+``--duration`` seconds (streams ending then start again), not the ramp
+before it or the drain after. The line printed: ``STREAMS_JSON {"streams",
+"chunks" (counted), "chunks_all" (every stamped chunk, ramp and drain
+included: what the serving process's CPU over the whole run is divided
+by), "errors", "lat_p50_ms", "lat_p99_ms", "ttfc_p50_ms", "ttfc_p99_ms",
+"elapsed_s" (the counted window)}``.
 """
 
 from __future__ import annotations
@@ -45,22 +52,32 @@ BIG_WINDOW = 2**31 - 1
 
 @dataclass
 class Tally:
-    deadline: float
+    counted_from: float  # all streams open
+    deadline: float  # no stream starts after this
     latencies: list[float] = field(default_factory=list)
     ttfc: list[float] = field(default_factory=list)
+    chunks_all: int = 0
     streams: int = 0
     errors: int = 0
     open: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stamps(self, buf: bytes, fresh_from: int, now: float) -> int:
-        """Record the transit time of each stamp ending past ``fresh_from``."""
+        """Record the transit time of each stamp ending past ``fresh_from``
+        (in the counted window); say how many there were."""
         found = 0
+        counted = self.counted_from <= now < self.deadline
         for match in STAMP.finditer(buf):
             if match.end() > fresh_from:
-                self.latencies.append(now - float(match.group(1)))
+                if counted:
+                    self.latencies.append(now - float(match.group(1)))
                 found += 1
+        self.chunks_all += found
         return found
+
+    def first_chunk(self, now: float, sent_at: float) -> None:
+        if self.counted_from <= now < self.deadline:
+            self.ttfc.append(now - sent_at)
 
     def ended(self) -> None:
         self.open -= 1
@@ -106,7 +123,7 @@ class H1Stream(asyncio.Protocol):
                 return
         if tally.stamps(buf, len(self.carry), now) and self.first:
             self.first = False
-            tally.ttfc.append(now - self.sent_at)
+            tally.first_chunk(now, self.sent_at)
         if buf.endswith(H1_END):
             tally.streams += 1
             if now < tally.deadline:
@@ -189,7 +206,7 @@ class H2Streams(asyncio.Protocol):
             elif isinstance(event, h2.events.DataReceived):
                 sent = self.sent_at.pop(event.stream_id, None)
                 if sent is not None and STAMP.search(event.data):
-                    tally.ttfc.append(now - sent)
+                    tally.first_chunk(now, sent)
                 elif sent is not None:
                     self.sent_at[event.stream_id] = sent
             elif isinstance(event, h2.events.StreamEnded):
@@ -237,8 +254,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     host, port = url.hostname or "127.0.0.1", url.port or 80
     body = args.body.encode()
     started = time.monotonic()
-    tally = Tally(deadline=started + args.duration)
-    stagger = args.stagger_ms / 1000 / max(1, args.streams)
+    ramp = args.stagger_ms / 1000
+    tally = Tally(counted_from=started + ramp, deadline=started + ramp + args.duration)
+    stagger = ramp / max(1, args.streams)
     if args.h2:
         conns = []
         left = args.streams
@@ -278,19 +296,20 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
         waits = [asyncio.ensure_future(one(i)) for i in range(args.streams)]
     try:
-        async with asyncio.timeout(args.duration + args.grace):
+        async with asyncio.timeout(ramp + args.duration + args.grace):
             await asyncio.gather(*waits)
     except TimeoutError:
         tally.errors += tally.open
     return {
         "streams": tally.streams,
         "chunks": len(tally.latencies),
+        "chunks_all": tally.chunks_all,
         "errors": tally.errors,
         "lat_p50_ms": percentile_ms(tally.latencies, 50),
         "lat_p99_ms": percentile_ms(tally.latencies, 99),
         "ttfc_p50_ms": percentile_ms(tally.ttfc, 50),
         "ttfc_p99_ms": percentile_ms(tally.ttfc, 99),
-        "elapsed_s": time.monotonic() - started,
+        "elapsed_s": min(time.monotonic(), tally.deadline) - tally.counted_from,
     }
 
 
@@ -298,11 +317,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--url", required=True)
     p.add_argument("--streams", type=int, required=True)
-    p.add_argument("--duration", type=float, default=10, help="no new stream after this")
+    p.add_argument(
+        "--duration", type=float, default=10, help="seconds counted, from the last start"
+    )
     p.add_argument("--grace", type=float, default=60, help="how long open streams may take")
     p.add_argument("--body", required=True)
     p.add_argument("--h2", action="store_true", help="h2c, prior knowledge")
-    p.add_argument("--stagger-ms", type=float, default=20, help="spread of the starts")
+    p.add_argument("--stagger-ms", type=float, default=20, help="spread of the first starts")
     args = p.parse_args()
     try:
         import uvloop

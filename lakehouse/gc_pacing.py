@@ -1,26 +1,43 @@
-"""When a worker's cyclic garbage collector walks everything it holds.
+"""When a worker's cyclic garbage collector walks what it holds.
 
-CPython runs a full collection once ten collections of the middle
-generation have run and the oldest generation has grown by a quarter since
-the last full one. A full collection walks every object the collector
-tracks, with the event loop stopped: at 1,000 open streams a worker tracks
-~230,000 objects (coroutines, futures, tasks, protocol objects: ~230 a
-stream), and a full collection took 50-80 ms of CPU, every few seconds
-while streams kept starting. Every chunk due in that time waits: pacing
-them halved the NDJSON relay's chunk delay p99 at 1,000 streams (35 to 16
-ms; bench/README.md, "Collector pauses"). They find almost nothing:
-chatd's objects go by reference counting, a tuned connection lets go of
-its objects when it closes (``connections.TunedTCPServer.run``), and the
-few cycles left mostly die young, where the young collections find them.
+The collector's walks stop the event loop, and every chunk due meanwhile
+waits. Two of CPython's rules go wrong for a worker relaying many streams:
 
-So a worker leaves the young generations to CPython, smaller than its
-defaults (700 and 10: a collection of the middle one took 4 ms of CPU on
-average and up to 15 ms at that load; with 400 and 3, 1.3 ms and 5.8 ms),
-and paces the full ones itself: as CPython would (after ``FULL_AFTER``
-middle collections) when no chat call is in flight, and at most once every
-``busy_every`` seconds while one is. Cyclic garbage that reached the oldest
-generation waits that long at most. Objects frozen at start-up (``asgi``)
-are never walked.
+- Full collections. CPython runs one once ten collections of the middle
+  generation have run: it walks every tracked object, ~230 per open
+  stream (coroutines, futures, tasks, protocol objects), 50-80 ms of CPU at
+  1,000 open streams, every few seconds while streams kept starting; and
+  it finds almost nothing (chatd's objects go by reference counting, a
+  tuned connection lets go of its objects when it closes).
+- Young collections. CPython's young count is allocations less
+  deallocations, and deallocations of old objects count too. A relay
+  waiting for its next chunk holds ~25 tracked objects made for that wait
+  (the async generators' ``asend`` objects, coroutines, a future, bound
+  ``__exit__`` methods), which die one chunk later, by then old. So at
+  1,000 streams births and deaths cancel out, the count seldom reaches its
+  threshold, and when it does the youngest generation holds everything
+  born since: ~20,000 objects, 8-11 ms of CPU for a young collection and
+  up to 19 ms for a middle one (bench/README.md, "Young collections").
+
+So a worker paces both. While chat calls are in flight it collects the
+young generations itself every ``young_every`` seconds (``gc.collect(1)``:
+each walk covers only what was born since the last, ~0.5 ms at that load,
+and what survives goes straight to the oldest generation, so nothing is
+walked twice); CPython's own young collections stay, with smaller
+thresholds (400 and 3 instead of 700 and 10), for the allocations between.
+Full collections are never CPython's. Once ten middle collections have
+run, the worker runs one while no call is in flight, at most every
+``idle_every`` seconds; while calls are in flight, only once the heap has
+grown by a quarter since the last one (``sys.getallocatedblocks``: the
+objects the interpreter holds, counted as it allocates, so looking costs
+nothing). That is CPython's own rule for full collections, a quarter's
+growth, measured by what is alive rather than by what young collections
+promoted: the transient objects above are promoted hundreds of thousands a
+second and die at once, and counting them ran a full collection (50-80 ms
+at 1,000 streams) whenever allowed. So a worker whose load holds steady
+walks its whole heap only when it pauses, and cyclic garbage that reached
+the oldest generation can grow the heap by a quarter at most before it is
+collected. Objects frozen at start-up (``asgi``) are never walked.
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 
@@ -38,28 +56,36 @@ log = logging.getLogger("chatd")
 YOUNG = (400, 3)  # collections of the youngest generation, then of the middle one
 FULL_AFTER = 10  # middle-generation collections before a full one (CPython's own)
 NEVER = 1 << 30  # a threshold CPython does not reach: full collections are ours
-TICK = 1.0  # seconds between looks
-BUSY_EVERY = 30.0  # seconds between full collections while calls are in flight
+TICK = 1.0  # seconds between looks while no call is in flight
+YOUNG_EVERY = 0.01  # seconds between young collections while calls are
+IDLE_EVERY = 5.0  # seconds between full collections while no call is in flight
+GROWTH = 1.25  # heap growth since the last full collection that makes one due while busy
 
 
 class CollectionPacer:
     """Sets the collector's thresholds on ``start`` and puts the previous
-    ones back on ``stop``; between them, runs the full collections.
+    ones back on ``stop``; between them, runs the young collections while
+    calls are in flight and the full ones.
     ``busy()`` says whether chat calls are in flight."""
 
     def __init__(
         self,
         busy: Callable[[], bool],
         *,
-        busy_every: float = BUSY_EVERY,
+        idle_every: float = IDLE_EVERY,
+        young_every: float = YOUNG_EVERY,
         tick: float = TICK,
         clock: Callable[[], float] = time.monotonic,
+        heap: Callable[[], int] = sys.getallocatedblocks,
     ) -> None:
         self._busy = busy
-        self._busy_every = busy_every
+        self._idle_every = idle_every
+        self._young_every = young_every
         self._tick = tick
         self._clock = clock
+        self._heap = heap
         self._last = clock()
+        self._heap_after = heap()  # the heap after the last full collection
         self._saved: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -67,6 +93,7 @@ class CollectionPacer:
         self._saved = gc.get_threshold()
         gc.set_threshold(*YOUNG, NEVER)
         self._last = self._clock()
+        self._heap_after = self._heap()
         self._task = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -80,15 +107,23 @@ class CollectionPacer:
         self._saved = None
 
     def step(self) -> bool:
-        """One look: run a full collection if it is due; say whether it ran."""
+        """One look: while calls are in flight, collect the young
+        generations; run a full collection if it is due; say whether a
+        full one ran."""
+        busy = self._busy()
+        if busy:
+            gc.collect(1)
         if gc.get_count()[2] < FULL_AFTER:
             return False
-        now = self._clock()
-        if self._busy() and now - self._last < self._busy_every:
+        if busy:
+            if self._heap() < self._heap_after * GROWTH:
+                return False
+        elif self._clock() - self._last < self._idle_every:
             return False
         started = time.perf_counter()
         found = gc.collect()
         self._last = self._clock()
+        self._heap_after = self._heap()
         log.debug(
             "full collection",
             extra={"found": found, "ms": round((time.perf_counter() - started) * 1000, 1)},
@@ -97,5 +132,5 @@ class CollectionPacer:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self._tick)
+            await asyncio.sleep(self._young_every if self._busy() else self._tick)
             self.step()

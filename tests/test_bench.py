@@ -90,6 +90,7 @@ def test_quick_bench_runs_without_errors(tmp_path: Path) -> None:
     assert "| floor, tuned h2c" in proc.stdout
     for key, runs in streams.items():
         assert runs and all(s["chunks"] > 0 and s["errors"] == 0 for s in runs), (key, runs)
+        assert all(s["chunks_all"] >= s["chunks"] for s in runs), (key, runs)
         assert all(0 < s["lat_p99_ms"] < 5000 for s in runs), (key, runs)
     assert "| chatd /chat NDJSON h2c" in proc.stdout
 

@@ -1,4 +1,4 @@
-"""CollectionPacer: CPython's young collections, chatd's full ones."""
+"""CollectionPacer: young collections timed while calls are in flight, full ones paced."""
 
 from __future__ import annotations
 
@@ -75,8 +75,57 @@ async def test_two_pacers_in_one_process_leave_the_first_thresholds(thresholds: 
     assert gc.get_threshold() == (700, 10, 10)
 
 
-async def test_idle_worker_collects_as_cpython_would(thresholds: None) -> None:
-    pacer = CollectionPacer(lambda: False, tick=0.01)
+def young_garbage() -> weakref.ref[Cycle]:
+    """A cycle dropped while young, with CPython's own collections off."""
+    assert not gc.isenabled()
+    cycle = Cycle()
+    ref = weakref.ref(cycle)
+    del cycle
+    return ref
+
+
+@pytest.fixture
+def no_automatic_collections() -> Iterator[None]:
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def test_busy_look_collects_the_young_generations(no_automatic_collections: None) -> None:
+    # CPython's young count is births less deaths, and old streams' deaths
+    # keep it low while new ones' objects pile up: the pacer does not wait
+    # for it while calls are in flight.
+    ref = young_garbage()
+    CollectionPacer(lambda: True, clock=Clock()).step()
+    assert ref() is None
+
+
+def test_idle_look_leaves_the_young_generations_to_cpython(
+    no_automatic_collections: None,
+) -> None:
+    ref = young_garbage()
+    CollectionPacer(lambda: False, clock=Clock()).step()
+    assert ref() is not None
+    gc.collect(0)
+    assert ref() is None
+
+
+async def test_busy_worker_collects_young_garbage_on_its_own(
+    thresholds: None, no_automatic_collections: None
+) -> None:
+    pacer = CollectionPacer(lambda: True, young_every=0.01, tick=3600)
+    pacer.start()
+    try:
+        ref = young_garbage()
+        async with asyncio.timeout(10):
+            while ref() is not None:  # noqa: ASYNC110 - the pacer's task frees it
+                await asyncio.sleep(0.01)
+    finally:
+        await pacer.stop()
+
+
+async def test_idle_worker_collects_once_due(thresholds: None) -> None:
+    pacer = CollectionPacer(lambda: False, idle_every=0, tick=0.01)
     pacer.start()
     try:
         ref = old_garbage()
@@ -87,28 +136,52 @@ async def test_idle_worker_collects_as_cpython_would(thresholds: None) -> None:
         await pacer.stop()
 
 
-def test_busy_worker_collects_at_most_once_per_interval(thresholds: None) -> None:
-    clock = Clock()
-    pacer = CollectionPacer(lambda: True, busy_every=30, clock=clock)
+class Heap:
+    """Blocks the interpreter holds, as the test says."""
+
+    def __init__(self) -> None:
+        self.blocks = 100_000
+
+    def __call__(self) -> int:
+        return self.blocks
+
+
+def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(thresholds: None) -> None:
+    clock, heap = Clock(), Heap()
+    pacer = CollectionPacer(lambda: True, clock=clock, heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
     ref = old_garbage()
-    clock.now += 29
+    clock.now += 3600  # time alone makes none due
+    heap.blocks = 124_999
     assert not pacer.step()
     assert ref() is not None
-    clock.now += 1
+    heap.blocks = 125_000
     assert pacer.step()
     assert ref() is None
-    # The next one waits for the interval again, due or not.
+    # The next one is due at a quarter over the heap after this one.
     ref = old_garbage()
-    clock.now += 29
+    heap.blocks = 156_249
     assert not pacer.step()
+    heap.blocks = 156_250
+    assert pacer.step()
+    assert ref() is None
+
+
+def test_idle_worker_collects_at_most_once_per_idle_interval(thresholds: None) -> None:
+    clock = Clock()
+    pacer = CollectionPacer(lambda: False, idle_every=5, clock=clock)
+    gc.set_threshold(*YOUNG, NEVER)
+    ref = old_garbage()
+    clock.now += 4
+    assert not pacer.step()
+    assert ref() is not None
     clock.now += 1
     assert pacer.step()
     assert ref() is None
 
 
 def test_nothing_runs_before_a_full_collection_is_due(thresholds: None) -> None:
-    pacer = CollectionPacer(lambda: False)
+    pacer = CollectionPacer(lambda: False, idle_every=0)
     gc.set_threshold(*YOUNG, NEVER)
     gc.collect()  # counts start again from zero
     for _ in range(FULL_AFTER - 1):
