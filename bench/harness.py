@@ -358,7 +358,7 @@ def main(argv: list[str]) -> int:
             total = len(rows) * args.runs * (args.duration + 0.5)
             # Each stream row: the streams' starts spread over one answer, the
             # counted window, the last answers' drain.
-            total += len(srows) * args.runs * (args.stream_duration + 2 * longest + 1)
+            total += len(srows) * args.runs * (args.stream_duration + 2 * longest + 2)
             print(
                 f"bench: {len(rows)} rows and {len(srows)} stream rows x {args.runs} runs "
                 f"x {args.duration:g} s "

@@ -26,6 +26,9 @@ BUDGET_CHUNK_RATIO = 3.0  # chatd CPU per chunk vs the producer's (the stub's)
 BUDGET_H2_CHUNK_RATIO = 1.1  # h2c CPU per chunk vs HTTP/1.1
 BUDGET_ADDED_CHUNK_P99_MS = 5.0  # at the largest stream row
 BUDGET_STREAM_RSS_KB = 20.0  # RSS per open stream at the largest stream row
+# Not counted after the last stream started: the full collections the heap's
+# growth sets off while the streams are taken on (bench/streams.py).
+SETTLE_MS = 1000
 
 
 @dataclass
@@ -77,13 +80,15 @@ def run_stream_row(
     proxy_pids: dict[str, int], stub_pids: dict[str, int],
 ) -> StreamSample:  # fmt: skip
     """One run of ``row``: its streams started over ``spread_ms`` (one
-    answer's length in ``bench/run``), then ``duration`` s counted."""
+    answer's length in ``bench/run``), then ``duration`` s counted from
+    ``SETTLE_MS`` after the last start."""
     stub_pid = stub_pids[row.stub]
     chatd_pid = proxy_pids[row.proxy]
     chatd0, stub0 = cpu_ticks(chatd_pid), cpu_ticks(stub_pid)
     argv = [
         sys.executable, str(STREAMS), "--url", row.url, "--streams", str(row.streams),
         "--duration", f"{duration:g}", "--body", row.body, "--stagger-ms", f"{spread_ms:g}",
+        "--settle-ms", str(SETTLE_MS),
         *(["--h2"] if row.h2 else []),
     ]  # fmt: skip
     with rss_sampler(chatd_pid if row.via_chatd else None) as peak:
@@ -223,8 +228,10 @@ def stream_lines(
         f"({args.chunks} chunks from the stub, at the row's interval), each started "
         "again as it ends, so stream set-ups come steadily (N ÷ that length a "
         "second) as from independent callers, not as a burst of N every answer; "
-        f"what is counted arrives in the {args.stream_duration:g} s after the last "
-        "start, all N open. CPU per chunk: the process's "
+        f"what is counted arrives in the {args.stream_duration:g} s from "
+        f"{SETTLE_MS / 1000:g} s after the last start, all N open (the full collections "
+        "set off by the heap's growth while the streams are taken on are left out: "
+        "bench/README.md, Young collections). CPU per chunk: the process's "
         "CPU over the whole run ÷ every chunk received (set-ups, ramp and drain "
         "included). Chunk delay: "
         "the stub stamps each chunk with the monotonic clock as it writes it; the "
