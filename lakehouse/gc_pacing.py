@@ -37,7 +37,9 @@ second and die at once, and counting them ran a full collection (50-80 ms
 at 1,000 streams) whenever allowed. So a worker whose load holds steady
 walks its whole heap only when it pauses, and cyclic garbage that reached
 the oldest generation can grow the heap by a quarter at most before it is
-collected. Objects frozen at start-up (``asgi``) are never walked.
+collected (where the interpreter does not count its blocks, as under
+``PYTHONMALLOC=malloc``, every ``BUSY_EVERY`` seconds instead). Objects
+frozen at start-up (``asgi``) are never walked.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ TICK = 1.0  # seconds between looks while no call is in flight
 YOUNG_EVERY = 0.01  # seconds between young collections while calls are
 IDLE_EVERY = 5.0  # seconds between full collections while no call is in flight
 GROWTH = 1.25  # heap growth since the last full collection that makes one due while busy
+# Seconds between full collections while busy where the interpreter does not
+# count its blocks (``PYTHONMALLOC=malloc``: ``sys.getallocatedblocks()`` is 0).
+BUSY_EVERY = 30.0
 
 
 class CollectionPacer:
@@ -115,10 +120,7 @@ class CollectionPacer:
             gc.collect(1)
         if gc.get_count()[2] < FULL_AFTER:
             return False
-        if busy:
-            if self._heap() < self._heap_after * GROWTH:
-                return False
-        elif self._clock() - self._last < self._idle_every:
+        if not (self._grown() if busy else self._clock() - self._last >= self._idle_every):
             return False
         started = time.perf_counter()
         found = gc.collect()
@@ -129,6 +131,12 @@ class CollectionPacer:
             extra={"found": found, "ms": round((time.perf_counter() - started) * 1000, 1)},
         )
         return True
+
+    def _grown(self) -> bool:
+        heap = self._heap()
+        if heap and self._heap_after:
+            return heap >= self._heap_after * GROWTH
+        return self._clock() - self._last >= BUSY_EVERY
 
     async def _watch(self) -> None:
         while True:

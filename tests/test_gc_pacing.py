@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lakehouse.gc_pacing import FULL_AFTER, NEVER, YOUNG, CollectionPacer
+from lakehouse.gc_pacing import BUSY_EVERY, FULL_AFTER, NEVER, YOUNG, CollectionPacer
 from tests.support import make_config, running_chatd
 
 pytestmark = pytest.mark.anyio
@@ -163,6 +163,21 @@ def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(thresholds: N
     heap.blocks = 156_249
     assert not pacer.step()
     heap.blocks = 156_250
+    assert pacer.step()
+    assert ref() is None
+
+
+def test_busy_worker_without_a_block_count_collects_every_interval(thresholds: None) -> None:
+    # PYTHONMALLOC=malloc: sys.getallocatedblocks() is 0, growth unmeasured.
+    clock, heap = Clock(), Heap()
+    heap.blocks = 0
+    pacer = CollectionPacer(lambda: True, clock=clock, heap=heap)
+    gc.set_threshold(*YOUNG, NEVER)
+    ref = old_garbage()
+    clock.now += BUSY_EVERY - 1
+    assert not pacer.step()
+    assert ref() is not None
+    clock.now += 1
     assert pacer.step()
     assert ref() is None
 
