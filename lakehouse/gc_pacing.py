@@ -19,12 +19,16 @@ waits. Two of CPython's rules go wrong for a worker relaying many streams:
   born since: ~20,000 objects, 8-11 ms of CPU for a young collection and
   up to 19 ms for a middle one (bench/README.md, "Young collections").
 
-So a worker paces both. While chat calls are in flight it collects the
-young generations itself every ``young_every`` seconds (``gc.collect(1)``:
-each walk covers only what was born since the last, ~0.5 ms at that load,
-and what survives goes straight to the oldest generation, so nothing is
-walked twice); CPython's own young collections stay, with smaller
-thresholds (400 and 3 instead of 700 and 10), for the allocations between.
+So a worker paces both. While ``MANY`` chat calls or more are in flight it
+collects the young generations itself every ``young_every`` seconds
+(``gc.collect(1)``: each walk covers only what was born since the last,
+~0.5 ms at that load, and what survives goes straight to the oldest
+generation, so nothing is walked twice). CPython's own young collections
+stay, with smaller thresholds (400 and 3 instead of 700 and 10), for the
+allocations between, and on their own for fewer calls: their pile-up is
+small (~20 objects a stream), and a hundred wake-ups a second (~7 ms of
+CPU a second on a 2-core VM) would cost more than they save.
+
 Full collections are never CPython's. Once ten middle collections have
 run, the worker runs one while no call is in flight, at most every
 ``idle_every`` seconds; while calls are in flight, only once the heap has
@@ -59,7 +63,8 @@ YOUNG = (400, 3)  # collections of the youngest generation, then of the middle o
 FULL_AFTER = 10  # middle-generation collections before a full one (CPython's own)
 NEVER = 1 << 30  # a threshold CPython does not reach: full collections are ours
 TICK = 1.0  # seconds between looks while no call is in flight
-YOUNG_EVERY = 0.01  # seconds between young collections while calls are
+YOUNG_EVERY = 0.01  # seconds between young collections while MANY calls are in flight
+MANY = 100  # calls in flight from which the young collections are timed
 IDLE_EVERY = 5.0  # seconds between full collections while no call is in flight
 GROWTH = 1.25  # heap growth since the last full collection that makes one due while busy
 # Seconds between full collections while busy where the interpreter does not
@@ -71,11 +76,11 @@ class CollectionPacer:
     """Sets the collector's thresholds on ``start`` and puts the previous
     ones back on ``stop``; between them, runs the young collections while
     calls are in flight and the full ones.
-    ``busy()`` says whether chat calls are in flight."""
+    ``calls()`` says how many chat calls are in flight."""
 
     def __init__(
         self,
-        busy: Callable[[], bool],
+        calls: Callable[[], int],
         *,
         idle_every: float = IDLE_EVERY,
         young_every: float = YOUNG_EVERY,
@@ -83,7 +88,7 @@ class CollectionPacer:
         clock: Callable[[], float] = time.monotonic,
         heap: Callable[[], int] = sys.getallocatedblocks,
     ) -> None:
-        self._busy = busy
+        self._calls = calls
         self._idle_every = idle_every
         self._young_every = young_every
         self._tick = tick
@@ -112,15 +117,15 @@ class CollectionPacer:
         self._saved = None
 
     def step(self) -> bool:
-        """One look: while calls are in flight, collect the young
+        """One look: while ``MANY`` calls are in flight, collect the young
         generations; run a full collection if it is due; say whether a
         full one ran."""
-        busy = self._busy()
-        if busy:
+        calls = self._calls()
+        if calls >= MANY:
             gc.collect(1)
         if gc.get_count()[2] < FULL_AFTER:
             return False
-        if not (self._grown() if busy else self._clock() - self._last >= self._idle_every):
+        if not (self._grown() if calls else self._clock() - self._last >= self._idle_every):
             return False
         started = time.perf_counter()
         found = gc.collect()
@@ -140,5 +145,5 @@ class CollectionPacer:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self._young_every if self._busy() else self._tick)
+            await asyncio.sleep(self._young_every if self._calls() >= MANY else self._tick)
             self.step()

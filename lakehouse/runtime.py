@@ -44,7 +44,7 @@ class Runtime:
         self.log = RequestLog(metrics)
         self.prober = Prober(generations)
         self.heap = HeapTrimmer()
-        self.collector = CollectionPacer(lambda: self.dispatcher.in_flight > 0)
+        self.collector = CollectionPacer(lambda: self.dispatcher.in_flight)
         self.mint = Minter()
         self.ready = False
         self._tasks: set[asyncio.Task[Any]] = set()

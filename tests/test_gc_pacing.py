@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lakehouse.gc_pacing import BUSY_EVERY, FULL_AFTER, NEVER, YOUNG, CollectionPacer
+from lakehouse.gc_pacing import BUSY_EVERY, FULL_AFTER, MANY, NEVER, YOUNG, CollectionPacer
 from tests.support import make_config, running_chatd
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +55,7 @@ async def test_start_leaves_full_collections_to_the_pacer_and_stop_restores(
     thresholds: None,
 ) -> None:
     gc.set_threshold(700, 10, 10)
-    pacer = CollectionPacer(lambda: False, tick=3600)
+    pacer = CollectionPacer(lambda: 0, tick=3600)
     pacer.start()
     assert gc.get_threshold() == (*YOUNG, NEVER)
     await pacer.stop()
@@ -65,8 +65,8 @@ async def test_start_leaves_full_collections_to_the_pacer_and_stop_restores(
 async def test_two_pacers_in_one_process_leave_the_first_thresholds(thresholds: None) -> None:
     gc.set_threshold(700, 10, 10)
     first, second = (
-        CollectionPacer(lambda: False, tick=3600),
-        CollectionPacer(lambda: False, tick=3600),
+        CollectionPacer(lambda: 0, tick=3600),
+        CollectionPacer(lambda: 0, tick=3600),
     )
     first.start()
     second.start()
@@ -96,15 +96,16 @@ def test_busy_look_collects_the_young_generations(no_automatic_collections: None
     # keep it low while new ones' objects pile up: the pacer does not wait
     # for it while calls are in flight.
     ref = young_garbage()
-    CollectionPacer(lambda: True, clock=Clock()).step()
+    CollectionPacer(lambda: MANY, clock=Clock()).step()
     assert ref() is None
 
 
-def test_idle_look_leaves_the_young_generations_to_cpython(
-    no_automatic_collections: None,
+@pytest.mark.parametrize("calls", [0, MANY - 1])
+def test_look_with_fewer_calls_leaves_the_young_generations_to_cpython(
+    no_automatic_collections: None, calls: int
 ) -> None:
     ref = young_garbage()
-    CollectionPacer(lambda: False, clock=Clock()).step()
+    CollectionPacer(lambda: calls, clock=Clock()).step()
     assert ref() is not None
     gc.collect(0)
     assert ref() is None
@@ -113,7 +114,7 @@ def test_idle_look_leaves_the_young_generations_to_cpython(
 async def test_busy_worker_collects_young_garbage_on_its_own(
     thresholds: None, no_automatic_collections: None
 ) -> None:
-    pacer = CollectionPacer(lambda: True, young_every=0.01, tick=3600)
+    pacer = CollectionPacer(lambda: MANY, young_every=0.01, tick=3600)
     pacer.start()
     try:
         ref = young_garbage()
@@ -125,7 +126,7 @@ async def test_busy_worker_collects_young_garbage_on_its_own(
 
 
 async def test_idle_worker_collects_once_due(thresholds: None) -> None:
-    pacer = CollectionPacer(lambda: False, idle_every=0, tick=0.01)
+    pacer = CollectionPacer(lambda: 0, idle_every=0, tick=0.01)
     pacer.start()
     try:
         ref = old_garbage()
@@ -148,7 +149,7 @@ class Heap:
 
 def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(thresholds: None) -> None:
     clock, heap = Clock(), Heap()
-    pacer = CollectionPacer(lambda: True, clock=clock, heap=heap)
+    pacer = CollectionPacer(lambda: MANY, clock=clock, heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
     ref = old_garbage()
     clock.now += 3600  # time alone makes none due
@@ -171,7 +172,7 @@ def test_busy_worker_without_a_block_count_collects_every_interval(thresholds: N
     # PYTHONMALLOC=malloc: sys.getallocatedblocks() is 0, growth unmeasured.
     clock, heap = Clock(), Heap()
     heap.blocks = 0
-    pacer = CollectionPacer(lambda: True, clock=clock, heap=heap)
+    pacer = CollectionPacer(lambda: MANY, clock=clock, heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
     ref = old_garbage()
     clock.now += BUSY_EVERY - 1
@@ -184,7 +185,7 @@ def test_busy_worker_without_a_block_count_collects_every_interval(thresholds: N
 
 def test_idle_worker_collects_at_most_once_per_idle_interval(thresholds: None) -> None:
     clock = Clock()
-    pacer = CollectionPacer(lambda: False, idle_every=5, clock=clock)
+    pacer = CollectionPacer(lambda: 0, idle_every=5, clock=clock)
     gc.set_threshold(*YOUNG, NEVER)
     ref = old_garbage()
     clock.now += 4
@@ -196,7 +197,7 @@ def test_idle_worker_collects_at_most_once_per_idle_interval(thresholds: None) -
 
 
 def test_nothing_runs_before_a_full_collection_is_due(thresholds: None) -> None:
-    pacer = CollectionPacer(lambda: False, idle_every=0)
+    pacer = CollectionPacer(lambda: 0, idle_every=0)
     gc.set_threshold(*YOUNG, NEVER)
     gc.collect()  # counts start again from zero
     for _ in range(FULL_AFTER - 1):
