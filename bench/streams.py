@@ -18,13 +18,13 @@ Streams start spread over ``--stagger-ms``, as independent callers would,
 not in lock step; ``bench/run`` spreads them over one answer's length, so
 that once all are open they also end and start again spread out (N / that
 length stream set-ups a second), not as a burst of N every answer. What is
-counted is what arrives while all N are open: from the last start for
-``--duration`` seconds (streams ending then start again), not the ramp
-before it or the drain after, nor ``--settle-ms`` after the last start (a
-worker's heap grows as it takes the streams on, and CPython's rule of a
-full collection each time it grew by a quarter, which chatd keeps while
-busy, sets off the last of them near the end of the ramp: a transient of
-taking the streams on, not of holding them). The line printed: ``STREAMS_JSON {"streams",
+counted arrives in the ``--duration`` seconds that begin ``--settle-ms``
+after the last start (all N open; streams that end then start again), not
+in the ramp before nor the drain after. The settling time is for the
+serving worker: its heap grows as it takes the streams on, and the full
+collections CPython's rule (a quarter's growth, which chatd keeps while
+busy) sets off come last near the end of the ramp, a transient of taking
+the streams on, not of holding them. The line printed: ``STREAMS_JSON {"streams",
 "chunks" (counted), "chunks_all" (every stamped chunk, ramp and drain
 included: what the serving process's CPU over the whole run is divided
 by), "errors", "lat_p50_ms", "lat_p99_ms", "ttfc_p50_ms", "ttfc_p99_ms",
@@ -57,7 +57,7 @@ BIG_WINDOW = 2**31 - 1
 @dataclass
 class Tally:
     counted_from: float  # all streams open
-    deadline: float  # no stream starts after this
+    deadline: float  # the counted window's end: no stream starts after it
     latencies: list[float] = field(default_factory=list)
     ttfc: list[float] = field(default_factory=list)
     chunks_all: int = 0
