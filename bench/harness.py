@@ -44,7 +44,7 @@ from procs import (
     tree_rss_kb,
     write_config,
 )
-from report import render
+from report import git_commit, render
 from stream_rows import (
     StreamRow,
     build_stream_rows,
@@ -230,6 +230,8 @@ def main(argv: list[str]) -> int:
     out_dir = BENCH / "out"
     out_dir.mkdir(exist_ok=True)
     started = dt.datetime.now(dt.UTC)
+    # The code the processes run is the tree as it is now, not at the end.
+    args.commit = git_commit()
     procs: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="chatd-bench-") as tmp_name:
         tmp = Path(tmp_name)

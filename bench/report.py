@@ -178,7 +178,7 @@ def render(
         "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC",
         f"- command: `bench/run {' '.join(sys.argv[1:])}`".replace("  ", " "),
-        f"- git commit: {git_commit()}",
+        f"- git commit: {args.commit}",
         f"- versions: {versions()}",
         f"- machine: {os.cpu_count()} CPUs (`nproc` {len(os.sched_getaffinity(0))}), "
         f"{cpu_model()}, Linux {platform.release()}, load average at end "
