@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -111,30 +111,30 @@ def test_look_with_fewer_calls_leaves_the_young_generations_to_cpython(
     assert ref() is None
 
 
+async def freed_by_the_pacer(
+    pacer: CollectionPacer, garbage: Callable[[], weakref.ref[Cycle]]
+) -> None:
+    """Start ``pacer``, make the garbage, and wait for the pacer's task to free it."""
+    pacer.start()
+    try:
+        ref = garbage()
+        async with asyncio.timeout(10):
+            while ref() is not None:  # noqa: ASYNC110 - the pacer's task frees it
+                await asyncio.sleep(0.01)
+    finally:
+        await pacer.stop()
+
+
 async def test_busy_worker_collects_young_garbage_on_its_own(
     thresholds: None, no_automatic_collections: None
 ) -> None:
-    pacer = CollectionPacer(lambda: MANY, young_every=0.01, tick=3600)
-    pacer.start()
-    try:
-        ref = young_garbage()
-        async with asyncio.timeout(10):
-            while ref() is not None:  # noqa: ASYNC110 - the pacer's task frees it
-                await asyncio.sleep(0.01)
-    finally:
-        await pacer.stop()
+    await freed_by_the_pacer(
+        CollectionPacer(lambda: MANY, young_every=0.01, tick=3600), young_garbage
+    )
 
 
 async def test_idle_worker_collects_once_due(thresholds: None) -> None:
-    pacer = CollectionPacer(lambda: 0, idle_every=0, tick=0.01)
-    pacer.start()
-    try:
-        ref = old_garbage()
-        async with asyncio.timeout(10):
-            while ref() is not None:  # noqa: ASYNC110 - the pacer's task frees it
-                await asyncio.sleep(0.01)
-    finally:
-        await pacer.stop()
+    await freed_by_the_pacer(CollectionPacer(lambda: 0, idle_every=0, tick=0.01), old_garbage)
 
 
 class Heap:
