@@ -91,21 +91,21 @@ def no_automatic_collections() -> Iterator[None]:
     gc.enable()
 
 
-def test_busy_look_collects_the_young_generations(no_automatic_collections: None) -> None:
+def test_many_calls_collect_the_young_generations(no_automatic_collections: None) -> None:
     # CPython's young count is births less deaths, and old streams' deaths
     # keep it low while new ones' objects pile up: the pacer does not wait
     # for it while calls are in flight.
     ref = young_garbage()
-    CollectionPacer(lambda: MANY, clock=Clock()).step()
+    CollectionPacer(lambda: MANY, clock=Clock()).young()
     assert ref() is None
 
 
 @pytest.mark.parametrize("calls", [0, MANY - 1])
-def test_look_with_fewer_calls_leaves_the_young_generations_to_cpython(
+def test_fewer_calls_leave_the_young_generations_to_cpython(
     no_automatic_collections: None, calls: int
 ) -> None:
     ref = young_garbage()
-    CollectionPacer(lambda: calls, clock=Clock()).step()
+    CollectionPacer(lambda: calls, clock=Clock()).young()
     assert ref() is not None
     gc.collect(0)
     assert ref() is None
