@@ -22,7 +22,7 @@ waits. Two of CPython's rules go wrong for a worker relaying many streams:
 So a worker paces both. While ``MANY`` chat calls or more are in flight it
 collects the young generations itself every ``young_every`` seconds
 (``gc.collect(1)``: each walk covers only what was born since the last,
-~0.5 ms at that load, and what survives goes straight to the oldest
+0.3 ms on average at that load, and what survives goes straight to the oldest
 generation, so nothing is walked twice). CPython's own young collections
 stay, with smaller thresholds (400 and 3 instead of 700 and 10), for the
 allocations between, and on their own for fewer calls: their pile-up is
