@@ -168,27 +168,25 @@ def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(thresholds: N
     assert ref() is None
 
 
-def test_busy_worker_without_a_block_count_collects_every_interval(thresholds: None) -> None:
-    # PYTHONMALLOC=malloc: sys.getallocatedblocks() is 0, growth unmeasured.
+@pytest.mark.parametrize(
+    ("calls", "blocks", "interval"),
+    [
+        # Busy, but PYTHONMALLOC=malloc: sys.getallocatedblocks() is 0, growth unmeasured.
+        (MANY, 0, BUSY_EVERY),
+        # Idle: at most every idle_every.
+        (0, 100_000, 5),
+    ],
+    ids=["busy-without-a-block-count", "idle"],
+)
+def test_full_collections_wait_their_interval(
+    thresholds: None, calls: int, blocks: int, interval: float
+) -> None:
     clock, heap = Clock(), Heap()
-    heap.blocks = 0
-    pacer = CollectionPacer(lambda: MANY, clock=clock, heap=heap)
+    heap.blocks = blocks
+    pacer = CollectionPacer(lambda: calls, idle_every=5, clock=clock, heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
     ref = old_garbage()
-    clock.now += BUSY_EVERY - 1
-    assert not pacer.step()
-    assert ref() is not None
-    clock.now += 1
-    assert pacer.step()
-    assert ref() is None
-
-
-def test_idle_worker_collects_at_most_once_per_idle_interval(thresholds: None) -> None:
-    clock = Clock()
-    pacer = CollectionPacer(lambda: 0, idle_every=5, clock=clock)
-    gc.set_threshold(*YOUNG, NEVER)
-    ref = old_garbage()
-    clock.now += 4
+    clock.now += interval - 1
     assert not pacer.step()
     assert ref() is not None
     clock.now += 1
