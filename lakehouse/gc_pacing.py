@@ -19,19 +19,30 @@ waits. Two of CPython's rules go wrong for a worker relaying many streams:
   born since: ~20,000 objects, 8-11 ms of CPU for a young collection and
   up to 19 ms for a middle one (bench/README.md, "Young collections").
 
-So a worker paces both. While ``MANY`` chat calls or more are in flight it
-collects the young generations itself every ``young_every`` seconds
-(``gc.collect(1)``: each walk covers only what was born since the last,
-0.3 ms on average at that load, and what survives goes straight to the oldest
-generation, so nothing is walked twice). CPython's own young collections
-stay, with smaller thresholds (400 and 3 instead of 700 and 10), for the
-allocations between, and on their own for fewer calls: their pile-up is
-small (~20 objects a stream), and a hundred wake-ups a second (~7 ms of
-CPU a second on a 2-core VM) would cost more than they save.
+So a worker paces both. While ``MANY`` chat calls or more are in flight
+it turns CPython's collections off (``gc.disable``): a stream that ends
+well leaves no cycles (its objects go by reference counting), so the
+young collections found nothing, and walking what was born cost 4-9% of
+the CPU a chunk takes (bench/README.md, "The collector off while busy").
+A failed call does leave cycles (~60-90 objects: the exception, its
+traceback, the frames it holds). Cyclic garbage made meanwhile stays
+until the next full collection, which the heap's growth brings (below);
+if that collection frees a twentieth of the heap or more (``CYCLES``),
+calls are failing in numbers, and until the calls in flight fall under
+``MANY`` the worker collects the young generations itself every
+``young_every`` seconds instead (``gc.collect(1)``: each walk covers only
+what was born since the last, 0.3 ms on average at 1,000 streams, and
+what survives goes straight to the oldest generation). It does the same
+where the heap's size cannot be read (below), as growth could not bring
+a full collection there. Under ``MANY`` calls CPython's own young
+collections run, with smaller thresholds (400 and 3 instead of 700 and
+10): their pile-up is small (~20 objects a stream); the first of them
+after a busy spell walks what that spell left alive, once.
 
 Full collections are never CPython's. Once ten middle collections have
 run, the worker runs one while no call is in flight, at most every
-``idle_every`` seconds; while calls are in flight, only once the heap has
+``idle_every`` seconds; while calls are in flight (with the collector
+off, whatever the count), only once the heap has
 grown by a quarter since the last one (``sys.getallocatedblocks``: the
 objects the interpreter holds; counting them walks its memory pools, ~0.2
 ms for a heap of 200 MB, so the worker looks once every ``tick``). That is
@@ -41,8 +52,8 @@ transient objects above are promoted hundreds of thousands a second and die
 at once, and counting them ran a full collection (50-80 ms at 1,000
 streams) whenever allowed. So a worker whose load holds steady walks its
 whole heap only when it pauses, and cyclic garbage that reached the oldest
-generation can grow the heap by a quarter at most before it is collected
-(where the interpreter does not count its blocks, as under
+generation (with the collector off, any) can grow the heap by a quarter at
+most before it is collected (where the interpreter does not count its blocks, as under
 ``PYTHONMALLOC=malloc``, every ``BUSY_EVERY`` seconds instead). Objects
 frozen at start-up (``asgi``) are never walked.
 """
@@ -64,10 +75,13 @@ YOUNG = (400, 3)  # collections of the youngest generation, then of the middle o
 FULL_AFTER = 10  # middle-generation collections before a full one (CPython's own)
 NEVER = 1 << 30  # a threshold CPython does not reach: full collections are ours
 TICK = 1.0  # seconds between looks while no call is in flight
-YOUNG_EVERY = 0.01  # seconds between young collections while MANY calls are in flight
-MANY = 100  # calls in flight from which the young collections are timed
+YOUNG_EVERY = 0.01  # seconds between young collections while busy, once cycles were seen
+MANY = 100  # calls in flight from which the worker is busy: the collector off or timed
 IDLE_EVERY = 5.0  # seconds between full collections while no call is in flight
 GROWTH = 1.25  # heap growth since the last full collection that makes one due while busy
+# Share of the heap a full collection while busy frees that turns the young
+# collections back on until the load falls: cycles are being made.
+CYCLES = 0.05
 # Seconds between full collections while busy where the interpreter does not
 # count its blocks (``PYTHONMALLOC=malloc``: ``sys.getallocatedblocks()`` is 0).
 BUSY_EVERY = 30.0
@@ -75,9 +89,9 @@ BUSY_EVERY = 30.0
 
 class CollectionPacer:
     """Sets the collector's thresholds on ``start`` and puts the previous
-    ones back on ``stop``; between them, runs the young collections while
-    ``MANY`` calls are in flight, and the full ones.
-    ``calls()`` says how many chat calls are in flight."""
+    ones back on ``stop``; between them, turns the collector off or runs
+    the young collections while ``MANY`` calls are in flight, and runs the
+    full ones. ``calls()`` says how many chat calls are in flight."""
 
     def __init__(
         self,
@@ -99,18 +113,25 @@ class CollectionPacer:
         self._heap_after = heap()  # the heap after the last full collection
         self._saved: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        # Whether the collector is off by our doing (not a test's, or a host's).
+        self._off = False
+        # Whether the young collections run while busy: cycles seen at this
+        # load, or a heap whose size cannot be read.
+        self._young_busy = not self._heap_after
 
     def start(self) -> None:
         self._saved = gc.get_threshold()
         gc.set_threshold(*YOUNG, NEVER)
         self._last = self._clock()
         self._heap_after = self._heap()
+        self._young_busy = not self._heap_after
         self._task = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             await wait_closed(task)
+        self._turn_on()
         # Unless someone set others since (another pacer in the same
         # process, as in tests, that stopped first and put its own back).
         if self._saved is not None and gc.get_threshold() == (*YOUNG, NEVER):
@@ -118,29 +139,45 @@ class CollectionPacer:
         self._saved = None
 
     def young(self) -> None:
-        """While ``MANY`` calls are in flight, collect the young generations."""
-        if self._calls() >= MANY:
+        """While ``MANY`` calls are in flight, turn the collector off, or
+        collect the young generations once cycles were seen; under that,
+        leave them to CPython."""
+        if self._calls() < MANY:
+            self._young_busy = not self._heap_after
+            self._turn_on()
+        elif self._young_busy:
+            self._turn_on()
             gc.collect(1)
+        elif gc.isenabled():
+            gc.disable()
+            self._off = True
+
+    def _turn_on(self) -> None:
+        if self._off:
+            self._off = False
+            gc.enable()
 
     def step(self) -> bool:
         """One look: run a full collection if it is due; say whether it ran."""
         calls = self._calls()
-        if gc.get_count()[2] < FULL_AFTER:
+        if not self._off and gc.get_count()[2] < FULL_AFTER:
             return False
-        if not (self._grown() if calls else self._clock() - self._last >= self._idle_every):
+        before = self._heap() if calls else 0
+        if not (self._grown(before) if calls else self._clock() - self._last >= self._idle_every):
             return False
         started = time.perf_counter()
         found = gc.collect()
         self._last = self._clock()
         self._heap_after = self._heap()
+        if self._off and before - self._heap_after >= before * CYCLES:
+            self._young_busy = True
         log.debug(
             "full collection",
             extra={"found": found, "ms": round((time.perf_counter() - started) * 1000, 1)},
         )
         return True
 
-    def _grown(self) -> bool:
-        heap = self._heap()
+    def _grown(self, heap: int) -> bool:
         if heap and self._heap_after:
             return heap >= self._heap_after * GROWTH
         return self._clock() - self._last >= BUSY_EVERY
@@ -148,7 +185,10 @@ class CollectionPacer:
     async def _watch(self) -> None:
         look_at = self._clock() + self._tick
         while True:
-            await asyncio.sleep(self._young_every if self._calls() >= MANY else self._tick)
+            # Young collections are timed; a collector that is off only
+            # needs a look once a tick.
+            busy = self._calls() >= MANY and self._young_busy
+            await asyncio.sleep(self._young_every if busy else self._tick)
             self.young()
             if self._clock() >= look_at:
                 look_at = self._clock() + self._tick

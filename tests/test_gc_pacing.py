@@ -1,4 +1,5 @@
-"""CollectionPacer: young collections timed while calls are in flight, full ones paced."""
+"""CollectionPacer: the collector off (or its young collections timed) while
+many calls are in flight, full collections paced."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lakehouse.gc_pacing import BUSY_EVERY, FULL_AFTER, MANY, NEVER, YOUNG, CollectionPacer
+from lakehouse.gc_pacing import (
+    BUSY_EVERY,
+    CYCLES,
+    FULL_AFTER,
+    GROWTH,
+    MANY,
+    NEVER,
+    YOUNG,
+    CollectionPacer,
+)
 from tests.support import make_config, running_chatd
 
 pytestmark = pytest.mark.anyio
@@ -91,12 +101,50 @@ def no_automatic_collections() -> Iterator[None]:
     gc.enable()
 
 
-def test_many_calls_collect_the_young_generations(no_automatic_collections: None) -> None:
-    # CPython's young count is births less deaths, and old streams' deaths
-    # keep it low while new ones' objects pile up: the pacer does not wait
-    # for it while calls are in flight.
+@pytest.fixture
+def collector_on() -> Iterator[None]:
+    """The collector on again after the test, whatever a pacer left."""
+    yield
+    gc.enable()
+
+
+class Heap:
+    """Blocks the interpreter holds, as the test says; a full collection
+    frees ``freed`` of them."""
+
+    def __init__(self) -> None:
+        self.blocks = 100_000
+        self.freed = 0
+
+    def __call__(self) -> int:
+        return self.blocks
+
+    def collected(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            self.blocks -= self.freed
+
+
+@pytest.fixture
+def heap() -> Iterator[Heap]:
+    made = Heap()
+    gc.callbacks.append(made.collected)
+    yield made
+    gc.callbacks.remove(made.collected)
+
+
+def test_many_calls_turn_the_collector_off_until_they_fall(collector_on: None, heap: Heap) -> None:
+    # Streams that end well leave no cycles: walking what they make is waste.
+    calls = MANY
+    pacer = CollectionPacer(lambda: calls, clock=Clock(), heap=heap)
+    pacer.young()
+    assert not gc.isenabled()
     ref = young_garbage()
-    CollectionPacer(lambda: MANY, clock=Clock()).young()
+    pacer.young()
+    assert ref() is not None
+    calls = MANY - 1
+    pacer.young()
+    assert gc.isenabled()
+    gc.collect(0)
     assert ref() is None
 
 
@@ -107,8 +155,44 @@ def test_fewer_calls_leave_the_young_generations_to_cpython(
     ref = young_garbage()
     CollectionPacer(lambda: calls, clock=Clock()).young()
     assert ref() is not None
+    assert not gc.isenabled(), "the pacer turned on a collector someone else turned off"
     gc.collect(0)
     assert ref() is None
+
+
+def test_many_calls_collect_the_young_generations_where_the_heap_is_not_counted(
+    no_automatic_collections: None,
+) -> None:
+    # PYTHONMALLOC=malloc: growth could never bring a full collection.
+    ref = young_garbage()
+    CollectionPacer(lambda: MANY, clock=Clock(), heap=lambda: 0).young()
+    assert ref() is None
+
+
+@pytest.mark.parametrize(
+    ("share", "young_collections"), [(CYCLES, True), (CYCLES / 2, False)], ids=["cycles", "few"]
+)
+def test_a_busy_full_collection_that_frees_cycles_turns_young_collections_on(
+    thresholds: None, collector_on: None, heap: Heap, share: float, young_collections: bool
+) -> None:
+    calls = MANY
+    pacer = CollectionPacer(lambda: calls, clock=Clock(), heap=heap)
+    gc.set_threshold(*YOUNG, NEVER)
+    pacer.young()
+    assert not gc.isenabled()
+    heap.blocks = int(heap.blocks * GROWTH)
+    heap.freed = int(heap.blocks * share)
+    assert pacer.step()
+    ref = young_garbage()
+    pacer.young()
+    assert gc.isenabled() is young_collections
+    assert (ref() is None) is young_collections
+    # Until the load falls: then the collector goes off again at the next.
+    calls = 0
+    pacer.young()
+    calls = MANY
+    pacer.young()
+    assert not gc.isenabled()
 
 
 async def freed_by_the_pacer(
@@ -128,27 +212,32 @@ async def freed_by_the_pacer(
 async def test_busy_worker_collects_young_garbage_on_its_own(
     thresholds: None, no_automatic_collections: None
 ) -> None:
-    await freed_by_the_pacer(
-        CollectionPacer(lambda: MANY, young_every=0.01, tick=3600), young_garbage
-    )
+    pacer = CollectionPacer(lambda: MANY, young_every=0.01, tick=3600, heap=lambda: 0)
+    await freed_by_the_pacer(pacer, young_garbage)
+
+
+async def test_busy_worker_turns_the_collector_off_and_stop_turns_it_on(
+    thresholds: None, collector_on: None
+) -> None:
+    pacer = CollectionPacer(lambda: MANY, tick=0.01)
+    pacer.start()
+    try:
+        async with asyncio.timeout(10):
+            while gc.isenabled():  # noqa: ASYNC110 - the pacer's task turns it off
+                await asyncio.sleep(0.01)
+    finally:
+        await pacer.stop()
+    assert gc.isenabled()
 
 
 async def test_idle_worker_collects_once_due(thresholds: None) -> None:
     await freed_by_the_pacer(CollectionPacer(lambda: 0, idle_every=0, tick=0.01), old_garbage)
 
 
-class Heap:
-    """Blocks the interpreter holds, as the test says."""
-
-    def __init__(self) -> None:
-        self.blocks = 100_000
-
-    def __call__(self) -> int:
-        return self.blocks
-
-
-def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(thresholds: None) -> None:
-    clock, heap = Clock(), Heap()
+def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(
+    thresholds: None, heap: Heap
+) -> None:
+    clock = Clock()
     pacer = CollectionPacer(lambda: MANY, clock=clock, heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
     ref = old_garbage()
@@ -179,9 +268,9 @@ def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(thresholds: N
     ids=["busy-without-a-block-count", "idle"],
 )
 def test_full_collections_wait_their_interval(
-    thresholds: None, calls: int, blocks: int, interval: float
+    thresholds: None, heap: Heap, calls: int, blocks: int, interval: float
 ) -> None:
-    clock, heap = Clock(), Heap()
+    clock = Clock()
     heap.blocks = blocks
     pacer = CollectionPacer(lambda: calls, idle_every=5, clock=clock, heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
