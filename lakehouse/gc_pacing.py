@@ -42,20 +42,28 @@ after a busy spell walks what that spell left alive, once.
 Full collections are never CPython's. Once ten middle collections have
 run, the worker runs one while no call is in flight, at most every
 ``idle_every`` seconds; while calls are in flight (with the collector
-off, whatever the count), only once the heap has
-grown by a quarter since the last one (``sys.getallocatedblocks``: the
-objects the interpreter holds; counting them walks its memory pools, ~0.2
-ms for a heap of 200 MB, so the worker looks once every ``tick``). That is
-CPython's own rule for full collections, a quarter's growth, measured by
-what is alive rather than by what young collections promoted: the
-transient objects above are promoted hundreds of thousands a second and die
-at once, and counting them ran a full collection (50-80 ms at 1,000
-streams) whenever allowed. So a worker whose load holds steady walks its
-whole heap only when it pauses, and cyclic garbage that reached the oldest
-generation (with the collector off, any) can grow the heap by a quarter at
-most before it is collected (where the interpreter does not count its blocks, as under
-``PYTHONMALLOC=malloc``, every ``BUSY_EVERY`` seconds instead). Objects
-frozen at start-up (``asgi``) are never walked.
+off, whatever the count), only once the heap has grown by a quarter
+(``sys.getallocatedblocks``: the objects the interpreter holds; counting
+them walks its memory pools, ~0.2 ms for a heap of 200 MB, so the worker
+looks once every ``tick``). That is CPython's own rule, a quarter's
+growth, measured by what is alive rather than by what young collections
+promoted (the transient objects above are promoted hundreds of thousands
+a second and die at once; counting them ran a full collection whenever
+allowed). And growth that more calls explain does not count: it is
+counted from the heap at the last full collection, or from when the calls
+in flight last grew by a quarter over those of the base, whichever came
+later. Streams being taken on grow the heap with what they hold, and a
+full collection then walks it all (50-150 ms at 1,000 streams) to find
+nothing; the probe saw one land 1.5 s after the last of 1,000 streams had
+started, 140 ms. The base only rises with the calls (a quarter at a time,
+so ten times as many calls move it about ten times) and falls with a
+full collection, so what a falling or swinging load leaves is still
+counted against it. So a worker whose load holds steady walks its whole
+heap only when it pauses, and cyclic garbage can grow the heap by a
+quarter over that base before it is collected (where the interpreter does
+not count its blocks, as under ``PYTHONMALLOC=malloc``, every
+``BUSY_EVERY`` seconds instead). Objects frozen at start-up (``asgi``)
+are never walked.
 """
 
 from __future__ import annotations
@@ -111,6 +119,10 @@ class CollectionPacer:
         self._heap = heap
         self._last = clock()
         self._heap_after = heap()  # the heap after the last full collection
+        # The heap and the calls in flight at the last full collection, or when
+        # the calls last grew by a quarter: growth while busy counts from here.
+        self._base_heap = self._heap_after
+        self._base_calls = 0
         self._saved: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         # Whether the collector is off by our doing (not a test's, or a host's).
@@ -123,7 +135,8 @@ class CollectionPacer:
         self._saved = gc.get_threshold()
         gc.set_threshold(*YOUNG, NEVER)
         self._last = self._clock()
-        self._heap_after = self._heap()
+        self._heap_after = self._base_heap = self._heap()
+        self._base_calls = 0
         self._young_busy = not self._heap_after
         self._task = asyncio.create_task(self._watch())
 
@@ -160,15 +173,19 @@ class CollectionPacer:
     def step(self) -> bool:
         """One look: run a full collection if it is due; say whether it ran."""
         calls = self._calls()
+        before = self._heap() if calls else 0
+        if before and calls > self._base_calls * GROWTH:
+            # More calls: what the heap holds now is theirs.
+            self._base_heap, self._base_calls = before, calls
         if not self._off and gc.get_count()[2] < FULL_AFTER:
             return False
-        before = self._heap() if calls else 0
-        if not (self._grown(before) if calls else self._clock() - self._last >= self._idle_every):
+        if not (self._grown(before) if calls else self._idle_due()):
             return False
         started = time.perf_counter()
         found = gc.collect()
         self._last = self._clock()
-        self._heap_after = self._heap()
+        self._heap_after = self._base_heap = self._heap()
+        self._base_calls = calls
         if self._off and before - self._heap_after >= before * CYCLES:
             self._young_busy = True
         log.debug(
@@ -177,9 +194,13 @@ class CollectionPacer:
         )
         return True
 
+    def _idle_due(self) -> bool:
+        return self._clock() - self._last >= self._idle_every
+
     def _grown(self, heap: int) -> bool:
+        """Whether the heap grew by a quarter that more calls do not explain."""
         if heap and self._heap_after:
-            return heap >= self._heap_after * GROWTH
+            return heap >= self._base_heap * GROWTH
         return self._clock() - self._last >= BUSY_EVERY
 
     async def _watch(self) -> None:

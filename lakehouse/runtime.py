@@ -3,9 +3,9 @@
 Each job has its own object: ``generations`` (the current config's
 generation, reloads, retiring ones), ``prober`` (the health probe loop),
 ``log`` (metrics and the access line of each request), ``mint`` (request
-IDs), ``heap`` (freed C heap given back to the OS), ``collector`` (when the
-garbage collector walks the young generations and the whole heap). Built in
-the app's lifespan, never at import.
+IDs), ``heap`` (freed C heap given back to the OS), ``collector`` (whether
+and when the garbage collector walks the young generations and the whole
+heap). Built in the app's lifespan, never at import.
 """
 
 from __future__ import annotations
