@@ -180,7 +180,7 @@ def test_a_busy_full_collection_that_frees_cycles_turns_young_collections_on(
     gc.set_threshold(*YOUNG, NEVER)
     pacer.young()
     assert not gc.isenabled()
-    assert not pacer.step()  # the load's own heap: the base growth counts from
+    assert not pacer.step()  # from no calls to MANY: growth counts from this heap
     heap.blocks = int(heap.blocks * GROWTH)
     heap.freed = int(heap.blocks * share)
     assert pacer.step()
@@ -259,9 +259,9 @@ def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(
 
 def test_growth_that_more_calls_explain_is_not_garbage(thresholds: None, heap: Heap) -> None:
     # Streams being taken on grow the heap with what they hold: a full
-    # collection then walks it all (50-140 ms at 1,000 streams) and finds nothing.
-    calls, clock = MANY, Clock()
-    pacer = CollectionPacer(lambda: calls, clock=clock, heap=heap)
+    # collection then walks it all (50-150 ms at 1,000 streams) and finds nothing.
+    calls = MANY
+    pacer = CollectionPacer(lambda: calls, clock=Clock(), heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
     assert not pacer.step()
     ref = old_garbage()
