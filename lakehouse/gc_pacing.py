@@ -118,26 +118,25 @@ class CollectionPacer:
         self._clock = clock
         self._heap = heap
         self._last = clock()
-        self._heap_after = heap()  # the heap after the last full collection
         # The heap and the calls in flight at the last full collection, or when
         # the calls last grew by a quarter: growth while busy counts from here.
-        self._base_heap = self._heap_after
+        # A heap of 0: the interpreter does not count its blocks.
+        self._base_heap = heap()
         self._base_calls = 0
         self._saved: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         # Whether the collector is off by our doing (not a test's, or a host's).
         self._off = False
-        # Whether the young collections run while busy: cycles seen at this
-        # load, or a heap whose size cannot be read.
-        self._young_busy = not self._heap_after
+        # Whether a full collection while busy freed cycles at this load.
+        self._cycles = False
 
     def start(self) -> None:
         self._saved = gc.get_threshold()
         gc.set_threshold(*YOUNG, NEVER)
         self._last = self._clock()
-        self._heap_after = self._base_heap = self._heap()
+        self._base_heap = self._heap()
         self._base_calls = 0
-        self._young_busy = not self._heap_after
+        self._cycles = False
         self._task = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -156,14 +155,18 @@ class CollectionPacer:
         collect the young generations once cycles were seen; under that,
         leave them to CPython."""
         if self._calls() < MANY:
-            self._young_busy = not self._heap_after
+            self._cycles = False
             self._turn_on()
-        elif self._young_busy:
+        elif self._young_while_busy():
             self._turn_on()
             gc.collect(1)
         elif gc.isenabled():
             gc.disable()
             self._off = True
+
+    def _young_while_busy(self) -> bool:
+        """Cycles seen at this load, or a heap whose growth cannot be read."""
+        return self._cycles or not self._base_heap
 
     def _turn_on(self) -> None:
         if self._off:
@@ -184,10 +187,10 @@ class CollectionPacer:
         started = time.perf_counter()
         found = gc.collect()
         self._last = self._clock()
-        self._heap_after = self._base_heap = self._heap()
+        self._base_heap = self._heap()
         self._base_calls = calls
-        if self._off and before - self._heap_after >= before * CYCLES:
-            self._young_busy = True
+        if self._off and before - self._base_heap >= before * CYCLES:
+            self._cycles = True
         log.debug(
             "full collection",
             extra={"found": found, "ms": round((time.perf_counter() - started) * 1000, 1)},
@@ -199,7 +202,7 @@ class CollectionPacer:
 
     def _grown(self, heap: int) -> bool:
         """Whether the heap grew by a quarter that more calls do not explain."""
-        if heap and self._heap_after:
+        if heap and self._base_heap:
             return heap >= self._base_heap * GROWTH
         return self._clock() - self._last >= BUSY_EVERY
 
@@ -208,7 +211,7 @@ class CollectionPacer:
         while True:
             # Young collections are timed; a collector that is off only
             # needs a look once a tick.
-            busy = self._calls() >= MANY and self._young_busy
+            busy = self._calls() >= MANY and self._young_while_busy()
             await asyncio.sleep(self._young_every if busy else self._tick)
             self.young()
             if self._clock() >= look_at:
