@@ -26,8 +26,9 @@ BUDGET_CHUNK_RATIO = 3.0  # chatd CPU per chunk vs the producer's (the stub's)
 BUDGET_H2_CHUNK_RATIO = 1.1  # h2c CPU per chunk vs HTTP/1.1
 BUDGET_ADDED_CHUNK_P99_MS = 5.0  # at the largest stream row
 BUDGET_STREAM_RSS_KB = 20.0  # RSS per open stream at the largest stream row
-# Not counted after the last stream started: the full collections the heap's
-# growth sets off while the streams are taken on (bench/streams.py).
+# Not counted after the last stream started: the full collections a serving
+# process's heap growth sets off while it takes the streams on (CPython's rule,
+# which the floor rows run; bench/streams.py).
 SETTLE_MS = 1000
 
 
@@ -230,8 +231,8 @@ def stream_lines(
         "second) as from independent callers, not as a burst of N every answer; "
         f"what is counted arrives in the {args.stream_duration:g} s from "
         f"{SETTLE_MS / 1000:g} s after the last start, all N open (the full collections "
-        "set off by the heap's growth while the streams are taken on are left out: "
-        "bench/README.md, Young collections). CPU per chunk: the process's "
+        "a serving process's heap growth sets off while it takes the streams on are "
+        "left out: bench/README.md, Young collections). CPU per chunk: the process's "
         "CPU over the whole run ÷ every chunk received (set-ups, ramp and drain "
         "included). Chunk delay: "
         "the stub stamps each chunk with the monotonic clock as it writes it; the "

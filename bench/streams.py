@@ -21,10 +21,11 @@ length stream set-ups a second), not as a burst of N every answer. What is
 counted arrives in the ``--duration`` seconds that begin ``--settle-ms``
 after the last start (all N open; streams that end then start again), not
 in the ramp before nor the drain after. The settling time is for the
-serving worker: its heap grows as it takes the streams on, and the full
-collections CPython's rule (a quarter's growth, which chatd keeps while
-busy) sets off come last near the end of the ramp, a transient of taking
-the streams on, not of holding them. The line printed: ``STREAMS_JSON {"streams",
+serving process: its heap grows as it takes the streams on, and a full
+collection by CPython's rule (a quarter's growth; the floor rows run it,
+chatd's worker discounts growth that more calls explain) comes last near
+the end of the ramp, a transient of taking the streams on, not of holding
+them. The line printed: ``STREAMS_JSON {"streams",
 "chunks" (counted), "chunks_all" (every stamped chunk, ramp and drain
 included: what the serving process's CPU over the whole run is divided
 by), "errors", "lat_p50_ms", "lat_p99_ms", "ttfc_p50_ms", "ttfc_p99_ms",
