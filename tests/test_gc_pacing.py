@@ -238,10 +238,12 @@ async def test_idle_worker_collects_once_due(thresholds: None) -> None:
 def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(
     thresholds: None, heap: Heap
 ) -> None:
-    pacer = CollectionPacer(lambda: MANY, clock=Clock(), heap=heap)
+    clock = Clock()
+    pacer = CollectionPacer(lambda: MANY, clock=clock, heap=heap)
     gc.set_threshold(*YOUNG, NEVER)
     assert not pacer.step()  # from no calls to MANY: the heap now is the load's
     ref = old_garbage()
+    clock.now += 3600  # time alone makes none due
     heap.blocks = 124_999
     assert not pacer.step()
     assert ref() is not None
