@@ -263,7 +263,14 @@ class Dispatcher:
                 except ChatdError as exc:
                     admission.record(ok=not exc.provider_fault)
                     self._failed(name, exc)
-                    error = exc
+                    # Decided in here, so that no local keeps the error past
+                    # this clause: its traceback holds this frame, and the
+                    # two would make a reference cycle (errors.settled).
+                    wait, reason = self._retry_wait(exc, attempt)
+                    if wait is None:
+                        raise
+                    if self.metrics is not None:
+                        self.metrics.retry(name, exc.code)
                 else:
                     admission.record(ok=True)
                     if hold:
@@ -272,15 +279,6 @@ class Dispatcher:
                 finally:
                     info.upstream_s += time.perf_counter() - started
             # The slot is free while the retry waits.
-            if not error.retryable or attempt == retry.attempts:
-                raise error
-            wait, reason = error.retry_after, "retry_after"
-            if wait is None:
-                wait, reason = self._backoff.delay(attempt), "retry_backoff"
-            elif wait > retry.max_retry_after_secs:
-                raise error  # too long to wait here: the next fallback, if any
-            if self.metrics is not None:
-                self.metrics.retry(name, error.code)
             if info.on_wait is not None:
                 info.on_wait()
             slept_from = time.perf_counter()
@@ -290,6 +288,20 @@ class Dispatcher:
                 # Counted even when the deadline or a caller cuts it short.
                 self._waited(info, reason, time.perf_counter() - slept_from)
         raise AssertionError("the loop returns or raises")
+
+    def _retry_wait(self, error: ChatdError, attempt: int) -> tuple[float | None, str]:
+        """How long to wait before trying again after ``error`` on attempt
+        ``attempt``, and why; None when not again: not retryable, the last
+        attempt, or a Retry-After too long to wait here (the next fallback,
+        if any, is tried at once)."""
+        retry = self.policy.retry
+        if not error.retryable or attempt == retry.attempts:
+            return None, ""
+        if error.retry_after is None:
+            return self._backoff.delay(attempt), "retry_backoff"
+        if error.retry_after > retry.max_retry_after_secs:
+            return None, ""
+        return error.retry_after, "retry_after"
 
     def _waited(self, info: CallInfo, reason: str, seconds: float) -> None:
         info.wait_s += seconds

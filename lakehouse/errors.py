@@ -8,7 +8,7 @@ humans and must never carry a key: the registry redacts them on the way out.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 
 class ChatdError(Exception):
@@ -37,6 +37,20 @@ class ChatdError(Exception):
         self.path = path
         self.retry_after = retry_after
         self.upstream_status = upstream_status
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def settled(error: E) -> E:
+    """``error``, answered, to keep past its except clause: its traceback
+    dropped. The traceback holds the frame that caught the error; when that
+    frame holds the error too (a local, or ``self`` keeping it), the two
+    make a reference cycle that only the cyclic collector frees, with every
+    frame and object they hold, and a busy worker turns that collector off
+    (lakehouse.gc_pacing). chatd answers and logs its errors by class, code
+    and message; their tracebacks are never read."""
+    return error.with_traceback(None)
 
 
 class BadRequest(ChatdError):

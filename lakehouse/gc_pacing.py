@@ -20,15 +20,16 @@ waits. Two of CPython's rules go wrong for a worker relaying many streams:
   up to 19 ms for a middle one (bench/README.md, "Young collections").
 
 So a worker paces both. While ``MANY`` chat calls or more are in flight
-it turns CPython's collections off (``gc.disable``): a stream that ends
-well leaves no cycles (its objects go by reference counting), so the
-young collections found nothing, and walking what was born cost 4-9% of
-the CPU a chunk takes (bench/README.md, "The collector off while busy").
-A failed call does leave cycles (~60-90 objects: the exception, its
-traceback, the frames it holds). Cyclic garbage made meanwhile stays
-until the next full collection, which the heap's growth brings (below);
-if that collection frees a twentieth of the heap or more (``CYCLES``),
-calls are failing in numbers, and until the calls in flight fall under
+it turns CPython's collections off (``gc.disable``): a call leaves no
+cycles, ended well or failed (its objects go by reference counting; an
+error kept past the clause that caught it drops its traceback,
+``errors.settled``), so the young collections found nothing, and walking
+what was born cost 4-9% of the CPU a chunk takes (bench/README.md, "The
+collector off while busy"). Cyclic garbage made meanwhile (by a library,
+or on a path not yet seen) stays until the next full collection, which
+the heap's growth brings (below); if that collection frees a twentieth
+of the heap or more (``CYCLES``), something leaves cycles in numbers,
+and until the calls in flight fall under
 ``MANY`` the worker collects the young generations itself every
 ``young_every`` seconds instead (``gc.collect(1)``: each walk covers only
 what was born since the last, 0.3 ms on average at 1,000 streams, and

@@ -4,10 +4,13 @@ many calls are in flight, full collections paced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
+import httpx
 import pytest
 
 from lakehouse.gc_pacing import (
@@ -20,6 +23,8 @@ from lakehouse.gc_pacing import (
     YOUNG,
     CollectionPacer,
 )
+from lakehouse.stubs import Fault, StubUpstream
+from tests.stub_world import one_stub
 from tests.support import make_config, running_chatd
 
 pytestmark = pytest.mark.anyio
@@ -335,3 +340,131 @@ async def test_a_running_chatd_paces_its_collector_and_puts_it_back(thresholds: 
     async with running_chatd(make_config("")):
         assert gc.get_threshold() == (*YOUNG, NEVER)
     assert gc.get_threshold() == (700, 10, 10)
+
+
+@contextlib.asynccontextmanager
+async def collector_off(
+    overrides: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[httpx.AsyncClient, StubUpstream, list[str]]]:
+    """A client of chatd in front of the Ollama stub; in the block the
+    collector is off, and the list yielded is filled on the way out with
+    chatd's cyclic garbage from the block (``chatd_garbage``)."""
+    left: list[str] = []
+    async with (
+        one_stub("ollama", overrides) as (base, stub),
+        httpx.AsyncClient(base_url=base, timeout=30) as client,
+    ):
+        gc.collect()
+        gc.disable()
+        try:
+            yield client, stub, left
+            left.extend(chatd_garbage())
+        finally:
+            gc.enable()
+
+
+def chatd_garbage() -> list[str]:
+    """What of chatd's the collector finds unreachable now: frames,
+    coroutines and generators of its code, instances of its classes (the
+    provider stubs, which run in this process too, are not chatd's)."""
+    found = []
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        for thing in gc.garbage:
+            code = getattr(thing, "f_code", None) or getattr(thing, "cr_code", None)
+            code = code or getattr(thing, "ag_code", None)
+            where = code.co_filename if code is not None else type(thing).__module__
+            if ("lakehouse" in where or "plugins" in where) and "stubs" not in where:
+                found.append(f"{type(thing).__name__} {getattr(code, 'co_qualname', '')} {where}")
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    return found
+
+
+ASKED = {"model": "qwen3.5:latest", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "stream", "fault", "times", "status"),
+    [
+        ("/chat", True, None, 0, 200),
+        ("/chat", False, None, 0, 200),
+        ("/chat", True, Fault(kind="midstream_error", after=2), 1, 200),
+        ("/v1/chat/completions", True, Fault(kind="midstream_error", after=2), 1, 200),
+        # The connection cut mid-body: aiohttp's error, mapped.
+        ("/chat", True, Fault(kind="truncate", after=2), 1, 200),
+        ("/chat", False, Fault(kind="truncate", after=2), 100, 502),
+        # Retried, then answered: the first try's error is gone with it.
+        ("/chat", False, Fault(kind="status", status=500), 1, 200),
+        ("/chat", True, Fault(kind="status", status=500), 1, 200),
+        # Every try failed: answered 502 (then the circuit opens: 503).
+        ("/chat", False, Fault(kind="status", status=500), 100, 502),
+        ("/chat", True, Fault(kind="status", status=500), 100, 502),
+    ],
+    ids=[
+        "stream",
+        "whole",
+        "stream-broken",
+        "sse-broken",
+        "stream-cut",
+        "whole-cut",
+        "whole-retried",
+        "stream-retried",
+        "whole-failed",
+        "stream-failed",
+    ],
+)
+async def test_chat_calls_leave_no_cycles_of_chatds(
+    path: str, stream: bool, fault: Fault | None, times: int, status: int
+) -> None:
+    """What the collector being off while busy stands on: a call, ended
+    well or failed, goes by reference counting. An exception kept where
+    its traceback's frames can reach it would hold them, and all they
+    hold, until a full collection (errors.settled)."""
+    overrides = {
+        "chatd.retry.attempts": 1,
+        "chatd.retry.backoff_secs": 0,
+        "chatd.failure_threshold": 3,
+    }
+    body = {**ASKED, "stream": stream}
+    statuses = []
+    async with collector_off(overrides) as (client, stub, left):
+        await client.post(path, json=body)  # the first call's one-offs
+        for _ in range(4):
+            if fault is not None:
+                stub.fail_next(fault, times)
+            statuses.append((await client.post(path, json=body)).status_code)
+            stub.clear_faults()
+    assert statuses[0] == status, statuses
+    assert left == [], left
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_calls_past_their_deadline_leave_no_cycles_of_chatds(stream: bool) -> None:
+    body = {**ASKED, "stream": stream}
+    async with collector_off() as (client, stub, left):
+        for _ in range(3):
+            stub.fail_next(Fault(kind="stall", seconds=5, after=1))
+            reply = await client.post("/chat", json=body, headers={"x-chatd-deadline": "0.2"})
+    assert reply.status_code == (200 if stream else 504), reply.text
+    assert b"deadline" in reply.content
+    assert left == [], left
+
+
+@pytest.mark.parametrize("path", ["/chat", "/v1/chat/completions"])
+async def test_callers_leaving_mid_stream_leave_no_cycles_of_chatds(path: str) -> None:
+    body = {**ASKED, "stream": True}
+    async with collector_off() as (client, stub, left):
+        await client.post(path, json=body)
+        for _ in range(3):
+            stub.fail_next(Fault(kind="stall", seconds=30, after=2))
+            async with client.stream("POST", path, json=body) as reply:
+                async for _line in reply.aiter_lines():
+                    break
+            # chatd lets go of the upstream once it sees the caller gone.
+            async with asyncio.timeout(30):
+                while stub.open_connections:  # noqa: ASYNC110 - the stub's state, seen from outside
+                    await asyncio.sleep(0.01)
+    assert left == [], left

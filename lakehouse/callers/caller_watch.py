@@ -93,8 +93,12 @@ class CallerWatch:
                 self._timer.cancel()
                 self._timer = None
             elif self._watcher is not None:
-                # Not awaited: the watcher ends on its own next turn.
+                # Not awaited: the watcher ends on its own next turn. Let go
+                # of it: the task keeps its CancelledError, whose traceback
+                # holds the watcher's frame, which holds self (a reference
+                # cycle otherwise, see errors.settled).
                 self._watcher.cancel()
+                self._watcher = None
             return False
         if self.gone:
             self.gone = False

@@ -28,7 +28,7 @@ from lakehouse.callers.http_io import (
 from lakehouse.callers.openai_errors import openai_error_response
 from lakehouse.callers.streaming import CLIENT_GONE, ChunkWriter, Framing, LineWriter, Relay
 from lakehouse.dispatcher import CallInfo
-from lakehouse.errors import ChatdError, MethodNotAllowed
+from lakehouse.errors import ChatdError, MethodNotAllowed, settled
 from lakehouse.generations import Generation
 from lakehouse.plain_asgi import ClientGone, Headers, Receive, Send, send_json
 from lakehouse.runtime import Runtime
@@ -216,7 +216,7 @@ class ChatFlow:
             return
         except Exception as exc:
             status, headers, payload = surface.render(exc, redact)
-            error = exc if isinstance(exc, ChatdError) else None
+            error = settled(exc) if isinstance(exc, ChatdError) else None
         await reader.discard(declared, DISCARD_FACTOR * limit, DISCARD_SECS)
         await answer(send, status, payload, headers, rid, info, started)
         runtime.log.observe(generation, path, rid, request, info, status, started, None, error)
@@ -241,7 +241,7 @@ class ChatFlow:
             status, payload = 200, self._surface.encode(response, rid, info)
         except Exception as exc:
             status, headers, payload = self._surface.render(exc, generation.registry.redact)
-            error = exc if isinstance(exc, ChatdError) else None
+            error = settled(exc) if isinstance(exc, ChatdError) else None
             response = None
         await answer(send, status, payload, headers, rid, info, started)
         return status, response, error

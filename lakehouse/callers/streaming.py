@@ -32,7 +32,7 @@ from lakehouse.callers.openai_replies import (
     finish_reason,
     usage,
 )
-from lakehouse.errors import ChatdError
+from lakehouse.errors import ChatdError, settled
 from lakehouse.plain_asgi import Headers, Receive, Send
 from lakehouse.tool_calls import CallFold, arguments_text
 from lakehouse.wire import (
@@ -263,6 +263,8 @@ class Relay:
         return self._outcome
 
     async def _fail(self, error: ChatdError) -> Outcome:
+        # Kept in the outcome, which self keeps: no traceback back to here.
+        error = settled(error)
         async with self._lock:
             if not self._started:
                 status, headers, body = self._refuse(error)

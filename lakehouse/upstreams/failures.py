@@ -132,6 +132,11 @@ def decode_event(
 def transport_error(exc: BaseException, provider: str, waited: str) -> ChatdError:
     """The error family member for an aiohttp/socket failure; ``waited``
     finishes the sentence of a timeout ("did not answer within 5s")."""
+    # aiohttp keeps a body's error in the response's reader, and the
+    # error's traceback holds the reader's frames: a reference cycle, with
+    # the response and the frames of our own read in it (errors.settled).
+    # Only the message is read from here on.
+    exc.with_traceback(None)
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{provider} {waited}", provider=provider)
     if isinstance(exc, aiohttp.ClientConnectorError):
