@@ -75,7 +75,7 @@ from hypercorn.protocol import http_stream
 from hypercorn.protocol.events import StreamClosed
 
 from lakehouse.h2_guard import GuardMixin
-from lakehouse.h2_tuning import tuned_h2_protocol
+from lakehouse.h2_tuning import send_data_problems, tuned_h2_protocol
 from lakehouse.h11_tuning import tuned_h11_protocol
 from lakehouse.slow_clients import SlowClientMixin
 from lakehouse.tasks import wait_closed
@@ -329,6 +329,7 @@ def h2_contract_problems(version: str | None = None, h2_version: str | None = No
         problems.append("HTTPStream has no RESPONSE and CLOSED states")
     if not callable(getattr(http_stream, "suppress_body", None)):
         problems.append("hypercorn.protocol.http_stream has no suppress_body")
+    problems += send_data_problems()
     problems += _wrapper_problems()
     return problems
 

@@ -21,6 +21,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import h2.utilities
 import hpack
 import hyperframe.frame
@@ -40,6 +41,7 @@ from lakehouse.h2_tuning import (
     outbound_headers,
     receive_frame,
     request_headers_ok,
+    send_data_frame,
 )
 from lakehouse.hpack_lean import LeanDecoder
 from tests import support
@@ -96,6 +98,31 @@ def test_the_contract_names_what_the_tuning_relies_on(monkeypatch: pytest.Monkey
     monkeypatch.delattr(hypercorn_h2.H2Protocol, "_send_data")
     [problem] = connections.h2_contract_problems()
     assert problem == "H2Protocol._send_data is not a coroutine function"
+
+
+def test_the_contract_checks_h2_frames_data_as_send_data_frame_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h2s = h2.connection.H2Connection.send_data
+
+    def padded(self: Any, stream_id: int, data: bytes, *args: Any, **kwargs: Any) -> None:
+        h2s(self, stream_id, data, pad_length=0)  # an h2 that frames otherwise
+
+    monkeypatch.setattr(h2.connection.H2Connection, "send_data", padded)
+    assert connections.h2_contract_problems() == [
+        "send_data_frame frames otherwise than this h2's send_data"
+    ]
+    monkeypatch.setattr(h2.connection.H2Connection, "send_data", h2s)
+    assert connections.h2_contract_problems() == []
+    stream_init = h2.stream.H2Stream.__init__
+
+    def renamed(self: Any, *args: Any, **kwargs: Any) -> None:
+        stream_init(self, *args, **kwargs)  # an h2 whose streams keep their window elsewhere
+        self.send_window = self.__dict__.pop("outbound_flow_control_window")
+
+    monkeypatch.setattr(h2.stream.H2Stream, "__init__", renamed)
+    [problem] = connections.h2_contract_problems()
+    assert problem.startswith("send_data_frame fails on this h2: AttributeError"), problem
 
 
 def test_the_contract_names_the_stream_parts_the_tuning_relies_on(
@@ -365,6 +392,106 @@ def test_h2s_receive_frame_is_the_one_copied() -> None:
     assert "self._receive_frame(frame)" in inspect.getsource(h2.connection.H2Connection)
 
 
+# h2 4.4.1's send path for a DATA frame, which send_data_frame follows:
+# H2Connection.send_data (the checks, the connection's state machine, the
+# window), H2Stream.send_data (the stream's state machine, the frame, its
+# window) and _prepare_for_sending (the serialised frame appended to the
+# output). A new h2 changing one fails here: compare them again.
+SEND_DATA_SHA256 = {
+    "H2Connection.send_data": "9f67cb77f02c01d08a7676dd2c499d64b2bb021b46faa99afb2fe506c838bcdf",
+    "H2Stream.send_data": "9742a001ccca6af762d5f21ef2764c999bfd64012019e27241b2d18fdc8ff2dd",
+    "H2Connection._prepare_for_sending": (
+        "6be16b5970454a30f26185221c6d744febde7ec9450d08b3165f5adc4b7400c5"
+    ),
+}
+
+
+def test_h2s_send_data_is_the_one_followed() -> None:
+    owners = {"H2Connection": h2.connection.H2Connection, "H2Stream": h2.stream.H2Stream}
+    for name, digest in SEND_DATA_SHA256.items():
+        owner, method = name.split(".")
+        source = inspect.getsource(getattr(owners[owner], method))
+        assert hashlib.sha256(source.encode()).hexdigest() == digest, (name, source)
+    # The connection's output, which data_to_send hands over and empties.
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    assert isinstance(conn._data_to_send, bytearray)
+
+
+def open_streams() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """A server connection with stream 1 open (the request's body still
+    coming) and stream 3 half closed (the request whole), its response
+    headers sent; and the client connection talking to it."""
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+    server.initiate_connection()
+    client.initiate_connection()
+    client.send_headers(1, [(b":method", b"POST"), *GET[1:]])
+    client.send_headers(3, GET, end_stream=True)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    for stream_id in (1, 3):
+        server.send_headers(stream_id, [(b":status", b"200")])
+    client.receive_data(server.data_to_send())
+    return server, client
+
+
+def windows(conn: h2.connection.H2Connection) -> list[int]:
+    return [conn.outbound_flow_control_window] + [
+        conn.local_flow_control_window(stream_id) for stream_id in (1, 3)
+    ]
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 16_384])
+def test_send_data_frame_sends_as_h2s_own(size: int) -> None:
+    data = bytes(random.Random(size).randbytes(size))
+    (ours, client), (h2s, _) = open_streams(), open_streams()
+    for stream_id in (1, 3, 1):
+        send_data_frame(ours, stream_id, data)
+        h2s.send_data(stream_id, data)
+        assert ours.data_to_send() == h2s.data_to_send()
+        assert windows(ours) == windows(h2s)
+    # And the client reads the frames as data, on the streams sent.
+    send_data_frame(ours, 3, data)
+    [event] = client.receive_data(ours.data_to_send())
+    assert isinstance(event, h2.events.DataReceived)
+    assert (event.stream_id, event.data) == (3, data)
+
+
+def refusal(send: Any, conn: h2.connection.H2Connection, stream_id: int) -> str:
+    """What sending on ``stream_id`` raised, or the bytes it sent."""
+    try:
+        send(conn, stream_id, b"late")
+    except Exception as exc:  # whichever it is, compared by name
+        return type(exc).__name__
+    return repr(conn.data_to_send())
+
+
+def h2s_send_data(conn: h2.connection.H2Connection, stream_id: int, data: bytes) -> None:
+    conn.send_data(stream_id, data)
+
+
+@pytest.mark.parametrize(
+    ("case", "stream_id"),
+    [("stream ended", 3), ("stream reset", 1), ("connection closed", 1), ("never opened", 5)],
+)
+def test_send_data_frame_refuses_as_h2s_own(case: str, stream_id: int) -> None:
+    got = []
+    for send in (send_data_frame, h2s_send_data):
+        conn, _ = open_streams()
+        if case == "stream ended":
+            conn.end_stream(3)
+        elif case == "stream reset":
+            conn.reset_stream(1)
+        elif case == "connection closed":
+            conn.close_connection()
+        conn.data_to_send()
+        got.append(refusal(send, conn, stream_id))
+    assert got[0] == got[1], got
+    assert got[0].endswith("Error"), got
+
+
 # Hypercorn 0.18.0's code the tuned stream stands in for: H2Protocol's
 # _create_stream (copied, with TunedHTTPStream for HTTPStream) and
 # _close_stream (bypassed for streams that ended directly), HTTPStream's
@@ -569,6 +696,16 @@ def send_task(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.fixture
+def h2_data(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Streams h2's own ``send_data`` framed a DATA frame for."""
+    sent: list[int] = []
+    recording(
+        monkeypatch, h2.connection.H2Connection, "send_data", lambda sid, *_, **__: sent.append(sid)
+    )
+    return sent
+
+
+@pytest.fixture
 def pushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Bytes queued in Hypercorn's stream buffers (its send-task path)."""
     queued: list[int] = []
@@ -600,13 +737,18 @@ async def test_streamed_chunks_arrive_whole_and_in_order(
     send_task: list[int],
     tree_inserts: list[int],
     frame_reprs: list[str],
+    h2_data: list[int],
 ) -> None:
     async with serving(flavour) as port:
+        # (The start-up's contract check sent and received some.)
+        h2_data.clear()
+        frame_reprs.clear()
         headers, body = await fetch(port, "/")
     assert headers[b":status"] == b"200"
     assert body == b"".join(CHUNKS)
     if flavour == "tuned":
         assert pushes == []  # every chunk went out directly
+        assert h2_data == []  # framed by send_data_frame (the end: h2's end_stream)
         assert send_task == []  # and so did the end of the stream
         assert tree_inserts == []  # which never entered the priority tree
         # The server no longer reprs what it receives (the GET's HEADERS).
@@ -614,6 +756,7 @@ async def test_streamed_chunks_arrive_whole_and_in_order(
     else:
         assert "HeadersFrame END_STREAM" in frame_reprs
         assert len(pushes) == len(CHUNKS)
+        assert set(h2_data) == {1}
         assert 1 in send_task
         assert tree_inserts == [1]
 
