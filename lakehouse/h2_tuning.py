@@ -16,8 +16,9 @@ Direct DATA frames. Hypercorn queues every body message in the stream's
 tree, pops the buffer, frames it and writes, then walks the tree again to
 find the buffer empty: for a streamed answer, a task switch and that
 bookkeeping per chunk. Here a body
-message goes straight to h2's ``send_data`` when nothing of its stream is
-queued and the flow-control window takes it whole; then the connection's
+message goes straight out (framed by ``send_data_frame``, below) when
+nothing of its stream is queued and the flow-control window takes it
+whole; then the connection's
 coalesced write (``lakehouse.connections``) sends it with whatever else
 this loop turn wrote. The end of the body goes out the same way (an empty
 DATA frame with END_STREAM) when nothing of the stream is queued and the
