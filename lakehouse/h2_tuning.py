@@ -72,8 +72,9 @@ holds h2's source to the version copied.
 DATA frames framed here. For each frame h2's ``send_data`` runs the
 connection's and the stream's state machines (neither state changes for
 a DATA frame without END_STREAM), builds a hyperframe ``DataFrame`` with a
-set of flags, serialises it and logs through its no-op logger: ~4.6 us a
-chunk, against ~0.9 us for ``send_data_frame``, which checks the same two
+set of flags, serialises it and logs through its no-op logger: ~5.5 us a
+chunk with the window check and the hand-over of the output, against ~0.9
+us with ``send_data_frame``, which checks the same two
 states, takes the length off both flow-control windows and appends the
 9-byte frame header and the data to the connection's output, as h2 does.
 Only for a frame without END_STREAM or padding on a connection whose
@@ -104,6 +105,7 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
+import h2.config
 import h2.connection
 import h2.errors
 import h2.events
