@@ -74,16 +74,17 @@ connection's and the stream's state machines (neither state changes for
 a DATA frame without END_STREAM), builds a hyperframe ``DataFrame`` with a
 set of flags, serialises it and logs through its no-op logger: ~5.5 us a
 chunk with the window check and the hand-over of the output, against ~0.9
-us with ``send_data_frame``, which checks the same two
-states, takes the length off both flow-control windows and appends the
-9-byte frame header and the data to the connection's output, as h2 does.
-Only for a frame without END_STREAM or padding on a connection whose
-logger is h2's no-op one (an ending frame changes the stream's state:
-h2's own path); any other state goes to h2's ``send_data``, which
-raises as it would. At start-up the bytes and windows are checked
-against the installed h2's own (``send_data_problems``: a server whose
-h2 frames otherwise runs stock), and a test holds h2's source to the
-version followed.
+us with ``send_data_frame``, which checks the same two states, takes the
+length off both flow-control windows and appends the 9-byte frame header
+and the data to the connection's output, as h2 does. A frame that ends
+the stream (an answer's last body message, or the end alone, which h2
+sends with ``end_stream``) has the stream's own state machine told of
+its end, as h2 does, and the END_STREAM flag. Only on a connection whose
+logger is h2's no-op one, never with padding; any other state goes to
+h2's ``send_data``, which raises as it would. At start-up the bytes,
+windows and stream states are checked against the installed h2's own
+(``send_data_problems``: a server whose h2 frames otherwise runs stock),
+and a test holds h2's source to the version followed.
 
 Request headers checked once. h2 validates each request's header block in
 another chain of generators, with Python loops over every byte of every
@@ -395,34 +396,41 @@ def receive_frame(connection: Any, frame: Frame) -> list[h2.events.Event]:
     return events
 
 
-# A DATA frame's header (RFC 9113 4.1): length (24 bits), type 0, no
-# flags, stream id.
+# A DATA frame's header (RFC 9113 4.1): length (24 bits), type 0, flags,
+# stream id.
 DATA_HEAD = struct.Struct(">BHBBL")
+END_STREAM = 0x1
 SENDING_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 DATA_OPEN = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
+SEND_END_STREAM = h2.stream.StreamInputs.SEND_END_STREAM
 
 
-def send_data_frame(connection: Any, stream_id: int, data: bytes) -> None:
-    """h2 4.x's ``send_data(stream_id, data)`` (no END_STREAM, no padding)
-    for data the caller has checked fits the stream's flow-control window
-    and the peer's frame size: both state machines checked (a DATA frame
-    without END_STREAM changes neither), the length taken off both
-    windows, the frame appended to the connection's output. A connection
-    or stream in any other state goes to h2's ``send_data``, which raises
-    as it would."""
+def send_data_frame(connection: Any, stream_id: int, data: bytes, end: bool = False) -> None:
+    """h2 4.x's ``send_data(stream_id, data, end_stream=end)`` (no padding;
+    with empty ``data`` and ``end``, its ``end_stream``) for data the caller
+    has checked fits the stream's flow-control window and the peer's frame
+    size: both state machines checked (a DATA frame changes neither), the
+    stream's told of its end by its own state machine when ``end``, the
+    length taken off both windows, the frame appended to the connection's
+    output. A connection or stream in any other state goes to h2's
+    ``send_data``, which raises as it would."""
     stream = connection.streams.get(stream_id)
     if (
         stream is None
         or connection.state_machine.state is not SENDING_OPEN
         or stream.state_machine.state not in DATA_OPEN
     ):
-        connection.send_data(stream_id, data)
+        connection.send_data(stream_id, data, end_stream=end)
         return
+    flags = 0
+    if end:
+        stream.state_machine.process_input(SEND_END_STREAM)
+        flags = END_STREAM
     size = len(data)
     stream.outbound_flow_control_window -= size
     connection.outbound_flow_control_window -= size
     out = connection._data_to_send
-    out += DATA_HEAD.pack(size >> 16, size & 0xFFFF, 0, 0, stream_id)
+    out += DATA_HEAD.pack(size >> 16, size & 0xFFFF, 0, flags, stream_id)
     out += data
 
 
@@ -433,7 +441,7 @@ def send_data_problems() -> list[str]:
     path when it does (``connections.h2_contract_problems``)."""
     try:
         ours = _sent_by(send_data_frame)
-        h2s = _sent_by(lambda conn, stream_id, data: conn.send_data(stream_id, data))
+        h2s = _sent_by(h2s_send)
     except Exception as exc:  # an h2 whose internals moved; said, not raised
         return [f"send_data_frame fails on this h2: {type(exc).__name__}: {exc}"]
     if ours != h2s:
@@ -441,7 +449,18 @@ def send_data_problems() -> list[str]:
     return []
 
 
-def _sent_by(send: Any) -> tuple[bytes, list[int]]:
+def h2s_send(connection: Any, stream_id: int, data: bytes, end: bool) -> None:
+    """h2's own way to what ``send_data_frame`` does."""
+    if data or not end:
+        connection.send_data(stream_id, data, end_stream=end)
+    else:
+        connection.end_stream(stream_id)
+
+
+def _sent_by(send: Any) -> tuple[bytes, list[Any]]:
+    """What ``send`` (stream id, data, end) sent, and the windows and
+    states after: on stream 1 (open) a chunk, the last chunk with the end,
+    on stream 3 (half closed) a chunk, then the end alone."""
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=False, header_encoding=None)
     )
@@ -460,12 +479,17 @@ def _sent_by(send: Any) -> tuple[bytes, list[int]]:
     for stream_id in (1, 3):
         server.send_headers(stream_id, [(b":status", b"200")])
     server.data_to_send()
-    for stream_id in (1, 3, 1):
-        send(server, stream_id, b"chunk %d" % stream_id)
+    streams = [server.streams[1], server.streams[3]]
+    for stream_id, data, end in (
+        (1, b"a", False),
+        (3, b"bc", False),
+        (1, b"d", True),
+        (3, b"", True),
+    ):
+        send(server, stream_id, data, end)
     return server.data_to_send(), [
         server.outbound_flow_control_window,
-        server.local_flow_control_window(1),
-        server.local_flow_control_window(3),
+        *((s.outbound_flow_control_window, s.state_machine.state, s.closed_by) for s in streams),
     ]
 
 
@@ -624,11 +648,10 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType, streams: ModuleType) 
                 if end:
                     del self.stream_buffers[stream_id]
                     self.priority.remove_stream(stream_id)
-                    connection.send_data(stream_id, data, end_stream=True)
-                elif self._quiet:
-                    send_data_frame(connection, stream_id, data)
+                if self._quiet:
+                    send_data_frame(connection, stream_id, data, end)
                 else:
-                    connection.send_data(stream_id, data)
+                    connection.send_data(stream_id, data, end_stream=end)
             except SEND_ERRORS:
                 # The stream or connection has closed under the sender, as
                 # Hypercorn's own path treats it: nothing to send.
@@ -645,7 +668,10 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType, streams: ModuleType) 
             del self.stream_buffers[stream_id]
             self.priority.remove_stream(stream_id)
             try:
-                self.connection.end_stream(stream_id)
+                if self._quiet:
+                    send_data_frame(self.connection, stream_id, b"", end=True)
+                else:
+                    self.connection.end_stream(stream_id)
             except SEND_ERRORS:
                 return True
             await self._flush()

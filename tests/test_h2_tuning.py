@@ -38,6 +38,7 @@ from lakehouse import connections, server
 from lakehouse.h2_tuning import (
     LazyPriorityTree,
     PlainEncoder,
+    h2s_send,
     outbound_headers,
     receive_frame,
     request_headers_ok,
@@ -459,26 +460,49 @@ def test_send_data_frame_sends_as_h2s_own(size: int) -> None:
     assert (event.stream_id, event.data) == (3, data)
 
 
-def refusal(send: Any, conn: h2.connection.H2Connection, stream_id: int) -> str:
+def ends(conn: h2.connection.H2Connection) -> list[Any]:
+    streams = [conn.streams[1], conn.streams[3]]
+    return [conn.outbound_flow_control_window] + [
+        (s.outbound_flow_control_window, s.state_machine.state, s.closed_by) for s in streams
+    ]
+
+
+@pytest.mark.parametrize("size", [0, 1, 16_384])
+def test_send_data_frame_ends_streams_as_h2s_own(size: int) -> None:
+    # The open stream half closes, the half closed one closes; with no
+    # data, h2's own way is end_stream.
+    data = bytes(random.Random(size).randbytes(size))
+    (ours, client), (h2s, _) = open_streams(), open_streams()
+    for stream_id in (1, 3):
+        send_data_frame(ours, stream_id, data, end=True)
+        h2s_send(h2s, stream_id, data, True)
+        sent = ours.data_to_send()
+        assert sent == h2s.data_to_send()
+        assert ends(ours) == ends(h2s)
+        # And the client reads the stream's end.
+        events = client.receive_data(sent)
+        assert isinstance(events[-1], h2.events.StreamEnded), events
+        assert events[-1].stream_id == stream_id
+    assert ours.streams[3].closed and not ours.streams[1].closed
+
+
+def refusal(send: Any, conn: h2.connection.H2Connection, stream_id: int, end: bool) -> str:
     """What sending on ``stream_id`` raised, or the bytes it sent."""
     try:
-        send(conn, stream_id, b"late")
+        send(conn, stream_id, b"late", end)
     except Exception as exc:  # whichever it is, compared by name
         return type(exc).__name__
     return repr(conn.data_to_send())
 
 
-def h2s_send_data(conn: h2.connection.H2Connection, stream_id: int, data: bytes) -> None:
-    conn.send_data(stream_id, data)
-
-
+@pytest.mark.parametrize("end", [False, True], ids=["chunk", "end"])
 @pytest.mark.parametrize(
     ("case", "stream_id"),
     [("stream ended", 3), ("stream reset", 1), ("connection closed", 1), ("never opened", 5)],
 )
-def test_send_data_frame_refuses_as_h2s_own(case: str, stream_id: int) -> None:
+def test_send_data_frame_refuses_as_h2s_own(case: str, stream_id: int, end: bool) -> None:
     got = []
-    for send in (send_data_frame, h2s_send_data):
+    for send in (send_data_frame, h2s_send):
         conn, _ = open_streams()
         if case == "stream ended":
             conn.end_stream(3)
@@ -487,7 +511,7 @@ def test_send_data_frame_refuses_as_h2s_own(case: str, stream_id: int) -> None:
         elif case == "connection closed":
             conn.close_connection()
         conn.data_to_send()
-        got.append(refusal(send, conn, stream_id))
+        got.append(refusal(send, conn, stream_id, end))
     assert got[0] == got[1], got
     assert got[0].endswith("Error"), got
 
@@ -697,11 +721,13 @@ def send_task(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.fixture
 def h2_data(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Streams h2's own ``send_data`` framed a DATA frame for."""
+    """Streams h2's own ``send_data`` or ``end_stream`` framed a DATA
+    frame for."""
     sent: list[int] = []
-    recording(
-        monkeypatch, h2.connection.H2Connection, "send_data", lambda sid, *_, **__: sent.append(sid)
-    )
+    for name in ("send_data", "end_stream"):
+        recording(
+            monkeypatch, h2.connection.H2Connection, name, lambda sid, *_, **__: sent.append(sid)
+        )
     return sent
 
 
@@ -748,7 +774,7 @@ async def test_streamed_chunks_arrive_whole_and_in_order(
     assert body == b"".join(CHUNKS)
     if flavour == "tuned":
         assert pushes == []  # every chunk went out directly
-        assert h2_data == []  # framed by send_data_frame (the end: h2's end_stream)
+        assert h2_data == []  # framed by send_data_frame, and so was the end
         assert send_task == []  # and so did the end of the stream
         assert tree_inserts == []  # which never entered the priority tree
         # The server no longer reprs what it receives (the GET's HEADERS).
@@ -777,9 +803,10 @@ async def test_a_small_window_keeps_hypercorn_flow_control(
 
 
 async def test_a_one_message_body_goes_out_with_its_end_in_one_frame(
-    flavour: str, pushes: list[int], send_task: list[int]
+    flavour: str, pushes: list[int], send_task: list[int], h2_data: list[int]
 ) -> None:
     async with serving(flavour) as port:
+        h2_data.clear()  # (the start-up's contract check sent some)
         client = await RawH2.connect(f"http://127.0.0.1:{port}")
         try:
             sid = client.start("GET", "/whole")
@@ -791,6 +818,7 @@ async def test_a_one_message_body_goes_out_with_its_end_in_one_frame(
     if flavour == "tuned":
         assert sid in client.ended_on_data  # DATA with END_STREAM, no empty DATA after
         assert pushes == [] and send_task == []
+        assert h2_data == []  # framed by send_data_frame
     else:
         assert sid not in client.ended_on_data
         assert pushes == [len(WHOLE)]
