@@ -74,8 +74,9 @@ from hypercorn.protocol import h11 as hypercorn_h11
 from hypercorn.protocol import http_stream
 from hypercorn.protocol.events import StreamClosed
 
+from lakehouse.h2_frames import send_data_problems
 from lakehouse.h2_guard import GuardMixin
-from lakehouse.h2_tuning import send_data_problems, tuned_h2_protocol
+from lakehouse.h2_tuning import tuned_h2_protocol
 from lakehouse.h11_tuning import tuned_h11_protocol
 from lakehouse.slow_clients import SlowClientMixin
 from lakehouse.tasks import wait_closed

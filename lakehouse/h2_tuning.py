@@ -1,7 +1,7 @@
 """How chatd has Hypercorn's HTTP/2 layer run: per-message costs removed.
 
 Its parts stand in for parts of Hypercorn's ``H2Protocol`` (hypercorn 0.18,
-``hypercorn/protocol/h2.py``) over the h2 4.x library. ~620 lines: every
+``hypercorn/protocol/h2.py``) over the h2 4.x library. ~590 lines: every
 lever is a piece of that one class (and of the stream class it builds)
 and shares its contract tests. This
 module imports h2 and the libraries under it (hpack, hyperframe,
@@ -16,7 +16,7 @@ Direct DATA frames. Hypercorn queues every body message in the stream's
 tree, pops the buffer, frames it and writes, then walks the tree again to
 find the buffer empty: for a streamed answer, a task switch and that
 bookkeeping per chunk. Here a body
-message goes straight out (framed by ``send_data_frame``, below) when
+message goes straight out (framed by ``h2_frames.send_data_frame``) when
 nothing of its stream is queued and the flow-control window takes it
 whole; then the connection's
 coalesced write (``lakehouse.connections``) sends it with whatever else
@@ -69,22 +69,9 @@ payload escaped): ``receive_frame`` is h2 4.x's ``_receive_frame`` less
 that line, bound to connections whose logger is h2's no-op one; a test
 holds h2's source to the version copied.
 
-DATA frames framed here. For each frame h2's ``send_data`` runs the
-connection's and the stream's state machines (neither state changes for
-a DATA frame without END_STREAM), builds a hyperframe ``DataFrame`` with a
-set of flags, serialises it and logs through its no-op logger: ~5.5 us a
-chunk with the window check and the hand-over of the output, against ~0.9
-us with ``send_data_frame``, which checks the same two states, takes the
-length off both flow-control windows and appends the 9-byte frame header
-and the data to the connection's output, as h2 does. A frame that ends
-the stream (an answer's last body message, or the end alone, which h2
-sends with ``end_stream``) has the stream's own state machine told of
-its end, as h2 does, and the END_STREAM flag. Only on a connection whose
-logger is h2's no-op one, never with padding; any other state goes to
-h2's ``send_data``, which raises as it would. At start-up the bytes,
-windows and stream states are checked against the installed h2's own
-(``send_data_problems``: a server whose h2 frames otherwise runs stock),
-and a test holds h2's source to the version followed.
+DATA frames framed by chatd: ``lakehouse.h2_frames``'s ``send_data_frame``
+stands in for h2's ``send_data`` and ``end_stream`` on connections whose
+logger is h2's no-op one.
 
 Request headers checked once. h2 validates each request's header block in
 another chain of generators, with Python loops over every byte of every
@@ -99,7 +86,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import struct
 import sys
 import time
 from collections.abc import Iterable
@@ -111,12 +97,12 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.stream
 import hpack
 from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, RstStreamFrame
 from priority.priority import DuplicateStreamError, PriorityTree
 
+from lakehouse.h2_frames import send_data_frame
 from lakehouse.hpack_lean import LeanDecoder
 
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); ``te`` is
@@ -394,103 +380,6 @@ def receive_frame(connection: Any, frame: Frame) -> list[h2.events.Event]:
     else:
         connection._prepare_for_sending(frames)
     return events
-
-
-# A DATA frame's header (RFC 9113 4.1): length (24 bits), type 0, flags,
-# stream id.
-DATA_HEAD = struct.Struct(">BHBBL")
-END_STREAM = 0x1
-SENDING_OPEN = h2.connection.ConnectionState.SERVER_OPEN
-DATA_OPEN = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
-SEND_END_STREAM = h2.stream.StreamInputs.SEND_END_STREAM
-
-
-def send_data_frame(connection: Any, stream_id: int, data: bytes, end: bool = False) -> None:
-    """h2 4.x's ``send_data(stream_id, data, end_stream=end)`` (no padding;
-    with empty ``data`` and ``end``, its ``end_stream``) for data the caller
-    has checked fits the stream's flow-control window and the peer's frame
-    size: both state machines checked (a DATA frame changes neither), the
-    stream's told of its end by its own state machine when ``end``, the
-    length taken off both windows, the frame appended to the connection's
-    output. A connection or stream in any other state goes to h2's
-    ``send_data``, which raises as it would."""
-    stream = connection.streams.get(stream_id)
-    if (
-        stream is None
-        or connection.state_machine.state is not SENDING_OPEN
-        or stream.state_machine.state not in DATA_OPEN
-    ):
-        connection.send_data(stream_id, data, end_stream=end)
-        return
-    flags = 0
-    if end:
-        stream.state_machine.process_input(SEND_END_STREAM)
-        flags = END_STREAM
-    size = len(data)
-    stream.outbound_flow_control_window -= size
-    connection.outbound_flow_control_window -= size
-    out = connection._data_to_send
-    out += DATA_HEAD.pack(size >> 16, size & 0xFFFF, 0, flags, stream_id)
-    out += data
-
-
-def send_data_problems() -> list[str]:
-    """Whether ``send_data_frame`` frames as the installed h2's own
-    ``send_data`` does (the bytes, both windows after) on a stream open and
-    one half closed; what differs, if anything. The server runs h2's own
-    path when it does (``connections.h2_contract_problems``)."""
-    try:
-        ours = _sent_by(send_data_frame)
-        h2s = _sent_by(h2s_send)
-    except Exception as exc:  # an h2 whose internals moved; said, not raised
-        return [f"send_data_frame fails on this h2: {type(exc).__name__}: {exc}"]
-    if ours != h2s:
-        return ["send_data_frame frames otherwise than this h2's send_data"]
-    return []
-
-
-def h2s_send(connection: Any, stream_id: int, data: bytes, end: bool) -> None:
-    """h2's own way to what ``send_data_frame`` does."""
-    if data or not end:
-        connection.send_data(stream_id, data, end_stream=end)
-    else:
-        connection.end_stream(stream_id)
-
-
-def _sent_by(send: Any) -> tuple[bytes, list[Any]]:
-    """What ``send`` (stream id, data, end) sent, and the windows and
-    states after: on stream 1 (open) a chunk, the last chunk with the end,
-    on stream 3 (half closed) a chunk, then the end alone."""
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
-    client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
-    server.initiate_connection()
-    client.initiate_connection()
-    request = [
-        (b":method", b"POST"),
-        (b":scheme", b"http"),
-        (b":authority", b"a"),
-        (b":path", b"/"),
-    ]
-    client.send_headers(1, request)
-    client.send_headers(3, request, end_stream=True)
-    server.receive_data(client.data_to_send())
-    for stream_id in (1, 3):
-        server.send_headers(stream_id, [(b":status", b"200")])
-    server.data_to_send()
-    streams = [server.streams[1], server.streams[3]]
-    for stream_id, data, end in (
-        (1, b"a", False),
-        (3, b"bc", False),
-        (1, b"d", True),
-        (3, b"", True),
-    ):
-        send(server, stream_id, data, end)
-    return server.data_to_send(), [
-        server.outbound_flow_control_window,
-        *((s.outbound_flow_control_window, s.state_machine.state, s.closed_by) for s in streams),
-    ]
 
 
 RECEIVED_HEADERS = (h2.events.RequestReceived, h2.events.TrailersReceived)
