@@ -71,9 +71,10 @@ def send_data_frame(connection: Any, stream_id: int, data: bytes, end: bool = Fa
 
 def send_data_problems() -> list[str]:
     """Whether ``send_data_frame`` frames as the installed h2's own
-    ``send_data`` does (the bytes, both windows after) on a stream open and
-    one half closed; what differs, if anything. The server runs h2's own
-    path when it does (``connections.h2_contract_problems``)."""
+    ``send_data`` and ``end_stream`` do (the bytes; the windows and the
+    streams' states after) on a stream open and one half closed; what
+    differs, if anything. Where it differs the server runs stock
+    (``connections.h2_contract_problems``)."""
     try:
         ours = _sent_by(send_data_frame)
         h2s = _sent_by(h2s_send)

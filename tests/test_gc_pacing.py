@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -13,6 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+import lakehouse
+import lakehouse.stubs
+import plugins
 from lakehouse.gc_pacing import (
     BUSY_EVERY,
     CYCLES,
@@ -363,6 +367,11 @@ async def collector_off(
             gc.enable()
 
 
+# Where chatd's code and the stubs' are (``plugins`` is a namespace package).
+CHATD_DIRS = tuple(os.path.join(d, "") for d in [*lakehouse.__path__, *plugins.__path__])
+STUB_DIRS = tuple(os.path.join(d, "") for d in lakehouse.stubs.__path__)
+
+
 def chatd_garbage() -> list[str]:
     """What of chatd's the collector finds unreachable now: frames,
     coroutines and generators of its code, instances of its classes (the
@@ -374,8 +383,14 @@ def chatd_garbage() -> list[str]:
         for thing in gc.garbage:
             code = getattr(thing, "f_code", None) or getattr(thing, "cr_code", None)
             code = code or getattr(thing, "ag_code", None)
-            where = code.co_filename if code is not None else type(thing).__module__
-            if ("lakehouse" in where or "plugins" in where) and "stubs" not in where:
+            if code is not None:
+                where = code.co_filename
+                chatds = where.startswith(CHATD_DIRS) and not where.startswith(STUB_DIRS)
+            else:
+                where = type(thing).__module__
+                chatds = where.partition(".")[0] in ("lakehouse", "plugins")
+                chatds = chatds and not where.startswith("lakehouse.stubs")
+            if chatds:
                 found.append(f"{type(thing).__name__} {getattr(code, 'co_qualname', '')} {where}")
     finally:
         gc.set_debug(0)
