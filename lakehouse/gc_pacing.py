@@ -87,7 +87,9 @@ TICK = 1.0  # seconds between looks while no call is in flight
 YOUNG_EVERY = 0.01  # seconds between young collections while busy, once cycles were seen
 MANY = 100  # calls in flight from which the worker is busy: the collector off or timed
 IDLE_EVERY = 5.0  # seconds between full collections while no call is in flight
-GROWTH = 1.25  # heap growth since the last full collection that makes one due while busy
+# Heap growth over the base (the module's docstring) that makes a full
+# collection due while busy; growth of the calls in flight that moves the base.
+GROWTH = 1.25
 # Share of the heap a full collection while busy frees that turns the young
 # collections back on until the load falls: cycles are being made.
 CYCLES = 0.05

@@ -141,6 +141,17 @@ def heap() -> Iterator[Heap]:
     gc.callbacks.remove(made.collected)
 
 
+def due_at(pacer: CollectionPacer, heap: Heap, blocks: int, ref: weakref.ref[Cycle]) -> None:
+    """With the heap a block short of ``blocks`` no full collection is due
+    and the old garbage stays; at ``blocks`` one runs and frees it."""
+    heap.blocks = blocks - 1
+    assert not pacer.step()
+    assert ref() is not None
+    heap.blocks = blocks
+    assert pacer.step()
+    assert ref() is None
+
+
 def test_many_calls_turn_the_collector_off_until_they_fall(collector_on: None, heap: Heap) -> None:
     # Streams that end well leave no cycles: walking what they make is waste.
     calls = MANY
@@ -253,19 +264,9 @@ def test_busy_worker_collects_only_once_the_heap_grew_by_a_quarter(
     assert not pacer.step()  # from no calls to MANY: the heap now is the load's
     ref = old_garbage()
     clock.now += 3600  # time alone makes none due
-    heap.blocks = 124_999
-    assert not pacer.step()
-    assert ref() is not None
-    heap.blocks = 125_000
-    assert pacer.step()
-    assert ref() is None
+    due_at(pacer, heap, 125_000, ref)
     # The next one is due at a quarter over the heap after this one.
-    ref = old_garbage()
-    heap.blocks = 156_249
-    assert not pacer.step()
-    heap.blocks = 156_250
-    assert pacer.step()
-    assert ref() is None
+    due_at(pacer, heap, 156_250, old_garbage())
 
 
 def test_growth_that_more_calls_explain_is_not_garbage(thresholds: None, heap: Heap) -> None:
@@ -279,12 +280,7 @@ def test_growth_that_more_calls_explain_is_not_garbage(thresholds: None, heap: H
     calls, heap.blocks = 4 * MANY, 400_000
     assert not pacer.step()
     calls = int(4 * MANY * GROWTH)  # within a quarter: the load holds
-    heap.blocks = 499_999
-    assert not pacer.step()
-    assert ref() is not None
-    heap.blocks = 500_000
-    assert pacer.step()
-    assert ref() is None
+    due_at(pacer, heap, 500_000, ref)
 
 
 def test_growth_while_the_calls_fall_counts(thresholds: None, heap: Heap) -> None:
@@ -295,11 +291,8 @@ def test_growth_while_the_calls_fall_counts(thresholds: None, heap: Heap) -> Non
     heap.blocks = 400_000
     assert not pacer.step()
     ref = old_garbage()
-    calls, heap.blocks = MANY, 499_999
-    assert not pacer.step()
-    heap.blocks = 500_000
-    assert pacer.step()
-    assert ref() is None
+    calls = MANY
+    due_at(pacer, heap, 500_000, ref)
 
 
 @pytest.mark.parametrize(
