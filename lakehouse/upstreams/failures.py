@@ -23,6 +23,7 @@ from lakehouse.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnreachable,
+    settled,
 )
 from lakehouse.upstreams.contract import UpstreamReply
 
@@ -134,9 +135,9 @@ def transport_error(exc: BaseException, provider: str, waited: str) -> ChatdErro
     finishes the sentence of a timeout ("did not answer within 5s")."""
     # aiohttp keeps a body's error in the response's reader, and the
     # error's traceback holds the reader's frames: a reference cycle, with
-    # the response and the frames of our own read in it (errors.settled).
-    # Only the message is read from here on.
-    exc.with_traceback(None)
+    # the response and the frames of our own read in it. Only the message
+    # is read from here on.
+    settled(exc)
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{provider} {waited}", provider=provider)
     if isinstance(exc, aiohttp.ClientConnectorError):
