@@ -93,10 +93,10 @@ def h2s_send(connection: Any, stream_id: int, data: bytes, end: bool) -> None:
         connection.end_stream(stream_id)
 
 
-def _sent_by(send: Any) -> tuple[bytes, list[Any]]:
-    """What ``send`` (stream id, data, end) sent, and the windows and
-    states after: on stream 1 (open) a chunk, the last chunk with the end,
-    on stream 3 (half closed) a chunk, then the end alone."""
+def open_streams() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """A server connection with stream 1 open (the request's body still
+    coming) and stream 3 half closed (the request whole), its response
+    headers sent; and the client connection, told all the server sent."""
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=False, header_encoding=None)
     )
@@ -112,10 +112,28 @@ def _sent_by(send: Any) -> tuple[bytes, list[Any]]:
     client.send_headers(1, request)
     client.send_headers(3, request, end_stream=True)
     server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
     for stream_id in (1, 3):
         server.send_headers(stream_id, [(b":status", b"200")])
-    server.data_to_send()
+    client.receive_data(server.data_to_send())
+    return server, client
+
+
+def send_state(server: h2.connection.H2Connection) -> list[Any]:
+    """What sending DATA changes on ``open_streams``' server: the
+    connection's window, and each stream's window, state and closer."""
     streams = [server.streams[1], server.streams[3]]
+    return [
+        server.outbound_flow_control_window,
+        *((s.outbound_flow_control_window, s.state_machine.state, s.closed_by) for s in streams),
+    ]
+
+
+def _sent_by(send: Any) -> tuple[bytes, list[Any]]:
+    """What ``send`` (stream id, data, end) sent, and ``send_state`` after:
+    on stream 1 (open) a chunk, the last chunk with the end, on stream 3
+    (half closed) a chunk, then the end alone."""
+    server, _ = open_streams()
     for stream_id, data, end in (
         (1, b"a", False),
         (3, b"bc", False),
@@ -123,7 +141,4 @@ def _sent_by(send: Any) -> tuple[bytes, list[Any]]:
         (3, b"", True),
     ):
         send(server, stream_id, data, end)
-    return server.data_to_send(), [
-        server.outbound_flow_control_window,
-        *((s.outbound_flow_control_window, s.state_machine.state, s.closed_by) for s in streams),
-    ]
+    return server.data_to_send(), send_state(server)

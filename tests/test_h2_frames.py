@@ -14,10 +14,7 @@ import h2.events
 import h2.stream
 import pytest
 
-from lakehouse.h2_frames import h2s_send, send_data_frame
-
-GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
-
+from lakehouse.h2_frames import h2s_send, open_streams, send_data_frame, send_state
 
 # h2 4.4.1's send path for a DATA frame, which send_data_frame follows:
 # H2Connection.send_data (the checks, the connection's state machine, the
@@ -44,32 +41,6 @@ def test_h2s_send_data_is_the_one_followed() -> None:
     assert isinstance(conn._data_to_send, bytearray)
 
 
-def open_streams() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
-    """A server connection with stream 1 open (the request's body still
-    coming) and stream 3 half closed (the request whole), its response
-    headers sent; and the client connection talking to it."""
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
-    client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
-    server.initiate_connection()
-    client.initiate_connection()
-    client.send_headers(1, [(b":method", b"POST"), *GET[1:]])
-    client.send_headers(3, GET, end_stream=True)
-    server.receive_data(client.data_to_send())
-    client.receive_data(server.data_to_send())
-    for stream_id in (1, 3):
-        server.send_headers(stream_id, [(b":status", b"200")])
-    client.receive_data(server.data_to_send())
-    return server, client
-
-
-def windows(conn: h2.connection.H2Connection) -> list[int]:
-    return [conn.outbound_flow_control_window] + [
-        conn.local_flow_control_window(stream_id) for stream_id in (1, 3)
-    ]
-
-
 @pytest.mark.parametrize("size", [0, 1, 100, 16_384])
 def test_send_data_frame_sends_as_h2s_own(size: int) -> None:
     data = bytes(random.Random(size).randbytes(size))
@@ -78,19 +49,12 @@ def test_send_data_frame_sends_as_h2s_own(size: int) -> None:
         send_data_frame(ours, stream_id, data)
         h2s.send_data(stream_id, data)
         assert ours.data_to_send() == h2s.data_to_send()
-        assert windows(ours) == windows(h2s)
+        assert send_state(ours) == send_state(h2s)
     # And the client reads the frames as data, on the streams sent.
     send_data_frame(ours, 3, data)
     [event] = client.receive_data(ours.data_to_send())
     assert isinstance(event, h2.events.DataReceived)
     assert (event.stream_id, event.data) == (3, data)
-
-
-def ends(conn: h2.connection.H2Connection) -> list[Any]:
-    streams = [conn.streams[1], conn.streams[3]]
-    return [conn.outbound_flow_control_window] + [
-        (s.outbound_flow_control_window, s.state_machine.state, s.closed_by) for s in streams
-    ]
 
 
 @pytest.mark.parametrize("size", [0, 1, 16_384])
@@ -104,7 +68,7 @@ def test_send_data_frame_ends_streams_as_h2s_own(size: int) -> None:
         h2s_send(h2s, stream_id, data, True)
         sent = ours.data_to_send()
         assert sent == h2s.data_to_send()
-        assert ends(ours) == ends(h2s)
+        assert send_state(ours) == send_state(h2s)
         # And the client reads the stream's end.
         events = client.receive_data(sent)
         assert isinstance(events[-1], h2.events.StreamEnded), events
