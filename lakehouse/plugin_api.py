@@ -103,8 +103,11 @@ class Provider(Protocol):
         self, request: ChatRequest, model: str
     ) -> AsyncGenerator[StreamDelta | ChatResponse, None]:
         """The answer as it is generated (an ``async def`` with ``yield``):
-        zero or more StreamDeltas, then exactly one ChatResponse holding the
-        whole text, as ``chat`` would have answered.
+        zero or more StreamDeltas, then exactly one ChatResponse: the answer
+        as ``chat`` would have given it, except that after any StreamDelta
+        its content, reasoning and logprobs may be left empty (the deltas
+        carried them; the relay never sends them twice), so a stream need
+        keep nothing of the text it has passed on.
 
         Failures before the first item are the errors ``chat`` raises, so a
         caller can still fall back or answer with a status; failures after

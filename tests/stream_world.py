@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from lakehouse import errors
 from lakehouse.stubs import Fault, StubUpstream
+from lakehouse.upstreams import failures
 from lakehouse.wire import ChatRequest, ChatResponse, Message, StreamDelta
 from tests.cancelling import cancel_once
 from tests.support import build_provider
@@ -57,6 +59,29 @@ class World:
 
     async def items(self, **kw: Any) -> list[StreamDelta | ChatResponse]:
         return [item async for item in self.stream(**kw)]
+
+    async def decoded_held_after(self, pieces: int) -> int:
+        """Bytes of what the stream reader decoded (every upstream line or
+        event is, in decode_or_refuse) that it still holds once it has
+        yielded ``pieces`` deltas of a longer answer, each dropped once read
+        as the relay does. Kept, each piece is a ~60-byte string."""
+        said = " ".join(f"word{n}" for n in range(pieces))
+        request = ChatRequest(model=self.model, messages=[Message("user", said)])
+        stream = self.provider.stream(request, self.model)
+        try:
+            assert isinstance(await anext(stream), StreamDelta)
+            tracemalloc.start()
+            try:
+                for _ in range(pieces - 1):
+                    assert isinstance(await anext(stream), StreamDelta)
+                held = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            assert isinstance([item async for item in stream][-1], ChatResponse)
+        finally:
+            await stream.aclose()
+        decoded = held.filter_traces([tracemalloc.Filter(True, failures.__file__)])
+        return sum(stat.size for stat in decoded.statistics("filename"))
 
     async def settled(self, open_connections: int = 0, within: float = 2.0) -> int:
         """The stub's open connections once they reach ``open_connections``

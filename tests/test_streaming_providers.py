@@ -49,13 +49,15 @@ def expected(thinks: bool, budget: int | None = None) -> Any:
 # -- happy path ---------------------------------------------------------------
 
 
-async def test_deltas_add_up_to_the_final_reply(world: World) -> None:
+async def test_deltas_add_up_to_the_answer_and_the_end_keeps_none_of_it(world: World) -> None:
     think = True if world.flavour in OLLAMA else None
     deltas, final = split(await world.items(think=think))
     gen = expected(thinks=True)
     assert len(deltas) == len(gen.thinking) + len(gen.content)
-    assert "".join(d.content for d in deltas) == final.content == gen.content_text
-    assert "".join(d.reasoning for d in deltas) == final.reasoning == gen.thinking_text
+    assert "".join(d.content for d in deltas) == gen.content_text
+    assert "".join(d.reasoning for d in deltas) == gen.thinking_text
+    # The text went out in the deltas: nothing of it is kept to the end.
+    assert (final.content, final.reasoning) == ("", None)
     # Reasoning never leaks into content, and each delta carries one of them.
     assert all(bool(d.content) != bool(d.reasoning) for d in deltas)
     assert (final.done_reason, final.prompt_tokens, final.completion_tokens) == (
@@ -64,6 +66,10 @@ async def test_deltas_add_up_to_the_final_reply(world: World) -> None:
         gen.count,
     )
     assert (final.model, final.provider) == (world.model, world.flavour)
+
+
+async def test_a_long_answer_is_not_kept_as_it_streams(world: World) -> None:
+    assert await world.decoded_held_after(pieces=3000) < 20_000
 
 
 async def test_what_reaches_the_upstream(world: World) -> None:
@@ -89,16 +95,17 @@ async def test_what_reaches_the_upstream(world: World) -> None:
 
 async def test_ollama_without_think_streams_only_content() -> None:
     async with world_of("ollama") as w:
-        deltas, final = split(await w.items())
-    assert final.reasoning is None and all(not d.reasoning for d in deltas)
-    assert final.content == expected(thinks=False).content_text
+        deltas, _ = split(await w.items())
+    assert all(not d.reasoning for d in deltas)
+    assert "".join(d.content for d in deltas) == expected(thinks=False).content_text
 
 
 async def test_budget_spent_on_reasoning_ends_with_length(world: World) -> None:
     think = True if world.flavour in OLLAMA else None
     deltas, final = split(await world.items(think=think, max_tokens=4))
-    assert (final.content, final.done_reason, final.completion_tokens) == ("", "length", 4)
-    assert final.reasoning == expected(thinks=True, budget=4).thinking_text
+    assert (final.done_reason, final.completion_tokens) == ("length", 4)
+    assert all(not d.content for d in deltas)
+    assert "".join(d.reasoning for d in deltas) == expected(thinks=True, budget=4).thinking_text
     assert len(deltas) == 4
 
 
@@ -232,8 +239,9 @@ async def test_the_timeout_bounds_each_wait_not_the_whole_stream(flavour: str) -
         request = ChatRequest(model="m", messages=[Message("user", USER)])
         items = [item async for item in provider.stream(request, "m")]
         assert time.monotonic() - started > 0.5  # well over the timeout in all
-        _, final = split(items)
-        assert (final.content, final.done_reason) == ("0 1 2 3 4 ", "stop")
+        deltas, final = split(items)
+        assert "".join(d.content for d in deltas) == "0 1 2 3 4 "
+        assert final.done_reason == "stop"
     finally:
         await provider.close()
         await runner.cleanup()

@@ -251,6 +251,8 @@ class Relay:
     async def _relay(self, items: Items) -> Outcome:
         try:
             item = await anext(items)
+            if isinstance(item, ChatResponse):
+                await self._answered_whole(item)
             while not isinstance(item, ChatResponse):
                 frame = self._framing.delta(item)
                 if frame:
@@ -261,6 +263,16 @@ class Relay:
         self._outcome = Outcome(200, final=item)
         await self._body(self._framing.end(item), more=False)
         return self._outcome
+
+    async def _answered_whole(self, final: ChatResponse) -> None:
+        """A stream that was one ChatResponse (a provider that cannot stream):
+        its text has not gone out in deltas, so it goes as one now; the
+        framing's end sends the rest (tool calls, usage) as after deltas."""
+        if final.content or final.reasoning or final.logprobs:
+            whole = StreamDelta(final.content, final.reasoning or "", None, final.logprobs)
+            frame = self._framing.delta(whole)
+            if frame:
+                await self._body(frame)
 
     async def _fail(self, error: ChatdError) -> Outcome:
         # Kept in the outcome, which self keeps: no traceback back to here.

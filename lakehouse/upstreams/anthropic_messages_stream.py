@@ -118,16 +118,14 @@ class MessagesFold(StreamFold):
                 )
             return self._call(ToolCallChunk(at, arguments=delta.partial_json))
         if delta.type == "text_delta" and delta.text:
-            self._content.append(delta.text)
             return StreamDelta(content=delta.text)
         if delta.type == "thinking_delta" and delta.thinking:
             # Reasoning stays out of content, as on every other provider.
-            self._reasoning.append(delta.thinking)
             return StreamDelta(reasoning=delta.thinking)
         return None
 
     def result(self, *, done: bool = False) -> ChatResponse:
-        """The whole reply, once the stream has ended with ``message_stop``
+        """The answer's end, once the stream has ended with ``message_stop``
         (``done``, a ``[DONE]`` seen, is not this protocol's end and says
         nothing)."""
         if not self._started:
@@ -145,10 +143,9 @@ class MessagesFold(StreamFold):
         return ChatResponse(
             model=self._upstream_model or self.model,
             provider=self.provider,
-            content="".join(self._content),
+            content="",
             done_reason=done_reason(self._stop, calls=bool(self._calls)),
             prompt_tokens=prompt_tokens(self._usage),
             completion_tokens=self._usage.output_tokens or 0,
-            reasoning="".join(self._reasoning) or None,
             tool_calls=self._calls.calls() or None,
         )

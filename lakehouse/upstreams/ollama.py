@@ -275,10 +275,7 @@ async def ollama_stream(
     ) as upstream:
         if upstream.content_type not in _STREAM_TYPES:
             raise upstream.refuse(await upstream.read(300), "an NDJSON stream")
-        content: list[str] = []
-        thinking: list[str] = []
         calls: list[ToolCall] = []
-        logprobs: list[TokenLogprob] = []
         final: OllamaReply | None = None
         async with aclosing(iter_ndjson(upstream, provider=provider)) as lines:
             async for line in lines:
@@ -295,16 +292,19 @@ async def ollama_stream(
                     raise UpstreamError(f"{provider}: {text}", provider=provider)
                 text, thought = _pieces(data)
                 new = _new_calls(data, request, len(calls))
-                if text or thought or new or data.logprobs:
-                    content.append(text)
-                    thinking.append(thought)
-                    calls += new
-                    logprobs += data.logprobs or ()
-                    yield StreamDelta(
-                        text, thought, _chunks(new, len(calls) - len(new)), data.logprobs or None
-                    )
+                calls += new
                 if data.done:
                     final = data
+                delta = None
+                if text or thought or new or data.logprobs:
+                    delta = StreamDelta(
+                        text, thought, _chunks(new, len(calls) - len(new)), data.logprobs or None
+                    )
+                # Not kept while the caller is sent the delta (see plugin_api).
+                del line, data, text, thought
+                if delta is not None:
+                    yield delta
+                if final is not None:
                     break
         if final is None:
             raise UpstreamBadResponse(
@@ -315,13 +315,11 @@ async def ollama_stream(
         yield ChatResponse(
             model=final.model or model,
             provider=provider,
-            content="".join(content),
+            content="",
             done_reason=answer_reason(final.done_reason, calls=bool(calls)),
             prompt_tokens=final.prompt_eval_count,
             completion_tokens=final.eval_count,
-            reasoning="".join(thinking) or None,
             tool_calls=calls or None,
-            logprobs=logprobs or None,
         )
         await upstream.drain()
 

@@ -82,7 +82,6 @@ class ChunkFold(StreamFold):
         self._usage: Usage | None = None
         self._finish: str | None = None
         self._choices = False
-        self._logprobs: list[TokenLogprob] = []
 
     def add(self, payload: bytes) -> StreamDelta | None:
         """Take one event's data; the delta to pass on, if it has text."""
@@ -105,7 +104,6 @@ class ChunkFold(StreamFold):
             self._finish = choice.finish_reason
         delta = choice.delta
         logprobs = choice.logprobs.content if choice.logprobs else None
-        self._logprobs += logprobs or ()
         if delta is None:
             return StreamDelta(logprobs=logprobs) if logprobs else None
         text = delta.content or ""
@@ -113,8 +111,6 @@ class ChunkFold(StreamFold):
         chunks = [self._chunk(call) for call in delta.tool_calls or ()]
         if not (text or thought or chunks or logprobs):
             return None
-        self._content.append(text)
-        self._reasoning.append(thought)
         return StreamDelta(text, thought, chunks or None, logprobs)
 
     def _chunk(self, call: _DeltaToolCall) -> ToolCallChunk:
@@ -131,7 +127,8 @@ class ChunkFold(StreamFold):
         )
 
     def result(self, *, done: bool) -> ChatResponse:
-        """The whole reply, once the stream has ended (``done``: with [DONE])."""
+        """The answer's end, once the stream has ended (``done``: with
+        [DONE]); the text and logprobs went out in the deltas."""
         if not self._choices:
             raise UpstreamBadResponse(
                 f"{self.provider} streamed no choices",
@@ -150,13 +147,11 @@ class ChunkFold(StreamFold):
         return ChatResponse(
             model=self._upstream_model or self.model,
             provider=self.provider,
-            content="".join(self._content),
+            content="",
             done_reason=answer_reason(self._finish, calls=bool(calls)),
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
-            reasoning="".join(self._reasoning) or None,
             tool_calls=calls or None,
-            logprobs=self._logprobs or None,
         )
 
 

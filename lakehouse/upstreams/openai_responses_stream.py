@@ -91,10 +91,8 @@ class ResponsesFold(StreamFold):
                 )
             return self._call(ToolCallChunk(at, arguments=event.delta))
         if kind in _TEXT:
-            self._content.append(event.delta)
             return StreamDelta(content=event.delta)
         if kind in _REASONING:
-            self._reasoning.append(event.delta)
             return StreamDelta(reasoning=event.delta)
         return None
 
@@ -114,7 +112,7 @@ class ResponsesFold(StreamFold):
         return StreamDelta(tool_calls=[self._calls.add(chunk)])
 
     def result(self, *, done: bool = False) -> ChatResponse:
-        """The whole reply, once a terminal event has arrived (``done``,
+        """The answer's end, once a terminal event has arrived (``done``,
         a ``[DONE]`` seen, is not this protocol's end and says nothing)."""
         if self._final is None:
             raise UpstreamBadResponse(
@@ -128,7 +126,8 @@ class ResponsesFold(StreamFold):
             provider=self.provider,
             status=self.status,
             key=self._key,
-            content="".join(self._content),
-            reasoning="".join(self._reasoning),
+            # Sent in the deltas: not gathered again from the response's output.
+            content="",
+            reasoning="",
             calls=self._calls.calls() if self._calls else None,
         )

@@ -1,6 +1,7 @@
 """What the fold of every streamed dialect keeps (Chat Completions chunks,
 Messages and Responses events): who is streaming, with which status and
-key, the text and reasoning said so far, and the tool calls being built."""
+key, and the tool calls being built. Not the text: each piece goes out in
+its StreamDelta and is let go (see lakehouse.plugin_api)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ class Fold(Protocol):
     def add(self, payload: bytes) -> StreamDelta | None: ...
 
     def result(self, *, done: bool) -> ChatResponse:
-        """The whole reply, once the stream has ended (``done``: with
-        ``[DONE]``)."""
+        """The answer's end, once the stream has ended (``done``: with
+        ``[DONE]``): model, reason, usage and the whole tool calls; the text
+        went out in the deltas."""
         ...
 
 
@@ -35,6 +37,4 @@ class StreamFold:
         self.model = model
         self.status = status
         self._key = key
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
         self._calls = CallFold()

@@ -240,3 +240,23 @@ async def test_native_stream_sends_each_tool_call_whole_once_complete() -> None:
     assert sent[-1]["done"] is True and sent[-1]["done_reason"] == "tool_calls"
     # Each call once: the done line does not repeat them.
     assert "tool_calls" not in sent[-1]
+
+
+async def test_an_answer_given_whole_has_its_text_sent_once_in_both_framings() -> None:
+    # A provider that cannot stream yields its whole answer alone: no delta
+    # carried the text, so the relay sends it before the end. After deltas,
+    # the end's text is the deltas' and is not sent again (the first test).
+    whole = msgspec.structs.replace(FINAL, reasoning="r")
+    caller = Caller()
+    await native(caller).run(Script(whole).items())
+    sent = lines(caller.body)
+    assert sent[0] == {"content": "Hello", "reasoning": "r"}
+    assert sent[1]["done"] is True and len(sent) == 2
+
+    caller = Caller()
+    await sse(caller, keepalive=0).run(Script(whole).items())
+    events = [e.removeprefix(b"data: ") for e in caller.body.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
+    assert deltas[0] == {"role": "assistant", "content": "Hello", "reasoning_content": "r"}
+    assert [d.get("content") for d in deltas[1:]] == [None]

@@ -294,7 +294,8 @@ def test_stream_fold() -> None:
         StreamDelta(tool_calls=[ToolCallChunk(0, arguments=" 2}")]),
     ]
     final = fold.result()
-    assert (final.content, final.reasoning, final.model) == ("Hi", "Let me", "claude-x")
+    # The text went out in the deltas: the end keeps none of it.
+    assert (final.content, final.reasoning, final.model) == ("", None, "claude-x")
     assert (final.prompt_tokens, final.completion_tokens) == (9, 30)
     assert final.done_reason == "tool_calls"
     assert final.tool_calls is not None and final.tool_calls[0].function.arguments == {"a": 2}

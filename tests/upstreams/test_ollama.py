@@ -53,7 +53,7 @@ async def run(
         return [item async for item in provider.stream(REQUEST, "qwen3.5:latest")]
 
 
-async def test_chat_lines_fold_into_the_final_reply(provider: Any) -> None:
+async def test_chat_lines_stream_and_the_done_line_ends(provider: Any) -> None:
     body = lines(chunk(thinking="Hm"), chunk(""), chunk("Hel"), chunk("lo"), DONE)
     items = await run(provider, body)
     assert items[:-1] == [
@@ -64,7 +64,8 @@ async def test_chat_lines_fold_into_the_final_reply(provider: Any) -> None:
     ]
     final = items[-1]
     assert isinstance(final, ChatResponse)
-    assert (final.content, final.reasoning, final.done_reason) == ("Hello!", "Hm", "length")
+    # The text went out in the deltas: the end keeps none of it.
+    assert (final.content, final.reasoning, final.done_reason) == ("", None, "length")
     assert (final.prompt_tokens, final.completion_tokens) == (9, 4)
 
 
@@ -75,16 +76,17 @@ async def test_generate_lines_are_read_too(provider: Any) -> None:
         {"response": "", "done": True},
     )
     items = await run(provider, body)
+    assert items[:-1] == [StreamDelta(reasoning="x"), StreamDelta(content="ok")]
     final = items[-1]
     assert isinstance(final, ChatResponse)
-    assert (final.content, final.reasoning, final.done_reason) == ("ok", "x", "stop")
+    assert (final.content, final.reasoning, final.done_reason) == ("", None, "stop")
     assert final.model == "qwen3.5:latest"  # the requested name when none is reported
 
 
 async def test_a_whole_json_reply_is_a_one_line_stream(provider: Any) -> None:
     items = await run(provider, lines(DONE), content_type="application/json")
     assert items == [StreamDelta(content="!"), items[-1]]
-    assert isinstance(items[-1], ChatResponse) and items[-1].content == "!"
+    assert isinstance(items[-1], ChatResponse) and items[-1].done_reason == "length"
 
 
 async def test_eof_without_done_is_a_bad_response(provider: Any) -> None:

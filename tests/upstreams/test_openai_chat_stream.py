@@ -64,7 +64,8 @@ def test_content_and_both_reasoning_fields() -> None:
         StreamDelta(reasoning="me."),
         StreamDelta(content="Hi"),
     ]
-    assert (final.content, final.reasoning, final.done_reason) == ("Hi", "Let me.", "stop")
+    # The text went out in the deltas: the end keeps none of it.
+    assert (final.content, final.reasoning, final.done_reason) == ("", None, "stop")
     assert (final.prompt_tokens, final.completion_tokens, final.model) == (7, 5, "vendor/m-1")
 
 
@@ -80,8 +81,8 @@ def test_no_usage_and_no_model_fall_back() -> None:
 
 
 def test_finish_reason_without_done_is_whole() -> None:
-    _, final = fold_all(delta(content="x"), delta(finish="stop"), done=False)
-    assert final.content == "x"
+    deltas, final = fold_all(delta(content="x"), delta(finish="stop"), done=False)
+    assert deltas == [StreamDelta(content="x")] and final.done_reason == "stop"
 
 
 def test_no_done_and_no_finish_is_cut_short() -> None:
@@ -160,7 +161,7 @@ async def test_sends_stream_and_include_usage(provider: OpenAICompatProvider) ->
         "stream_options": {"include_usage": True},
     }
     assert items[0] == StreamDelta(content="Hi")
-    assert isinstance(items[-1], ChatResponse) and items[-1].content == "Hi"
+    assert isinstance(items[-1], ChatResponse) and items[-1].done_reason == "stop"
 
 
 async def test_eof_without_done_or_finish(provider: OpenAICompatProvider) -> None:

@@ -204,7 +204,9 @@ def test_stream_fold() -> None:
     ]
     assert fold.done
     out = fold.result()
-    assert (out.content, out.reasoning, out.done_reason) == ("Hi", "thought", "tool_calls")
+    # The text went out in the deltas: the end takes none of it from the
+    # completed response's output.
+    assert (out.content, out.reasoning, out.done_reason) == ("", None, "tool_calls")
     assert out.tool_calls is not None and out.tool_calls[0].function.arguments == {"a": 3}
     assert (out.prompt_tokens, out.completion_tokens) == (11, 22)
 
@@ -299,4 +301,4 @@ def test_a_streamed_refusal_is_relayed_and_ends_in_content_filter() -> None:
     )
     assert deltas == [StreamDelta(content="I can't "), StreamDelta(content="help with that.")]
     out = fold.result()
-    assert (out.content, out.done_reason) == ("I can't help with that.", "content_filter")
+    assert (out.content, out.done_reason) == ("", "content_filter")
