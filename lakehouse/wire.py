@@ -221,8 +221,9 @@ class ToolCallChunk(msgspec.Struct, omit_defaults=True):
 
 
 class StreamDelta(msgspec.Struct, omit_defaults=True):
-    """A piece of a streamed answer; a provider's stream ends with the whole
-    ChatResponse after the last one."""
+    """A piece of a streamed answer; a provider's stream ends with a
+    ChatResponse after the last one (its text left to the deltas: see
+    ``Provider.stream`` in lakehouse.plugin_api)."""
 
     content: str = ""
     reasoning: str = ""
