@@ -2,7 +2,8 @@
 Provider.stream tests (tests/test_streaming_providers.py for every plugin,
 tests/test_streaming_zen.py for OpenCode's Messages and Responses paths), and
 the checks both run on every stream: pre-stream failures as chat() raises
-them, and abandoned or cancelled streams leaving no connection behind."""
+them, abandoned or cancelled streams leaving no connection behind, and a
+reader keeping nothing of a long answer's text."""
 
 from __future__ import annotations
 

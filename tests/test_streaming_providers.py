@@ -1,7 +1,8 @@
 """Provider.stream of every built-in plugin against its protocol stub on
-127.0.0.1: what is sent, what comes back, each fault, and that abandoned
-streams never leave a connection behind (the world and the checks shared
-with tests/test_streaming_zen.py are in tests/stream_world.py)."""
+127.0.0.1: what is sent, what comes back, each fault, that abandoned
+streams never leave a connection behind and that a reader keeps nothing of
+a long answer's text (the world and the checks shared with
+tests/test_streaming_zen.py are in tests/stream_world.py)."""
 
 from __future__ import annotations
 

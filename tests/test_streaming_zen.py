@@ -1,8 +1,9 @@
 """The opencode provider's Messages and Responses streams against the Zen
 stub on 127.0.0.1: connections given back, failures before the first item
 as chat() raises them, stalls timed out, abandoned and cancelled streams
-leaving no connection behind (as tests/test_streaming_providers.py checks
-for every Chat Completions and Ollama stream)."""
+leaving no connection behind, nothing of a long answer's text kept (as
+tests/test_streaming_providers.py checks for every Chat Completions and
+Ollama stream)."""
 
 from __future__ import annotations
 
