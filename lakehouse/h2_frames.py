@@ -86,7 +86,8 @@ def send_data_problems() -> list[str]:
 
 
 def h2s_send(connection: Any, stream_id: int, data: bytes, end: bool) -> None:
-    """h2's own way to what ``send_data_frame`` does."""
+    """h2's own way to what ``send_data_frame`` does: what the start-up
+    check compares it with, and how a tuned connection whose h2 logs sends."""
     if data or not end:
         connection.send_data(stream_id, data, end_stream=end)
     else:

@@ -102,7 +102,7 @@ from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, RstStreamFrame
 from priority.priority import DuplicateStreamError, PriorityTree
 
-from lakehouse.h2_frames import send_data_frame
+from lakehouse.h2_frames import h2s_send, send_data_frame
 from lakehouse.hpack_lean import LeanDecoder
 
 # Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); ``te`` is
@@ -445,8 +445,10 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType, streams: ModuleType) 
             self.connection.decoder.max_allowed_table_size = stock.max_allowed_table_size
             self.connection.decoder.header_table_size = stock.header_table_size
             # h2's logging is skipped only where it would do nothing.
-            self._quiet = isinstance(self.connection.config.logger, h2.config.DummyLogger)
-            if self._quiet:
+            quiet = isinstance(self.connection.config.logger, h2.config.DummyLogger)
+            # How a DATA frame goes out: (connection, stream id, data, end).
+            self._frame_data = send_data_frame if quiet else h2s_send
+            if quiet:
                 # (bound to this connection: h2 calls self._receive_frame)
                 self.connection._receive_frame = receive_frame.__get__(self.connection)
 
@@ -537,10 +539,7 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType, streams: ModuleType) 
                 if end:
                     del self.stream_buffers[stream_id]
                     self.priority.remove_stream(stream_id)
-                if self._quiet:
-                    send_data_frame(connection, stream_id, data, end)
-                else:
-                    connection.send_data(stream_id, data, end_stream=end)
+                self._frame_data(connection, stream_id, data, end)
             except SEND_ERRORS:
                 # The stream or connection has closed under the sender, as
                 # Hypercorn's own path treats it: nothing to send.
@@ -557,10 +556,7 @@ def tuned_h2_protocol(base: type[Any], events: ModuleType, streams: ModuleType) 
             del self.stream_buffers[stream_id]
             self.priority.remove_stream(stream_id)
             try:
-                if self._quiet:
-                    send_data_frame(self.connection, stream_id, b"", end=True)
-                else:
-                    self.connection.end_stream(stream_id)
+                self._frame_data(self.connection, stream_id, b"", True)
             except SEND_ERRORS:
                 return True
             await self._flush()

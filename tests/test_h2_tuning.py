@@ -9,6 +9,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import io
 import random
 import re
 from collections import deque
@@ -660,6 +661,29 @@ async def test_streamed_chunks_arrive_whole_and_in_order(
         assert set(h2_data) == {1}
         assert 1 in send_task
         assert tree_inserts == [1]
+
+
+async def test_a_connection_whose_h2_logs_sends_directly_through_h2s_own_framing(
+    monkeypatch: pytest.MonkeyPatch,
+    pushes: list[int],
+    send_task: list[int],
+    h2_data: list[int],
+) -> None:
+    # chatd frames DATA itself only where h2's logging would do nothing:
+    # given a logger, h2's send_data and end_stream frame each chunk and
+    # the end, still sent at once rather than through the send task.
+    class Logging(h2.config.H2Configuration):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(logger=h2.config.OutputLogger(io.StringIO()), **options)
+
+    monkeypatch.setattr(h2.config, "H2Configuration", Logging)
+    async with serving("tuned") as port:
+        h2_data.clear()  # (the start-up's contract check sent some)
+        headers, body = await fetch(port, "/")
+    assert headers[b":status"] == b"200"
+    assert body == b"".join(CHUNKS)
+    assert pushes == [] and send_task == []
+    assert h2_data == [1] * (len(CHUNKS) + 1)  # each chunk, then the end
 
 
 async def test_a_small_window_keeps_hypercorn_flow_control(
