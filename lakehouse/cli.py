@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
 from lakehouse import config as configuration
-from lakehouse import startup, worker_limits
+from lakehouse import reload_signal, startup, worker_limits
 from lakehouse.errors import ConfigError
 from lakehouse.legacy_config import log_renames
 from lakehouse.loader import load_plugin, plugin_dirs
@@ -75,6 +75,8 @@ def start_dev_stub(config: configuration.Config, overrides: dict[str, object]) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A reload asked for before the handler is in waits for it (see there).
+    reload_signal.hold()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["gateway"]:
         from lakehouse.gateway import app as gateway

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from lakehouse import sd_notify
+from lakehouse import reload_signal, sd_notify
 from lakehouse.auth import Gate
 from lakehouse.config import Config
 from lakehouse.dispatcher import Dispatcher
@@ -102,6 +102,7 @@ class Runtime:
             runtime._spawn(metrics.publish_forever())
         if handle_sighup and source is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runtime._on_sighup)
+            reload_signal.release()
         runtime.ready = True
         log.info("chatd ready", extra={"providers": ", ".join(generation.registry.names())})
         return runtime

@@ -45,7 +45,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from lakehouse import probe_share, sd_notify
+from lakehouse import probe_share, reload_signal, sd_notify
 from lakehouse.metrics import forget_worker
 from lakehouse.worker_limits import WORKER_COUNT, WORKER_INDEX
 
@@ -136,8 +136,15 @@ class Supervisor:
         os.set_blocking(self._wake_r, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         previous = signal.set_wakeup_fd(self._wake_w)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
         old = {sig: signal.signal(sig, self._note) for sig in handled}
+        # A SIGHUP held while starting (lakehouse.reload_signal) goes unheard
+        # (an ignored signal is discarded while pending): every worker starts
+        # after it and reads the file as it is now. Released before any
+        # worker starts, which would inherit the held mask.
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        reload_signal.release()
+        signal.signal(signal.SIGHUP, self._note)
         try:
             for index in range(self.plan.count):
                 self._spawn(index)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,4 +182,85 @@ def test_with_workers_the_supervisor_speaks_for_the_pool(tmp_path: Path) -> None
         finally:
             err = stop(proc)
     assert proc.returncode == 0, err
+    assert err.count('"msg":"worker serving"') == 4
+
+
+# A stand-in for the built-in ``ollama`` plugin whose import waits for a
+# file named ``go`` beside it: it holds chatd's start-up (config checked,
+# nothing serving, no SIGHUP handler yet) for as long as the test needs.
+HELD_OLLAMA = """
+import time
+from pathlib import Path
+
+from lakehouse.loader import BUILTIN_DIR, import_plugin_file
+
+go = Path(__file__).with_name("go")
+while not go.exists():
+    time.sleep(0.01)
+PLUGIN = import_plugin_file(BUILTIN_DIR / "ollama.py").PLUGIN
+"""
+
+
+def blocked_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk line")
+
+
+def wait_until_sighup_is_held(proc: subprocess.Popen[bytes]) -> None:
+    bit = 1 << (signal.SIGHUP - 1)
+    deadline = time.monotonic() + WAIT
+    while not blocked_signals(proc.pid) & bit:
+        assert proc.poll() is None, "chatd ended while starting"
+        assert time.monotonic() < deadline, "chatd never held SIGHUP while starting"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def sighup_while_starting(
+    tmp_path: Path, *workers: str
+) -> Iterator[tuple[socket.socket, subprocess.Popen[bytes], list[str]]]:
+    """chatd sent a SIGHUP while held in its start-up, then let go on and
+    seen READY; stopped on the way out, its log put in the list."""
+    log: list[str] = []
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "ollama.py").write_text(HELD_OLLAMA)
+    port = free_port()
+    args = chatd_args(port, *workers, "--set", f'chatd.plugin_dirs=["{plugins}"]')
+    with notify_socket(tmp_path, abstract=False) as (sock, value):
+        proc = start(args, value)
+        try:
+            # SIGHUP's default action would end it here.
+            wait_until_sighup_is_held(proc)
+            proc.send_signal(signal.SIGHUP)
+            (plugins / "go").touch()
+            check_ready(sock, port)
+            yield sock, proc, log
+            check_stopping(sock, proc)
+        finally:
+            log.append(stop(proc))
+
+
+def test_a_sighup_while_chatd_starts_waits_and_becomes_a_reload(tmp_path: Path) -> None:
+    with sighup_while_starting(tmp_path) as (sock, proc, log):
+        # Honoured once the handler is in: the file as it is now is read.
+        assert states(sock)["RELOADING"] == "1"
+        assert states(sock) == {"READY": "1"}
+        assert proc.poll() is None
+    assert proc.returncode == 0, log
+    assert "config reloaded" in log[0]
+
+
+def test_a_sighup_while_a_pool_starts_leaves_it_starting(tmp_path: Path) -> None:
+    with sighup_while_starting(tmp_path, "--workers", "2") as (sock, proc, log):
+        # No roll for it (the workers started after it), and the next
+        # SIGHUP rolls as ever.
+        proc.send_signal(signal.SIGHUP)
+        assert states(sock)["RELOADING"] == "1"
+        assert states(sock) == {"READY": "1"}
+    err = log[0]
+    assert proc.returncode == 0, err
+    assert err.count("rolling workers (SIGHUP)") == 1
     assert err.count('"msg":"worker serving"') == 4

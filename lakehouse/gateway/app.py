@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from lakehouse import request_id, sd_notify, startup
+from lakehouse import reload_signal, request_id, sd_notify, startup
 from lakehouse.config import (
     Config,
     add_cli_options,
@@ -187,6 +187,7 @@ class Gateway:
                 self._table.open()
                 if self._source is not None:
                     loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+                    reload_signal.release()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._source is not None:
