@@ -377,7 +377,10 @@ def main(argv: list[str]) -> int:
             alone = Row("stub", "stub alone", "wrk", f"http://127.0.0.1:{fast_port}/api/chat",
                         16, chat_body(), "fast", False)  # fmt: skip
             proxy_pids = {
-                "chatd": chatd.pid, "chatd-stock": stock.pid, "pool": pool.pid, **floor_pids
+                "chatd": chatd.pid,
+                "chatd-stock": stock.pid,
+                "pool": pool.pid,
+                **floor_pids,
             }
             stub_alone = "not measured (wrk not installed)"
             if "wrk" not in missing:
@@ -499,5 +502,3 @@ def main(argv: list[str]) -> int:
             )
         )  # fmt: skip
     return 0
-
-

@@ -168,5 +168,3 @@ def run_row(
         stub_cpu_ms=stub_ms / served,
         peak_rss_mb=peak[0] / 1024 if row.via_chatd else None,
     )
-
-

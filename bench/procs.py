@@ -29,7 +29,6 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 STREAM_LIMIT = 4096
 
 
-
 def chat_body(model: str = MODEL) -> str:
     return json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")
@@ -181,9 +180,7 @@ def start_chatd(
     return serving(proc, port, log, "chatd")
 
 
-def start_gateway(
-    cpu: str | None, config: Path, port: int, log: Path
-) -> subprocess.Popen[bytes]:
+def start_gateway(cpu: str | None, config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """``bin/chatd gateway`` in front of chatd; a fresh one has a cold pool."""
     argv = [
         sys.executable, "-m", "lakehouse.cli", "gateway", "--config", str(config),

@@ -103,4 +103,3 @@ def announcing(app: ASGIApp) -> ASGIApp:
         await app(scope, lifespan_receive, lifespan_send)
 
     return wrapped
-

@@ -124,9 +124,7 @@ def _decode_certificate(path: str) -> dict[str, object]:
     try:
         decoded: dict[str, object] = decode(path)
     except ssl.SSLError:
-        raise ConfigError(
-            f"`chatd.server.certfile` {path!r}: not a PEM certificate"
-        ) from None
+        raise ConfigError(f"`chatd.server.certfile` {path!r}: not a PEM certificate") from None
     return decoded
 
 

@@ -354,8 +354,6 @@ async def test_a_client_gone_mid_stream_frees_its_connection(stub: StubUpstream)
         await eventually(lambda: len(asyncio.all_tasks()) <= baseline, 15, "tasks ended")
 
 
-
-
 def tuned_servers() -> int:
     return sum(type(o) is TunedTCPServer for o in gc.get_objects())
 

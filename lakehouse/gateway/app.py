@@ -71,6 +71,7 @@ class OpeningBound(aiohttp.TCPConnector):
         async with self._opening:
             return await super().connect(req, traces, timeout)
 
+
 log = logging.getLogger("chatd.gateway")
 
 
@@ -136,9 +137,7 @@ class Table:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
         for origin in {route.origin for route in self.routes}:
             self.sessions[origin] = aiohttp.ClientSession(
-                connector=OpeningBound(
-                    opening=OPENING, limit=0, keepalive_timeout=KEEPALIVE_SECS
-                ),
+                connector=OpeningBound(opening=OPENING, limit=0, keepalive_timeout=KEEPALIVE_SECS),
                 timeout=timeout,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,

@@ -29,8 +29,11 @@ def _bytes_type(data: str) -> str | None:
         head = base64.b64decode(data[:16])
     except (binascii.Error, ValueError):
         return None
-    for magic, media in ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
-                         (b"GIF8", "image/gif")):
+    for magic, media in (
+        (b"\x89PNG", "image/png"),
+        (b"\xff\xd8\xff", "image/jpeg"),
+        (b"GIF8", "image/gif"),
+    ):
         if head.startswith(magic):
             return media
     return "image/webp" if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None
@@ -45,8 +48,11 @@ def _results(message: Mapping[str, Any]) -> list[str]:
     content = message.get("content")
     if message.get("role") != "user" or not isinstance(content, list):
         return []
-    return [replies.part_text(b.get("content")) for b in content
-            if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return [
+        replies.part_text(b.get("content"))
+        for b in content
+        if isinstance(b, dict) and b.get("type") == "tool_result"
+    ]
 
 
 def _text(content: Any) -> str:
@@ -62,12 +68,21 @@ def _text(content: Any) -> str:
 
 class MessagesAPI(DialectAPI):
     def routes(self) -> list[Route]:
-        return [Route("POST", f"{self.flavour.base_path}/messages", self.answer,
-                      chat=True, auth="x-api-key", error=self.error)]
+        return [
+            Route(
+                "POST",
+                f"{self.flavour.base_path}/messages",
+                self.answer,
+                chat=True,
+                auth="x-api-key",
+                error=self.error,
+            )
+        ]
 
     def error(self, failure: Failure) -> Reply:
         body = self.flavour.messages_error(
-            failure.status, failure.message, failure.error_type, failure.metadata)
+            failure.status, failure.message, failure.error_type, failure.metadata
+        )
         return json_reply(failure.status, body, JSON, failure.headers)
 
     def _check(self, data: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]], int]:
@@ -88,8 +103,9 @@ class MessagesAPI(DialectAPI):
         for i, m in enumerate(messages):
             role = m.get("role") if isinstance(m, dict) else None
             if role not in ("user", "assistant"):
-                raise reject(400, f"messages.{i}.role: Input should be 'user' or 'assistant'",
-                             INVALID)
+                raise reject(
+                    400, f"messages.{i}.role: Input should be 'user' or 'assistant'", INVALID
+                )
             offered = self._check_blocks(i, m.get("content"), offered)
         return model, messages, cap
 
@@ -99,8 +115,7 @@ class MessagesAPI(DialectAPI):
         if isinstance(content, str):
             return set()
         if not isinstance(content, list):
-            raise reject(400, f"messages.{i}.content: Input should be a string or a list",
-                         INVALID)
+            raise reject(400, f"messages.{i}.content: Input should be a string or a list", INVALID)
         ids: set[str] = set()
         for j, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
@@ -110,9 +125,12 @@ class MessagesAPI(DialectAPI):
                     raise reject(400, f"{at}.tool_use: id and input are required", INVALID)
                 ids.add(block["id"])
             elif kind == "tool_result" and block.get("tool_use_id") not in offered:
-                raise reject(400, f"{at}: unexpected `tool_use_id` found in `tool_result` "
-                             "blocks; each must answer a `tool_use` of the previous turn",
-                             INVALID)
+                raise reject(
+                    400,
+                    f"{at}: unexpected `tool_use_id` found in `tool_result` "
+                    "blocks; each must answer a `tool_use` of the previous turn",
+                    INVALID,
+                )
             elif kind == "image":
                 self._check_image(at, block.get("source"))
             elif kind not in ("text", "tool_result", "thinking"):
@@ -125,14 +143,21 @@ class MessagesAPI(DialectAPI):
         if kind == "base64" and isinstance(source, dict):
             media = source.get("media_type")
             if media not in IMAGE_TYPES or not source.get("data"):
-                raise reject(400, f"{at}.source: media_type must be one of {IMAGE_TYPES} "
-                             "and data is required", INVALID)
+                raise reject(
+                    400,
+                    f"{at}.source: media_type must be one of {IMAGE_TYPES} and data is required",
+                    INVALID,
+                )
             # Anthropic reads the bytes and refuses a type they contradict.
             seen = _bytes_type(str(source["data"]))
             if seen is not None and seen != media:
-                raise reject(400, f"{at}.image.source.base64: The image was specified using "
-                             f"the {media} media type, but the image appears to be a {seen} "
-                             "image", INVALID)
+                raise reject(
+                    400,
+                    f"{at}.image.source.base64: The image was specified using "
+                    f"the {media} media type, but the image appears to be a {seen} "
+                    "image",
+                    INVALID,
+                )
         elif kind == "url" and isinstance(source, dict):
             if not str(source.get("url", "")).startswith(("http://", "https://")):
                 raise reject(400, f"{at}.source.url: must be an http(s) URL", INVALID)
@@ -144,19 +169,24 @@ class MessagesAPI(DialectAPI):
         if not isinstance(tools, list):
             raise reject(400, "tools: Input should be a valid list", INVALID)
         for i, tool in enumerate(tools):
-            if not isinstance(tool, dict) or not tool.get("name") \
-                    or not isinstance(tool.get("input_schema"), dict):
+            if (
+                not isinstance(tool, dict)
+                or not tool.get("name")
+                or not isinstance(tool.get("input_schema"), dict)
+            ):
                 raise reject(400, f"tools.{i}: name and input_schema are required", INVALID)
         return [{"name": t["name"], "schema": t["input_schema"]} for t in tools]
 
-    def _calls(self, data: Mapping[str, Any], messages: list[dict[str, Any]],
-               user_text: str) -> list[Call]:
+    def _calls(
+        self, data: Mapping[str, Any], messages: list[dict[str, Any]], user_text: str
+    ) -> list[Call]:
         tools = self._tools(data)
         choice = data.get("tool_choice") or {"type": "auto"}
         kind = choice.get("type") if isinstance(choice, dict) else None
         if kind not in ("auto", "any", "tool", "none"):
-            raise reject(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or "
-                         "'none'", INVALID)
+            raise reject(
+                400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'", INVALID
+            )
         if kind == "none" or messages[-1].get("role") != "user" or _results(messages[-1]):
             return []
         named = choice.get("name") if kind == "tool" else None
@@ -171,14 +201,17 @@ class MessagesAPI(DialectAPI):
             return None
         budget = thinking.get("budget_tokens")
         if not isinstance(budget, int) or budget < MIN_THINK_BUDGET:
-            raise reject(400, "thinking.enabled.budget_tokens: Input should be greater than "
-                         "or equal to 1024", INVALID)
+            raise reject(
+                400,
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+                INVALID,
+            )
         if budget >= cap:
-            raise reject(400, "`max_tokens` must be greater than `thinking.budget_tokens`",
-                         INVALID)
+            raise reject(400, "`max_tokens` must be greater than `thinking.budget_tokens`", INVALID)
         if data.get("temperature") not in (None, 1, 1.0):
-            raise reject(400, "`temperature` may only be set to 1 when thinking is enabled",
-                         INVALID)
+            raise reject(
+                400, "`temperature` may only be set to 1 when thinking is enabled", INVALID
+            )
         return budget
 
     def _answer(self, call: Received, fault: Fault | None) -> Reply:
@@ -207,84 +240,151 @@ class MessagesAPI(DialectAPI):
         if not stream:
             if kind == "midstream_error":
                 assert fault is not None
-                raise Rejected(Failure(fault.status or 529, fault.message or OVERLOADED,
-                                       fault.error_type))
+                raise Rejected(
+                    Failure(fault.status or 529, fault.message or OVERLOADED, fault.error_type)
+                )
             return json_reply(200, self._whole(ident, model, gen, prompt, kind))
         frames = self._stream(ident, model, gen, prompt)
         if fault is not None and kind == "midstream_error":
             keep = min(fault.after, len(frames) - 2)
             error = self.flavour.messages_error(
-                fault.status or 529, fault.message or OVERLOADED, fault.error_type, None)
+                fault.status or 529, fault.message or OVERLOADED, fault.error_type, None
+            )
             frames = (*frames[:keep], named_event("error", error))
         return Reply(200, SSE, frames, stream=True, headers={"Cache-Control": "no-cache"})
 
-    def _called(self, ident: str, model: str, calls: list[Call], prompt: int,
-                stream: bool) -> Reply:
+    def _called(
+        self, ident: str, model: str, calls: list[Call], prompt: int, stream: bool
+    ) -> Reply:
         """The model calls tools instead of answering."""
-        uses = [{"type": "tool_use", "id": f"toolu_{ident}_{i}", "name": call.name}
-                for i, call in enumerate(calls)]
-        usage = {"input_tokens": prompt, "output_tokens": sum(c.count for c in calls),
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        uses = [
+            {"type": "tool_use", "id": f"toolu_{ident}_{i}", "name": call.name}
+            for i, call in enumerate(calls)
+        ]
+        usage = {
+            "input_tokens": prompt,
+            "output_tokens": sum(c.count for c in calls),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
         if not stream:
-            return json_reply(200, {
-                "id": ident, "type": "message", "role": "assistant", "model": model,
-                "content": [{**use, "input": call.arguments}
-                            for use, call in zip(uses, calls, strict=True)],
-                "stop_reason": "tool_use", "stop_sequence": None, "usage": usage})
+            return json_reply(
+                200,
+                {
+                    "id": ident,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [
+                        {**use, "input": call.arguments}
+                        for use, call in zip(uses, calls, strict=True)
+                    ],
+                    "stop_reason": "tool_use",
+                    "stop_sequence": None,
+                    "usage": usage,
+                },
+            )
         start: dict[str, Any] = {
-            "id": ident, "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {**usage, "output_tokens": 1}}
+            "id": ident,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
         frames = [named_event("message_start", {"type": "message_start", "message": start})]
         for index, (use, call) in enumerate(zip(uses, calls, strict=True)):
-            frames.append(named_event("content_block_start", {
-                "type": "content_block_start", "index": index,
-                "content_block": {**use, "input": {}}}))
-            frames += [named_event("content_block_delta", {
-                "type": "content_block_delta", "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": piece}})
-                for piece in call.pieces]
-            frames.append(named_event("content_block_stop",
-                                      {"type": "content_block_stop", "index": index}))
+            frames.append(
+                named_event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {**use, "input": {}},
+                    },
+                )
+            )
+            frames += [
+                named_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    },
+                )
+                for piece in call.pieces
+            ]
+            frames.append(
+                named_event("content_block_stop", {"type": "content_block_stop", "index": index})
+            )
         frames += [
-            named_event("message_delta", {"type": "message_delta",
-                                          "delta": {"stop_reason": "tool_use",
-                                                    "stop_sequence": None},
-                                          "usage": {"output_tokens": usage["output_tokens"]}}),
+            named_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            ),
             named_event("message_stop", {"type": "message_stop"}),
         ]
-        return Reply(200, SSE, tuple(frames), stream=True,
-                     headers={"Cache-Control": "no-cache"})
+        return Reply(200, SSE, tuple(frames), stream=True, headers={"Cache-Control": "no-cache"})
 
     @staticmethod
     def _stop(gen: replies.Generation) -> str:
         return "max_tokens" if gen.finish == "length" else "end_turn"
 
-    def _whole(self, ident: str, model: str, gen: replies.Generation, prompt: int,
-               kind: str | None) -> dict[str, Any]:
+    def _whole(
+        self, ident: str, model: str, gen: replies.Generation, prompt: int, kind: str | None
+    ) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
         if gen.thinking:
-            content.append({"type": "thinking", "thinking": gen.thinking_text,
-                            "signature": "stub-signature"})
+            content.append(
+                {"type": "thinking", "thinking": gen.thinking_text, "signature": "stub-signature"}
+            )
         if gen.content:
             content.append({"type": "text", "text": gen.content_text})
         return {
-            "id": ident, "type": "message", "role": "assistant", "model": model,
+            "id": ident,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
             "content": [] if kind == "empty_choices" else content,
-            "stop_reason": self._stop(gen), "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": gen.count,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+            "stop_reason": self._stop(gen),
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": prompt,
+                "output_tokens": gen.count,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
         }
 
-    def _stream(self, ident: str, model: str, gen: replies.Generation,
-                prompt: int) -> tuple[bytes, ...]:
+    def _stream(
+        self, ident: str, model: str, gen: replies.Generation, prompt: int
+    ) -> tuple[bytes, ...]:
         start: dict[str, Any] = {
-            "id": ident, "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": 1,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
-        frames = [named_event("message_start", {"type": "message_start", "message": start}),
-                  named_event("ping", {"type": "ping"})]
+            "id": ident,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": prompt,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }
+        frames = [
+            named_event("message_start", {"type": "message_start", "message": start}),
+            named_event("ping", {"type": "ping"}),
+        ]
         index = 0
         for kind, pieces, field, delta_type in (
             ("thinking", gen.thinking, "thinking", "thinking_delta"),
@@ -295,21 +395,47 @@ class MessagesAPI(DialectAPI):
             block: dict[str, Any] = {"type": kind, field: ""}
             if kind == "thinking":
                 block["signature"] = ""
-            frames.append(named_event("content_block_start", {
-                "type": "content_block_start", "index": index, "content_block": block}))
-            frames += [named_event("content_block_delta", {
-                "type": "content_block_delta", "index": index,
-                "delta": {"type": delta_type, field: piece}}) for piece in pieces]
+            frames.append(
+                named_event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": block},
+                )
+            )
+            frames += [
+                named_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": delta_type, field: piece},
+                    },
+                )
+                for piece in pieces
+            ]
             if kind == "thinking":
-                frames.append(named_event("content_block_delta", {
-                    "type": "content_block_delta", "index": index,
-                    "delta": {"type": "signature_delta", "signature": "stub-signature"}}))
-            frames.append(named_event("content_block_stop",
-                                      {"type": "content_block_stop", "index": index}))
+                frames.append(
+                    named_event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "signature_delta", "signature": "stub-signature"},
+                        },
+                    )
+                )
+            frames.append(
+                named_event("content_block_stop", {"type": "content_block_stop", "index": index})
+            )
             index += 1
-        frames.append(named_event("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": self._stop(gen), "stop_sequence": None},
-            "usage": {"output_tokens": gen.count}}))
+        frames.append(
+            named_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self._stop(gen), "stop_sequence": None},
+                    "usage": {"output_tokens": gen.count},
+                },
+            )
+        )
         frames.append(named_event("message_stop", {"type": "message_stop"}))
         return tuple(frames)

@@ -6,7 +6,15 @@ from collections.abc import Iterable
 
 # Families that reason by default when the caller does not name a thinking set.
 THINKING_FAMILIES = (
-    "qwen3", "deepseek", "gpt-oss", "glm", "kimi", "k2", "k3", "magistral", "minimax",
+    "qwen3",
+    "deepseek",
+    "gpt-oss",
+    "glm",
+    "kimi",
+    "k2",
+    "k3",
+    "magistral",
+    "minimax",
 )
 
 

@@ -76,8 +76,11 @@ def anthropic_error(
 ) -> dict[str, Any]:
     # Anthropic's envelope (docs/protocols/anthropic-messages.md, "Errors").
     kind = error_type or _ANTHROPIC_TYPES.get(status, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": message},
-            "request_id": "req_stub0123456789"}
+    return {
+        "type": "error",
+        "error": {"type": kind, "message": message},
+        "request_id": "req_stub0123456789",
+    }
 
 
 def _never(body: Mapping[str, Any]) -> bool:
@@ -202,8 +205,14 @@ OLLAMA_CLOUD = Flavour(
     name="ollama_cloud",
     dialect="ollama",
     base_path="",
-    models=("gpt-oss:120b", "gpt-oss:20b", "glm-5.2", "kimi-k2.6", "deepseek-v4-flash",
-            "gemma3:27b"),
+    models=(
+        "gpt-oss:120b",
+        "gpt-oss:20b",
+        "glm-5.2",
+        "kimi-k2.6",
+        "deepseek-v4-flash",
+        "gemma3:27b",
+    ),
     error_body=ollama_error,
     unauthorized=Failure(401, "unauthorized"),
     not_found=lambda m: Failure(404, f'model "{m}" not found'),
@@ -245,8 +254,16 @@ OPENCODE = Flavour(
     name="opencode",
     dialect="openai",
     base_path="/zen/v1",
-    models=("glm-5.2", "kimi-k2.6", "deepseek-v4-flash", "big-pickle", "claude-opus-4-7",
-            "claude-sonnet-4-6", "gpt-5.4", "gpt-5.4-mini"),
+    models=(
+        "glm-5.2",
+        "kimi-k2.6",
+        "deepseek-v4-flash",
+        "big-pickle",
+        "claude-opus-4-7",
+        "claude-sonnet-4-6",
+        "gpt-5.4",
+        "gpt-5.4-mini",
+    ),
     error_body=zen_error,
     unauthorized=Failure(401, "Invalid API key.", "AuthError"),
     not_found=lambda m: Failure(401, f"Model {m} not supported", "ModelError"),
@@ -276,9 +293,7 @@ OPENCODE_GO = replace(
     base_path="/zen/go/v1",
     models=("glm-5", "kimi-k2.5", "minimax-m2.5"),
     extra_dialects=("messages",),
-    required_header=Failure(
-        400, "Missing x-opencode-session header.", "MissingSessionID"
-    ),
+    required_header=Failure(400, "Missing x-opencode-session header.", "MissingSessionID"),
     required_header_name="x-opencode-session",
 )
 

@@ -92,8 +92,11 @@ def _check_think(think: Any) -> None:
         return
     if isinstance(think, str) and think in THINK_LEVELS:
         return
-    raise reject(400, f"invalid think value: {msgspec.json.encode(think).decode()} "
-                      '(must be "low", "medium", "high", "max", true, or false)')
+    raise reject(
+        400,
+        f"invalid think value: {msgspec.json.encode(think).decode()} "
+        '(must be "low", "medium", "high", "max", true, or false)',
+    )
 
 
 def _check_format(fmt: Any) -> None:
@@ -124,9 +127,12 @@ def _check_tool_calls(calls: Any) -> None:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("arguments", {}), dict):
             # Go's ToolCallFunctionArguments is a map: a JSON string fails.
-            raise reject(400, "json: cannot unmarshal string into Go struct field "
-                              "ToolCallFunction.messages.tool_calls.function.arguments of type "
-                              "api.ToolCallFunctionArguments")
+            raise reject(
+                400,
+                "json: cannot unmarshal string into Go struct field "
+                "ToolCallFunction.messages.tool_calls.function.arguments of type "
+                "api.ToolCallFunctionArguments",
+            )
 
 
 def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -138,8 +144,11 @@ def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     for m in messages:
         # Ollama's content is a plain string, unlike OpenAI's array of parts.
         if not isinstance(m.get("content", ""), str):
-            raise reject(400, "json: cannot unmarshal array into Go struct field "
-                              "Message.messages.content of type string")
+            raise reject(
+                400,
+                "json: cannot unmarshal array into Go struct field "
+                "Message.messages.content of type string",
+            )
         _check_images(m.get("images"))
         _check_tool_calls(m.get("tool_calls"))
     problem = check_tools(data)
@@ -152,8 +161,10 @@ def _calls(planned: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Ollama's shape: arguments as an object, numbered by ``index``."""
     return [
         # Ollama mints a random id per call (server/routes.go, toolCallId).
-        {"id": f"call_{secrets.token_hex(4)}",
-         "function": {"index": n, "name": name, "arguments": args}}
+        {
+            "id": f"call_{secrets.token_hex(4)}",
+            "function": {"index": n, "name": name, "arguments": args},
+        }
         for n, (name, args) in enumerate(planned)
     ]
 
@@ -203,8 +214,9 @@ class OllamaAPI:
         }
 
     def tags(self, call: Received, fault: Fault | None) -> Reply:
-        return json_reply(200, {"models": [self._entry(n) for n in self.catalog.names]},
-                          OLLAMA_JSON)
+        return json_reply(
+            200, {"models": [self._entry(n) for n in self.catalog.names]}, OLLAMA_JSON
+        )
 
     def ps(self, call: Received, fault: Fault | None) -> Reply:
         models = [{**self._entry(n), "size_vram": 5_200_000_000} for n in self._loaded]
@@ -221,15 +233,19 @@ class OllamaAPI:
             return self.flavour.error(exc.failure)
         caps = ["completion", "tools"] + (["thinking"] if self.catalog.thinks(known) else [])
         entry = self._entry(known)
-        return json_reply(200, {
-            "modelfile": f"FROM {known}\n",
-            "parameters": "",
-            "template": "{{ .Prompt }}",
-            "details": entry["details"],
-            "model_info": {"general.architecture": entry["details"]["family"]},
-            "capabilities": caps,
-            "modified_at": entry["modified_at"],
-        }, OLLAMA_JSON)
+        return json_reply(
+            200,
+            {
+                "modelfile": f"FROM {known}\n",
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "details": entry["details"],
+                "model_info": {"general.architecture": entry["details"]["family"]},
+                "capabilities": caps,
+                "modified_at": entry["modified_at"],
+            },
+            OLLAMA_JSON,
+        )
 
     # -- generation ----------------------------------------------------------
 
@@ -262,8 +278,10 @@ class OllamaAPI:
             "eval_count": gen.count,
             "eval_duration": gen.count * NS_PER_EVAL_TOKEN,
         }
-        metrics["total_duration"] = sum(metrics[k] for k in (
-            "load_duration", "prompt_eval_duration", "eval_duration")) + 1_000_000
+        metrics["total_duration"] = (
+            sum(metrics[k] for k in ("load_duration", "prompt_eval_duration", "eval_duration"))
+            + 1_000_000
+        )
         # Ollama's metric fields are omitempty: zero means absent.
         return {k: v for k, v in metrics.items() if v}
 
@@ -321,8 +339,9 @@ class OllamaAPI:
         fmt = data.get("format")
         if fmt:
             answer = json_content(answer, fmt if isinstance(fmt, dict) else None)
-        gen = generate(answer, thinking=thinking_text(user_text) if thinking else None,
-                       budget=budget)
+        gen = generate(
+            answer, thinking=thinking_text(user_text) if thinking else None, budget=budget
+        )
         metrics = self._metrics(known, count_prompt(texts), gen)
         # /api/generate returns its (deprecated) context unless raw.
         tail: dict[str, Any] = {}
@@ -350,8 +369,11 @@ class OllamaAPI:
         if calls:
             # Ollama parses calls out of the output and sends them whole.
             message = {"role": "assistant", "content": "", "tool_calls": calls}
-            lines.append(ndjson_line({"model": model, "created_at": _now(), "message": message,
-                                      "done": False}))
+            lines.append(
+                ndjson_line(
+                    {"model": model, "created_at": _now(), "message": message, "done": False}
+                )
+            )
         if fault is not None and fault.kind == "midstream_error":
             keep = min(fault.after, len(lines))
             error = {"error": fault.message or MIDSTREAM_ERROR}
@@ -359,8 +381,9 @@ class OllamaAPI:
         final = {**self._final(model, gen, generate_api, whole=False), **tail, **metrics}
         return Reply(200, NDJSON, (*lines, ndjson_line(final)), stream=True)
 
-    def _final(self, model: str, gen: Generation, generate_api: bool, *, whole: bool
-               ) -> dict[str, Any]:
+    def _final(
+        self, model: str, gen: Generation, generate_api: bool, *, whole: bool
+    ) -> dict[str, Any]:
         # The last streamed object carries no text; a whole reply carries all of it.
         content = gen.content_text if whole else ""
         body: dict[str, Any] = {"model": model, "created_at": _now()}
@@ -395,8 +418,9 @@ class OllamaAPI:
             out.append(chunk)
         return out
 
-    def _load_reply(self, model: str, known: str, data: Mapping[str, Any], generate_api: bool
-                    ) -> Reply:
+    def _load_reply(
+        self, model: str, known: str, data: Mapping[str, Any], generate_api: bool
+    ) -> Reply:
         # Empty messages/prompt only load the model; keep_alive 0 unloads it.
         unload = data.get("keep_alive") in (0, "0", "0s")
         if unload:

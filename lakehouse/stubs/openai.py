@@ -45,10 +45,16 @@ def decode_body(body: bytes, error_type: str = "invalid_request_error") -> dict[
 
 def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     messages = data.get("messages")
-    if (not isinstance(messages, list) or not messages
-            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)):
-        raise reject(400, "messages must be a non-empty array of {role, content} objects",
-                     "invalid_request_error")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+    ):
+        raise reject(
+            400,
+            "messages must be a non-empty array of {role, content} objects",
+            "invalid_request_error",
+        )
     return messages
 
 
@@ -64,15 +70,22 @@ def _check_conversation(data: Mapping[str, Any], messages: list[dict[str, Any]])
             if isinstance(part, dict) and part.get("type") == "image_url":
                 url = (part.get("image_url") or {}).get("url", "")
                 if not str(url).startswith(("http://", "https://", "data:image/")):
-                    raise reject(400, f"Invalid image_url at messages[{i}].content[{j}]",
-                                 "invalid_request_error")
+                    raise reject(
+                        400,
+                        f"Invalid image_url at messages[{i}].content[{j}]",
+                        "invalid_request_error",
+                    )
         for call in m.get("tool_calls") or ():
             if not isinstance((call.get("function") or {}).get("arguments"), str):
-                raise reject(400, f"messages[{i}].tool_calls: arguments must be a string",
-                             "invalid_request_error")
+                raise reject(
+                    400,
+                    f"messages[{i}].tool_calls: arguments must be a string",
+                    "invalid_request_error",
+                )
         if m.get("role") == "tool" and not m.get("tool_call_id"):
-            raise reject(400, f"messages[{i}]: tool messages need a tool_call_id",
-                         "invalid_request_error")
+            raise reject(
+                400, f"messages[{i}]: tool messages need a tool_call_id", "invalid_request_error"
+            )
 
 
 def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,12 +93,20 @@ def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     empty arguments), then the arguments' text in a few fragments."""
     out = []
     for n, call in enumerate(calls):
-        out.append({"index": n, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}})
+        out.append(
+            {
+                "index": n,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+        )
         text = call["function"]["arguments"]
         step = max(1, len(text) // 3)
-        out += [{"index": n, "function": {"arguments": text[k:k + step]}}
-                for k in range(0, len(text), step)]
+        out += [
+            {"index": n, "function": {"arguments": text[k : k + step]}}
+            for k in range(0, len(text), step)
+        ]
     return out
 
 
@@ -149,8 +170,11 @@ class OpenAIAPI(DialectAPI):
             value = data.get(name)
             if value is not None and value != allowed:
                 shown = int(allowed) if float(allowed).is_integer() else allowed
-                raise reject(400, f"invalid {name}: only {shown} is allowed for this model",
-                             "invalid_request_error")
+                raise reject(
+                    400,
+                    f"invalid {name}: only {shown} is allowed for this model",
+                    "invalid_request_error",
+                )
 
     def _content(self, data: Mapping[str, Any], user_text: str) -> str:
         text = replies.reply_text(user_text)
@@ -165,11 +189,15 @@ class OpenAIAPI(DialectAPI):
         if kind == "json_schema":
             spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
             if not isinstance(spec, dict) or not spec.get("name"):
-                raise reject(400, "response_format.json_schema.name is required",
-                             "invalid_request_error")
+                raise reject(
+                    400, "response_format.json_schema.name is required", "invalid_request_error"
+                )
             return replies.json_content(text, spec.get("schema") or {})
-        raise reject(400, "response_format.type must be text, json_object or json_schema",
-                     "invalid_request_error")
+        raise reject(
+            400,
+            "response_format.type must be text, json_object or json_schema",
+            "invalid_request_error",
+        )
 
     def _answer(self, call: Received, fault: Fault | None) -> Reply:
         data = decode_body(call.body)
@@ -187,8 +215,11 @@ class OpenAIAPI(DialectAPI):
         answered = results_answer(messages)
         content = self._content(data, user_text) if answered is None else answered
         calls = [
-            {"id": f"call_{next(self._ids):06d}", "type": "function",
-             "function": {"name": name, "arguments": tool_arguments_text(args)}}
+            {
+                "id": f"call_{next(self._ids):06d}",
+                "type": "function",
+                "function": {"name": name, "arguments": tool_arguments_text(args)},
+            }
             for name, args in planned_calls(data, user_text)
         ]
         thinks = self.catalog.thinks(model) and not self.flavour.reasoning_off(data)
@@ -200,8 +231,12 @@ class OpenAIAPI(DialectAPI):
         usage = _usage(replies.count_prompt(texts), gen)
         hidden = self.flavour.reasoning_hidden(data)
         ident = f"{self.flavour.id_prefix}{int(time.time())}-{next(self._ids):06d}"
-        head = {"id": ident, "created": int(time.time()), "model": model,
-                **self.flavour.extra_response}
+        head = {
+            "id": ident,
+            "created": int(time.time()),
+            "model": model,
+            **self.flavour.extra_response,
+        }
         headers = {self.flavour.generation_header: ident} if self.flavour.generation_header else {}
         kind = fault.kind if fault is not None else None
         if not stream:
@@ -211,12 +246,17 @@ class OpenAIAPI(DialectAPI):
         frames = self._stream(head, gen, usage, hidden, include_usage, kind, calls, top)
         if fault is not None and kind == "midstream_error":
             # Cut before the finishing chunk, then report the failure in-band.
-            body_frames = len(self.flavour.stream_preamble) + 1 + (
-                0 if hidden else len(gen.thinking)) + len(gen.content)
+            body_frames = (
+                len(self.flavour.stream_preamble)
+                + 1
+                + (0 if hidden else len(gen.thinking))
+                + len(gen.content)
+            )
             keep = min(fault.after, body_frames)
             frames = (*frames[:keep], self._error_event(head, fault))
-        return Reply(200, SSE, frames, stream=True,
-                     headers={"Cache-Control": "no-cache", **headers})
+        return Reply(
+            200, SSE, frames, stream=True, headers={"Cache-Control": "no-cache", **headers}
+        )
 
     @staticmethod
     def _logprobs(pieces: list[str], top: int | None) -> dict[str, Any]:
@@ -231,12 +271,24 @@ class OpenAIAPI(DialectAPI):
             message[self.flavour.reasoning_field] = gen.thinking_text
         return message
 
-    def _whole(self, head: dict[str, Any], gen: replies.Generation, usage: dict[str, Any],
-               hidden: bool, fault: Fault | None, headers: Mapping[str, str],
-               calls: list[dict[str, Any]], top: int | None) -> Reply:
+    def _whole(
+        self,
+        head: dict[str, Any],
+        gen: replies.Generation,
+        usage: dict[str, Any],
+        hidden: bool,
+        fault: Fault | None,
+        headers: Mapping[str, str],
+        calls: list[dict[str, Any]],
+        top: int | None,
+    ) -> Reply:
         kind = fault.kind if fault is not None else None
-        choice: dict[str, Any] = {"index": 0, "message": self._message(gen, hidden),
-                                  "finish_reason": gen.finish, **self._logprobs(gen.content, top)}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": self._message(gen, hidden),
+            "finish_reason": gen.finish,
+            **self._logprobs(gen.content, top),
+        }
         if calls:
             # content is null when the model only called tools.
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
@@ -246,24 +298,36 @@ class OpenAIAPI(DialectAPI):
             if not self.flavour.error_in_choice:
                 raise reject(fault.status or 500, message, fault.error_type or "server_error")
             # OpenRouter: status 200, the failure sits inside the choice.
-            choice = {"index": 0, "message": {"role": "assistant", "content": ""},
-                      "finish_reason": "error",
-                      "error": {"code": fault.status or 502, "message": message}}
-        body: dict[str, Any] = {**head, "object": "chat.completion",
-                                "choices": [] if kind == "empty_choices" else [choice],
-                                "usage": usage}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": ""},
+                "finish_reason": "error",
+                "error": {"code": fault.status or 502, "message": message},
+            }
+        body: dict[str, Any] = {
+            **head,
+            "object": "chat.completion",
+            "choices": [] if kind == "empty_choices" else [choice],
+            "usage": usage,
+        }
         if self.flavour.trailing_cost:
             body["cost"] = f"{usage['total_tokens'] * PRICE:.6f}"
         return json_reply(200, body, JSON, headers)
 
-    def _chunk(self, head: Mapping[str, Any], choices: list[dict[str, Any]],
-               **extra: Any) -> bytes:
-        return sse_event({**head, "object": "chat.completion.chunk", "choices": choices,
-                          **extra})
+    def _chunk(self, head: Mapping[str, Any], choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse_event({**head, "object": "chat.completion.chunk", "choices": choices, **extra})
 
-    def _stream(self, head: dict[str, Any], gen: replies.Generation, usage: dict[str, Any],
-                hidden: bool, include_usage: bool, kind: str | None,
-                calls: list[dict[str, Any]], top: int | None) -> tuple[bytes, ...]:
+    def _stream(
+        self,
+        head: dict[str, Any],
+        gen: replies.Generation,
+        usage: dict[str, Any],
+        hidden: bool,
+        include_usage: bool,
+        kind: str | None,
+        calls: list[dict[str, Any]],
+        top: int | None,
+    ) -> tuple[bytes, ...]:
         frames = list(self.flavour.stream_preamble)
         if kind == "empty_choices":
             return (*frames, self._chunk(head, []), SSE_DONE)
@@ -275,10 +339,13 @@ class OpenAIAPI(DialectAPI):
         if not hidden:
             field = self.flavour.reasoning_field
             frames += [self._chunk(head, [delta({field: t})]) for t in gen.thinking]
-        frames += [self._chunk(head, [{**delta({"content": t}), **self._logprobs([t], top)}])
-                   for t in gen.content]
-        frames += [self._chunk(head, [delta({"tool_calls": [d]})])
-                   for d in _tool_call_deltas(calls)]
+        frames += [
+            self._chunk(head, [{**delta({"content": t}), **self._logprobs([t], top)}])
+            for t in gen.content
+        ]
+        frames += [
+            self._chunk(head, [delta({"tool_calls": [d]})]) for d in _tool_call_deltas(calls)
+        ]
         last = delta({}, "tool_calls" if calls else gen.finish)
         if self.flavour.usage_in_choice:
             # Moonshot-style: usage rides inside the finishing choice.
@@ -301,5 +368,8 @@ class OpenAIAPI(DialectAPI):
                 [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
                 error={"code": fault.error_type or "server_error", "message": message},
             )
-        return sse_event(self.flavour.error_body(
-            fault.status or 500, message, fault.error_type or "server_error", fault.metadata))
+        return sse_event(
+            self.flavour.error_body(
+                fault.status or 500, message, fault.error_type or "server_error", fault.metadata
+            )
+        )

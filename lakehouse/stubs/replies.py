@@ -122,9 +122,17 @@ def token_logprobs(pieces: list[str], top: int = 0) -> list[dict[str, Any]]:
         logprob = -0.25 * (n % 4 + 1)
         alternatives = [
             {"token": piece, "logprob": logprob, "bytes": list(piece.encode())},
-            *({"token": f"alt{k}", "logprob": logprob - k, "bytes": list(f"alt{k}".encode())}
-              for k in range(1, top)),
+            *(
+                {"token": f"alt{k}", "logprob": logprob - k, "bytes": list(f"alt{k}".encode())}
+                for k in range(1, top)
+            ),
         ][:top]
-        out.append({"token": piece, "logprob": logprob, "bytes": list(piece.encode()),
-                    "top_logprobs": alternatives})
+        out.append(
+            {
+                "token": piece,
+                "logprob": logprob,
+                "bytes": list(piece.encode()),
+                "top_logprobs": alternatives,
+            }
+        )
     return out

@@ -74,8 +74,15 @@ class _CountingServer(web.Server):
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
         # aiohttp caps bodies at 1 MiB by default; real upstreams take long prompts.
-        return web.BaseRequest(message, payload, protocol, writer, task,
-                               asyncio.get_running_loop(), client_max_size=MAX_BODY)
+        return web.BaseRequest(
+            message,
+            payload,
+            protocol,
+            writer,
+            task,
+            asyncio.get_running_loop(),
+            client_max_size=MAX_BODY,
+        )
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         self.open.add(handler)
@@ -131,9 +138,7 @@ class StubUpstream:
             thinking,
             ollama_names=self.spec.dialect == "ollama",
         )
-        api = (OllamaAPI if self.spec.dialect == "ollama" else OpenAIAPI)(
-            self.spec, self.catalog
-        )
+        api = (OllamaAPI if self.spec.dialect == "ollama" else OpenAIAPI)(self.spec, self.catalog)
         routes = api.routes()
         for dialect in self.spec.extra_dialects:
             routes += _DIALECTS[dialect](self.spec, self.catalog).routes()
@@ -190,7 +195,9 @@ class StubUpstream:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
@@ -237,8 +244,14 @@ class StubUpstream:
         for name, value in request.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        received = Received(method=request.method, path=request.path, headers=headers,
-                            body=body, json=decode_json(body), query=request.query_string)
+        received = Received(
+            method=request.method,
+            path=request.path,
+            headers=headers,
+            body=body,
+            json=decode_json(body),
+            query=request.query_string,
+        )
         self.received.append(received)
         return received
 
@@ -282,8 +295,12 @@ class StubUpstream:
         allowed = self._methods.get(received.path)
         if allowed is not None:
             reply = self.spec.fail(405, "method not allowed")
-            return Reply(reply.status, reply.content_type, reply.frames,
-                         headers={"Allow": ", ".join(sorted(allowed))})
+            return Reply(
+                reply.status,
+                reply.content_type,
+                reply.frames,
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
         if self.spec.dialect == "ollama":
             return text_reply(404, "404 page not found")  # gin's default
         return self.spec.fail(404, f"no route for {received.method} {received.path}")
@@ -305,8 +322,9 @@ class StubUpstream:
             return Reply(fault.status or 200, JSON, (GARBAGE,))
         if kind == "redirect":
             location = fault.location or f"{self.origin}{request.path_qs}"
-            return Reply(fault.status or 301, TEXT, (b"Moved Permanently",),
-                         headers={"Location": location})
+            return Reply(
+                fault.status or 301, TEXT, (b"Moved Permanently",), headers={"Location": location}
+            )
         return None
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:

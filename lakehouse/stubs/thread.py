@@ -59,8 +59,7 @@ class StubThread:
                 _cancel_leftovers(loop)
                 loop.close()
 
-        thread = threading.Thread(target=run, name=f"stub-{self.stub.flavour}",
-                                  daemon=True)
+        thread = threading.Thread(target=run, name=f"stub-{self.stub.flavour}", daemon=True)
         thread.start()
         if not ready.wait(START_TIMEOUT):
             raise RuntimeError(f"stub {self.stub.flavour} did not start")
@@ -83,7 +82,9 @@ class StubThread:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -123,9 +123,7 @@ def decode_or_refuse(
         ) from None
 
 
-def decode_event(
-    decoder: msgspec.json.Decoder[T], payload: bytes, provider: str, status: int
-) -> T:
+def decode_event(decoder: msgspec.json.Decoder[T], payload: bytes, provider: str, status: int) -> T:
     """Decode one stream event's data into a view Struct, or say why not."""
     return decode_or_refuse(decoder, payload, provider, status, "sent an unusable stream event")
 

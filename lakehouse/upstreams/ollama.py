@@ -345,9 +345,7 @@ class OllamaClient(HTTPProvider):
     builds the path and body, ``call`` and ``call_stream`` send them and read
     the reply, whole or as it arrives."""
 
-    async def call(
-        self, path: str, body: bytes, model: str, request: ChatRequest
-    ) -> ChatResponse:
+    async def call(self, path: str, body: bytes, model: str, request: ChatRequest) -> ChatResponse:
         reply = await self._http.post_json(path, body)
         if reply.status != 200:
             raise ollama_error(reply, self.name, self._key)

@@ -206,9 +206,7 @@ async def test_a_refused_connection_is_a_connector_error(session: aiohttp.Client
     server.close()
     await server.wait_closed()
     with pytest.raises(aiohttp.ClientConnectorError):
-        await lean.send(
-            session, "GET", URL(f"http://127.0.0.1:{port}/"), HEADERS, None, CONNECT, 5
-        )
+        await lean.send(session, "GET", URL(f"http://127.0.0.1:{port}/"), HEADERS, None, CONNECT, 5)
 
 
 def test_the_timer_is_a_context_manager() -> None:
