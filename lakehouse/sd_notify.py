@@ -6,14 +6,13 @@ in ``$NOTIFY_SOCKET`` (a path, or an abstract name written with a leading
 a service without the variable (run by hand, under tests) sends nothing.
 
 ``announcing`` wraps a served ASGI app: READY=1 once its lifespan start-up
-has completed (Hypercorn binds and listens before it loads the app, so the
-port already accepts by then), STOPPING=1 when Hypercorn begins the app's
-shutdown. Hypercorn keeps SIGTERM to itself and stops accepting at once, but
-starts that shutdown only after in-flight requests have finished (or
-``graceful_timeout_secs`` has passed), so STOPPING=1 comes then, not at the
-signal. ``reloading`` brackets a configuration reload with RELOADING=1 and
-READY=1. With several workers the supervisor (the main process) speaks
-for the pool instead (``lakehouse.supervisor``) and workers send nothing.
+has completed (``lakehouse.server`` listens before Hypercorn loads the app,
+so the port already accepts by then). STOPPING=1 is sent by the server at
+SIGTERM/SIGINT, as draining begins: the app hears of the shutdown only once
+the requests in flight have finished. ``reloading`` brackets a
+configuration reload with RELOADING=1 and READY=1. With several workers the
+supervisor (the main process) speaks for the pool instead
+(``lakehouse.supervisor``) and workers send nothing.
 """
 
 from __future__ import annotations
@@ -79,8 +78,8 @@ async def reloading() -> AsyncIterator[None]:
 
 
 def announcing(app: ASGIApp) -> ASGIApp:
-    """``app`` telling systemd when it is ready and when it stops; ``app``
-    itself when no notify socket is set, so tests and hand runs pay nothing."""
+    """``app`` telling systemd when it is ready; ``app`` itself when no
+    notify socket is set, so tests and hand runs pay nothing."""
     if address() is None:
         return app
 
@@ -89,17 +88,11 @@ def announcing(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
 
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                notify("STOPPING=1")
-            return message
-
         async def lifespan_send(message: Message) -> None:
             await send(message)
             if message["type"] == "lifespan.startup.complete":
                 notify("READY=1")
 
-        await app(scope, lifespan_receive, lifespan_send)
+        await app(scope, receive, lifespan_send)
 
     return wrapped

@@ -5,7 +5,9 @@ is offered by ALPN. One worker is served in this process (so a benchmark's
 ``taskset`` and ``/proc/<pid>`` see the worker itself). More are run by
 ``lakehouse.supervisor`` as ``lakehouse.worker`` processes, each serving
 the listening socket it inherits through ``serve_inherited``; Hypercorn's
-own multi-worker runner is not used (see the supervisor for why).
+own multi-worker runner is not used (see the supervisor for why), nor its
+single-process one: both serve through ``hypercorn.asyncio.serve`` with
+chatd's shutdown trigger, which tells systemd STOPPING=1 at the signal.
 
 A few lines over 350: Hypercorn's configuration, its listening socket and
 both ways of serving (in process and inherited) stay in the one module
@@ -33,9 +35,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState
-from hypercorn.run import run as hypercorn_run
 
-from lakehouse import connections, probe_share
+from lakehouse import connections, probe_share, sd_notify
 from lakehouse.config import Config
 from lakehouse.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from lakehouse.stream_reset import resetting
@@ -219,9 +220,11 @@ def run(
     (``LAKEHOUSE_CONFIG``, ``CHATD_OVERRIDES``) the caller has set."""
     h = hypercorn_config(config, bind=bind, workers=workers, app_path=app_path)
     if h.workers == 1:
-        h.workers = 0  # Hypercorn's "serve in this process"
         listen_first(h)
-        return int(hypercorn_run(h) or 0)
+        # As a pool's worker is served (not Hypercorn's own runner, which
+        # keeps SIGTERM to itself): STOPPING=1 can go out at the signal.
+        _serve_here(h, lambda: None, None)
+        return 0
     # Workers are spawned afresh and inherit this: each writes its metrics
     # to files there, and a scrape of any worker merges them.
     server = config.chatd.server
@@ -271,8 +274,12 @@ def serve_inherited(
     ``lifeline`` says the supervisor is gone) within the graceful timeout."""
     h = hypercorn_config(config, app_path=app_path)
     h.bind = [f"fd://{fd}"]
+    _serve_here(h, ready, lifeline)
+
+
+def _serve_here(h: HypercornConfig, ready: Callable[[], None], lifeline: int | None) -> None:
     h.workers = 1
-    app = load_app(app_path)
+    app = load_app(h.application_path)
     factory = None
     if h.worker_class == "uvloop":
         import uvloop
@@ -301,6 +308,10 @@ async def _serve_until_stopped(
         # moment the worker accepts connections.
         ready()
         await stop.wait()
+        # Draining begins: systemd hears it now, not once the requests in
+        # flight are done. (A pool's workers have no notify socket: the
+        # supervisor speaks for them.)
+        sd_notify.notify("STOPPING=1")
 
     await hypercorn_serve(app, h, shutdown_trigger=trigger)
 

@@ -5,11 +5,14 @@ would start it, with $NOTIFY_SOCKET set."""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -264,3 +267,46 @@ def test_a_sighup_while_a_pool_starts_leaves_it_starting(tmp_path: Path) -> None
     assert proc.returncode == 0, err
     assert err.count("rolling workers (SIGHUP)") == 1
     assert err.count('"msg":"worker serving"') == 4
+
+
+def test_one_worker_says_stopping_at_sigterm_while_requests_drain(tmp_path: Path) -> None:
+    # An upstream that takes the request and never answers: the caller's
+    # request stays in flight until the test lets it go.
+    upstream = socket.create_server(("127.0.0.1", 0))
+    upstream.settimeout(WAIT)
+    url = f"http://127.0.0.1:{upstream.getsockname()[1]}"
+    port = free_port()
+    args = chatd_args(
+        port, "--set", f"chatd.ollama_url={url}", "--set", "chatd.server.graceful_timeout_secs=600"
+    )
+    answers: list[int] = []
+    with upstream, notify_socket(tmp_path, abstract=False) as (sock, value):
+        proc = start(args, value)
+        try:
+            check_ready(sock, port)
+            caller = threading.Thread(target=lambda: answers.append(ask(port)))
+            caller.start()
+            held, _ = upstream.accept()
+            with held:
+                terminate(proc)
+                # At the signal, with the request still in flight (it could
+                # only have ended by the upstream, which holds it).
+                assert states(sock) == {"STOPPING": "1"}
+                assert caller.is_alive() and not answers
+                upstream.close()  # so a retry finds nobody either
+            # The upstream gone, the caller is answered and chatd exits.
+            caller.join(WAIT)
+        finally:
+            err = stop(proc)
+    assert answers == [502], err
+    assert proc.returncode == 0, err
+
+
+def ask(port: int) -> int:
+    body = json.dumps({"model": "llama3", "messages": [{"role": "user", "content": "hi"}]})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    try:
+        conn.request("POST", "/chat", body, {"Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
