@@ -55,6 +55,32 @@ def _results(message: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _message(
+    ident: str, model: str, content: list[Any], stop_reason: str | None, usage: dict[str, int]
+) -> dict[str, Any]:
+    """A message object: the whole answer, or the empty one ``message_start``
+    carries (no stop reason yet)."""
+    return {
+        "id": ident,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def _usage(prompt: int, output: int) -> dict[str, int]:
+    return {
+        "input_tokens": prompt,
+        "output_tokens": output,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+
+
 def _text(content: Any) -> str:
     """A message's text: a string, or its text blocks (tool_result blocks too)."""
     if isinstance(content, list):
@@ -261,39 +287,13 @@ class MessagesAPI(DialectAPI):
             {"type": "tool_use", "id": f"toolu_{ident}_{i}", "name": call.name}
             for i, call in enumerate(calls)
         ]
-        usage = {
-            "input_tokens": prompt,
-            "output_tokens": sum(c.count for c in calls),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        }
+        usage = _usage(prompt, sum(c.count for c in calls))
         if not stream:
-            return json_reply(
-                200,
-                {
-                    "id": ident,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [
-                        {**use, "input": call.arguments}
-                        for use, call in zip(uses, calls, strict=True)
-                    ],
-                    "stop_reason": "tool_use",
-                    "stop_sequence": None,
-                    "usage": usage,
-                },
-            )
-        start: dict[str, Any] = {
-            "id": ident,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {**usage, "output_tokens": 1},
-        }
+            content = [
+                {**use, "input": call.arguments} for use, call in zip(uses, calls, strict=True)
+            ]
+            return json_reply(200, _message(ident, model, content, "tool_use", usage))
+        start = _message(ident, model, [], None, _usage(prompt, 1))
         frames = [named_event("message_start", {"type": "message_start", "message": start})]
         for index, (use, call) in enumerate(zip(uses, calls, strict=True)):
             frames.append(
@@ -347,40 +347,14 @@ class MessagesAPI(DialectAPI):
             )
         if gen.content:
             content.append({"type": "text", "text": gen.content_text})
-        return {
-            "id": ident,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [] if kind == "empty_choices" else content,
-            "stop_reason": self._stop(gen),
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": prompt,
-                "output_tokens": gen.count,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-            },
-        }
+        if kind == "empty_choices":
+            content = []
+        return _message(ident, model, content, self._stop(gen), _usage(prompt, gen.count))
 
     def _stream(
         self, ident: str, model: str, gen: replies.Generation, prompt: int
     ) -> tuple[bytes, ...]:
-        start: dict[str, Any] = {
-            "id": ident,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": prompt,
-                "output_tokens": 1,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-            },
-        }
+        start = _message(ident, model, [], None, _usage(prompt, 1))
         frames = [
             named_event("message_start", {"type": "message_start", "message": start}),
             named_event("ping", {"type": "ping"}),
