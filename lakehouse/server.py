@@ -278,6 +278,8 @@ def serve_inherited(
 
 
 def _serve_here(h: HypercornConfig, ready: Callable[[], None], lifeline: int | None) -> None:
+    """Serve ``h``'s app on its bound sockets in this process until
+    SIGTERM/SIGINT (or the lifeline's end), then drain."""
     h.workers = 1
     app = load_app(h.application_path)
     factory = None
