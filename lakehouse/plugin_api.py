@@ -115,7 +115,9 @@ class Provider(Protocol):
         UpstreamBadResponse for a stream cut short, UpstreamTimeout when
         nothing arrives for ``timeout`` seconds). Closing the generator early
         (``aclose()``, cancellation) closes the upstream connection at once.
-        A provider that cannot stream yields ``await self.chat(...)`` alone.
+        A provider that cannot stream yields ``await self.chat(...)`` alone
+        (as the built-ins do with an upstream that answered whole): the
+        caller is sent its text, then its tool calls, then the end.
         """
         ...
 

@@ -15,7 +15,6 @@ from lakehouse.upstreams.contract import PluginOptions, ProviderContext
 from lakehouse.upstreams.http import HTTPClient
 from lakehouse.upstreams.openai_chat import Flavour, FlavouredProvider
 from lakehouse.upstreams.provider import options_as
-from lakehouse.wire import ChatResponse, StreamDelta
 
 Options = TypeVar("Options", bound=PluginOptions)
 
@@ -50,9 +49,3 @@ class EventStreamProvider(FlavouredProvider):
         self.probe_path, self.probe_timeout = probe
 
     # A dialect supplies body, parse and fold (FlavouredProvider's).
-
-    def whole_delta(self, whole: ChatResponse) -> StreamDelta | None:
-        # Its tool calls go out with the final reply.
-        if whole.content or whole.reasoning:
-            return StreamDelta(whole.content, whole.reasoning or "")
-        return None

@@ -37,7 +37,7 @@ from lakehouse.upstreams.openai_chat_errors import (
     in_band_error,
 )
 from lakehouse.upstreams.openai_chat_messages import OpenAIMessage, openai_messages
-from lakehouse.upstreams.openai_chat_stream import ChoiceLogprobs, ChunkFold, Usage, whole_chunks
+from lakehouse.upstreams.openai_chat_stream import ChoiceLogprobs, ChunkFold, Usage
 from lakehouse.upstreams.provider import HTTPProvider, bearer, options_as
 from lakehouse.upstreams.stream_fold import Fold
 from lakehouse.wire import (
@@ -186,11 +186,6 @@ class FlavouredProvider(HTTPProvider):
         """The reading of one event stream."""
         raise NotImplementedError
 
-    def whole_delta(self, whole: ChatResponse) -> StreamDelta | None:
-        """What a stream relays of an upstream's whole answer (one that
-        ignored ``stream``) before its final reply."""
-        raise NotImplementedError
-
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
         reply = await self._http.post_json(self.path, self.body(request, model), self._auth)
         if not 200 <= reply.status < 300:
@@ -205,13 +200,11 @@ class FlavouredProvider(HTTPProvider):
             self.path, body, self._auth, error=self.classify
         ) as upstream:
             if upstream.content_type == "application/json":
-                # An upstream (or proxy) that ignored "stream" answers whole.
+                # An upstream (or proxy) that ignored "stream" answers whole:
+                # a stream of one ChatResponse, which the relay sends as its
+                # text, then its calls, then the end (plugin_api).
                 data = await upstream.read(MAX_WHOLE_BODY)
-                whole = self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
-                delta = self.whole_delta(whole)
-                if delta is not None:
-                    yield delta
-                yield whole
+                yield self.parse(UpstreamReply(upstream.status, upstream.headers, data), model)
                 return
             if upstream.content_type not in ("text/event-stream", ""):
                 raise upstream.refuse(await upstream.read(300), "an event stream")
@@ -287,13 +280,6 @@ class OpenAICompatProvider(FlavouredProvider):
 
     def fold(self, model: str, status: int) -> ChunkFold:
         return ChunkFold(self.name, model, self._key, status=status)
-
-    def whole_delta(self, whole: ChatResponse) -> StreamDelta | None:
-        if whole.content or whole.reasoning or whole.tool_calls:
-            return StreamDelta(
-                whole.content, whole.reasoning or "", whole_chunks(whole), whole.logprobs
-            )
-        return None
 
     def parse(self, reply: UpstreamReply, model: str) -> ChatResponse:
         data = decode_json(_completion_decoder, reply, self.name)

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from lakehouse.errors import UpstreamBadResponse
-from lakehouse.tool_calls import answer_reason, arguments_text
+from lakehouse.tool_calls import answer_reason
 from lakehouse.upstreams.failures import decode_event
 from lakehouse.upstreams.openai_chat_errors import in_band_error
 from lakehouse.upstreams.stream_fold import StreamFold
@@ -153,11 +153,3 @@ class ChunkFold(StreamFold):
             completion_tokens=usage.completion_tokens or 0,
             tool_calls=calls or None,
         )
-
-
-def whole_chunks(response: ChatResponse) -> list[ToolCallChunk] | None:
-    """A whole answer's calls as stream chunks (one per call)."""
-    return [
-        ToolCallChunk(n, c.id, c.function.name, arguments_text(c.function))
-        for n, c in enumerate(response.tool_calls or ())
-    ] or None

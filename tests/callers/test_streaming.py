@@ -260,3 +260,32 @@ async def test_an_answer_given_whole_has_its_text_sent_once_in_both_framings() -
     deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
     assert deltas[0] == {"role": "assistant", "content": "Hello", "reasoning_content": "r"}
     assert [d.get("content") for d in deltas[1:]] == [None]
+
+
+async def test_an_answer_given_whole_with_calls_sends_text_then_calls_then_the_end() -> None:
+    # What an upstream that ignored `stream` becomes (the providers yield
+    # its whole answer alone): the text, then every call once, then the end.
+    calls = [
+        ToolCall(id="c1", function=FunctionCall("f", {"a": 1})),
+        ToolCall(id="c2", function=FunctionCall("g", {})),
+    ]
+    whole = msgspec.structs.replace(FINAL, tool_calls=calls, done_reason="tool_calls")
+    caller = Caller()
+    await native(caller).run(Script(whole).items())
+    sent = lines(caller.body)
+    assert sent[0] == {"content": "Hello"}
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["c1", "c2"]
+    assert sent[2]["done"] is True and "tool_calls" not in sent[2] and len(sent) == 3
+
+    caller = Caller()
+    await sse(caller, keepalive=0).run(Script(whole).items())
+    events = [e.removeprefix(b"data: ") for e in caller.body.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    choices = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert choices[0]["delta"] == {"role": "assistant", "content": "Hello"}
+    deltas = choices[1]["delta"]["tool_calls"]
+    assert [(d["index"], d["id"], d["function"]["arguments"]) for d in deltas] == [
+        (0, "c1", '{"a":1}'),
+        (1, "c2", "{}"),
+    ]
+    assert choices[2]["finish_reason"] == "tool_calls" and len(choices) == 3
