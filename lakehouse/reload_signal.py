@@ -3,8 +3,8 @@
 SIGHUP asks chatd (and the gateway) to reload, but its default action ends
 a process, and the handler is installed only once serving starts: by the
 supervisor as its loop begins, by a single worker or the gateway when the
-app starts, seconds after the process began (imports, the config, the
-providers opened). A SIGHUP in that window (``systemctl reload`` straight
+app starts, a second or more after the process began (imports, the
+config, the providers opened). A SIGHUP in that window (``systemctl reload`` straight
 after ``start`` in a script, a config tool that signals after each write)
 ended the process. Blocked instead, it stays pending and is delivered the
 moment ``release`` is called, just after the handler is installed: it
@@ -13,7 +13,7 @@ becomes a reload, which reads the newest file.
 ``hold`` is the first thing ``lakehouse.cli.main`` does; the interpreter's
 start and that module's imports (~0.3 s) come before it and stay uncovered.
 A blocked signal mask is inherited by threads and child processes: threads
-started before the release (the embedded stub) keep SIGHUP blocked, so the
+started while it is held (the embedded stub) keep SIGHUP blocked, so the
 kernel hands it to the main thread, where Python runs handlers; the
 supervisor releases before it starts any worker.
 """
